@@ -1,0 +1,3 @@
+from loopfan.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Options and value builders shared by the commands (the CLI edge: argv text -> frozen values)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from loopfan.errors import NotLoopbackError, UsageError
+from loopfan.pools import DEFAULT_SOURCE_POOL, AddressPool, Endpoint, ip_to_str, parse_endpoints, parse_pool
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SUFFIXES = {"k": 1_000, "m": 1_000_000}
+
+
+def parse_count(text: str, what: str = "connections") -> int:
+    """'100000', '100_000', '100k', '1M', '1.5M' -> int."""
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    mult = 1
+    if t and t[-1] in _SUFFIXES:
+        mult = _SUFFIXES[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t) * mult if "." in t else int(t) * mult
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a number; write e.g. 1000, 100k or 1M") from None
+    if value != int(value) or value <= 0:
+        raise UsageError(f"{what} must be a whole number of at least 1 (got {text!r})")
+    return int(value)
+
+
+class CountType(click.ParamType):
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+COUNT = CountType()
+
+
+def connections_option(default: int | None = None, required: bool = True) -> Callable[[F], F]:
+    return click.option(
+        "-c",
+        "--connections",
+        type=COUNT,
+        default=default,
+        required=required and default is None,
+        help="How many concurrent connections (100000, 100k, 1M).",
+    )
+
+
+def sources_option(f: F) -> F:
+    return click.option(
+        "--sources",
+        metavar="POOL",
+        default=None,
+        help="Client source addresses: 127.0.0.2-127.0.3.250, 127.1.0.0/16, '!127.0.0.9' to exclude; "
+        "default: all of 127.0.0.0/8 but 127.0.0.1.",
+    )(f)
+
+
+def allow_option(f: F) -> F:
+    return click.option(
+        "--allow-non-loopback",
+        is_flag=True,
+        help="Accept addresses outside 127.0.0.0/8 and ::1 (they must belong to this host).",
+    )(f)
+
+
+def assert_local(addresses: list[str]) -> None:
+    """Non-loopback addresses are allowed only if they are this host's own: try to bind each."""
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((address, 0))
+            except OSError:
+                raise NotLoopbackError(
+                    f"{address} is not an address of this host; loopfan only talks to addresses on this "
+                    "machine"
+                ) from None
+
+
+def build_sources(text: str | None, allow_non_loopback: bool) -> AddressPool:
+    if text is None:
+        return DEFAULT_SOURCE_POOL
+    pool = parse_pool(text, allow_non_loopback=allow_non_loopback)
+    if allow_non_loopback:
+        outside = [ip_to_str(lo) for lo, _ in pool.ranges if not 0x7F000000 <= lo <= 0x7FFFFFFF]
+        assert_local(outside)
+        if outside:
+            click.echo(f"loopfan: note: using non-loopback source addresses of this host: {', '.join(outside)}", err=True)
+    return pool
+
+
+def build_targets(texts: tuple[str, ...], allow_non_loopback: bool) -> tuple[Endpoint, ...]:
+    out: list[Endpoint] = []
+    for text in texts:
+        out.extend(parse_endpoints(text, allow_non_loopback=allow_non_loopback))
+    if allow_non_loopback:
+        outside = sorted({e.address for e in out if not (e.address.startswith("127.") or e.address == "::1")})
+        assert_local(outside)
+        if outside:
+            click.echo(f"loopfan: note: targeting non-loopback addresses of this host: {', '.join(outside)}", err=True)
+    return tuple(dict.fromkeys(out))
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write JSON to a file, or to stdout for '-'."""
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}; give a writable path") from None

@@ -1,0 +1,71 @@
+"""`loopfan doctor`: check this host for a run of N connections; --fix / --undo kernel settings."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from loopfan import sysctl
+from loopfan.commands.common import COUNT, write_json
+from loopfan.doctor import diagnose, settings_to_fix, verdict, _sysctl_cmd
+from loopfan.errors import UsageError
+from loopfan.hostfacts import read_host_facts
+from loopfan.planner import PlanRequest, plan
+from loopfan.render import findings_table, findings_to_dict
+
+
+@click.command()
+@click.option("-c", "--connections", type=COUNT, default=100_000, show_default=True, help="The run to check for.")
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON (schema loopfan.doctor/1).")
+@click.option("--fix", is_flag=True, help="Apply the kernel settings the run needs (root); records old values.")
+@click.option("--widen-ports", is_flag=True, help="With --fix: also widen the ephemeral range to 1024-65535.")
+@click.option("--undo", is_flag=True, help="Restore exactly the settings an earlier --fix changed.")
+def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo: bool) -> int:
+    """Check this host for a run of N connections: each limit, what is needed, the fixing command.
+
+    Exit status: 0 when a run of N would work, 1 when it would not, 2 on bad input.
+    """
+    console = Console()
+    if fix and undo:
+        raise UsageError("--fix and --undo contradict each other; give one")
+    if undo:
+        facts = read_host_facts()
+        if not facts.is_root:
+            raise UsageError("--undo writes kernel settings and needs root; run: sudo loopfan doctor --undo")
+        restored = sysctl.undo()
+        if not restored:
+            console.print("nothing to undo: loopfan has not changed any kernel setting here")
+        for key, current, old in restored:
+            console.print(f"restored {key}: {current} -> {old}")
+        return 0
+    facts = read_host_facts()
+    p = plan(PlanRequest(connections=connections), facts)
+    findings = diagnose(facts, p)
+    if fix:
+        settings = settings_to_fix(findings, widen_ports=widen_ports)
+        if not settings:
+            console.print("nothing to fix: the kernel settings already allow this run")
+        elif not facts.is_root:
+            console.print("not root: run these commands (or sudo loopfan doctor --fix):")
+            for s in settings:
+                console.print(f"  {_sysctl_cmd(s)}", highlight=False)
+            return 1
+        else:
+            console.print("applying (previous values recorded; `loopfan doctor --undo` restores them):")
+            for s in settings:
+                console.print(f"  {s.key} = {s.value}", highlight=False)
+            for key, old, new in sysctl.apply(settings):
+                console.print(f"set {key}: {old} -> {new}", highlight=False)
+            facts = read_host_facts()
+            p = plan(PlanRequest(connections=connections), facts)
+            findings = diagnose(facts, p)
+    ok = verdict(findings)
+    if as_json:
+        write_json("-", findings_to_dict(findings, ok, connections))
+    else:
+        console.print(findings_table(findings))
+        if ok:
+            console.print(f"[green]A run of {connections:,} connections should work on this host.[/]")
+        else:
+            console.print(f"[bold red]A run of {connections:,} connections would not work: fix the FAIL rows.[/]")
+    return 0 if ok else 1

@@ -1,0 +1,48 @@
+"""`loopfan plan`: the capacity plan for N connections, as text or JSON. Opens no socket."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from loopfan.commands.common import allow_option, build_sources, build_targets, connections_option, sources_option
+from loopfan.hostfacts import read_host_facts
+from loopfan.planner import PlanRequest, plan
+from loopfan.render import plan_headline, plan_table, plan_to_dict
+from loopfan.commands.common import write_json
+
+
+@click.command()
+@connections_option()
+@click.argument("targets", nargs=-1, metavar="[TARGET ...]")
+@sources_option
+@allow_option
+@click.option("--fill-ratio", type=click.FloatRange(0.01, 1.0), default=None, help="Fill each port budget at most this much.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema loopfan.plan/1).")
+def command(
+    connections: int,
+    targets: tuple[str, ...],
+    sources: str | None,
+    allow_non_loopback: bool,
+    fill_ratio: float | None,
+    as_json: bool,
+) -> int:
+    """Plan N connections: source addresses, groups, processes, memory and the first limit.
+
+    TARGET is ADDRESS:PORT with ranges allowed (127.0.0.1-127.0.0.8:9000-9003); with no TARGET the
+    plan is for loopfan's built-in server.
+    """
+    request = PlanRequest(
+        connections=connections,
+        targets=build_targets(targets, allow_non_loopback),
+        sources=build_sources(sources, allow_non_loopback),
+        **({"fill_ratio": fill_ratio} if fill_ratio else {}),
+    )
+    p = plan(request, read_host_facts())
+    if as_json:
+        write_json("-", plan_to_dict(p))
+    else:
+        console = Console()
+        console.print(plan_headline(p))
+        console.print(plan_table(p))
+    return 0

@@ -1,0 +1,38 @@
+"""Measured constants the planner uses. Each says where and how it was measured.
+
+Rules of this file: numbers only, each with its unit in its name and its provenance in a comment.
+Re-measure with the benchmarks in bench/ when the engine changes; docs/benchmarks.md has the runs.
+"""
+
+from __future__ import annotations
+
+# Keep each 4-tuple group (source address x destination endpoint) at most this full.
+# connect() searches the ephemeral range for a free port from a random offset; as a group fills,
+# the search gets longer. bench/fill_ratio.py measured the connect rate of one group against its
+# fill on the 2-core dev machine (2026-11-25): flat to ~50 %, then falling (see docs/benchmarks.md).
+# Source addresses cost nothing on Linux, so there is no reason to run groups fuller than this.
+DEFAULT_FILL_RATIO = 0.5
+
+# Kernel memory per established loopback pair (both sockets on this host): TCP sock 2,368 B plus
+# inode, dentry, file and epoll entries for each socket. Slab growth measured at 1M pairs:
+# ~9.7 KB (../shared/notes/mechanics.md, re-measured by bench/hold.py).
+KERNEL_BYTES_PER_PAIR = 9_700
+
+# User-space memory per held connection in a loopfan worker (fd in an array, epoll registration,
+# counters): measured as unique set size / connections by bench/hold.py.
+USER_BYTES_PER_CONNECTION = 600
+
+# Unique memory of one idle worker process (forked from the loopfan parent, copy-on-write shared).
+USER_BYTES_PER_PROCESS = 6 * 1024 * 1024
+
+# File descriptors a worker keeps for itself beyond its connections (epoll, pipes, listeners,
+# stdio, the interpreter's own). Keeps every worker safely under its open-file limit.
+FD_HEADROOM_PER_PROCESS = 500
+
+# Never plan more than this share of MemAvailable: the kernel needs room for page cache and slack.
+MEMORY_SAFETY_RATIO = 0.9
+
+# The built-in server's default listen addresses and port: one address per server process, from a
+# block of its own so that `ip.addr==127.100.0.0/16` in a capture shows the server side at a glance.
+DEFAULT_LISTEN_POOL_TEXT = "127.100.0.1-127.100.255.254"
+DEFAULT_LISTEN_PORT = 7070

@@ -1,0 +1,451 @@
+"""The capacity planner: request + host facts in, immutable plan out. Pure: no sockets, no clock.
+
+Rules of this file: nothing here opens a socket, reads a file or looks at the time; the engine
+consumes `Plan` unchanged. Every number in a plan is derivable from the request and the facts.
+
+The arithmetic (docs/mechanics.md has the sources):
+- Linux with IP_BIND_ADDRESS_NO_PORT: connect() picks the source port per 4-tuple, so each
+  (source address, destination endpoint) *group* has its own ephemeral-port budget.
+- macOS/BSD: no NO_PORT, bind(ip, 0) reserves the port across every destination, so the budget
+  is per source address.
+- Each budget is kept below `fill_ratio` of the ephemeral range so connect() stays fast.
+- Each process holds at most its open-file limit minus headroom, so connections are sharded
+  over processes on both sides (the built-in server too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from loopfan import costs
+from loopfan.errors import UsageError
+from loopfan.hostfacts import HostFacts
+from loopfan.pools import (
+    DEFAULT_SOURCE_POOL,
+    AddressPool,
+    Endpoint,
+    ip_to_str,
+    parse_pool,
+)
+
+DEFAULT_LISTEN_POOL = parse_pool(costs.DEFAULT_LISTEN_POOL_TEXT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRequest:
+    """What the user asks for. `targets` empty means loopfan's built-in server."""
+
+    connections: int
+    targets: tuple[Endpoint, ...] = ()
+    sources: AddressPool = DEFAULT_SOURCE_POOL
+    listen_pool: AddressPool = DEFAULT_LISTEN_POOL
+    listen_port: int = costs.DEFAULT_LISTEN_PORT
+    fill_ratio: float = costs.DEFAULT_FILL_RATIO
+    fd_headroom: int = costs.FD_HEADROOM_PER_PROCESS
+    # Cap connections per process below the fd limit (tests and benchmarks use this to force sharding).
+    max_per_process: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.connections <= 0:
+            raise UsageError(f"connections must be at least 1 (got {self.connections}); write e.g. -c 1000")
+        if not 0.0 < self.fill_ratio <= 1.0:
+            raise UsageError(f"fill ratio must be in (0, 1] (got {self.fill_ratio})")
+        if self.max_per_process is not None and self.max_per_process <= 0:
+            raise UsageError(f"connections per process must be at least 1 (got {self.max_per_process})")
+
+    @property
+    def builtin_server(self) -> bool:
+        return not self.targets
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Connections from one source address to one destination endpoint (one port budget on Linux)."""
+
+    source: str
+    target: Endpoint
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientShard:
+    """What one client worker process opens: its slice of the groups."""
+
+    index: int
+    groups: tuple[Group, ...]
+
+    @property
+    def connections(self) -> int:
+        return sum(g.connections for g in self.groups)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.source for g in self.groups))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerShard:
+    """One built-in server process: the endpoints it listens on and the connections it will hold."""
+
+    index: int
+    listen: tuple[Endpoint, ...]
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A resource that caps the connection count, the count it allows, and how to lift it."""
+
+    resource: str
+    connections: int
+    fix: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    kernel_bytes: int
+    user_client_bytes: int
+    user_server_bytes: int
+
+    @property
+    def user_bytes(self) -> int:
+        return self.user_client_bytes + self.user_server_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.kernel_bytes + self.user_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    request: PlanRequest
+    platform: str
+    port_count: int
+    budget_per_group: int  # Linux: per (source, endpoint); macOS: per source address
+    budget_scope: str  # "group" or "source"
+    per_process: int
+    groups: tuple[Group, ...]
+    client_shards: tuple[ClientShard, ...]
+    server_shards: tuple[ServerShard, ...]
+    memory: Memory
+    limits: tuple[Limit, ...]  # every capacity-limiting resource found, tightest first
+    feasible: bool
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def connections(self) -> int:
+        return sum(g.connections for g in self.groups)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.source for g in self.groups))
+
+    @property
+    def targets(self) -> tuple[Endpoint, ...]:
+        return tuple(dict.fromkeys(g.target for g in self.groups))
+
+    @property
+    def first_limit(self) -> Limit | None:
+        return self.limits[0] if self.limits else None
+
+    @property
+    def holdable(self) -> int:
+        """The most connections this host can hold with this request's pools and endpoints."""
+        return self.limits[0].connections if self.limits else self.request.connections
+
+
+def _even_split(total: int, parts: int) -> list[int]:
+    q, r = divmod(total, parts)
+    return [q + 1 if i < r else q for i in range(parts)]
+
+
+def _dense(sources: tuple[str, ...], targets: tuple[Endpoint, ...], connections: int) -> list[Group]:
+    """Every source to every endpoint: for small pools, where each pair's own budget is needed.
+
+    Each source's share is split evenly over the endpoints, and a rolling cursor hands each
+    source's remainder to the next endpoints in turn, so endpoint totals differ by at most one.
+    """
+    groups: list[Group] = []
+    n_targets = len(targets)
+    cursor = 0
+    for src, share in zip(sources, _even_split(connections, len(sources)), strict=True):
+        q, r = divmod(share, n_targets)
+        for e, target in enumerate(targets):
+            count = q + (1 if (e - cursor) % n_targets < r else 0)
+            if count:
+                groups.append(Group(src, target, count))
+        cursor = (cursor + r) % n_targets
+    return groups
+
+
+def _interleave(sources: tuple[str, ...], targets: tuple[Endpoint, ...], connections: int) -> list[Group]:
+    """Lay the connections on a line cut evenly once by sources and once by endpoints.
+
+    Each group is the overlap of a source's segment and an endpoint's segment, so every source and
+    every endpoint gets an even share, and there are at most sources + endpoints - 1 groups (a
+    plan for ten million connections stays small). Group order follows the line, so consecutive
+    client processes take consecutive sources.
+    """
+    src_bounds = _bounds(_even_split(connections, len(sources)))
+    dst_bounds = _bounds(_even_split(connections, len(targets)))
+    groups: list[Group] = []
+    i = j = 0
+    pos = 0
+    while pos < connections:
+        end = min(src_bounds[i + 1], dst_bounds[j + 1])
+        if end > pos:
+            groups.append(Group(sources[i], targets[j], end - pos))
+            pos = end
+        if pos == src_bounds[i + 1]:
+            i += 1
+        if pos == dst_bounds[j + 1]:
+            j += 1
+    return groups
+
+
+def _bounds(sizes: list[int]) -> list[int]:
+    out = [0]
+    for size in sizes:
+        out.append(out[-1] + size)
+    return out
+
+
+def _pack(groups: list[Group], processes: int) -> tuple[ClientShard, ...]:
+    """Cut the source-major group list into `processes` consecutive, even slices (splitting groups)."""
+    total = sum(g.connections for g in groups)
+    quotas = _even_split(total, processes)
+    shards: list[ClientShard] = []
+    pending: list[Group] = []
+    it = iter(groups)
+    carry: Group | None = None
+    for index, quota in enumerate(quotas):
+        pending = []
+        need = quota
+        while need:
+            g = carry if carry is not None else next(it)
+            carry = None
+            take = min(need, g.connections)
+            pending.append(Group(g.source, g.target, take))
+            need -= take
+            if take < g.connections:
+                carry = Group(g.source, g.target, g.connections - take)
+        shards.append(ClientShard(index, tuple(pending)))
+    return tuple(shards)
+
+
+def plan(request: PlanRequest, facts: HostFacts) -> Plan:
+    """Compute the plan for `request` on a host described by `facts`."""
+    n = request.connections
+    notes: list[str] = []
+    port_count = facts.port_count
+    budget = max(1, math.floor(port_count * request.fill_ratio))
+    per_group_scope = facts.bind_no_port  # Linux NO_PORT: budget per (source, endpoint)
+    per_process = max(1, facts.nofile_usable - request.fd_headroom)
+    if facts.maxfilesperproc:
+        per_process = min(per_process, max(1, facts.maxfilesperproc - request.fd_headroom))
+    if request.max_per_process:
+        per_process = min(per_process, request.max_per_process)
+    client_processes = math.ceil(n / per_process)
+
+    # Usable addresses: on hosts without the 127/8 local route (macOS, BSD) only configured aliases.
+    sources_pool = request.sources
+    listen_pool = request.listen_pool
+    if not facts.loopback_route_all:
+        aliased = AddressPool(
+            tuple(
+                (ip, ip) for ip in sorted(int(_v4(a)) for a in facts.loopback_addresses if a.startswith("127."))
+            )
+        )
+        missing = len(sources_pool) - len(sources_pool.intersection(aliased))
+        sources_pool = sources_pool.intersection(aliased)
+        if missing:
+            notes.append(
+                f"only {len(sources_pool)} of the source pool's addresses are configured on the loopback "
+                f"interface (macOS/BSD need `loopfan alias add POOL`)"
+            )
+
+    # Server side.
+    server_shards: tuple[ServerShard, ...] = ()
+    if request.builtin_server:
+        server_processes = math.ceil(n / per_process)
+        if facts.loopback_route_all:
+            listen_ips = tuple(ip_to_str(ip) for ip in listen_pool.take(server_processes, spread=False))
+            targets = tuple(Endpoint(ip, request.listen_port) for ip in listen_ips)
+        else:
+            # Without free 127/8 addresses, the server spreads over ports of 127.0.0.1 instead.
+            targets = tuple(Endpoint("127.0.0.1", request.listen_port + i) for i in range(server_processes))
+        if len(targets) < server_processes:
+            raise UsageError(
+                f"the listen pool has {len(targets)} addresses but the server needs {server_processes} "
+                "processes (one address each); give a larger --listen pool"
+            )
+        sources_pool = sources_pool.without(
+            AddressPool(tuple(sorted((int(_v4(t.address)),) * 2 for t in targets if not t.is_ipv6)))
+        )
+        loads = _even_split(n, server_processes)
+        server_shards = tuple(
+            ServerShard(i, (targets[i],), loads[i]) for i in range(server_processes)
+        )
+    else:
+        targets = request.targets
+
+    ipv6_targets = [t for t in targets if t.is_ipv6]
+    if ipv6_targets and len(ipv6_targets) != len(targets):
+        raise UsageError(
+            "mixing ::1 and 127.x targets in one run is not supported; run them separately"
+        )
+    ipv6 = bool(ipv6_targets)
+
+    # How many source addresses, and how connections are laid over (source, endpoint) groups.
+    pool_size = 1 if ipv6 else sources_pool.ipv4_count
+    sources_needed = math.ceil(n / budget)  # enough that no source exceeds one budget
+    if per_group_scope:
+        port_capacity = pool_size * len(targets) * budget
+    else:
+        port_capacity = pool_size * budget
+    limits: list[Limit] = []
+    if port_capacity < n or pool_size == 0:
+        limits.append(_ports_limit(port_capacity, facts, request, per_group_scope, budget, pool_size))
+    held = min(n, port_capacity)
+
+    if ipv6:
+        # ::1 is one address: every connection leaves from ::1 itself (nothing to bind).
+        groups = _dense(("::1",), targets, held)
+    elif pool_size >= sources_needed:
+        # Every client process gets a source address of its own when the pool allows: a capture
+        # filter then shows one process, and no two processes contend for one group's ports.
+        k = min(pool_size, max(sources_needed, client_processes))
+        groups = _interleave(tuple(map(ip_to_str, sources_pool.take(k))), targets, held)
+    elif per_group_scope and pool_size:
+        # A small pool: every source talks to every endpoint, each pair with its own port budget.
+        groups = _dense(tuple(map(ip_to_str, sources_pool.take(pool_size))), targets, held)
+    else:
+        groups = []
+    held = sum(g.connections for g in groups)
+    client_processes = max(1, math.ceil(held / per_process)) if held else 0
+    client_shards = _pack(groups, client_processes) if held else ()
+
+    # Memory: both ends of every connection live on this host (it is loopback).
+    processes_client = len(client_shards)
+    processes_server = len(server_shards)
+    memory = Memory(
+        kernel_bytes=n * costs.KERNEL_BYTES_PER_PAIR,
+        user_client_bytes=n * costs.USER_BYTES_PER_CONNECTION
+        + processes_client * costs.USER_BYTES_PER_PROCESS,
+        user_server_bytes=(
+            n * costs.USER_BYTES_PER_CONNECTION + processes_server * costs.USER_BYTES_PER_PROCESS
+            if request.builtin_server
+            else 0
+        ),
+    )
+    limits.extend(_host_limits(request, facts, per_process))
+    limits.sort(key=lambda lim: lim.connections)
+    binding = [lim for lim in limits if lim.connections < n]
+    if not facts.bind_no_port:
+        notes.append(
+            f"no IP_BIND_ADDRESS_NO_PORT here: each source address has {port_count:,} ports for all "
+            "destinations together"
+        )
+    return Plan(
+        request=request,
+        platform=facts.platform,
+        port_count=port_count,
+        budget_per_group=budget,
+        budget_scope="group" if per_group_scope else "source",
+        per_process=per_process,
+        groups=tuple(groups),
+        client_shards=client_shards,
+        server_shards=server_shards,
+        memory=memory,
+        limits=tuple(limits),
+        feasible=not binding,
+        notes=tuple(notes),
+    )
+
+
+def _v4(address: str) -> int:
+    import ipaddress
+
+    return int(ipaddress.IPv4Address(address))
+
+
+def _ports_limit(
+    capacity: int, facts: HostFacts, request: PlanRequest, per_group: bool, budget: int, pool_size: int
+) -> Limit:
+    if not facts.loopback_route_all and pool_size == 0:
+        return Limit(
+            "loopback aliases",
+            0,
+            "loopfan alias add 127.0.0.2-127.0.0.20",
+            "no source address of the pool is configured on lo0; macOS and BSD need aliases",
+        )
+    scope = "source address x target endpoint" if per_group else "source address"
+    fix = "give a larger --sources pool (e.g. --sources 127.0.0.0/8)"
+    if not request.builtin_server:
+        fix += " or more target endpoints (a server listening on more addresses or ports)"
+    return Limit(
+        "ephemeral ports",
+        capacity,
+        fix,
+        f"{pool_size:,} source addresses x {budget:,} ports per {scope} "
+        f"({request.fill_ratio:.0%} of the {facts.port_count:,}-port range)",
+    )
+
+
+def _host_limits(request: PlanRequest, facts: HostFacts, per_process: int) -> list[Limit]:
+    """Host-wide resources that cap the count, each with the command that lifts it."""
+    n = request.connections
+    out: list[Limit] = []
+    per_pair_fds = 2  # both ends are on this host
+    if facts.file_max is not None:
+        open_now = facts.files_open or 0
+        processes = 2 * math.ceil(n / per_process)
+        capacity = max(0, (facts.file_max - open_now - processes * 32) // per_pair_fds)
+        needed = open_now + per_pair_fds * n + processes * 32 + 10_000
+        knob = "kern.maxfiles" if facts.platform == "macos" else "fs.file-max"
+        cmd = f"sudo sysctl -w {knob}={_round_up(needed)}"
+        out.append(
+            Limit(
+                knob,
+                capacity,
+                cmd,
+                f"{facts.file_max:,} open files system-wide ({open_now:,} in use); "
+                "each connection needs two (client and server socket)",
+            )
+        )
+    ct = facts.conntrack
+    if ct.present and ct.tracking_loopback and ct.max is not None:
+        out.append(
+            Limit(
+                "conntrack table",
+                max(0, ct.max - (ct.count or 0)),
+                f"sudo sysctl -w net.netfilter.nf_conntrack_max={_round_up(n + (ct.count or 0) + 10_000)}",
+                f"netfilter tracks loopback flows here; the table holds {ct.max:,} entries",
+            )
+        )
+    if facts.mem_available_bytes is not None:
+        usable = facts.mem_available_bytes * costs.MEMORY_SAFETY_RATIO
+        server_user = costs.USER_BYTES_PER_CONNECTION if request.builtin_server else 0
+        per_conn = costs.KERNEL_BYTES_PER_PAIR + costs.USER_BYTES_PER_CONNECTION + server_user
+        per_proc_share = 2 * costs.USER_BYTES_PER_PROCESS / per_process
+        capacity = int(usable // (per_conn + per_proc_share))
+        out.append(
+            Limit(
+                "memory",
+                capacity,
+                "no setting lifts this: use fewer connections or a machine with more memory",
+                f"{facts.mem_available_bytes / 2**30:.1f} GiB available; each connection costs "
+                f"~{per_conn / 1000:.1f} KB (kernel sockets on both ends + loopfan's own)",
+            )
+        )
+    return out
+
+
+def _round_up(value: int) -> int:
+    """A round number at or above value, so suggested settings read well (4,000,000 not 4,013,517)."""
+    if value <= 0:
+        return 0
+    magnitude = 10 ** max(0, len(str(value)) - 2)
+    return math.ceil(value / magnitude) * magnitude

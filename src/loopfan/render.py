@@ -1,0 +1,162 @@
+"""Plans and findings as text (rich) and as JSON dicts (the documented schemas in docs/).
+
+Rules of this file: pure functions from values to renderables or dicts; the commands print them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from loopfan.doctor import FAIL, INFO, OK, WARN, Finding
+from loopfan.planner import Limit, Plan
+from loopfan.pools import Endpoint
+
+PLAN_SCHEMA = "loopfan.plan/1"
+DOCTOR_SCHEMA = "loopfan.doctor/1"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def _limit_dict(lim: Limit | None) -> dict[str, Any] | None:
+    if lim is None:
+        return None
+    return {"resource": lim.resource, "connections": lim.connections, "fix": lim.fix, "detail": lim.detail}
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    req = plan.request
+    return {
+        "schema": PLAN_SCHEMA,
+        "connections": req.connections,
+        "planned_connections": plan.connections,
+        "feasible": plan.feasible,
+        "holdable_connections": plan.holdable,
+        "platform": plan.platform,
+        "builtin_server": req.builtin_server,
+        "source_addresses": len(plan.sources),
+        "sources": list(plan.sources),
+        "targets": [str(t) for t in plan.targets],
+        "port_budget": {
+            "ports": plan.port_count,
+            "fill_ratio": req.fill_ratio,
+            "per": plan.budget_scope,
+            "budget": plan.budget_per_group,
+        },
+        "groups": [
+            {"source": g.source, "target": str(g.target), "connections": g.connections} for g in plan.groups
+        ],
+        "client_processes": len(plan.client_shards),
+        "server_processes": len(plan.server_shards),
+        "connections_per_process": plan.per_process,
+        "client_shards": [
+            {"index": s.index, "connections": s.connections, "sources": list(s.sources)}
+            for s in plan.client_shards
+        ],
+        "server_shards": [
+            {"index": s.index, "listen": [str(e) for e in s.listen], "connections": s.connections}
+            for s in plan.server_shards
+        ],
+        "memory_bytes": {
+            "kernel": plan.memory.kernel_bytes,
+            "user": plan.memory.user_bytes,
+            "user_client": plan.memory.user_client_bytes,
+            "user_server": plan.memory.user_server_bytes,
+        },
+        "first_limit": _limit_dict(plan.first_limit),
+        "limits": [_limit_dict(lim) for lim in plan.limits],
+        "notes": list(plan.notes),
+    }
+
+
+def _abbrev(items: list[str], most: int = 4) -> str:
+    if len(items) <= most:
+        return ", ".join(items)
+    return ", ".join(items[:most]) + f", ... ({len(items) - most:,} more)"
+
+
+def _endpoint_summary(targets: tuple[Endpoint, ...]) -> str:
+    return _abbrev([str(t) for t in targets], 3)
+
+
+def plan_table(plan: Plan) -> Table:
+    req = plan.request
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    srcs = list(plan.sources)
+    t.add_row("sources", f"{len(srcs):,} address{'es' if len(srcs) != 1 else ''}: {_abbrev(srcs)}")
+    who = "built-in server listen endpoints" if req.builtin_server else "target endpoints"
+    t.add_row("targets", f"{len(plan.targets):,} {who}: {_endpoint_summary(plan.targets)}")
+    biggest = max((g.connections for g in plan.groups), default=0)
+    scope = "source x endpoint" if plan.budget_scope == "group" else "source address"
+    t.add_row(
+        "groups",
+        f"{len(plan.groups):,} ({scope}), at most {biggest:,} connections each; budget {plan.budget_per_group:,} "
+        f"= {req.fill_ratio:.0%} of {plan.port_count:,} ephemeral ports",
+    )
+    procs = f"{len(plan.client_shards):,} client"
+    if plan.server_shards:
+        procs += f" + {len(plan.server_shards):,} server"
+    t.add_row("processes", f"{procs}, at most {plan.per_process:,} connections each (open-file limit)")
+    m = plan.memory
+    t.add_row(
+        "memory",
+        f"~{_gb(m.kernel_bytes)} kernel (both ends) + ~{_gb(m.user_bytes)} loopfan user space",
+    )
+    lim = plan.first_limit
+    if lim is not None:
+        t.add_row("first limit", f"{lim.resource} at {lim.connections:,} connections: {lim.detail}")
+        t.add_row("fix", lim.fix)
+    for note in plan.notes:
+        t.add_row("note", note)
+    return t
+
+
+def plan_headline(plan: Plan) -> Text:
+    req = plan.request
+    target = "the built-in server" if req.builtin_server else f"{len(plan.targets):,} endpoint(s)"
+    head = Text(f"Plan: {req.connections:,} connections to {target} - ", style="bold")
+    if plan.feasible:
+        head.append("feasible", style="bold green")
+    else:
+        head.append(f"NOT feasible: this host holds about {plan.holdable:,}", style="bold red")
+    return head
+
+
+_SEV_STYLE = {OK: "green", INFO: "cyan", WARN: "yellow", FAIL: "bold red"}
+
+
+def findings_table(findings: tuple[Finding, ...]) -> Table:
+    t = Table(show_lines=False, expand=False)
+    t.add_column("", no_wrap=True)
+    t.add_column("check", no_wrap=True)
+    t.add_column("found")
+    t.add_column("needed")
+    t.add_column("fix")
+    for f in findings:
+        t.add_row(Text(f.severity.upper(), style=_SEV_STYLE[f.severity]), f.check, f.found, f.needed, f.fix)
+    return t
+
+
+def findings_to_dict(findings: tuple[Finding, ...], ok: bool, connections: int) -> dict[str, Any]:
+    return {
+        "schema": DOCTOR_SCHEMA,
+        "connections": connections,
+        "ok": ok,
+        "findings": [
+            {
+                "check": f.check,
+                "severity": f.severity,
+                "found": f.found,
+                "needed": f.needed,
+                "fix": f.fix,
+                "setting": {"key": f.setting.key, "value": f.setting.value} if f.setting else None,
+            }
+            for f in findings
+        ],
+    }

@@ -1,0 +1,78 @@
+"""Apply and undo kernel settings for `doctor --fix` / `doctor --undo` (the I/O side of doctor).
+
+Rules of this file: the previous value of every setting loopfan writes is recorded *before* the
+write, in a state file, and the first recorded value wins: `--fix` twice then `--undo` restores
+what the host had before loopfan ever touched it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from loopfan.doctor import Setting
+from loopfan.errors import HostError
+
+
+def state_dir() -> Path:
+    """Where loopfan keeps small state files ($LOOPFAN_STATE_DIR, else XDG state home)."""
+    explicit = os.environ.get("LOOPFAN_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "loopfan"
+
+
+def _undo_file() -> Path:
+    return state_dir() / "sysctl-undo.json"
+
+
+def _proc_path(key: str, root: Path) -> Path:
+    return root / key.replace(".", "/")
+
+
+def read_setting(key: str, root: Path = Path("/proc/sys")) -> str:
+    return " ".join(_proc_path(key, root).read_text().split())
+
+
+def write_setting(key: str, value: str, root: Path = Path("/proc/sys")) -> None:
+    try:
+        _proc_path(key, root).write_text(value + "\n")
+    except PermissionError:
+        raise HostError(f"cannot write {key}: not allowed (run as root, or run the printed command)") from None
+    except OSError as exc:
+        raise HostError(f"cannot write {key}={value}: {exc.strerror}") from None
+
+
+def apply(settings: Iterable[Setting], root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
+    """Write settings, recording previous values first. Returns (key, old, new) per change made."""
+    path = _undo_file()
+    recorded: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    changes = []
+    for s in settings:
+        old = read_setting(s.key, root)
+        if old == s.value:
+            continue
+        recorded.setdefault(s.key, old)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(recorded, indent=1) + "\n")
+        write_setting(s.key, s.value, root)
+        changes.append((s.key, old, s.value))
+    return changes
+
+
+def undo(root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
+    """Restore every recorded setting; remove the record. Returns (key, current, restored)."""
+    path = _undo_file()
+    if not path.exists():
+        return []
+    recorded: dict[str, str] = json.loads(path.read_text())
+    restored = []
+    for key, old in recorded.items():
+        current = read_setting(key, root)
+        write_setting(key, old, root)
+        restored.append((key, current, old))
+    path.unlink()
+    return restored
