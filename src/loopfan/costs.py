@@ -7,11 +7,13 @@ Re-measure with the benchmarks in bench/ when the engine changes; docs/benchmark
 from __future__ import annotations
 
 # Keep each 4-tuple group (source address x destination endpoint) at most this full.
-# connect() searches the ephemeral range for a free port from a random offset; as a group fills,
-# the search gets longer. bench/fill_ratio.py measured the connect rate of one group against its
-# fill on the 2-core dev machine (2026-11-25): flat to ~50 %, then falling (see docs/benchmarks.md).
-# Source addresses cost nothing on Linux, so there is no reason to run groups fuller than this.
-DEFAULT_FILL_RATIO = 0.5
+# Linux connect() walks the ephemeral range in steps of two, even ports first, odd ones only when
+# no even port is free (net/ipv4/inet_hashtables.c, __inet_hash_connect). bench/fill_ratio.py
+# measured one group on the 2-core dev machine (2026-11-25, 5 runs, docs/benchmarks.md "Fill
+# ratio"): ~37-40K connects/s flat up to 49 % full, half that at 49-50 %, then ~1.8K/s (20x
+# slower) once the even ports are gone. 0.45 keeps every group five points clear of that cliff,
+# with room for other sockets in the same group; source addresses cost nothing on Linux.
+DEFAULT_FILL_RATIO = 0.45
 
 # Kernel memory per established loopback pair (both sockets on this host): TCP sock 2,368 B plus
 # inode, dentry, file and epoll entries for each socket. Slab growth measured at 1M pairs:

@@ -42,7 +42,7 @@ class Finding:
     setting: Setting | None = None
 
 
-def _sysctl_cmd(setting: Setting) -> str:
+def sysctl_command(setting: Setting) -> str:
     value = f'"{setting.value}"' if " " in setting.value else setting.value
     return f"sudo sysctl -w {setting.key}={value}"
 
@@ -51,7 +51,7 @@ def check_fds(facts: HostFacts, plan: Plan) -> Finding:
     procs = len(plan.client_shards)
     servers = len(plan.server_shards)
     hard = "unlimited" if facts.nofile_usable > 2**31 else f"{facts.nofile_hard:,}"
-    found = f"open-file limit per process: soft {facts.nofile_soft:,}, hard {hard}"
+    found = f"soft {facts.nofile_soft:,}, hard {hard}"
     if facts.nofile_hard_raisable:
         found += " (raisable: this process may raise its hard limit)"
     else:
@@ -90,7 +90,7 @@ def check_file_max(facts: HostFacts, plan: Plan) -> Finding:
     needed = f"{need:,} (two sockets per connection, both ends on this host)"
     if lim is not None and lim.connections < plan.request.connections:
         setting = Setting(knob, str(_round_up(need)))
-        return Finding(knob, FAIL, found, needed, _sysctl_cmd(setting), setting)
+        return Finding(knob, FAIL, found, needed, sysctl_command(setting), setting)
     return Finding(knob, OK, found, needed)
 
 
@@ -108,18 +108,22 @@ def check_nr_open(facts: HostFacts, plan: Plan) -> Finding:
 def check_ports(facts: HostFacts, plan: Plan) -> Finding:
     lo, hi = facts.port_range
     scope = "per source address x endpoint" if plan.budget_scope == "group" else "per source address"
-    found = f"ephemeral ports {lo}-{hi}: {facts.port_count:,} {scope}"
+    found = f"{lo}-{hi}: {facts.port_count:,} {scope}"
+    biggest = max((g.connections for g in plan.groups), default=0)
     needed = (
-        f"{len(plan.sources):,} source addresses, at most {max((g.connections for g in plan.groups), default=0):,} "
-        f"connections per {'group' if plan.budget_scope == 'group' else 'source'} "
-        f"(budget {plan.budget_per_group:,})"
+        f"{len(plan.sources):,} source addresses, at most {biggest:,} connections per "
+        f"{'group' if plan.budget_scope == 'group' else 'source'} (budget {plan.budget_per_group:,})"
     )
     lim = next((x for x in plan.limits if x.resource == "ephemeral ports"), None)
     if lim is not None and lim.connections < plan.request.connections:
         return Finding("ephemeral ports", FAIL, found, needed, lim.fix)
     if not facts.bind_no_port and facts.platform == "linux":
         return Finding(
-            "ephemeral ports", WARN, found, needed, "IP_BIND_ADDRESS_NO_PORT needs Linux >= 4.2 and Python >= 3.11"
+            "ephemeral ports",
+            WARN,
+            found,
+            needed,
+            "IP_BIND_ADDRESS_NO_PORT needs Linux >= 4.2 and Python >= 3.11",
         )
     return Finding("ephemeral ports", OK, found, needed)
 
@@ -127,7 +131,7 @@ def check_ports(facts: HostFacts, plan: Plan) -> Finding:
 def check_tw_reuse(facts: HostFacts, plan: Plan) -> Finding:
     if facts.tcp_tw_reuse is None:
         return Finding("tcp_tw_reuse", INFO, "not applicable on this platform", "")
-    meaning = {0: "off", 1: "on for all", 2: "on for loopback only (the default)"}.get(facts.tcp_tw_reuse, "?")
+    meaning = {0: "off", 1: "on for all", 2: "on for loopback only, the default"}.get(facts.tcp_tw_reuse, "?")
     found = f"{facts.tcp_tw_reuse} ({meaning})"
     if facts.tcp_tw_reuse == 0:
         setting = Setting("net.ipv4.tcp_tw_reuse", "2")
@@ -136,7 +140,7 @@ def check_tw_reuse(facts: HostFacts, plan: Plan) -> Finding:
             WARN,
             found,
             "1 or 2, so reruns can reuse ports still in TIME_WAIT",
-            _sysctl_cmd(setting),
+            sysctl_command(setting),
             setting,
         )
     return Finding("tcp_tw_reuse", OK, found, "1 or 2 (2 is right for loopback; no change needed)")
@@ -157,7 +161,7 @@ def check_accept_queue(facts: HostFacts, plan: Plan) -> list[Finding]:
         if value < want:
             setting = Setting(key, str(want))
             sev = WARN if n > 20_000 else INFO
-            out.append(Finding(key, sev, found, needed, _sysctl_cmd(setting), setting))
+            out.append(Finding(key, sev, found, needed, sysctl_command(setting), setting))
         else:
             out.append(Finding(key, OK, found, needed))
     return out
@@ -174,7 +178,8 @@ def check_conntrack(facts: HostFacts, plan: Plan) -> Finding:
             "conntrack",
             OK,
             found + "; not tracking loopback now",
-            f"nothing, unless a firewall/NAT rule starts tracking loopback: then the table caps at {ct.max or 0:,}",
+            "nothing, unless a firewall/NAT rule starts tracking loopback: "
+            f"then the table caps at {ct.max or 0:,}",
         )
     need = n + (ct.count or 0) + 10_000
     if ct.max is not None and ct.max < need:
@@ -184,7 +189,7 @@ def check_conntrack(facts: HostFacts, plan: Plan) -> Finding:
             FAIL,
             found + "; loopback flows ARE tracked",
             f"{need:,} entries (one per connection)",
-            _sysctl_cmd(setting) + "  (or exempt lo: nft add rule ... iif lo notrack)",
+            sysctl_command(setting) + "  (or exempt lo: nft add rule ... iif lo notrack)",
             setting,
         )
     return Finding("conntrack", OK, found + "; loopback flows are tracked", f"{need:,} entries")
@@ -248,7 +253,7 @@ def check_loopback(facts: HostFacts, plan: Plan) -> Finding:
             FAIL,
             f"lo0 has {len(aliases)} aliases besides 127.0.0.1",
             needed,
-            "loopfan alias add 127.0.0.2-127.0.0.40",
+            lim.fix,  # the planner names the one `loopfan alias add` that aliases enough of the pool
         )
     return Finding("loopback addresses", OK, f"lo0 has {len(aliases)} aliases besides 127.0.0.1", needed)
 

@@ -100,8 +100,12 @@ def parse_int(text: str | None) -> int | None:
 
 
 def parse_port_range(text: str) -> tuple[int, int] | None:
-    nums = [int(x) for x in text.split()]
-    return (nums[0], nums[1]) if len(nums) == 2 else None
+    """/proc/sys/net/ipv4/ip_local_port_range ('32768\t60999') -> (32768, 60999); None if garbled."""
+    parts = text.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    lo, hi = int(parts[0]), int(parts[1])
+    return (lo, hi) if 0 < lo <= hi <= 65535 else None
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -119,7 +123,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
 def parse_file_nr(text: str) -> int | None:
     """/proc/sys/fs/file-nr: 'allocated  free  max'; open = allocated - free."""
     parts = text.split()
-    if len(parts) < 2:
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
         return None
     return int(parts[0]) - int(parts[1])
 
@@ -146,7 +150,7 @@ def parse_ifconfig_inet(text: str) -> frozenset[str]:
 
 def parse_launchctl_limit(text: str) -> tuple[int, int] | None:
     """`launchctl limit maxfiles` -> (soft, hard); 'unlimited' becomes RLIM_INFINITY."""
-    m = re.search(r"maxfiles\s+(\S+)\s+(\S+)", text)
+    m = re.search(r"maxfiles\s+(\d+|unlimited)\s+(\d+|unlimited)\b", text)
     if not m:
         return None
 

@@ -15,10 +15,11 @@ The arithmetic (docs/mechanics.md has the sources):
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 
-from loopfan import costs
+from loopfan import aliases, costs
 from loopfan.errors import UsageError
 from loopfan.hostfacts import HostFacts
 from loopfan.pools import (
@@ -255,7 +256,8 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
     if not facts.loopback_route_all:
         aliased = AddressPool(
             tuple(
-                (ip, ip) for ip in sorted(int(_v4(a)) for a in facts.loopback_addresses if a.startswith("127."))
+                (ip, ip)
+                for ip in sorted(_v4(a) for a in facts.loopback_addresses if a.startswith("127."))
             )
         )
         missing = len(sources_pool) - len(sources_pool.intersection(aliased))
@@ -282,12 +284,10 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
                 "processes (one address each); give a larger --listen pool"
             )
         sources_pool = sources_pool.without(
-            AddressPool(tuple(sorted((int(_v4(t.address)),) * 2 for t in targets if not t.is_ipv6)))
+            AddressPool(tuple(sorted((_v4(t.address),) * 2 for t in targets if not t.is_ipv6)))
         )
-        loads = _even_split(n, server_processes)
-        server_shards = tuple(
-            ServerShard(i, (targets[i],), loads[i]) for i in range(server_processes)
-        )
+        # Loads are filled in from the client groups below.
+        server_shards = tuple(ServerShard(i, (targets[i],), 0) for i in range(server_processes))
     else:
         targets = request.targets
 
@@ -301,10 +301,7 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
     # How many source addresses, and how connections are laid over (source, endpoint) groups.
     pool_size = 1 if ipv6 else sources_pool.ipv4_count
     sources_needed = math.ceil(n / budget)  # enough that no source exceeds one budget
-    if per_group_scope:
-        port_capacity = pool_size * len(targets) * budget
-    else:
-        port_capacity = pool_size * budget
+    port_capacity = pool_size * budget * (len(targets) if per_group_scope else 1)
     limits: list[Limit] = []
     if port_capacity < n or pool_size == 0:
         limits.append(_ports_limit(port_capacity, facts, request, per_group_scope, budget, pool_size))
@@ -321,9 +318,22 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
     elif per_group_scope and pool_size:
         # A small pool: every source talks to every endpoint, each pair with its own port budget.
         groups = _dense(tuple(map(ip_to_str, sources_pool.take(pool_size))), targets, held)
+    elif pool_size:
+        # Too few sources where the budget is per source (macOS/BSD): plan what they can hold,
+        # one full budget each, so the plan still shows the run that would work.
+        groups = _interleave(tuple(map(ip_to_str, sources_pool.take(pool_size))), targets, held)
     else:
         groups = []
     held = sum(g.connections for g in groups)
+    if server_shards:
+        # Each server process holds what the clients actually send to its endpoints: fewer than
+        # its even share of N when the source pool caps the plan.
+        per_target: dict[Endpoint, int] = {}
+        for g in groups:
+            per_target[g.target] = per_target.get(g.target, 0) + g.connections
+        server_shards = tuple(
+            ServerShard(s.index, s.listen, sum(per_target.get(e, 0) for e in s.listen)) for s in server_shards
+        )
     client_processes = max(1, math.ceil(held / per_process)) if held else 0
     client_shards = _pack(groups, client_processes) if held else ()
 
@@ -366,23 +376,37 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
 
 
 def _v4(address: str) -> int:
-    import ipaddress
-
     return int(ipaddress.IPv4Address(address))
 
 
 def _ports_limit(
     capacity: int, facts: HostFacts, request: PlanRequest, per_group: bool, budget: int, pool_size: int
 ) -> Limit:
-    if not facts.loopback_route_all and pool_size == 0:
-        return Limit(
-            "loopback aliases",
-            0,
-            "loopfan alias add 127.0.0.2-127.0.0.20",
-            "no source address of the pool is configured on lo0; macOS and BSD need aliases",
-        )
+    if not facts.loopback_route_all:
+        # macOS/BSD (or Linux without its 127/8 route): only configured addresses bind. When more of
+        # the pool could be configured, that is the limit, and its fix is the one command that does it.
+        if facts.platform == "linux":
+            return Limit(
+                "loopback route",
+                capacity,
+                aliases.LINUX_ROUTE_FIX,
+                "no `local 127.0.0.0/8 dev lo` route: only addresses configured on lo are usable",
+            )
+        wanted = math.ceil(request.connections / budget)
+        add = aliases.suggest_add_command(request.sources, facts.loopback_addresses, wanted)
+        if add is not None:
+            return Limit(
+                "loopback aliases",
+                capacity,
+                add,
+                f"{pool_size:,} source addresses of the pool are lo0 aliases, x {budget:,} ports each "
+                f"({request.fill_ratio:.0%} of {facts.port_count:,}, for all destinations together); "
+                "macOS and BSD bind only aliased addresses",
+            )
     scope = "source address x target endpoint" if per_group else "source address"
     fix = "give a larger --sources pool (e.g. --sources 127.0.0.0/8)"
+    if not facts.loopback_route_all:
+        fix += " and alias it with `loopfan alias add POOL`"
     if not request.builtin_server:
         fix += " or more target endpoints (a server listening on more addresses or ports)"
     return Limit(
@@ -447,5 +471,5 @@ def _round_up(value: int) -> int:
     """A round number at or above value, so suggested settings read well (4,000,000 not 4,013,517)."""
     if value <= 0:
         return 0
-    magnitude = 10 ** max(0, len(str(value)) - 2)
-    return math.ceil(value / magnitude) * magnitude
+    magnitude = int(10 ** max(0, len(str(value)) - 2))
+    return -(-value // magnitude) * magnitude

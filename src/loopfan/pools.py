@@ -64,7 +64,10 @@ class AddressPool:
         if isinstance(address, str):
             if address == IPV6_LOOPBACK:
                 return self.ipv6_loopback
-            address = int(ipaddress.IPv4Address(address))
+            try:
+                address = int(ipaddress.IPv4Address(address))
+            except ValueError:
+                return False
         if not isinstance(address, int):
             return False
         return any(lo <= address <= hi for lo, hi in self.ranges)
@@ -253,7 +256,8 @@ def _parse_item(item: str, whole: str) -> AddressPool:
         lo, hi = _parse_v4(left.strip(), whole), _parse_v4(right.strip(), whole)
         if lo > hi:
             raise PoolSyntaxError(
-                f"range {item!r} is reversed (its start is after its end); write {right.strip()}-{left.strip()}"
+                f"range {item!r} is reversed (its start is after its end); "
+                f"write {right.strip()}-{left.strip()}"
             )
         return AddressPool(((lo, hi),))
     ip = _parse_v4(item, whole)
@@ -331,6 +335,10 @@ def _parse_ports(text: str, whole: str) -> range:
     return range(lo, hi + 1)
 
 
+# More endpoints than this in one argument is a typo (a /8 where a /24 was meant), not a plan.
+MAX_ENDPOINTS = 1_000_000
+
+
 def parse_endpoints(text: str, *, allow_non_loopback: bool = False) -> tuple[Endpoint, ...]:
     """Parse 'ADDRS:PORTS[,ADDRS:PORTS...]' into endpoints, address-major, in pool order."""
     whole = text.strip()
@@ -339,23 +347,31 @@ def parse_endpoints(text: str, *, allow_non_loopback: bool = False) -> tuple[End
     out: list[Endpoint] = []
     for raw in whole.split(","):
         item = raw.strip()
+        if not item:
+            raise PoolSyntaxError(f"empty item in endpoint list {whole!r}; remove the extra comma")
         if item.startswith("["):
             addr_text, sep, port_text = item[1:].partition("]:")
             if not sep:
                 raise PoolSyntaxError(f"{item!r}: write an IPv6 endpoint as [::1]:PORT")
         else:
             addr_text, sep, port_text = item.rpartition(":")
-            if not sep or not addr_text:
+            if not sep:
                 raise PoolSyntaxError(
                     f"{item!r} has no port; write ADDRESS:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
                 )
+            if not addr_text.strip():
+                raise PoolSyntaxError(f"{item!r} has no address; write ADDRESS:PORT, e.g. 127.0.0.1:8080")
         ports = _parse_ports(port_text, whole)
         pool = _parse_item(addr_text, whole)
         check_loopback(pool, allow_non_loopback=allow_non_loopback, what=item)
+        # Count before listing: 127.0.0.0/8:80 must be refused, not enumerated.
+        if len(pool) * len(ports) > MAX_ENDPOINTS:
+            raise PoolSyntaxError(
+                f"{item!r} names {len(pool) * len(ports):,} endpoints (at most {MAX_ENDPOINTS:,}); "
+                "give a smaller address or port range"
+            )
         addresses: list[str] = [ip_to_str(ip) for lo, hi in pool.ranges for ip in range(lo, hi + 1)]
         if pool.ipv6_loopback:
             addresses.append(IPV6_LOOPBACK)
-        if len(addresses) * len(ports) > 1_000_000:
-            raise PoolSyntaxError(f"{item!r} names over a million endpoints; give a smaller range")
         out.extend(Endpoint(a, p) for a in addresses for p in ports)
     return tuple(dict.fromkeys(out))  # drop repeats, keep order

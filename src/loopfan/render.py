@@ -96,8 +96,8 @@ def plan_table(plan: Plan) -> Table:
     scope = "source x endpoint" if plan.budget_scope == "group" else "source address"
     t.add_row(
         "groups",
-        f"{len(plan.groups):,} ({scope}), at most {biggest:,} connections each; budget {plan.budget_per_group:,} "
-        f"= {req.fill_ratio:.0%} of {plan.port_count:,} ephemeral ports",
+        f"{len(plan.groups):,} ({scope}), at most {biggest:,} connections each; "
+        f"budget {plan.budget_per_group:,} = {req.fill_ratio:.0%} of {plan.port_count:,} ephemeral ports",
     )
     procs = f"{len(plan.client_shards):,} client"
     if plan.server_shards:
@@ -132,14 +132,24 @@ _SEV_STYLE = {OK: "green", INFO: "cyan", WARN: "yellow", FAIL: "bold red"}
 
 
 def findings_table(findings: tuple[Finding, ...]) -> Table:
-    t = Table(show_lines=False, expand=False)
-    t.add_column("", no_wrap=True)
-    t.add_column("check", no_wrap=True)
-    t.add_column("found")
-    t.add_column("needed")
-    t.add_column("fix")
+    """One block per check: severity and check name, then what was found, needed, and the fix.
+
+    A five-column table is unreadable at 80 columns (every cell wraps, commands get cut), so the
+    details stack under the check, each on its own line, and fix commands are never truncated.
+    """
+    t = Table.grid(padding=(0, 1))
+    t.add_column(no_wrap=True, width=4)
+    t.add_column(overflow="fold")
     for f in findings:
-        t.add_row(Text(f.severity.upper(), style=_SEV_STYLE[f.severity]), f.check, f.found, f.needed, f.fix)
+        body = Text()
+        body.append(f.check, style="bold")
+        body.append(f": {f.found}" if f.found else "")
+        if f.needed:
+            body.append(f"\nneeded: {f.needed}")
+        if f.fix:
+            body.append("\nfix: ")
+            body.append(f.fix, style="bold" if f.severity in (WARN, FAIL) else "")
+        t.add_row(Text(f.severity.upper(), style=_SEV_STYLE[f.severity]), body)
     return t
 
 

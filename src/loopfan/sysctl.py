@@ -41,7 +41,9 @@ def write_setting(key: str, value: str, root: Path = Path("/proc/sys")) -> None:
     try:
         _proc_path(key, root).write_text(value + "\n")
     except PermissionError:
-        raise HostError(f"cannot write {key}: not allowed (run as root, or run the printed command)") from None
+        raise HostError(
+            f"cannot write {key}: not allowed (run as root, or run the printed command)"
+        ) from None
     except OSError as exc:
         raise HostError(f"cannot write {key}={value}: {exc.strerror}") from None
 
@@ -61,6 +63,15 @@ def apply(settings: Iterable[Setting], root: Path = Path("/proc/sys")) -> list[t
         write_setting(s.key, s.value, root)
         changes.append((s.key, old, s.value))
     return changes
+
+
+def recorded() -> dict[str, str]:
+    """The settings an earlier apply() changed, with the values they had before: {key: old}."""
+    path = _undo_file()
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def undo(root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from loopfan import sysctl
 from loopfan.commands.common import COUNT, write_json
-from loopfan.doctor import diagnose, settings_to_fix, verdict, _sysctl_cmd
+from loopfan.doctor import Setting, diagnose, settings_to_fix, sysctl_command, verdict
 from loopfan.errors import UsageError
 from loopfan.hostfacts import read_host_facts
 from loopfan.planner import PlanRequest, plan
@@ -15,9 +15,13 @@ from loopfan.render import findings_table, findings_to_dict
 
 
 @click.command()
-@click.option("-c", "--connections", type=COUNT, default=100_000, show_default=True, help="The run to check for.")
+@click.option(
+    "-c", "--connections", type=COUNT, default=100_000, show_default=True, help="The run to check for."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON (schema loopfan.doctor/1).")
-@click.option("--fix", is_flag=True, help="Apply the kernel settings the run needs (root); records old values.")
+@click.option(
+    "--fix", is_flag=True, help="Apply the kernel settings the run needs (root); records old values."
+)
 @click.option("--widen-ports", is_flag=True, help="With --fix: also widen the ephemeral range to 1024-65535.")
 @click.option("--undo", is_flag=True, help="Restore exactly the settings an earlier --fix changed.")
 def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo: bool) -> int:
@@ -28,16 +32,10 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
     console = Console()
     if fix and undo:
         raise UsageError("--fix and --undo contradict each other; give one")
+    if widen_ports and not fix:
+        raise UsageError("--widen-ports only works with --fix; write: loopfan doctor --fix --widen-ports")
     if undo:
-        facts = read_host_facts()
-        if not facts.is_root:
-            raise UsageError("--undo writes kernel settings and needs root; run: sudo loopfan doctor --undo")
-        restored = sysctl.undo()
-        if not restored:
-            console.print("nothing to undo: loopfan has not changed any kernel setting here")
-        for key, current, old in restored:
-            console.print(f"restored {key}: {current} -> {old}")
-        return 0
+        return _undo(console)
     facts = read_host_facts()
     p = plan(PlanRequest(connections=connections), facts)
     findings = diagnose(facts, p)
@@ -48,7 +46,7 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
         elif not facts.is_root:
             console.print("not root: run these commands (or sudo loopfan doctor --fix):")
             for s in settings:
-                console.print(f"  {_sysctl_cmd(s)}", highlight=False)
+                console.print(f"  {sysctl_command(s)}", highlight=False)
             return 1
         else:
             console.print("applying (previous values recorded; `loopfan doctor --undo` restores them):")
@@ -67,5 +65,23 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
         if ok:
             console.print(f"[green]A run of {connections:,} connections should work on this host.[/]")
         else:
-            console.print(f"[bold red]A run of {connections:,} connections would not work: fix the FAIL rows.[/]")
+            console.print(
+                f"[bold red]A run of {connections:,} connections would not work: fix the FAIL rows.[/]"
+            )
     return 0 if ok else 1
+
+
+def _undo(console: Console) -> int:
+    previous = sysctl.recorded()
+    if not previous:
+        console.print("nothing to undo: loopfan has not changed any kernel setting here")
+        return 0
+    if not read_host_facts().is_root:
+        # Same rule as --fix: without root, show the exact commands instead of failing bare.
+        console.print("not root: run these commands (or sudo loopfan doctor --undo):")
+        for key, old in previous.items():
+            console.print(f"  {sysctl_command(Setting(key, old))}", highlight=False)
+        return 1
+    for key, current, old in sysctl.undo():
+        console.print(f"restored {key}: {current} -> {old}", highlight=False)
+    return 0

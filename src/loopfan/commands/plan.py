@@ -5,11 +5,18 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from loopfan.commands.common import allow_option, build_sources, build_targets, connections_option, sources_option
+from loopfan import costs
+from loopfan.commands.common import (
+    allow_option,
+    build_sources,
+    build_targets,
+    connections_option,
+    sources_option,
+    write_json,
+)
 from loopfan.hostfacts import read_host_facts
 from loopfan.planner import PlanRequest, plan
 from loopfan.render import plan_headline, plan_table, plan_to_dict
-from loopfan.commands.common import write_json
 
 
 @click.command()
@@ -17,7 +24,12 @@ from loopfan.commands.common import write_json
 @click.argument("targets", nargs=-1, metavar="[TARGET ...]")
 @sources_option
 @allow_option
-@click.option("--fill-ratio", type=click.FloatRange(0.01, 1.0), default=None, help="Fill each port budget at most this much.")
+@click.option(
+    "--fill-ratio",
+    type=click.FloatRange(0.01, 1.0),
+    default=None,
+    help="Fill each port group at most this much (default: the measured safe ratio).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema loopfan.plan/1).")
 def command(
     connections: int,
@@ -36,7 +48,7 @@ def command(
         connections=connections,
         targets=build_targets(targets, allow_non_loopback),
         sources=build_sources(sources, allow_non_loopback),
-        **({"fill_ratio": fill_ratio} if fill_ratio else {}),
+        fill_ratio=fill_ratio if fill_ratio is not None else costs.DEFAULT_FILL_RATIO,
     )
     p = plan(request, read_host_facts())
     if as_json:
