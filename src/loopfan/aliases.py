@@ -413,15 +413,22 @@ def preflight(plan: Plan, facts: HostFacts) -> None:
         (
             lim
             for lim in plan.limits
-            if lim.resource == "loopback aliases" and lim.connections < plan.request.connections
+            if lim.resource in ("loopback aliases", "loopback route")
+            and lim.connections < plan.request.connections
         ),
         None,
     )
     if short is not None:
-        raise HostError(
-            f"{short.detail}: this host holds {short.connections:,} of {plan.request.connections:,} "
-            f"connections; run: {short.fix}"
-        )
+        if not plan.sources:
+            what = "no address of the source pool is configured on lo0 (binding one fails with EADDRNOTAVAIL)"
+        else:
+            what = (
+                f"only {len(plan.sources):,} addresses of the source pool are configured on lo0, enough for "
+                f"{short.connections:,} of {plan.request.connections:,} connections"
+            )
+        if short.resource == "loopback route":
+            what = "the local 127.0.0.0/8 route is missing, so only addresses on lo can be bound"
+        raise HostError(f"{what}; run: {short.fix}")
 
 
 # ---------------------------------------------------------------------------------------------
