@@ -20,6 +20,7 @@ or an inclusive port range, e.g. 127.0.0.1-127.0.0.8:9000-9003 (32 endpoints) or
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 from collections.abc import Iterator, Sequence
@@ -121,14 +122,27 @@ class AddressPool:
                 block = blocks[block_index]
                 hosts = members.get(block)
                 if hosts is None:
-                    hosts = members[block] = [
-                        ip for h in _HOST_ORDER if _in_ranges(self.ranges, ip := (block << _BLOCK_BITS) | h)
-                    ]
+                    hosts = members[block] = self._block_members(block)
                 if rank < len(hosts):
                     found = True
                     yield hosts[rank]
             if not found:
                 return
+
+    def _block_members(self, block: int) -> list[int]:
+        """The pool's addresses inside one /24 block, in _HOST_ORDER."""
+        base = block << _BLOCK_BITS
+        top = base | 0xFF
+        # The ranges are sorted and disjoint: find the first one that may reach into the block.
+        i = bisect.bisect_right(self.ranges, (base, LOOPBACK_LAST + 2**32)) - 1
+        present = bytearray(256)
+        for lo, hi in self.ranges[max(i, 0) :]:
+            if lo > top:
+                break
+            if hi >= base:
+                a, b = max(lo, base) - base, min(hi, top) - base
+                present[a : b + 1] = b"\x01" * (b - a + 1)
+        return [base | h for h in _HOST_ORDER if present[h]]
 
     def ascending(self) -> Iterator[int]:
         for lo, hi in self.ranges:
@@ -159,17 +173,13 @@ class AddressPool:
 _HOST_ORDER = (*range(1, 255), 0, 255)
 
 
-def _in_ranges(ranges: tuple[tuple[int, int], ...], ip: int) -> bool:
-    # Pools are a handful of ranges in practice; a linear scan beats bisect's overhead here.
-    return any(lo <= ip <= hi for lo, hi in ranges)
-
-
-def _bit_reversed_order(n: int) -> list[int]:
+@functools.lru_cache(maxsize=8)  # the default pool's 65,536 blocks cost ~25 ms to order
+def _bit_reversed_order(n: int) -> tuple[int, ...]:
     """0..n-1 in van der Corput order: each prefix is spread as evenly as possible over 0..n-1."""
     if n <= 1:
-        return list(range(n))
+        return tuple(range(n))
     bits = (n - 1).bit_length()
-    return [r for i in range(1 << bits) if (r := _reverse_bits(i, bits)) < n]
+    return tuple(r for i in range(1 << bits) if (r := _reverse_bits(i, bits)) < n)
 
 
 @functools.cache
