@@ -1,0 +1,495 @@
+"""Capturing exactly the traffic of tagged addresses on the loopback interface.
+
+Rules of this file: filter strings and the file's description are pure functions; the two
+backends (an external tcpdump/dumpcap, or the built-in AF_PACKET reader) only ever write a plain
+pcap temp file next to the output, and `CaptureSession.stop` turns that into the final file
+(pcapng with names and comment, or pcap). A session always stops its backend - on return, on
+exceptions, and (for external tools) when loopfan dies, through PR_SET_PDEATHSIG.
+
+Linux facts (checked here, see docs/isolation.md):
+- `lo` captures as LINKTYPE_ETHERNET (ARPHRD_LOOPBACK 772: a fake 14-byte Ethernet header with
+  zero MACs). On an AF_PACKET socket each lo packet shows up twice, as PACKET_OUTGOING and as
+  PACKET_HOST; libpcap drops the outgoing copy, and so does our filter.
+- Under load the filter must run in the kernel (SO_ATTACH_FILTER, classic BPF), or the socket's
+  receive queue fills with traffic we do not want and packets are lost. PACKET_STATISTICS says how
+  many were dropped anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loopfan.errors import HostError, UsageError
+from loopfan.isolation.pcapng import (
+    LINKTYPE_ETHERNET,
+    Description,
+    Packet,
+    PcapHeader,
+    PcapWriter,
+    read_pcap,
+    write_pcapng,
+)
+
+FORMATS = ("pcapng", "pcap")
+BACKENDS = ("auto", "tcpdump", "dumpcap", "builtin")
+SNAPLEN = 262144
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    address: str
+    label: str = ""
+    detail: str = ""  # e.g. "command='curl ...' pid=12 started=..." for tags
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: filters and description
+
+
+def capture_filter(addresses: Sequence[str]) -> str:
+    """pcap-filter syntax for tcpdump/dumpcap: 'host A or host B'."""
+    return " or ".join(f"host {a}" for a in addresses)
+
+
+def display_filter(addresses: Sequence[str]) -> str:
+    """Wireshark display filter matching those addresses in either direction."""
+    if len(addresses) == 1:
+        return f"ip.addr=={addresses[0]}"
+    return "ip.addr in {" + " ".join(addresses) + "}"
+
+
+def name_filter(labels: Sequence[str]) -> str:
+    """The same by label: works when name resolution is on, thanks to the file's NRB."""
+    return " || ".join(f'ip.host=="{label}"' for label in labels)
+
+
+def section_comment(targets: Sequence[Target], *, started: str, interface: str = "lo") -> str:
+    lines = [f"loopfan capture on {interface}, started {started}; filter: {capture_filter([t.address for t in targets])}"]
+    for t in targets:
+        lines.append(f"tag {t.address} label={t.label or '-'}" + (f" {t.detail}" if t.detail else ""))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureStats:
+    packets: int = 0
+    connections: int = 0  # TCP SYNs (without ACK): connection attempts seen
+    datagrams: int = 0  # UDP packets
+    dropped: int | None = None
+
+
+def _tcp_udp_kind(frame: bytes, linktype: int) -> str:
+    """'syn', 'udp' or '' for one captured frame (IPv4 over Ethernet or NULL)."""
+    offset = 14 if linktype == LINKTYPE_ETHERNET else 4
+    if len(frame) < offset + 20:
+        return ""
+    if linktype == LINKTYPE_ETHERNET and frame[12:14] != b"\x08\x00":
+        return ""
+    ip = frame[offset:]
+    if ip[0] >> 4 != 4:
+        return ""
+    ihl = (ip[0] & 0x0F) * 4
+    proto = ip[9]
+    if proto == 17:
+        return "udp"
+    if proto == 6 and len(ip) >= ihl + 14:
+        flags = ip[ihl + 13]
+        return "syn" if flags & 0x02 and not flags & 0x10 else ""
+    return ""
+
+
+def counted(packets: Iterable[Packet], linktype: int, stats: list[CaptureStats]) -> Iterator[Packet]:
+    """Pass packets through, leaving their statistics in stats[0] at the end."""
+    n = syns = udp = 0
+    for packet in packets:
+        n += 1
+        kind = _tcp_udp_kind(packet.data, linktype)
+        syns += kind == "syn"
+        udp += kind == "udp"
+        yield packet
+    stats[0] = CaptureStats(n, syns, udp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classic BPF for the built-in capture
+
+
+def _sock_filter(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("<HBBI", code, jt, jf, k & 0xFFFFFFFF)
+
+
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE: the packet's direction
+_PACKET_OUTGOING = 4
+
+
+def classic_filter(addresses: Sequence[str], snaplen: int = SNAPLEN) -> bytes:
+    """Accept IPv4 frames from or to any of `addresses` that are not lo's outgoing copy."""
+    if not 1 <= len(addresses) <= 100:  # jump offsets are 8-bit
+        raise UsageError("capture between 1 and 100 addresses at a time")
+    words = [int(__import__("ipaddress").IPv4Address(a)) for a in addresses]
+    n = len(words)
+    prog = [
+        _sock_filter(0x30, 0, 0, _SKF_AD_PKTTYPE),  # ldb pkttype
+        _sock_filter(0x15, 0, 0, _PACKET_OUTGOING),  # jeq OUTGOING -> drop (patched below)
+        _sock_filter(0x28, 0, 0, 12),  # ldh [12] ethertype
+        _sock_filter(0x15, 0, 0, 0x0800),  # jeq IPv4 else drop (patched)
+        _sock_filter(0x20, 0, 0, 26),  # ld [26] source address
+    ]
+    prog += [_sock_filter(0x15, 0, 0, w) for w in words]  # jeq -> accept (patched)
+    prog.append(_sock_filter(0x20, 0, 0, 30))  # ld [30] destination address
+    prog += [_sock_filter(0x15, 0, 0, w) for w in words]
+    prog.append(_sock_filter(0x06, 0, 0, 0))  # drop
+    prog.append(_sock_filter(0x06, 0, 0, snaplen))  # accept
+    drop, accept = len(prog) - 2, len(prog) - 1
+
+    def patched(index: int, *, jt: int | None = None, jf: int | None = None) -> bytes:
+        code, t, f, k = struct.unpack("<HBBI", prog[index])
+        return _sock_filter(code, t if jt is None else jt - index - 1, f if jf is None else jf - index - 1, k)
+
+    prog[1] = patched(1, jt=drop)
+    prog[3] = patched(3, jf=drop)
+    for i in range(5, 5 + n):
+        prog[i] = patched(i, jt=accept)
+    for i in range(6 + n, 6 + 2 * n):
+        prog[i] = patched(i, jt=accept)
+    return b"".join(prog)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: each writes a plain pcap file until stopped
+
+
+class _Backend:
+    name = "?"
+
+    def start(self) -> None: ...
+
+    def stop(self) -> int | None:
+        """Stop and flush; return the packets dropped by the kernel when known."""
+        return None
+
+    def finished(self) -> bool:
+        return False
+
+
+def _pdeathsig(sig: int) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG: the tool dies with loopfan
+
+
+class _External(_Backend):
+    """tcpdump or dumpcap, started in its own session (the terminal's Ctrl-C is ours to relay)."""
+
+    def __init__(self, argv: list[str], ready_marker: str) -> None:
+        self.argv = argv
+        self.name = Path(argv[0]).name
+        self._ready_marker = ready_marker
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: list[str] = []
+        self._ready = threading.Event()
+
+    def _drain(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").strip()
+            self._stderr.append(line)
+            if self._ready_marker in line:
+                self._ready.set()
+        self._ready.set()
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=lambda: _pdeathsig(signal.SIGTERM),
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        self._ready.wait(timeout=10)
+        if self._proc.poll() is not None or not any(self._ready_marker in line for line in self._stderr):
+            self.stop()
+            why = self._stderr[-1] if self._stderr else "no output"
+            raise HostError(f"{self.name} did not start capturing on lo: {why}; try --backend builtin")
+        # The marker is printed just before the capture loop; a packet sent in that instant could
+        # be missed. A few milliseconds make the start deterministic in practice.
+        time.sleep(0.05)
+
+    def finished(self) -> bool:
+        return self._proc is not None and self._proc.poll() is not None
+
+    def stop(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            # A moment for the last packets in flight to reach the tool's buffer, then SIGINT,
+            # on which both tools flush their file and print their statistics.
+            time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        time.sleep(0.02)  # let the drain thread read the statistics lines
+        for line in self._stderr:
+            # tcpdump: "3 packets dropped by kernel"; dumpcap: "Packets received/dropped on interface 'lo': 9/0"
+            words = line.split()
+            if line.endswith("dropped by kernel") and words[0].isdigit():
+                return int(words[0])
+            if line.startswith("Packets received/dropped") and "/" in words[-1]:
+                with contextlib.suppress(ValueError):
+                    return int(words[-1].split("/")[1].split()[0])
+        return None
+
+
+def tcpdump_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
+    argv = [tool, "-i", interface, "-n", "-U", "--immediate-mode", "-s", "0", "-w", str(out)]
+    if os.geteuid() == 0:
+        argv += ["-Z", "root"]  # Debian's tcpdump would otherwise drop to user tcpdump before opening -w
+    if count:
+        argv += ["-c", str(count)]
+    return _External([*argv, capture_filter(addresses)], "listening on")
+
+
+def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
+    argv = [tool, "-i", interface, "-P", "-s", str(SNAPLEN), "-w", str(out), "-f", capture_filter(addresses)]
+    if count:
+        argv += ["-c", str(count)]
+    return _External(argv, "Capturing on")
+
+
+class _Builtin(_Backend):
+    """AF_PACKET on lo with the classic filter above, written as pcap by a reader thread."""
+
+    name = "built-in"
+
+    def __init__(self, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> None:
+        self.interface, self.addresses, self.out, self.count = interface, list(addresses), out, count
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        if not hasattr(socket, "AF_PACKET"):
+            raise HostError("the built-in capture needs Linux AF_PACKET sockets; install tcpdump")
+        try:
+            # Protocol 0 receives nothing until bind(): the filter is in place before any packet.
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except PermissionError:
+            raise HostError("capturing needs CAP_NET_RAW; run as root (sudo loopfan capture ...)") from None
+        fprog_filter = classic_filter(self.addresses)
+        buf = ctypes.create_string_buffer(fprog_filter, len(fprog_filter))
+        fprog = struct.pack("HL", len(fprog_filter) // 8, ctypes.addressof(buf))
+        sock.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE (root): ride out bursts
+        sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: kernel receive time, ns
+        sock.bind((self.interface, 0x0003))  # ETH_P_ALL
+        sock.settimeout(0.1)
+        self._sock = sock
+        linktype = _linktype_of(self.interface)
+        self._thread = threading.Thread(target=self._run, args=(sock, linktype), daemon=True)
+        self._thread.start()
+
+    def _run(self, sock: socket.socket, linktype: int) -> None:
+        try:
+            with open(self.out, "wb") as fh:
+                writer = PcapWriter(fh, linktype=linktype, snaplen=SNAPLEN)
+                written = 0
+                while not self._stop.is_set():
+                    try:
+                        data, ancdata, _flags, address = sock.recvmsg(SNAPLEN, 64)  # lo MTU 65536 < SNAPLEN: never cut
+                    except TimeoutError:
+                        continue
+                    if address[2] == _PACKET_OUTGOING:  # belt and braces: the filter drops these
+                        continue
+                    ts = time.time_ns()
+                    for level, kind, value in ancdata:
+                        if level == socket.SOL_SOCKET and kind == 35 and len(value) >= 16:
+                            sec, nsec = struct.unpack("qq", value[:16])
+                            ts = sec * 1_000_000_000 + nsec
+                    writer.write(Packet(ts, data, len(data)))
+                    written += 1
+                    if self.count and written >= self.count:
+                        break
+                writer.flush()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def stop(self) -> int | None:
+        if self._thread is None or self._sock is None:
+            return None
+        # Let packets already queued be read before stopping.
+        time.sleep(0.1)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        dropped = None
+        with contextlib.suppress(OSError):
+            raw = self._sock.getsockopt(263, 6, 8)  # SOL_PACKET, PACKET_STATISTICS: tp_packets, tp_drops
+            dropped = struct.unpack("II", raw)[1]
+        self._sock.close()
+        self._thread = None
+        if self.error is not None:
+            raise HostError(f"the built-in capture failed: {self.error}")
+        return dropped
+
+
+def _linktype_of(interface: str) -> int:
+    """ARPHRD_LOOPBACK (772) and Ethernet (1) capture as LINKTYPE_ETHERNET on Linux."""
+    try:
+        kind = int(Path(f"/sys/class/net/{interface}/type").read_text())
+    except (OSError, ValueError):
+        return LINKTYPE_ETHERNET
+    return LINKTYPE_ETHERNET if kind in (1, 772) else kind
+
+
+def choose_backend(
+    backend: str, interface: str, addresses: Sequence[str], out: Path, count: int | None
+) -> _Backend:
+    if backend in ("auto", "tcpdump") and (tool := shutil.which("tcpdump")):
+        return tcpdump_backend(tool, interface, addresses, out, count)
+    if backend in ("auto", "dumpcap") and (tool := shutil.which("dumpcap")):
+        return dumpcap_backend(tool, interface, addresses, out, count)
+    if backend in ("tcpdump", "dumpcap"):
+        raise HostError(f"{backend} is not installed; install it (apt-get install {backend if backend == 'tcpdump' else 'tshark'}) or use --backend builtin")
+    return _Builtin(interface, addresses, out, count)
+
+
+# ---------------------------------------------------------------------------------------------
+# The session
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (exit 2) for an output path that cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"-w {path} is a directory; give a file name, e.g. {path / 'capture.pcapng'}")
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}; give a writable path with -w") from None
+
+
+@dataclass
+class CaptureSession:
+    """Start with `start()`, end with `stop(targets)`; use as a context manager to never leak one."""
+
+    output: Path
+    addresses: Sequence[str]
+    fmt: str = "pcapng"
+    backend_name: str = "auto"
+    interface: str = "lo"
+    count: int | None = None
+    started: str = ""
+    _backend: _Backend | None = field(default=None, init=False)
+    _tmp: Path | None = field(default=None, init=False)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name if self._backend else self.backend_name
+
+    def start(self) -> None:
+        check_writable(self.output)
+        self._tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.pcap")
+        self._backend = choose_backend(self.backend_name, self.interface, self.addresses, self._tmp, self.count)
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            self._backend.start()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def finished(self) -> bool:
+        """True when the backend stopped by itself (its --count reached)."""
+        return self._backend is not None and self._backend.finished()
+
+    def stop(self, targets: Sequence[Target]) -> CaptureStats:
+        backend, tmp = self._backend, self._tmp
+        if backend is None or tmp is None:
+            return CaptureStats()
+        self._backend = None
+        try:
+            dropped = backend.stop()
+            return finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=dropped,
+                            interface=self.interface)
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._backend is not None:
+            with contextlib.suppress(Exception):
+                self._backend.stop()
+            self._backend = None
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+
+    def __enter__(self) -> CaptureSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cleanup()
+
+
+def finalize(
+    tmp: Path,
+    output: Path,
+    targets: Sequence[Target],
+    *,
+    fmt: str,
+    started: str,
+    dropped: int | None,
+    interface: str = "lo",
+) -> CaptureStats:
+    """Turn the backend's pcap into the requested file; return what it holds."""
+    stats = [CaptureStats()]
+    if not tmp.exists():
+        raise HostError(f"the capture wrote no file ({tmp}); nothing to save")
+    with open(tmp, "rb") as src:
+        header, packets = read_pcap(src)
+        if fmt == "pcap":
+            with open(output, "wb") as dst:
+                writer = PcapWriter(dst, linktype=header.linktype, snaplen=header.snaplen)
+                for packet in counted(packets, header.linktype, stats):
+                    writer.write(packet)
+        else:
+            description = Description(
+                comment=section_comment(targets, started=started, interface=interface),
+                names=tuple((t.address, t.label) for t in targets if t.label),
+                if_name=interface,
+            )
+            with open(output, "wb") as dst:
+                write_pcapng(
+                    dst,
+                    PcapHeader(header.linktype, header.snaplen),
+                    counted(packets, header.linktype, stats),
+                    description,
+                    dropped=dropped,
+                )
+    s = stats[0]
+    return CaptureStats(s.packets, s.connections, s.datagrams, dropped)
+

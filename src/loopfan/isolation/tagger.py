@@ -1,0 +1,424 @@
+"""A tag: a cgroup whose processes' loopback traffic leaves from one chosen 127.x address.
+
+Rules of this file: `open_tag` is the one way in (a context manager: whatever happens, links are
+closed, programs unloaded and the cgroup removed on the way out). `Coverage` is a pure value read
+from the programs' counters, and renders the report; nothing here prints. `run_tagged` runs a
+command inside a tag with loopfan's signal rules. The engine (`loopfan run --isolate`) uses
+`open_tag` + `Tag.enter_in_child` directly.
+
+Privileges and kernel features, checked by doing (the honest probe):
+- BPF_MAP_CREATE / BPF_PROG_LOAD need CAP_BPF (or CAP_SYS_ADMIN); attaching cgroup programs needs
+  CAP_NET_ADMIN too (or CAP_SYS_ADMIN).
+- cgroup sock_addr hooks: connect4/6 kernel >= 4.17, UDP sendmsg4/6 >= 4.18, bpf_bind >= 4.17,
+  BPF links on cgroups >= 5.7, ctx->sk in sock_addr programs >= 5.3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from loopfan.errors import HostError
+from loopfan.isolation import bpf, programs
+from loopfan.isolation.cgroup import Cgroup, cgroup_name, find_cgroup2_root, remove_stale
+from loopfan.isolation.programs import Counter
+from loopfan.isolation.registry import TagRecord, remove_record, write_record
+
+IPV6_POLICIES = ("report", "refuse")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagSpec:
+    source: str  # 127.x.y.z
+    label: str
+    # "report": connections to ::1 go ahead untagged and are counted and reported loudly.
+    # "refuse": they fail with EPERM, so clients that try ::1 then 127.0.0.1 ("localhost") land on IPv4.
+    ipv6: str = "report"
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """The counters of one tag (see programs.Counter), and what they mean for the user."""
+
+    counts: tuple[int, ...] = (0,) * len(Counter)
+
+    def __getitem__(self, counter: Counter) -> int:
+        return self.counts[counter]
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Coverage:
+        return cls(struct.unpack(f"<{len(Counter)}Q", raw[: programs.COUNTERS_SIZE_BYTES]))
+
+    @property
+    def connections_tagged(self) -> int:
+        return self[Counter.CONNECT_TAGGED] + self[Counter.CONNECT_TAGGED_MAPPED]
+
+    @property
+    def connections_untagged(self) -> int:
+        """Loopback connections that carry no tag: the exceptions the report must name."""
+        return (
+            self[Counter.CONNECT_ALREADY_BOUND] + self[Counter.CONNECT_BIND_ERROR] + self[Counter.CONNECT_IPV6_LOOPBACK]
+        )
+
+    @property
+    def datagrams_untagged(self) -> int:
+        return self[Counter.DGRAM_SOURCE_SET] + self[Counter.DGRAM_IPV6_LOOPBACK]
+
+    @property
+    def complete(self) -> bool:
+        return self.connections_untagged == 0 and self.datagrams_untagged == 0
+
+    def summary(self) -> str:
+        """One line: 'all 3 connections tagged' or 'N of M ... tagged' plus datagrams."""
+        c_all = self.connections_tagged + self.connections_untagged
+        parts = []
+        if self.connections_untagged == 0:
+            parts.append(f"all {_n(c_all, 'connection')} tagged")
+        else:
+            parts.append(f"{self.connections_tagged} of {_n(c_all, 'loopback connection')} tagged")
+        d_all = self[Counter.DGRAM_TAGGED] + self.datagrams_untagged
+        if d_all:
+            if self.datagrams_untagged == 0:
+                parts.append(f"all {_n(d_all, 'UDP datagram')} tagged")
+            else:
+                parts.append(f"{self[Counter.DGRAM_TAGGED]} of {_n(d_all, 'UDP datagram')} tagged")
+        return ", ".join(parts)
+
+    def exceptions(self, *, ipv6_policy: str = "report") -> list[str]:
+        """One line per kind of traffic the tag did not cover, with what to do about it."""
+        out = []
+        v6 = self[Counter.CONNECT_IPV6_LOOPBACK] + self[Counter.DGRAM_IPV6_LOOPBACK]
+        if v6:
+            if ipv6_policy == "refuse":
+                out.append(
+                    f"warning: refused {_n(v6, 'connection/datagram')} to ::1 (IPv6 has one loopback address, "
+                    "no range to tag from); point the client at 127.0.0.1 instead of localhost"
+                )
+            else:
+                out.append(
+                    f"warning: {_n(v6, 'connection/datagram')} to ::1 went out UNTAGGED (IPv6 has one loopback "
+                    "address, no range to tag from); point the client at 127.0.0.1, or pass --ipv6 refuse "
+                    "so clients trying ::1 fall back to 127.0.0.1"
+                )
+        if self[Counter.CONNECT_ALREADY_BOUND]:
+            out.append(
+                f"note: {_n(self[Counter.CONNECT_ALREADY_BOUND], 'socket')} the program had bound itself "
+                "were left alone (they carry the address the program chose)"
+            )
+        if self[Counter.DGRAM_SOURCE_SET]:
+            out.append(
+                f"note: {_n(self[Counter.DGRAM_SOURCE_SET], 'UDP datagram')} with a source the program chose "
+                "(bound socket or IP_PKTINFO) were left alone"
+            )
+        if self[Counter.CONNECT_BIND_ERROR]:
+            out.append(
+                f"warning: {_n(self[Counter.CONNECT_BIND_ERROR], 'connection')} could not be bound to the tag "
+                "address (bind error) and went out untagged"
+            )
+        outside = self[Counter.CONNECT_NOT_LOOPBACK] + self[Counter.DGRAM_NOT_LOOPBACK]
+        if outside:
+            out.append(
+                f"note: {_n(outside, 'connection/datagram')} to non-loopback destinations left alone (never rewritten)"
+            )
+        return out
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Capabilities, for messages that say exactly what is missing
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def effective_capabilities(status_text: str | None = None) -> int:
+    """CapEff from /proc/self/status (pure when given the text)."""
+    if status_text is None:
+        try:
+            status_text = Path("/proc/self/status").read_text()
+        except OSError:
+            return 0
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def missing_privileges(caps: int) -> list[str]:
+    """Which of the needed capabilities are absent (empty when CAP_SYS_ADMIN covers everything)."""
+    if caps & (1 << CAP_SYS_ADMIN):
+        return []
+    missing = []
+    if not caps & (1 << CAP_BPF):
+        missing.append("CAP_BPF")
+    if not caps & (1 << CAP_NET_ADMIN):
+        missing.append("CAP_NET_ADMIN")
+    return missing
+
+
+def _explain(exc: bpf.BpfError, step: str) -> HostError:
+    missing = missing_privileges(effective_capabilities())
+    if exc.errno in (1, 13):  # EPERM, EACCES
+        need = " and ".join(missing) if missing else "CAP_BPF + CAP_NET_ADMIN (or CAP_SYS_ADMIN)"
+        return HostError(f"{step} was refused: this process lacks {need}; run as root (sudo loopfan tag ...)")
+    if exc.errno == 22:  # EINVAL: an unknown command, attach type, or a verifier refusal
+        last = exc.log.strip().splitlines()[-1:] if exc.log else []
+        detail = f" (verifier: {last[0]})" if last else ""
+        return HostError(
+            f"{step} failed: this kernel ({os.uname().release}) lacks a needed feature{detail}; loopfan tag "
+            "needs Linux >= 5.7 (cgroup sock_addr hooks, bpf_bind, BPF links)"
+        )
+    if exc.errno == 38:  # ENOSYS
+        return HostError(f"{step} failed: the bpf() syscall is not available here (kernel built without BPF)")
+    return HostError(f"{step} failed: {exc.strerror}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tag itself
+
+
+@dataclass
+class Tag:
+    spec: TagSpec
+    cgroup: Cgroup
+    _map_fd: int
+    _fds: list[int] = field(default_factory=list)  # programs and links: closing them detaches
+
+    @property
+    def name(self) -> str:
+        return self.cgroup.path.name
+
+    def enter_in_child(self) -> None:
+        """For subprocess preexec_fn: put the forked child into the cgroup before it execs."""
+        self.cgroup.add(0)
+
+    def add(self, pid: int) -> None:
+        self.cgroup.add(pid)
+
+    def coverage(self) -> Coverage:
+        return Coverage.from_bytes(bpf.lookup_array(self._map_fd, 0, programs.COUNTERS_SIZE_BYTES))
+
+    def _close_programs(self) -> None:
+        for fd in reversed(self._fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        with contextlib.suppress(OSError):
+            os.close(self._map_fd)
+        self._map_fd = -1
+
+
+def check_platform() -> None:
+    if sys.platform == "darwin":
+        raise HostError(
+            "macOS has no cgroups or BPF socket hooks, so loopfan cannot tag an unmodified program there; "
+            "bind the client to an lo0 alias itself (see below)"
+        )
+    if not sys.platform.startswith("linux"):
+        raise HostError(f"loopfan tag needs Linux (cgroup v2 + BPF); this is {sys.platform}")
+
+
+@contextlib.contextmanager
+def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
+    """Load and attach the programs to a fresh cgroup; undo everything on exit, however it exits."""
+    check_platform()
+    parent = find_cgroup2_root()
+    remove_stale(parent)
+    owner = owner_pid or os.getpid()
+    refuse = spec.ipv6 == "refuse"
+    try:
+        map_fd = bpf.create_array_map(value_size=programs.COUNTERS_SIZE_BYTES, max_entries=1, name="lf_coverage")
+    except bpf.BpfError as exc:
+        raise _explain(exc, "creating a BPF map") from None
+    fds: list[int] = []
+    cgroup: Cgroup | None = None
+    try:
+        to_load = [
+            ("lfc4", programs.connect4(spec.source, map_fd), bpf.BPF_CGROUP_INET4_CONNECT),
+            ("lfc6", programs.connect6(spec.source, map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_INET6_CONNECT),
+            ("lfs4", programs.sendmsg4(spec.source, map_fd), bpf.BPF_CGROUP_UDP4_SENDMSG),
+            ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_UDP6_SENDMSG),
+        ]
+        loaded = []
+        for short, code, attach in to_load:
+            # Program names carry the owner pid so leak checks can find exactly ours.
+            name = f"{short}_{owner}"
+            try:
+                fd = bpf.load_program(
+                    code, prog_type=bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, expected_attach_type=attach, name=name
+                )
+            except bpf.BpfError as exc:
+                raise _explain(exc, f"loading the {short} BPF program") from None
+            fds.append(fd)
+            loaded.append((fd, attach))
+        cgroup = Cgroup.create(parent, cgroup_name(owner, spec.label))
+        cg_fd = cgroup.open_fd()
+        try:
+            for fd, attach in loaded:
+                try:
+                    fds.append(bpf.link_cgroup(fd, cg_fd, attach))
+                except bpf.BpfError as exc:
+                    raise _explain(exc, "attaching BPF programs to the cgroup") from None
+        finally:
+            os.close(cg_fd)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        os.close(map_fd)
+        if cgroup is not None:
+            cgroup.remove(attempts=1)
+        raise
+    tag = Tag(spec, cgroup, map_fd, fds)
+    try:
+        yield tag
+    finally:
+        # Links first (detaches), then the cgroup: a cgroup with live processes cannot go, so
+        # whoever is left is moved out to the parent first (the caller has said so to the user).
+        tag._close_programs()
+        tag.cgroup.release(tag.cgroup.pids())
+        tag.cgroup.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a command inside a tag
+
+
+@dataclass(frozen=True, slots=True)
+class TaggedRun:
+    exit_status: int  # the command's own (128 + signal when killed)
+    pid: int
+    coverage: Coverage
+    outlived: tuple[int, ...]  # pids left running when the tag ended (moved out, untagged)
+    interrupted: bool
+
+
+def _pdeathsig_setter() -> Callable[[], None]:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) for the child: if loopfan is killed, the command follows."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl = libc.prctl
+
+    def set_it() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+    return set_it
+
+
+def exit_status_of(returncode: int) -> int:
+    """subprocess returncode to a shell-style exit status (killed by signal N -> 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_tagged(
+    argv: Sequence[str],
+    tag: Tag,
+    *,
+    wait_descendants: bool = True,
+    say: Callable[[str], None] = lambda _line: None,
+    on_start: Callable[[int], None] = lambda _pid: None,
+    grace_s: float = 5.0,
+) -> TaggedRun:
+    """Run argv in the tag and wait for it (and, by default, for what it left running).
+
+    Signals: SIGTERM/SIGHUP to loopfan are passed to every process of the tag, then SIGKILL after
+    `grace_s`. SIGINT from the terminal already reached the command (same process group), so
+    loopfan only waits; a SIGINT sent to loopfan alone is passed on. A second interrupt while
+    waiting for leftover processes stops the wait: they outlive the tag.
+    """
+    set_pdeathsig = _pdeathsig_setter()
+
+    def preexec() -> None:
+        tag.enter_in_child()
+        set_pdeathsig()
+
+    interrupts: list[int] = []
+    deadline: list[float] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        interrupts.append(signum)
+        if signum == signal.SIGINT and _terminal_sent_it():
+            return
+        for pid in tag.cgroup.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        if signum != signal.SIGINT and not deadline:
+            deadline.append(time.monotonic() + grace_s)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
+    try:
+        proc = subprocess.Popen(list(argv), preexec_fn=preexec)  # noqa: PLW1509 (single-threaded here)
+        on_start(proc.pid)
+        while True:
+            try:
+                returncode = proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline and time.monotonic() > deadline[0]:
+                    _kill_all(tag)
+        # Whatever COMMAND started and left behind (daemons) is still tagged while it runs.
+        left = tag.cgroup.pids()
+        if left and wait_descendants and not deadline:
+            seen = len(interrupts)
+            say(
+                f"waiting for {_n(len(left), 'process')} {Path(argv[0]).name} left running "
+                f"(pids {' '.join(map(str, left))}); press Ctrl-C to stop waiting - they will outlive the tag"
+            )
+            while tag.cgroup.pids() and len(interrupts) == seen and not deadline:
+                time.sleep(0.05)
+        if deadline:
+            _kill_all(tag, wait_s=max(0.0, deadline[0] - time.monotonic()))
+        outlived = tuple(tag.cgroup.pids())
+        coverage = tag.coverage()
+        return TaggedRun(exit_status_of(returncode), proc.pid, coverage, outlived, bool(interrupts))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _kill_all(tag: Tag, wait_s: float = 0.0) -> None:
+    """After the grace period: SIGKILL every process of the tag (cgroup.kill where the kernel has it)."""
+    if tag.cgroup.wait_empty(timeout_s=wait_s):
+        return
+    kill_file = tag.cgroup.path / "cgroup.kill"  # kernel >= 5.14: kills the whole group atomically
+    try:
+        kill_file.write_text("1")
+    except OSError:
+        for pid in tag.cgroup.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    tag.cgroup.wait_empty(timeout_s=2.0)
+
+
+def _terminal_sent_it() -> bool:
+    """True when loopfan is in the terminal's foreground process group: Ctrl-C hit the command too."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def tag_record(spec: TagSpec, tag: Tag, argv: Sequence[str], pid: int) -> TagRecord:
+    return TagRecord(
+        address=spec.source,
+        label=spec.label,
+        command=shlex.join(argv),
+        pid=pid,
+        loopfan_pid=os.getpid(),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        cgroup=str(tag.cgroup.path),
+    )
