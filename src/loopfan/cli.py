@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return 2
     except click.UsageError as exc:
-        hint = f" (see 'loopfan {exc.ctx.command_path.partition(' ')[2]} --help')".replace("  --", " --") if exc.ctx else ""
+        sub = exc.ctx.command_path.partition(" ")[2] if exc.ctx else ""
+        hint = f" (see 'loopfan {sub} --help')".replace("  --", " --")
         click.echo(f"loopfan: error: {exc.format_message()}{hint}", err=True)
         return 2
     except click.Abort:

@@ -34,7 +34,45 @@ def parse_count(text: str, what: str = "connections") -> int:
     return int(value)
 
 
-class CountType(click.ParamType):
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """'10', '10s', '500ms', '2m', '1h' -> seconds; 'forever' / 'inf' -> None (until interrupted)."""
+    t = text.strip().lower()
+    if t in ("forever", "inf", "infinite"):
+        return None
+    for unit in ("ms", "s", "m", "h"):
+        if t.endswith(unit):
+            number, scale = t[: -len(unit)], _DURATION_UNITS[unit]
+            break
+    else:
+        number, scale = t, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise UsageError(f"duration {text!r} is not understood; write e.g. 30s, 500ms, 2m or forever") from None
+    if value < 0:
+        raise UsageError(f"duration {text!r} is negative; write e.g. 30s")
+    return value
+
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+
+
+class CountType(click.ParamType):  # type: ignore[type-arg]
     name = "N"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -100,7 +138,8 @@ def build_sources(text: str | None, allow_non_loopback: bool) -> AddressPool:
         outside = [ip_to_str(lo) for lo, _ in pool.ranges if not 0x7F000000 <= lo <= 0x7FFFFFFF]
         assert_local(outside)
         if outside:
-            click.echo(f"loopfan: note: using non-loopback source addresses of this host: {', '.join(outside)}", err=True)
+            note = ", ".join(outside)
+            click.echo(f"loopfan: note: using non-loopback source addresses of this host: {note}", err=True)
     return pool
 
 
@@ -112,7 +151,8 @@ def build_targets(texts: tuple[str, ...], allow_non_loopback: bool) -> tuple[End
         outside = sorted({e.address for e in out if not (e.address.startswith("127.") or e.address == "::1")})
         assert_local(outside)
         if outside:
-            click.echo(f"loopfan: note: targeting non-loopback addresses of this host: {', '.join(outside)}", err=True)
+            note = ", ".join(outside)
+            click.echo(f"loopfan: note: targeting non-loopback addresses of this host: {note}", err=True)
     return tuple(dict.fromkeys(out))
 
 

@@ -1,0 +1,56 @@
+"""`loopfan demo`: the embedded default - 100,000 connections to the built-in server, explained."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+
+from loopfan.commands.run import RunOptions, execute, exit_status
+from loopfan.engine.report import report_renderable
+from loopfan.engine.runner import RunConfig
+from loopfan.planner import PlanRequest
+
+DEMO_CONNECTIONS = 100_000
+DEMO_HOLD_S = 3.0
+
+
+def explanation(rep: dict[str, object]) -> str:
+    plan = rep["plan"]
+    assert isinstance(plan, dict)
+    budget = plan["port_budget"]
+    established = rep["established"]
+    return (
+        f"What just happened: loopfan opened {established:,} TCP connections on this one machine - "
+        f"{established / budget['ports']:.1f} times what one client address can open to one server address "
+        f"({budget['ports']:,} ephemeral ports, then 'Cannot assign requested address'). "
+        f"Every 127.x.y.z address is loopback on Linux, so the client side was spread over "
+        f"{plan['source_addresses']} source addresses and the server over {len(plan['targets'])} listen "
+        f"addresses (127.100.0.x), each (source, server) pair using at most {budget['budget']:,} ports "
+        f"({budget['fill_ratio']:.0%} of the range, where connect() stays fast). Each process may open only "
+        f"{plan['connections_per_process']:,} files here, so {plan['client_processes']} client and "
+        f"{plan['server_processes']} server processes shared the work. Next: `loopfan plan -c 1M`, "
+        f"`loopfan doctor -c 1M`, or `loopfan run -c 50k 127.0.0.1:YOUR_PORT` against your own server."
+    )
+
+
+@click.command()
+@click.option("-c", "--connections", type=int, default=DEMO_CONNECTIONS, show_default=True, hidden=True)
+@click.option("--json", "json_path", metavar="FILE", help="Also write the report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+def command(connections: int, json_path: str | None, quiet: bool) -> int:
+    """Hold 100,000 loopback connections against the built-in server, and explain how."""
+    console = Console()
+    console.print(f"loopfan demo: {connections:,} connections to the built-in server, held {DEMO_HOLD_S:.0f} s ...")
+    opts = RunOptions(
+        request=PlanRequest(connections=connections),
+        config=RunConfig(hold_s=DEMO_HOLD_S),
+        json_path=json_path,
+        quiet=quiet,
+    )
+    result, rep = execute(opts, console, ["loopfan", *sys.argv[1:]])
+    console.print(report_renderable(rep))
+    console.print(Panel(explanation(rep), border_style="cyan"))
+    return exit_status(result)

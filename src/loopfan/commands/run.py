@@ -1,0 +1,146 @@
+"""`loopfan run`: open N connections per the plan, hold them, close them, report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import click
+from rich.console import Console
+
+from loopfan.commands.common import (
+    DURATION,
+    allow_option,
+    build_sources,
+    build_targets,
+    connections_option,
+    sources_option,
+    write_json,
+)
+from loopfan.commands.live import LiveProgress
+from loopfan.engine import protocol as P
+from loopfan.engine.report import report_dict, report_renderable
+from loopfan.engine.runner import RunConfig, RunResult, run_plan
+from loopfan.errors import HostError, UsageError
+from loopfan.hostfacts import HostFacts, raise_nofile_soft_limit, read_host_facts
+from loopfan.planner import Plan, PlanRequest, plan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """Everything `run` and `demo` need, built once from argv."""
+
+    request: PlanRequest
+    config: RunConfig
+    json_path: str | None = None
+    quiet: bool = False
+    force: bool = False
+
+
+def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
+    """Refuse, before any socket opens, a plan this host cannot hold (unless forced)."""
+    try:
+        from loopfan import aliases
+    except ImportError:
+        pass
+    else:
+        check = getattr(aliases, "preflight", None)
+        if check is not None:
+            check(p, facts)
+    if not p.feasible and not force:
+        lim = p.first_limit
+        assert lim is not None
+        raise HostError(
+            f"this host cannot hold {p.request.connections:,} connections: {lim.resource} stops at "
+            f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - or pass --force to try anyway"
+        )
+
+
+def execute(opts: RunOptions, console: Console, argv: list[str]) -> tuple[RunResult, dict[str, object]]:
+    raise_nofile_soft_limit()
+    facts = read_host_facts()
+    p = plan(opts.request, facts)
+    preflight(p, facts, opts.force)
+    with LiveProgress(quiet=opts.quiet) as live:
+        result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
+    rep = report_dict(result, argv=argv)
+    if opts.json_path:
+        write_json(opts.json_path, rep)
+    return result, rep
+
+
+def exit_status(result: RunResult) -> int:
+    status = result.exit_status
+    if status == 0 and result.client.established < result.plan.request.connections:
+        return 1
+    return status
+
+
+@click.command()
+@connections_option()
+@click.argument("targets", nargs=-1, metavar="[TARGET ...]")
+@sources_option
+@allow_option
+@click.option("--connect-rate", type=click.FloatRange(min=0), default=0.0, metavar="R",
+              help="Connections per second over the whole run (default: as fast as the host allows).")
+@click.option("--hold", "hold_s", type=DURATION, default=None,
+              help="How long to hold the connections once open: 30s, 5m, forever "
+              "(default: until Ctrl-C on a terminal, 0 otherwise).")
+@click.option("--connect-timeout", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
+              help="Give up on a connection not established within this.")
+@click.option("--mode", type=click.Choice(["hold", "echo", "discard"]), default="hold", show_default=True,
+              help="Built-in server mode (with no TARGET).")
+@click.option("--json", "json_path", metavar="FILE", help="Write the report as JSON (schema loopfan.report/1).")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress; only the report.")
+@click.option("--force", is_flag=True, help="Run even if the plan says this host cannot hold N.")
+@click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
+              help="At most N connections per worker process (default: the open-file limit allows).")
+def command(
+    connections: int,
+    targets: tuple[str, ...],
+    sources: str | None,
+    allow_non_loopback: bool,
+    connect_rate: float,
+    hold_s: float | None,
+    connect_timeout: float | None,
+    mode: str,
+    json_path: str | None,
+    quiet: bool,
+    force: bool,
+    per_process: int | None,
+) -> int:
+    """Open N connections over many loopback addresses, hold them, and report.
+
+    With no TARGET, loopfan starts its built-in server (the embedded default) and stops it after.
+    TARGET is ADDRESS:PORT with ranges allowed, e.g. 127.0.0.1:8080 or 127.0.0.1-127.0.0.4:9000-9003.
+    """
+    if json_path and json_path != "-":
+        _check_writable(json_path)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("hold_s") is not click.core.ParameterSource.COMMANDLINE:
+        # Interactive: hold until Ctrl-C. Otherwise do not wait for a Ctrl-C that will never come.
+        hold_s = None if sys.stdin.isatty() and sys.stdout.isatty() else 0.0
+    request = PlanRequest(
+        connections=connections,
+        targets=build_targets(targets, allow_non_loopback),
+        sources=build_sources(sources, allow_non_loopback),
+        max_per_process=per_process,
+    )
+    config = RunConfig(
+        hold_s=hold_s,
+        connect_rate_per_s=connect_rate,
+        client=P.ClientConfig(connect_timeout_s=connect_timeout if connect_timeout else 10.0),
+        server=P.ServerConfig(mode=mode),
+    )
+    opts = RunOptions(request=request, config=config, json_path=json_path, quiet=quiet, force=force)
+    console = Console()
+    result, rep = execute(opts, console, ["loopfan", *sys.argv[1:]])
+    console.print(report_renderable(rep))
+    return exit_status(result)
+
+
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write the report to {path}: {directory} is not a writable directory")

@@ -1,0 +1,75 @@
+"""`loopfan serve`: the built-in multi-address server, sharded over processes, until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import click
+from rich.console import Console
+
+from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, write_json
+from loopfan.engine import protocol as P
+from loopfan.engine.serve import BuiltinServer, shard_endpoints
+from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
+from loopfan.planner import PlanRequest, plan
+
+
+@click.command()
+@click.option("--listen", "listen", multiple=True, metavar="ENDPOINTS",
+              help="Where to listen: 127.0.0.1:7070, 127.100.0.1-127.100.0.8:7070-7071 (repeatable). "
+              "Default: the endpoints `loopfan plan -c N` chooses.")
+@click.option("-c", "--connections", type=COUNT, default=100_000, show_default=True,
+              help="Connections to be ready for: decides how many processes share the endpoints.")
+@click.option("--mode", type=click.Choice(["hold", "echo", "discard"]), default="hold", show_default=True)
+@click.option("--duration", type=DURATION, default=None, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--json", "json_path", metavar="FILE", help="Write final counts as JSON when stopping.")
+@click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
+              help="At most N connections per server process.")
+@allow_option
+def command(listen: tuple[str, ...], connections: int, mode: str, duration: float | None,
+            json_path: str | None, per_process: int | None, allow_non_loopback: bool) -> int:
+    """Run loopfan's built-in server on many loopback addresses (hold, echo or discard)."""
+    raise_nofile_soft_limit()
+    facts = read_host_facts()
+    if listen:
+        endpoints = build_targets(listen, allow_non_loopback)
+        shards = shard_endpoints(endpoints, connections, facts, per_process)
+    else:
+        p = plan(PlanRequest(connections=connections, max_per_process=per_process), facts)
+        shards = p.server_shards
+    console = Console(stderr=True)
+    server = BuiltinServer(shards, P.ServerConfig(mode=mode))
+    stop = {"signal": ""}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with server:
+            eps = server.endpoints
+            shown = ", ".join(str(e) for e in eps[:4]) + (f", ... ({len(eps) - 4} more)" if len(eps) > 4 else "")
+            console.print(f"listening on {len(eps)} endpoint(s) in {len(shards)} process(es), mode {mode}: {shown}",
+                          highlight=False)
+            deadline = None if duration is None else time.monotonic() + duration
+            next_line = 0.0
+            while not stop["signal"] and (deadline is None or time.monotonic() < deadline):
+                totals = server.poll(0.25)
+                if server.failed_workers:
+                    console.print(f"loopfan: {server.failed_workers[0]}", style="red")
+                now = time.monotonic()
+                if now >= next_line:
+                    next_line = now + 2.0
+                    console.print(f"open {totals.open:,}  accepted {totals.established:,}  "
+                                  f"closed by clients {totals.peer_closed:,}", highlight=False)
+            totals = server.stop()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    console.print(f"stopped: accepted {totals.established:,}, peak open {totals.peak_open:,}", highlight=False)
+    if json_path:
+        write_json(json_path, {"schema": "loopfan.serve/1", "listen": [str(e) for e in server.endpoints],
+                               "accepted": totals.established, "peak_open": totals.peak_open,
+                               "failed": totals.failed, "mode": mode})
+    return {"SIGINT": 130, "SIGTERM": 143}.get(stop["signal"], 0)

@@ -1,0 +1,219 @@
+"""The client worker: opens one ClientShard's connections, holds them, closes them. Runs in a child.
+
+Rules of this file: this is the per-connection hot path (a million iterations per run), so it
+keeps connections as bare file descriptors (an int in an array: no socket objects, no dicts per
+connection), uses one epoll, and makes the fewest syscalls that are correct:
+
+    socket(SOCK_NONBLOCK) -> setsockopt(IP_BIND_ADDRESS_NO_PORT) -> bind(src, 0) -> connect()
+
+On loopback the whole handshake runs inside connect(): the SYN and SYN-ACK are processed in softirq
+during the call, the SYN-ACK waits in the socket's backlog while connect() holds the socket lock,
+and is processed when it releases it. So a non-blocking connect() returns EINPROGRESS (the state
+was still SYN_SENT when it looked) yet the socket is ESTABLISHED on return; getpeername() confirms
+it. Only when the listener's queue is full does it stay pending, and then epoll says when.
+IP_BIND_ADDRESS_NO_PORT defers the port choice from bind() to connect(), so each (source, destination)
+group gets its own ephemeral-port budget (mechanics.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
+from loopfan.engine import protocol as P
+from loopfan.engine.causes import cause_for
+from loopfan.engine.pacing import Pacer
+from loopfan.engine.worker import WorkerBase
+from loopfan.planner import ClientShard
+
+_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_EPOLLOUT = select.EPOLLOUT
+_EPOLLIN = select.EPOLLIN
+_EPOLLERR = select.EPOLLERR
+_EPOLLHUP = select.EPOLLHUP
+_EPOLLRDHUP = select.EPOLLRDHUP
+_EPOLLET = select.EPOLLET
+# Held connections: edge-triggered, so a held socket wakes us only when the peer closes it.
+_HOLD_EVENTS = _EPOLLRDHUP | _EPOLLET
+_PENDING_EVENTS = _EPOLLOUT | _EPOLLRDHUP | _EPOLLET
+
+
+def bind_socket(source: str, *, family: int = socket.AF_INET, nonblocking: bool = True) -> socket.socket:
+    """A TCP socket bound to `source` with IP_BIND_ADDRESS_NO_PORT (Linux): ready to connect().
+
+    The port is chosen at connect() per 4-tuple, so one source address serves every destination
+    with its own ~28K-port budget, instead of reserving a port across all destinations at bind().
+    """
+    kind = socket.SOCK_STREAM | (socket.SOCK_NONBLOCK if nonblocking else 0)
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET and hasattr(socket, "IP_BIND_ADDRESS_NO_PORT"):
+            sock.setsockopt(socket.IPPROTO_IP, _NO_PORT, 1)
+        sock.bind((source, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ClientWorker(WorkerBase):
+    def __init__(self, shard: ClientShard, config: P.ClientConfig, pipe: Connection) -> None:
+        super().__init__(pipe, config.report_interval_s)
+        self.shard = shard
+        self.config = config
+        self.fds: set[int] = set()  # held connections (bare fds: no socket objects)
+        self.pending: dict[int, int] = {}  # fd -> connect start (ns), only while connecting
+        self.closing = False
+
+    def _plan(self) -> Iterator[tuple[str, tuple[str, int], int]]:
+        for g in self.shard.groups:
+            family = socket.AF_INET6 if ":" in g.target.address else socket.AF_INET
+            for _ in range(g.connections):
+                yield g.source, (g.target.address, g.target.port), family
+
+    def run(self) -> None:
+        snap = self.snap
+        ep = self.epoll
+        pacer = Pacer(self.config.connect_rate_per_s)
+        todo = self._plan()
+        exhausted = False
+        timeout_ns = int(self.config.connect_timeout_s * 1e9)
+        max_pending = self.config.max_pending
+        lat = self.latency
+        fds_add = self.fds.add
+        perf_ns = time.perf_counter_ns
+        AF_INET = socket.AF_INET
+        kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+        ip_proto = socket.IPPROTO_IP
+        pending = self.pending
+        EINPROGRESS = errno.EINPROGRESS
+        while not exhausted or pending:
+            if self.closing:
+                return
+            # Open a batch, paced and bounded by the connects in flight.
+            room = max_pending - len(pending)
+            batch = pacer.allow(time.monotonic(), min(room, 64)) if not exhausted and room > 0 else 0
+            for _ in range(batch):
+                item = next(todo, None)
+                if item is None:
+                    exhausted = True
+                    break
+                source, dest, family = item
+                snap.attempted += 1
+                t0 = perf_ns()
+                try:
+                    s = socket.socket(family, kind)
+                except OSError as exc:
+                    self.fail(cause_for(exc.errno or 0, "socket"))
+                    continue
+                try:
+                    if family == AF_INET:
+                        s.setsockopt(ip_proto, _NO_PORT, 1)
+                        s.bind((source, 0))
+                except OSError as exc:
+                    s.close()
+                    self.fail(cause_for(exc.errno or 0, "bind"))
+                    continue
+                err = s.connect_ex(dest)
+                if err == EINPROGRESS:
+                    # Usually already established: the SYN-ACK waited in the socket's backlog and
+                    # was processed as connect() released the socket. One getpeername() tells, and
+                    # saves an epoll round trip per connection (and keeps connect latency exact).
+                    try:
+                        s.getpeername()
+                        err = 0
+                    except OSError:
+                        pass
+                fd = s.detach()
+                if err == 0:
+                    us = (perf_ns() - t0) // 1000
+                    lat[us] = lat.get(us, 0) + 1
+                    ep.register(fd, _HOLD_EVENTS)
+                    fds_add(fd)
+                    self.established()
+                elif err == EINPROGRESS:
+                    ep.register(fd, _PENDING_EVENTS)
+                    pending[fd] = t0
+                else:
+                    os.close(fd)
+                    self.fail(cause_for(err, "connect"))
+            if exhausted and not pending:
+                break
+            # Poll without waiting while there is work to start; otherwise wait for events.
+            wait = 0.0 if (batch and not exhausted) else min(0.05, pacer.wait_s() or 0.05)
+            self.poll(wait)
+            if pending:
+                self._expire(perf_ns(), timeout_ns)
+            self.maybe_report()
+        snap.connected_s = time.time()
+        self.send(P.CONNECTED, snap.as_dict())
+        # Hold until the parent says close (or goes away).
+        while not self.closing:
+            self.poll(0.2)
+            self.maybe_report()
+
+    def _expire(self, now_ns: int, timeout_ns: int) -> None:
+        expired = [fd for fd, t0 in self.pending.items() if now_ns - t0 > timeout_ns]
+        for fd in expired:
+            del self.pending[fd]
+            self.epoll.unregister(fd)
+            os.close(fd)
+            self.fail("ETIMEDOUT")
+
+    def on_event(self, fd: int, events: int) -> None:
+        t0 = self.pending.pop(fd, None)
+        if t0 is not None:
+            if events & (_EPOLLERR | _EPOLLHUP):
+                err = _so_error(fd)
+                self.epoll.unregister(fd)
+                os.close(fd)
+                self.fail(cause_for(err or errno.ECONNREFUSED, "connect"))
+                return
+            us = (time.perf_counter_ns() - t0) // 1000
+            self.latency[us] = self.latency.get(us, 0) + 1
+            self.fds.add(fd)
+            self.established()
+            if not events & (_EPOLLRDHUP | _EPOLLIN):
+                return
+        # A held connection the peer closed (or reset).
+        if events & (_EPOLLRDHUP | _EPOLLHUP | _EPOLLERR):
+            err = _so_error(fd) if events & _EPOLLERR else 0
+            self.epoll.unregister(fd)
+            self.lost(fd, "ECONNRESET" if err == errno.ECONNRESET else "closed-by-peer")
+
+    def lost(self, fd: int, cause: str) -> None:
+        os.close(fd)
+        self.fds.discard(fd)
+        self.snap.open -= 1
+        self.snap.failed[cause] = self.snap.failed.get(cause, 0) + 1
+
+    def on_control(self, message: str) -> None:
+        if message in (P.CLOSE, P.STOP):
+            self.closing = True
+
+    def close_all(self) -> None:
+        for fd in self.pending:
+            os.close(fd)
+        self.pending.clear()
+        for fd in self.fds:
+            os.close(fd)
+        self.snap.closed += len(self.fds)
+        self.snap.open -= len(self.fds)
+        self.fds = set()
+
+
+def _so_error(fd: int) -> int:
+    s = socket.socket(fileno=fd)
+    try:
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    finally:
+        s.detach()
+
+
+def client_main(shard: ClientShard, config: P.ClientConfig, pipe: Connection) -> None:
+    ClientWorker(shard, config, pipe).main()

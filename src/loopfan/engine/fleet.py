@@ -1,0 +1,139 @@
+"""A fleet of worker processes: start them, hear from them, stop them, and notice when one dies.
+
+Rules of this file: workers are forked (they inherit the imported code and share its pages
+copy-on-write, which keeps a hundred workers cheap) and each has one duplex pipe to the parent.
+Every worker is stopped by pid before the fleet is done with it: asked first, then SIGTERM, then
+SIGKILL. Nothing is left running, whatever happened.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from loopfan.engine import protocol as P
+
+_CTX = multiprocessing.get_context("fork")
+
+
+@dataclass(eq=False)
+class Worker:
+    role: str  # "client" or "server"
+    index: int
+    process: BaseProcess
+    conn: Connection
+    stats: dict[str, Any] = field(default_factory=dict)
+    state: str = "starting"  # starting, ready, connected, done, dead, error
+    error: str = ""
+    ready_payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "dead", "error")
+
+
+class Fleet:
+    def __init__(self, on_latency: Callable[[dict[int, int]], None]) -> None:
+        self.workers: list[Worker] = []
+        self.on_latency = on_latency
+
+    def spawn(self, role: str, index: int, target: Callable[..., None], *args: object) -> Worker:
+        parent_end, child_end = _CTX.Pipe(duplex=True)
+        proc = _CTX.Process(target=target, args=(*args, child_end), name=f"loopfan-{role}-{index}", daemon=True)
+        proc.start()
+        child_end.close()
+        worker = Worker(role, index, proc, parent_end)
+        self.workers.append(worker)
+        return worker
+
+    def of(self, role: str) -> list[Worker]:
+        return [w for w in self.workers if w.role == role]
+
+    def pump(self, timeout_s: float) -> None:
+        """Read every message that arrives within timeout_s; mark workers whose pipe closed."""
+        live = {w.conn: w for w in self.workers if not w.finished}
+        if not live:
+            time.sleep(min(timeout_s, 0.05))
+            return
+        for ready in wait(list(live), timeout_s):
+            worker = live[ready]  # type: ignore[index]
+            conn = worker.conn
+            try:
+                while conn.poll():
+                    self._handle(worker, conn.recv())
+            except (EOFError, OSError):
+                self._died(worker)
+
+    def _handle(self, worker: Worker, message: P.Message) -> None:
+        kind, payload = message
+        if kind == P.STATS:
+            stats, latency = payload
+            worker.stats = stats
+            if latency:
+                self.on_latency(latency)
+        elif kind == P.READY:
+            worker.state = "ready"
+            worker.ready_payload = payload
+        elif kind == P.CONNECTED:
+            worker.stats = payload
+            worker.state = "connected"
+        elif kind == P.DONE:
+            worker.stats = payload
+            worker.state = "done"
+        elif kind == P.ERROR:
+            worker.state = "error"
+            worker.error = str(payload)
+
+    def _died(self, worker: Worker) -> None:
+        if worker.finished:
+            return
+        worker.process.join(0.5)
+        code = worker.process.exitcode
+        worker.state = "dead"
+        if code is not None and code < 0:
+            worker.error = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            worker.error = f"exited with status {code}"
+
+    def send(self, workers: Iterable[Worker], message: str) -> None:
+        for w in workers:
+            if not w.finished:
+                try:
+                    w.conn.send(message)
+                except OSError:
+                    self._died(w)
+
+    def wait_until(self, done: Callable[[], bool], timeout_s: float, tick: Callable[[], None] | None = None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
+            self.pump(0.1)
+            if tick:
+                tick()
+        return True
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Ask, then terminate, then kill: every worker gone, every pipe closed."""
+        self.send(self.workers, P.STOP)
+        self.wait_until(lambda: all(w.finished for w in self.workers), timeout_s)
+        for w in self.workers:
+            w.process.join(0.2)
+            if w.process.is_alive():
+                os.kill(w.pid, signal.SIGTERM)
+                w.process.join(2)
+            if w.process.is_alive():
+                os.kill(w.pid, signal.SIGKILL)
+                w.process.join(2)
+            w.conn.close()

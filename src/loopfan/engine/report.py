@@ -1,0 +1,177 @@
+"""The run report: a RunResult as a JSON-able dict (schema loopfan.report/1) and as terminal text.
+
+Rules of this file: pure functions of the result. Every failure cause in the report carries its
+meaning and its fix; numbers keep their unit in their name (_ms, _s, _bytes, _per_s).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Group as RichGroup
+from rich.table import Table
+from rich.text import Text
+
+from loopfan import __version__
+from loopfan.engine.causes import explain
+from loopfan.engine.runner import RunResult
+from loopfan.render import plan_to_dict
+
+REPORT_SCHEMA = "loopfan.report/1"
+
+# A failure cause that points at a host limit: the resource to name in `first_limit_hit`.
+_LIMIT_OF_CAUSE = {
+    "EADDRNOTAVAIL@connect": "ephemeral ports",
+    "EADDRNOTAVAIL@bind": "loopback addresses",
+    "EADDRINUSE": "ephemeral ports",
+    "EMFILE": "open files per process",
+    "ENFILE": "fs.file-max",
+    "ENOBUFS": "memory",
+    "ENOMEM": "memory",
+    "ETIMEDOUT": "accept queue (somaxconn / tcp_max_syn_backlog)",
+}
+
+
+def _percentiles_ms(result: RunResult) -> dict[str, float | None]:
+    h = result.connect_latency
+    if h.get_total_count() == 0:
+        return {"p50": None, "p90": None, "p99": None, "p999": None, "p9999": None, "max": None}
+    q = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
+    out: dict[str, float | None] = {k: h.get_value_at_percentile(v) / 1000 for k, v in q.items()}
+    out["max"] = h.get_max_value() / 1000
+    return out
+
+
+def first_limit_hit(result: RunResult) -> dict[str, Any] | None:
+    causes = sorted(result.client.failed.items(), key=lambda kv: -kv[1])
+    for cause, count in causes:
+        if cause in _LIMIT_OF_CAUSE and count:
+            c = explain(cause)
+            return {"resource": _LIMIT_OF_CAUSE[cause], "cause": cause, "count": count, "fix": c.fix}
+    return None
+
+
+def report_dict(result: RunResult, *, argv: list[str] | None = None) -> dict[str, Any]:
+    plan = result.plan
+    c = result.client
+    connect_s = result.phases_s.get("connect") or 0.0
+    mean_rate = c.established / connect_s if connect_s > 0 else 0.0
+    failures = [
+        {"cause": cause, "count": n, "meaning": explain(cause).meaning, "fix": explain(cause).fix}
+        for cause, n in sorted(c.failed.items(), key=lambda kv: -kv[1])
+    ]
+    server: dict[str, Any] | None = None
+    if result.server is not None:
+        server = {
+            "accepted": result.server.established,
+            "peak_open": result.server.peak_open,
+            "agrees_with_client": result.server.established == c.established,
+            "failed": dict(result.server.failed),
+        }
+    mem = result.memory
+    return {
+        "schema": REPORT_SCHEMA,
+        "loopfan_version": __version__,
+        "command": argv if argv is not None else sys.argv,
+        "started_at": result.started_at,
+        "target_connections": plan.request.connections,
+        "established": c.established,
+        "peak_concurrent": c.peak_open,
+        "failed": dict(c.failed),
+        "failed_total": c.failed_total,
+        "failures": failures,
+        "connect_rate_per_s": {"mean": round(mean_rate, 1), "peak": round(result.peak_rate_per_s, 1)},
+        "connect_latency_ms": _percentiles_ms(result),
+        "duration_s": {k: round(v, 3) for k, v in result.phases_s.items()},
+        "client_processes": len(plan.client_shards),
+        "server_processes": len(plan.server_shards),
+        "memory_bytes": {
+            "user_client": mem.get("user_client"),
+            "user_server": mem.get("user_server"),
+            "kernel": mem.get("kernel"),
+        },
+        "cpu_s": round(result.cpu_s, 3),
+        "sources_used": len(plan.sources),
+        "first_limit_hit": first_limit_hit(result),
+        "listen_overflows": result.listen_overflows,
+        "server": server,
+        "interrupted": result.interrupted,
+        "worker_failures": result.worker_failures,
+        "connect_series": [{"t_s": t, "established": e} for t, e in result.rate_series],
+        "plan": plan_to_dict(plan),
+    }
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def report_renderable(rep: dict[str, Any]) -> RichGroup:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    ok = rep["established"] == rep["target_connections"] and not rep["failed_total"]
+    head = Text("Run report: ", style="bold")
+    if rep["interrupted"]:
+        head.append(f"interrupted ({rep['interrupted']}) - partial", style="bold yellow")
+    elif ok:
+        head.append("all connections established", style="bold green")
+    else:
+        head.append("some connections failed", style="bold red")
+    t.add_row("established", f"{rep['established']:,} of {rep['target_connections']:,} "
+              f"(peak concurrent {rep['peak_concurrent']:,})")
+    rate = rep["connect_rate_per_s"]
+    t.add_row("connect rate", f"{rate['mean']:,.0f}/s mean over the ramp, {rate['peak']:,.0f}/s peak second")
+    lat = rep["connect_latency_ms"]
+    t.add_row(
+        "connect latency",
+        f"p50 {_ms(lat['p50'])} ms  p90 {_ms(lat['p90'])}  p99 {_ms(lat['p99'])}  "
+        f"p99.9 {_ms(lat['p999'])}  max {_ms(lat['max'])}",
+    )
+    d = rep["duration_s"]
+    t.add_row("phases", "  ".join(f"{k} {v:.2f}s" for k, v in d.items()))
+    t.add_row(
+        "processes",
+        f"{rep['client_processes']} client + {rep['server_processes']} server, "
+        f"{rep['sources_used']:,} source addresses",
+    )
+    m = rep["memory_bytes"]
+
+    def mb(v: int | None) -> str:
+        return "-" if v is None else f"{v / 1e6:,.0f} MB"
+
+    per_conn = ""
+    if m["user_client"] and rep["peak_concurrent"]:
+        per_conn = f" ({m['user_client'] / rep['peak_concurrent']:,.0f} B per connection)"
+    t.add_row("memory", f"client {mb(m['user_client'])}{per_conn}, server {mb(m['user_server'])}, "
+              f"kernel {mb(m['kernel'])} (slab growth)")
+    t.add_row("cpu", f"{rep['cpu_s']:.1f} s")
+    srv = rep.get("server")
+    if srv is not None:
+        agree = "agrees" if srv["agrees_with_client"] else "DISAGREES"
+        t.add_row("server", f"accepted {srv['accepted']:,}: {agree} with the client's count")
+    if rep.get("listen_overflows"):
+        t.add_row("listen overflows", f"{rep['listen_overflows']:,} SYNs dropped by full accept queues "
+                  "(raise somaxconn: loopfan doctor --fix)")
+    parts: list[Any] = [head, t]
+    if rep["failures"]:
+        ft = Table(title="failures by cause", title_justify="left")
+        ft.add_column("cause")
+        ft.add_column("count", justify="right")
+        ft.add_column("meaning")
+        ft.add_column("fix")
+        for f in rep["failures"]:
+            ft.add_row(f["cause"], f"{f['count']:,}", f["meaning"], f["fix"])
+        parts.append(ft)
+    for wf in rep["worker_failures"]:
+        where = ", ".join(wf.get("sources", wf.get("listen", [])))
+        parts.append(Text(f"worker {wf['role']} #{wf['index']} (pid {wf['pid']}, {where}) failed: {wf['error']}",
+                          style="red"))
+    lim = rep["first_limit_hit"]
+    if lim:
+        parts.append(Text(f"first limit hit: {lim['resource']} ({lim['cause']} x{lim['count']:,}); fix: {lim['fix']}",
+                          style="yellow"))
+    return RichGroup(*parts)

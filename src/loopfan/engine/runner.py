@@ -1,0 +1,309 @@
+"""Run a plan: start the built-in server if the plan has one, ramp the clients, hold, close, measure.
+
+Rules of this file: this is the orchestration edge. It owns the worker fleet for the run's whole
+life and always shuts it down (try/finally), so an exception, Ctrl-C or SIGTERM at any moment
+still ends every child and still yields a (partial) RunResult. Progress is reported through a
+callback; rendering is the CLI's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+
+from loopfan.engine import measure
+from loopfan.engine import protocol as P
+from loopfan.engine.client import client_main
+from loopfan.engine.fleet import Fleet, Worker
+from loopfan.engine.server import server_main
+from loopfan.errors import HostError
+from loopfan.planner import Plan
+
+# Latency histograms in microseconds: 1 us .. 10 min at 3 significant digits.
+HIST_LOWEST_US = 1
+HIST_HIGHEST_US = 600_000_000
+HIST_DIGITS = 3
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    hold_s: float | None = 0.0  # None: until interrupted
+    connect_rate_per_s: float = 0.0  # the whole run's; shared evenly by the client workers
+    client: P.ClientConfig = field(default_factory=P.ClientConfig)
+    server: P.ServerConfig = field(default_factory=P.ServerConfig)
+    ready_timeout_s: float = 15.0
+    close_timeout_s: float = 60.0
+    # A ramp that stops making progress for this long ends (the rest are counted as not opened).
+    stall_timeout_s: float = 60.0
+
+
+@dataclass(slots=True)
+class Totals:
+    """Sums over workers of one role, from their latest cumulative snapshots."""
+
+    attempted: int = 0
+    established: int = 0
+    open: int = 0
+    peak_open: int = 0
+    closed: int = 0
+    peer_closed: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, workers: list[Worker]) -> Totals:
+        t = cls()
+        for w in workers:
+            s = w.stats
+            if not s:
+                continue
+            t.attempted += s["attempted"]
+            t.established += s["established"]
+            t.peak_open += s["peak_open"]
+            t.closed += s["closed"]
+            t.peer_closed += s.get("peer_closed", 0)
+            if w.state == "dead" or w.state == "error":
+                lost = s["open"]
+                if lost:
+                    t.failed["worker-died"] = t.failed.get("worker-died", 0) + lost
+            else:
+                t.open += s["open"]
+            for cause, n in s["failed"].items():
+                t.failed[cause] = t.failed.get(cause, 0) + n
+        return t
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    phase: str
+    elapsed_s: float
+    target: int
+    client: Totals
+    server: Totals | None
+    rate_per_s: float
+    hold_left_s: float | None
+
+
+@dataclass(slots=True)
+class RunResult:
+    plan: Plan
+    config: RunConfig
+    client: Totals = field(default_factory=Totals)
+    server: Totals | None = None
+    connect_latency: HdrHistogram = field(default_factory=new_histogram)
+    phases_s: dict[str, float] = field(default_factory=dict)
+    rate_series: list[tuple[float, int]] = field(default_factory=list)  # (t since start, established)
+    peak_rate_per_s: float = 0.0
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM"
+    worker_failures: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, int | None] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    listen_overflows: int | None = None
+    kernel_established_peak: int | None = None
+    started_at: float = 0.0
+    server_pids: list[int] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        if self.interrupted == "SIGINT":
+            return 130
+        if self.interrupted == "SIGTERM":
+            return 143
+        return 1 if self.worker_failures else 0
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag the run loop checks, so the run can close and report."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+@contextmanager
+def _trap_signals() -> Iterator[_Interrupt]:
+    flag = _Interrupt()
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def run_plan(
+    plan: Plan,
+    config: RunConfig,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> RunResult:
+    """Execute `plan`. Always returns a result (partial when interrupted); never leaves a worker."""
+    result = RunResult(plan=plan, config=config, started_at=time.time())
+    fleet = Fleet(on_latency=lambda lat: _record(result.connect_latency, lat))
+    cpu_before = _children_cpu_s()
+    slab_before = measure.slab_bytes()
+    overflows_before = measure.listen_overflows()
+    t0 = time.monotonic()
+    n_servers = len(plan.server_shards)
+    phase = "starting"
+    hold_until: float | None = None
+    last_sample = (t0, 0)
+
+    def totals() -> tuple[Totals, Totals | None]:
+        c = Totals.of(fleet.of("client"))
+        s = Totals.of(fleet.of("server")) if n_servers else None
+        return c, s
+
+    def tick() -> None:
+        nonlocal last_sample
+        now = time.monotonic()
+        c, s = totals()
+        if now - last_sample[0] >= 1.0 or not result.rate_series:
+            dt = now - last_sample[0]
+            if dt > 0 and result.rate_series:
+                result.peak_rate_per_s = max(result.peak_rate_per_s, (c.established - last_sample[1]) / dt)
+            result.rate_series.append((round(now - t0, 3), c.established))
+            last_sample = (now, c.established)
+        if on_progress:
+            left = None if hold_until is None else max(0.0, hold_until - now)
+            rate = result.peak_rate_per_s
+            if result.rate_series and len(result.rate_series) > 1:
+                (ta, ea), (tb, eb) = result.rate_series[-2], result.rate_series[-1]
+                rate = (eb - ea) / (tb - ta) if tb > ta else 0.0
+            on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left))
+
+    with _trap_signals() as interrupt:
+        try:
+            # 1. The built-in server, if the plan has one: every shard listening before any client.
+            if n_servers:
+                phase = "starting server"
+                for shard in plan.server_shards:
+                    fleet.spawn("server", shard.index, server_main, shard, config.server)
+                ok = fleet.wait_until(
+                    lambda: all(w.state != "starting" for w in fleet.of("server")) or interrupt.signal is not None,
+                    config.ready_timeout_s,
+                )
+                errors = [w.error for w in fleet.of("server") if w.state in ("error", "dead")]
+                if errors:
+                    raise HostError(f"the built-in server could not start: {errors[0]}")
+                if not ok:
+                    raise HostError("the built-in server did not start listening within "
+                                    f"{config.ready_timeout_s:.0f} s")
+                result.server_pids = [w.pid for w in fleet.of("server")]
+            result.phases_s["start"] = time.monotonic() - t0
+
+            # 2. Ramp: every client worker opens its shard.
+            phase = "connecting"
+            t_ramp = time.monotonic()
+            client_config = config.client
+            if config.connect_rate_per_s and plan.client_shards:
+                share = config.connect_rate_per_s / len(plan.client_shards)
+                client_config = dataclasses.replace(client_config, connect_rate_per_s=share)
+            for client_shard in plan.client_shards:
+                fleet.spawn("client", client_shard.index, client_main, client_shard, client_config)
+            if on_started:
+                on_started()  # after the last fork: a progress display may start its thread now
+            clients = fleet.of("client")
+            last_progress = (time.monotonic(), -1)
+            while interrupt.signal is None:
+                fleet.pump(0.1)
+                tick()
+                if all(w.state in ("connected", "done", "dead", "error") for w in clients):
+                    break
+                now = time.monotonic()
+                resolved = sum(w.stats.get("established", 0) + sum(w.stats.get("failed", {}).values())
+                               for w in clients)
+                if resolved != last_progress[1]:
+                    last_progress = (now, resolved)
+                elif now - last_progress[0] > config.stall_timeout_s:
+                    break
+            result.phases_s["connect"] = time.monotonic() - t_ramp
+            _note_failures(fleet, result)
+
+            # Peak readings: after the ramp, while everything is held.
+            result.memory = {
+                "user_client": measure.sum_uss(w.pid for w in clients if not w.finished),
+                "user_server": measure.sum_uss(w.pid for w in fleet.of("server") if not w.finished),
+                "kernel": _delta(measure.slab_bytes(), slab_before),
+            }
+            result.kernel_established_peak = measure.sockstat_inuse()
+
+            # 3. Hold.
+            if interrupt.signal is None:
+                phase = "holding"
+                t_hold = time.monotonic()
+                hold_until = None if config.hold_s is None else t_hold + config.hold_s
+                while interrupt.signal is None and (hold_until is None or time.monotonic() < hold_until):
+                    fleet.pump(min(0.25, max(0.0, (hold_until or 1e18) - time.monotonic())))
+                    tick()
+                    if all(w.finished for w in clients):
+                        break
+                result.phases_s["hold"] = time.monotonic() - t_hold
+                hold_until = None
+
+            # 4. Close: clients first (the server sees orderly closes), then the server.
+            phase = "closing"
+            t_close = time.monotonic()
+            fleet.send(clients, P.CLOSE)
+            fleet.wait_until(lambda: all(w.finished for w in clients), config.close_timeout_s, tick)
+            result.phases_s["close"] = time.monotonic() - t_close
+        finally:
+            phase = "stopping"
+            result.client, result.server = totals()
+            fleet.send(fleet.of("server"), P.STOP)
+            fleet.wait_until(lambda: all(w.finished for w in fleet.workers), 10.0)
+            result.client, result.server = totals()
+            _note_failures(fleet, result)
+            fleet.shutdown()
+            result.interrupted = interrupt.signal
+            result.cpu_s = _children_cpu_s() - cpu_before
+            after = measure.listen_overflows()
+            result.listen_overflows = _delta(after, overflows_before)
+            result.phases_s["total"] = time.monotonic() - t0
+    return result
+
+
+def _record(hist: HdrHistogram, latency: dict[int, int]) -> None:
+    for us, count in latency.items():
+        hist.record_value(max(HIST_LOWEST_US, min(us, HIST_HIGHEST_US)), count)
+
+
+def _delta(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else after - before
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _note_failures(fleet: Fleet, result: RunResult) -> None:
+    seen = {(f["role"], f["index"]) for f in result.worker_failures}
+    for w in fleet.workers:
+        if w.state in ("dead", "error") and (w.role, w.index) not in seen:
+            shard: dict[str, Any] = {"role": w.role, "index": w.index, "pid": w.pid, "error": w.error}
+            if w.role == "client":
+                client_shard = result.plan.client_shards[w.index]
+                shard["sources"] = list(client_shard.sources)
+                shard["connections"] = client_shard.connections
+            else:
+                shard["listen"] = [str(e) for e in result.plan.server_shards[w.index].listen]
+            result.worker_failures.append(shard)

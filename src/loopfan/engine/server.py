@@ -1,0 +1,152 @@
+"""The built-in server worker: listens on its shard's endpoints, accepts as fast as the kernel
+delivers, and holds, echoes or discards. Runs in a child process; also the embedded default target.
+
+Rules of this file: like the client, connections are bare fds in one epoll. Accept errors that mean
+"overloaded" (EMFILE, ENFILE, ENOBUFS, ENOMEM) are counted and answered by pausing that listener
+for a moment (as trio does), never by dying: the kernel keeps the pending connections queued.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from multiprocessing.connection import Connection
+
+from loopfan.engine import protocol as P
+from loopfan.engine.causes import cause_for
+from loopfan.engine.worker import WorkerBase
+from loopfan.errors import HostError
+from loopfan.planner import ServerShard
+
+_OVERLOAD = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_BACKOFF_S = 0.1
+_HOLD_EVENTS = select.EPOLLRDHUP | select.EPOLLET
+_TALK_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+_READ_SIZE = 65536
+
+
+def open_listener(address: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise HostError(
+            f"cannot listen on {address}:{port}: {exc.strerror}; choose another --listen endpoint or port"
+        ) from None
+    return sock
+
+
+class ServerWorker(WorkerBase):
+    def __init__(self, shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
+        super().__init__(pipe, config.report_interval_s)
+        self.shard = shard
+        self.config = config
+        self.listeners: dict[int, socket.socket] = {}
+        self.paused: dict[int, float] = {}  # listener fd -> resume time (monotonic)
+        self.conns: set[int] = set()
+        self.stopping = False
+        self.talk = config.mode in ("echo", "discard")
+        self.echo = config.mode == "echo"
+
+    def run(self) -> None:
+        for ep in self.shard.listen:
+            sock = open_listener(ep.address, ep.port, self.config.backlog)
+            self.listeners[sock.fileno()] = sock
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.send(P.READY, {"listen": [str(e) for e in self.shard.listen], "pid": os.getpid()})
+        while not self.stopping:
+            self.poll(0.2 if not self.paused else _BACKOFF_S)
+            if self.paused:
+                self._resume(time.monotonic())
+            self.maybe_report()
+
+    def _resume(self, now: float) -> None:
+        for fd, when in list(self.paused.items()):
+            if now >= when:
+                del self.paused[fd]
+                self.epoll.register(fd, select.EPOLLIN)
+
+    def on_event(self, fd: int, events: int) -> None:
+        listener = self.listeners.get(fd)
+        if listener is not None:
+            self._accept(listener)
+        elif self.talk and events & select.EPOLLIN:
+            self._read(fd)
+        elif events & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+            self._drop(fd)
+
+    def _accept(self, listener: socket.socket) -> None:
+        accept = listener._accept  # type: ignore[attr-defined]  # (fd, addr): no socket object per connection
+        register = self.epoll.register
+        conns = self.conns
+        events = _TALK_EVENTS if self.talk else _HOLD_EVENTS
+        for _ in range(4096):
+            try:
+                fd, _addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                err = exc.errno or 0
+                self.fail(cause_for(err, "accept"))
+                if err in _OVERLOAD:
+                    lfd = listener.fileno()
+                    self.epoll.unregister(lfd)
+                    self.paused[lfd] = time.monotonic() + _BACKOFF_S
+                    return
+                continue
+            if self.talk:
+                os.set_blocking(fd, False)
+            register(fd, events)
+            conns.add(fd)
+            self.established()
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(fd)
+            return
+        self.snap.bytes_in += len(data)
+        if self.echo:
+            try:
+                sent = os.write(fd, data)
+            except OSError:
+                self._drop(fd)
+                return
+            self.snap.bytes_out += sent
+
+    def _drop(self, fd: int) -> None:
+        if fd in self.conns:
+            self.conns.discard(fd)
+            self.epoll.unregister(fd)
+            os.close(fd)
+            self.snap.open -= 1
+            self.snap.peer_closed += 1
+
+    def on_control(self, message: str) -> None:
+        if message in (P.CLOSE, P.STOP):
+            self.stopping = True
+
+    def close_all(self) -> None:
+        for sock in self.listeners.values():
+            sock.close()
+        for fd in self.conns:
+            os.close(fd)
+        self.snap.closed += len(self.conns)
+        self.snap.open -= len(self.conns)
+        self.conns = set()
+
+
+def server_main(shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
+    ServerWorker(shard, config, pipe).main()

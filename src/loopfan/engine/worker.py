@@ -1,0 +1,123 @@
+"""What every worker process shares: its pipe to the parent, its epoll, reporting, and a clean exit.
+
+Rules of this file: a worker never outlives its parent (PR_SET_PDEATHSIG, and the pipe's EOF),
+ignores SIGINT (the parent coordinates Ctrl-C so that a partial report is still produced), and
+turns any unexpected exception into one ERROR message instead of a traceback on the terminal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+
+from loopfan.engine import protocol as P
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the parent dies (kill -9 included): never orphans."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+class WorkerBase:
+    def __init__(self, pipe: Connection, report_interval_s: float) -> None:
+        self.pipe = pipe
+        self.snap = P.Snapshot()
+        self.latency: dict[int, int] = {}  # microseconds -> count, since the last report
+        self.report_interval_s = report_interval_s
+        self._next_report = 0.0
+        self.epoll = select.epoll()
+        self.pipe_fd = pipe.fileno()
+        self.epoll.register(self.pipe_fd, select.EPOLLIN)
+        self.parent_pid = os.getppid()
+
+    # -- counting -------------------------------------------------------------------------------
+    def established(self) -> None:
+        snap = self.snap
+        snap.established += 1
+        snap.open += 1
+        if snap.open > snap.peak_open:
+            snap.peak_open = snap.open
+        now = time.time()
+        if snap.first_established_s is None:
+            snap.first_established_s = now
+        snap.last_established_s = now
+
+    def fail(self, cause: str) -> None:
+        self.snap.failed[cause] = self.snap.failed.get(cause, 0) + 1
+
+    # -- talking to the parent ------------------------------------------------------------------
+    def send(self, kind: str, payload: object) -> None:
+        try:
+            self.pipe.send((kind, payload))
+        except (BrokenPipeError, OSError):
+            self.orphaned()
+
+    def report(self) -> None:
+        latency, self.latency = self.latency, {}
+        self.send(P.STATS, (self.snap.as_dict(), latency))
+
+    def maybe_report(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + self.report_interval_s
+            self.report()
+
+    def orphaned(self) -> None:
+        os._exit(3)
+
+    def read_control(self) -> None:
+        try:
+            while self.pipe.poll():
+                self.on_control(self.pipe.recv())
+        except (EOFError, OSError):
+            self.orphaned()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> None:
+        for fd, events in self.epoll.poll(timeout_s, 4096):
+            if fd == self.pipe_fd:
+                self.read_control()
+            else:
+                self.on_event(fd, events)
+
+    def on_event(self, fd: int, events: int) -> None:
+        raise NotImplementedError
+
+    def on_control(self, message: str) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def close_all(self) -> None:
+        raise NotImplementedError
+
+    def main(self) -> None:
+        _die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+        try:
+            self.run()
+            self.close_all()
+            self.report()
+            self.send(P.DONE, self.snap.as_dict())
+        except Exception as exc:
+            self.send(P.ERROR, f"{type(exc).__name__}: {exc}")
+        finally:
+            try:
+                self.pipe.close()
+            finally:
+                os._exit(0)
