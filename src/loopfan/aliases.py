@@ -118,8 +118,7 @@ def parse_alias_pool(text: str) -> AddressPool:
     pool = parse_pool(text, allow_non_loopback=True)  # our own message below names the alias rules
     if pool.ipv6_loopback:
         raise UsageError(
-            f"{text!r}: ::1 is always on lo0 and takes no aliases; give 127.x.y.z addresses, "
-            "e.g. 127.0.0.2-127.0.0.20"
+            f"{text!r}: ::1 is always on lo0 and takes no aliases; give 127.x.y.z addresses, e.g. 127.0.0.2-127.0.0.20"
         )
     for lo, hi in pool.ranges:
         if not (is_loopback_v4(lo) and is_loopback_v4(hi)):
@@ -128,15 +127,15 @@ def parse_alias_pool(text: str) -> AddressPool:
                 f"{bad} in {text!r} is not a loopback address: lo0 aliases must be in 127.0.0.0/8, "
                 "e.g. 127.0.0.2-127.0.0.20"
             )
-    if LOCALHOST_V4 in pool:
-        raise UsageError(
-            f"{text!r} includes 127.0.0.1, lo0's own address, which loopfan never touches; leave it "
-            f"out, e.g. '{text},!127.0.0.1'"
-        )
     if pool.ipv4_count > MAX_ALIASES:
         raise UsageError(
             f"{text!r} is {pool.ipv4_count:,} addresses; loopfan adds at most {MAX_ALIASES:,} aliases "
             "(a /16), each one kernel state and an ifconfig call; give a smaller pool, e.g. 127.0.0.0/20"
+        )
+    if LOCALHOST_V4 in pool:
+        raise UsageError(
+            f"{text!r} includes 127.0.0.1, lo0's own address, which loopfan never touches; leave it "
+            f"out, e.g. '{text},!127.0.0.1'"
         )
     return pool
 
@@ -163,18 +162,19 @@ def remove_line(ip: int, platform: str) -> str:
     return f"{IFCONFIG} {INTERFACE} -alias {ip_to_str(ip)}"
 
 
-def batches(lines: Sequence[str], *, use_sudo: bool, max_bytes: int = BATCH_SCRIPT_BYTES) -> list[list[str]]:
+def batches(lines: Sequence[str], *, use_sudo: bool, max_bytes: int | None = None) -> list[list[str]]:
     """Cut shell lines into `[sudo] /bin/sh -c SCRIPT` argvs whose script stays under max_bytes.
 
     A line never fails the batch: sh runs the next one anyway, and the caller checks the result by
     reading lo0 again (the only reliable account of what happened).
     """
+    limit = BATCH_SCRIPT_BYTES if max_bytes is None else max_bytes
     prefix = ["sudo", SHELL, "-c"] if use_sudo else [SHELL, "-c"]
     out: list[list[str]] = []
     chunk: list[str] = []
     size = 0
     for line in lines:
-        if chunk and size + len(line) + 1 > max_bytes:
+        if chunk and size + len(line) + 1 > limit:
             out.append([*prefix, "\n".join(chunk)])
             chunk, size = [], 0
         chunk.append(line)
@@ -233,7 +233,7 @@ def remove_daemon_lines() -> list[str]:
 class AliasState:
     """Aliases loopfan added and did not remove yet, and whether it installed the boot daemon."""
 
-    added: AddressPool = AddressPool()
+    added: AddressPool = field(default_factory=AddressPool)
     launchdaemon: str | None = None
 
     def to_json(self) -> str:
@@ -381,9 +381,7 @@ def suggest_add_command(sources: AddressPool, present: Iterable[str], wanted: in
             break
     if first is None or last is None:
         return None
-    span = sources.intersection(AddressPool(((first, last),))).without(
-        AddressPool(((LOCALHOST_V4, LOCALHOST_V4),))
-    )
+    span = sources.intersection(AddressPool(((first, last),))).without(AddressPool(((LOCALHOST_V4, LOCALHOST_V4),)))
     span = AddressPool(span.ranges)  # ::1 takes no alias
     return f"loopfan alias add {span.describe()}"
 
@@ -413,8 +411,7 @@ def preflight(plan: Plan, facts: HostFacts) -> None:
         (
             lim
             for lim in plan.limits
-            if lim.resource in ("loopback aliases", "loopback route")
-            and lim.connections < plan.request.connections
+            if lim.resource in ("loopback aliases", "loopback route") and lim.connections < plan.request.connections
         ),
         None,
     )
@@ -642,5 +639,3 @@ def use_sudo_default() -> bool:
     """Root needs no sudo (and a root shell may not have it configured)."""
     geteuid = getattr(os, "geteuid", None)
     return not (geteuid is not None and geteuid() == 0)
-
-

@@ -70,9 +70,7 @@ def _resolve(option: str, dry_run: bool) -> tuple[str, bool]:
     platform = host if option == "auto" else option
     native = platform == host
     if platform in BSD_LIKE and not native and not dry_run:
-        raise UsageError(
-            f"--platform {platform} on this {_NAMES.get(host, host)} host can only preview; add --dry-run"
-        )
+        raise UsageError(f"--platform {platform} on this {_NAMES.get(host, host)} host can only preview; add --dry-run")
     if platform == "other":
         raise UsageError(
             "loopfan alias knows macOS, FreeBSD, Linux and Windows; to see the macOS commands, add "
@@ -104,8 +102,7 @@ def _print_dry_run(p: AliasPlan, pool_text: str, native: bool) -> None:
     staged = aliases.staged_plist_path()
     if p.daemon == "install":
         click.echo(
-            f"# would write the LaunchDaemon plist to {staged}; the last command installs it as "
-            f"{LAUNCHDAEMON_PATH}"
+            f"# would write the LaunchDaemon plist to {staged}; the last command installs it as {LAUNCHDAEMON_PATH}"
         )
     elif p.daemon == "remove":
         click.echo(f"# the last commands remove the LaunchDaemon {LAUNCHDAEMON_PATH}")
@@ -201,9 +198,7 @@ def remove(pool: str | None, all_added: bool, dry_run: bool, platform: str) -> i
         return 0
     if p.nothing_to_do:
         if pool is None:
-            click.echo(
-                f"nothing to remove: loopfan has no record of aliases it added on lo0 ({aliases.state_path()})"
-            )
+            click.echo(f"nothing to remove: loopfan has no record of aliases it added on lo0 ({aliases.state_path()})")
         else:
             click.echo(f"nothing to remove: none of {pool} is an alias on lo0")
         aliases.save_state(p.state_after)  # forget recorded aliases that are gone (e.g. after a reboot)
@@ -219,7 +214,10 @@ def remove(pool: str | None, all_added: bool, dry_run: bool, platform: str) -> i
     if p.daemon == "remove":
         click.echo(f"removed the LaunchDaemon {LAUNCHDAEMON_PATH}")
     elif p.daemon == "install":
-        click.echo(f"rewrote the LaunchDaemon {LAUNCHDAEMON_PATH}: it re-adds the {done.state.added.ipv4_count:,} aliases still recorded")
+        click.echo(
+            f"rewrote the LaunchDaemon {LAUNCHDAEMON_PATH}: it re-adds the "
+            f"{done.state.added.ipv4_count:,} aliases still recorded"
+        )
     return 0
 
 
@@ -243,7 +241,9 @@ def list_(platform: str) -> int:
     gone = aliases.pool_of(recorded - present)
     click.echo(f"lo0: 127.0.0.1 and {len(present):,} aliases: {_range_text(aliases.pool_of(present))}")
     click.echo(f"added by loopfan: {ours.ipv4_count:,}: {_range_text(ours)} (record: {aliases.state_path()})")
-    click.echo(f"made by hand or other tools (loopfan leaves them alone): {by_hand.ipv4_count:,}: {_range_text(by_hand)}")
+    click.echo(
+        f"made by hand or other tools (loopfan leaves them alone): {by_hand.ipv4_count:,}: {_range_text(by_hand)}"
+    )
     if gone.ranges:
         click.echo(
             f"recorded but no longer on lo0 (after a reboot?): {gone.ipv4_count:,}; re-add them with: "
