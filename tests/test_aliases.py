@@ -87,6 +87,14 @@ class FakeHost:
         self.daemon_installed = False
         self.installed_plist: bytes | None = None
 
+    @property
+    def aliases(self) -> list[str]:
+        return list(self.present)
+
+    @aliases.setter
+    def aliases(self, addresses: list[str]) -> None:
+        self.present = dict.fromkeys(addresses)
+
     def lo0(self) -> str:
         mask = "0xffffffff" if self.platform == "freebsd" else "0xff000000"
         extra = "".join(f"\tinet {a} netmask {mask}\n" for a in self.aliases)
@@ -116,14 +124,13 @@ class FakeHost:
             addr = m.group(1)
             if addr in self.failing:
                 return [self.failing[addr]]
-            if addr not in self.aliases:
-                self.aliases.append(addr)
+            self.present.setdefault(addr)
             return []
         if m := patterns["remove"].match(line):
             addr = m.group(1)
-            if addr not in self.aliases:
+            if addr not in self.present:
                 return [recorded("macos-ifconfig-remove-absent.txt")]
-            self.aliases.remove(addr)
+            del self.present[addr]
             return []
         install = re.match(
             r"^/usr/bin/install -m 644 -o root -g wheel (\S+) " + re.escape(LAUNCHDAEMON_PATH) + "$", line
@@ -256,6 +263,21 @@ def test_freebsd_commands_use_32_bit_masks(capsys: pytest.CaptureFixture[str]) -
     assert aliases.remove_line(v4("127.0.0.2"), "macos") == "/sbin/ifconfig lo0 -alias 127.0.0.2"
 
 
+def test_remove_preview_shows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["alias", "remove", "127.0.0.2-127.0.0.3", "--dry-run", "--platform", "macos"]) == 0
+    argv = shlex.split(capsys.readouterr().out.split("\n", 2)[2])
+    assert argv == ["sudo", "/bin/sh", "-c", "/sbin/ifconfig lo0 -alias 127.0.0.2\n/sbin/ifconfig lo0 -alias 127.0.0.3"]
+
+
+def test_thousands_of_aliases_go_in_a_few_batches(mac: FakeHost, state_dir: Path) -> None:
+    assert main(["alias", "add", "127.2.0.0/18"]) == 0
+    assert len(mac.aliases) == 16_384
+    assert 1 < len(mac.scripts) <= 16_384 * 40 // aliases.BATCH_SCRIPT_BYTES + 1
+    assert record(state_dir)["added"] == "127.2.0.0-127.2.63.255"
+    assert main(["alias", "remove", "--all-added"]) == 0
+    assert mac.aliases == []
+
+
 def test_preview_without_dry_run_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["alias", "add", "127.0.0.2", "--platform", "macos"]) == 2
     assert "add --dry-run" in capsys.readouterr().err
@@ -344,7 +366,7 @@ def test_reboot_forgets_aliases_and_remove_all_added_clears_the_record(
     mac: FakeHost, state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["alias", "add", "127.0.0.2-127.0.0.4"]) == 0
-    mac.aliases.clear()  # a reboot without --persist
+    mac.aliases = []  # a reboot without --persist
     assert main(["alias", "list"]) == 0
     assert "re-add them with: loopfan alias add 127.0.0.2-127.0.0.4" in capsys.readouterr().out
     mac.calls.clear()

@@ -95,9 +95,10 @@ def _print_dry_run(p: AliasPlan, pool_text: str, native: bool) -> None:
         f"{p.skipped.ipv4_count:,} {there} (skipped)"
     )
     if not native:
+        assumed = "only 127.0.0.1" if p.action == "add" else "every address of the pool"
         click.echo(
-            f"# preview from a {_NAMES[HOST.platform()]} host: assumes lo0 holds only 127.0.0.1 and no "
-            "record of earlier adds; on the real host, aliases already there are skipped"
+            f"# preview from a {_NAMES[HOST.platform()]} host: assumes lo0 holds {assumed} and no record "
+            f"of earlier adds; on the real host, addresses {there} are skipped"
         )
     staged = aliases.staged_plist_path()
     if p.daemon == "install":
@@ -188,7 +189,8 @@ def remove(pool: str | None, all_added: bool, dry_run: bool, platform: str) -> i
     plat, native = _resolve(platform, dry_run)
     if plat not in BSD_LIKE:
         return _nothing_needed(plat, native)
-    present = aliases.read_lo0(HOST.runner) if native else set()
+    # A preview of a removal assumes the pool is on lo0, so it shows every command.
+    present = aliases.read_lo0(HOST.runner) if native else aliases.ints_of(alias_pool or AddressPool())
     state = aliases.load_state() if native else AliasState()
     installed = native and HOST.daemon_installed()
     p = plan_remove(alias_pool, present, state, platform=plat, daemon_installed=installed)
