@@ -105,6 +105,9 @@ def _print_dry_run(p: AliasPlan, pool_text: str, native: bool) -> None:
         click.echo(
             f"# would write the LaunchDaemon plist to {staged}; the last command installs it as {LAUNCHDAEMON_PATH}"
         )
+        click.echo("# at boot, as root, it runs /bin/sh -c with:")
+        for line in aliases.boot_script(p.state_after.added).splitlines():
+            click.echo(f"#   {line}")
     elif p.daemon == "remove":
         click.echo(f"# the last commands remove the LaunchDaemon {LAUNCHDAEMON_PATH}")
     if p.nothing_to_do:
