@@ -77,7 +77,8 @@ def name_filter(labels: Sequence[str]) -> str:
 
 
 def section_comment(targets: Sequence[Target], *, started: str, interface: str = "lo") -> str:
-    lines = [f"loopfan capture on {interface}, started {started}; filter: {capture_filter([t.address for t in targets])}"]
+    what = capture_filter([t.address for t in targets])
+    lines = [f"loopfan capture on {interface}, started {started}; filter: {what}"]
     for t in targets:
         lines.append(f"tag {t.address} label={t.label or '-'}" + (f" {t.detail}" if t.detail else ""))
     return "\n".join(lines)
@@ -332,7 +333,7 @@ class _Builtin(_Backend):
                     if self.count and written >= self.count:
                         break
                 writer.flush()
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+        except BaseException as exc:
             self.error = exc
         finally:
             self._done.set()
@@ -375,7 +376,8 @@ def choose_backend(
     if backend in ("auto", "dumpcap") and (tool := shutil.which("dumpcap")):
         return dumpcap_backend(tool, interface, addresses, out, count)
     if backend in ("tcpdump", "dumpcap"):
-        raise HostError(f"{backend} is not installed; install it (apt-get install {backend if backend == 'tcpdump' else 'tshark'}) or use --backend builtin")
+        package = "tcpdump" if backend == "tcpdump" else "tshark"
+        raise HostError(f"{backend} is not installed; install it (apt-get install {package}) or use --backend builtin")
     return _Builtin(interface, addresses, out, count)
 
 
@@ -387,11 +389,14 @@ def check_writable(path: Path) -> None:
     """Fail early (exit 2) for an output path that cannot be written."""
     if path.is_dir():
         raise UsageError(f"-w {path} is a directory; give a file name, e.g. {path / 'capture.pcapng'}")
+    existed = path.exists()
     try:
         with open(path, "ab"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}; give a writable path with -w") from None
+        raise UsageError(f"cannot write {path}: {exc.strerror}; give a writable path") from None
+    if not existed:
+        path.unlink()  # only a probe: a failed start must not leave an empty file behind
 
 
 @dataclass
@@ -493,3 +498,63 @@ def finalize(
     s = stats[0]
     return CaptureStats(s.packets, s.connections, s.datagrams, dropped)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing what users type (pure)
+
+
+def parse_target(text: str) -> Target:
+    """'127.0.0.5' or '127.0.0.5=kafka-client' -> Target; UsageError otherwise."""
+    address, _, label = text.partition("=")
+    return Target(check_tag_address(address.strip(), what="--source"), check_label(label.strip()) if label else "")
+
+
+def check_tag_address(text: str, *, what: str = "--source") -> str:
+    import ipaddress
+
+    from loopfan.errors import NotLoopbackError
+
+    if text in ("::1", "[::1]"):
+        raise UsageError(
+            f"{what} ::1: IPv6 has a single loopback address, so it cannot tell clients apart; "
+            "use a 127.x.y.z address such as 127.0.0.5"
+        )
+    try:
+        ip = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not an IPv4 address; write e.g. 127.0.0.5") from None
+    if not ip.is_loopback:
+        raise NotLoopbackError(
+            f"{what} {text} is not a loopback address; tags come from 127.0.0.0/8, e.g. 127.0.0.5"
+        )
+    return str(ip)
+
+
+def check_label(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
+        raise UsageError(
+            f"label {text!r} is not usable as a name in a capture; use letters, digits, '.', '_' or '-' "
+            "(at most 63), e.g. kafka-client"
+        )
+    return text
+
+
+def parse_duration(text: str) -> float:
+    """'30', '30s', '500ms', '2m', '1h' -> seconds."""
+    t = text.strip().lower()
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if t.endswith(suffix):
+            t, mult = t[: -len(suffix)], scale
+            break
+    else:
+        mult = 1.0
+    try:
+        value = float(t) * mult
+    except ValueError:
+        raise UsageError(f"duration {text!r} is not a time; write e.g. 30s, 500ms or 2m") from None
+    if value <= 0:
+        raise UsageError(f"duration {text!r} must be positive")
+    return value

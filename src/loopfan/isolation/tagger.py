@@ -35,7 +35,7 @@ from loopfan.errors import HostError
 from loopfan.isolation import bpf, programs
 from loopfan.isolation.cgroup import Cgroup, cgroup_name, find_cgroup2_root, remove_stale
 from loopfan.isolation.programs import Counter
-from loopfan.isolation.registry import TagRecord, remove_record, write_record
+from loopfan.isolation.registry import TagRecord
 
 IPV6_POLICIES = ("report", "refuse")
 
@@ -85,7 +85,9 @@ class Coverage:
         """One line: 'all 3 connections tagged' or 'N of M ... tagged' plus datagrams."""
         c_all = self.connections_tagged + self.connections_untagged
         parts = []
-        if self.connections_untagged == 0:
+        if c_all == 0:
+            parts.append("no loopback connections seen")
+        elif self.connections_untagged == 0:
             parts.append(f"all {_n(c_all, 'connection')} tagged")
         else:
             parts.append(f"{self.connections_tagged} of {_n(c_all, 'loopback connection')} tagged")
@@ -116,12 +118,12 @@ class Coverage:
         if self[Counter.CONNECT_ALREADY_BOUND]:
             out.append(
                 f"note: {_n(self[Counter.CONNECT_ALREADY_BOUND], 'socket')} the program had bound itself "
-                "were left alone (they carry the address the program chose)"
+                "left alone (they carry the address the program chose)"
             )
         if self[Counter.DGRAM_SOURCE_SET]:
             out.append(
                 f"note: {_n(self[Counter.DGRAM_SOURCE_SET], 'UDP datagram')} with a source the program chose "
-                "(bound socket or IP_PKTINFO) were left alone"
+                "(bound socket or IP_PKTINFO) left alone"
             )
         if self[Counter.CONNECT_BIND_ERROR]:
             out.append(
@@ -361,7 +363,7 @@ def run_tagged(
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
-        proc = subprocess.Popen(list(argv), preexec_fn=preexec)  # noqa: PLW1509 (single-threaded here)
+        proc = subprocess.Popen(list(argv), preexec_fn=preexec)
         on_start(proc.pid)
         while True:
             try:

@@ -1,0 +1,106 @@
+"""`loopfan capture`: record exactly the traffic of tagged addresses on lo, into a self-describing file.
+
+Rules of this file: input is checked before the capture starts (exit 2); the capture always stops
+(duration, count, Ctrl-C or SIGTERM) and its file is flushed and finished before loopfan exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from loopfan.errors import UsageError
+from loopfan.isolation.capture import (
+    BACKENDS,
+    FORMATS,
+    CaptureSession,
+    Target,
+    display_filter,
+    name_filter,
+    parse_duration,
+    parse_target,
+)
+from loopfan.isolation.registry import TagRecord, active_tags
+
+
+def say(line: str) -> None:
+    click.echo(f"loopfan: {line}", err=True)
+
+
+@click.command()
+@click.option("--source", "sources", multiple=True, metavar="ADDR[=LABEL]",
+              help="An address to capture (repeatable); default: every active tag (loopfan tag --list).")
+@click.option("-w", "--write", "path", metavar="FILE", help="Output file (default: loopfan-DATE-TIME.pcapng).")
+@click.option("--duration", metavar="D", help="Stop after this long (30s, 2m, 500ms).")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N packets.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="pcapng", show_default=True,
+              help="pcapng carries the labels (Name Resolution Block) and a comment listing the tags.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="tcpdump, dumpcap, or the built-in AF_PACKET reader (auto: the first one installed).")
+def command(
+    sources: tuple[str, ...], path: str | None, duration: str | None, count: int | None, fmt: str, backend: str
+) -> int:
+    """Capture exactly the traffic of tagged addresses on lo; print the Wireshark display filter.
+
+    Stops after --duration, --count, or Ctrl-C, and always finishes the file.
+    """
+    seconds = parse_duration(duration) if duration else None
+    tags = active_tags()
+    targets = _targets(sources, tags)
+    output = Path(path) if path else Path(time.strftime(f"loopfan-%Y%m%d-%H%M%S.{fmt}"))
+    addresses = [t.address for t in targets]
+    stop_signals: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop_signals.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with CaptureSession(output, addresses, fmt=fmt, backend_name=backend, count=count) as session:
+            session.start()
+            limit = f" for {duration}" if duration else ""
+            say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend}){limit}; Ctrl-C stops")
+            deadline = time.monotonic() + seconds if seconds else None
+            while not stop_signals and not session.finished():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            stats = session.stop(targets)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    dropped = f", {stats.dropped} dropped by the kernel" if stats.dropped else ""
+    say(
+        f"{output}: {stats.packets} packets, {stats.connections} TCP connections, "
+        f"{stats.datagrams} UDP datagrams{dropped}"
+    )
+    click.echo(f"display filter: {display_filter(addresses)}")
+    labels = [t.label for t in targets if t.label]
+    if labels and fmt == "pcapng":
+        click.echo(f"by name (with name resolution on, e.g. tshark -N n): {name_filter(labels)}")
+    return 0
+
+
+def _targets(sources: tuple[str, ...], tags: list[TagRecord]) -> list[Target]:
+    if not sources:
+        if not tags:
+            raise UsageError(
+                "no active tags to capture; give --source 127.0.0.5 (repeatable) or start one with loopfan tag"
+            )
+        return [Target(t.address, t.label, _detail(t)) for t in tags]
+    out: dict[str, Target] = {}
+    for text in sources:
+        target = parse_target(text)
+        known = next((t for t in tags if t.address == target.address), None)
+        if known is not None:
+            target = Target(target.address, target.label or known.label, _detail(known))
+        out[target.address] = target
+    return list(out.values())
+
+
+def _detail(record: TagRecord) -> str:
+    return f"command={record.command!r} pid={record.pid} started={record.started}"

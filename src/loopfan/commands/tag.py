@@ -1,0 +1,218 @@
+"""`loopfan tag`: run a command whose loopback traffic leaves from its own 127.x address.
+
+Rules of this file: argv text becomes frozen values here (TagSpec, targets) and every input error
+is raised before anything touches the host, so bad input gives exit 2 even without privileges.
+Exit status is the command's own. loopfan's messages go to stderr, so the command's stdout stays
+clean for pipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from loopfan.errors import HostError, UsageError
+from loopfan.isolation.advice import advice_text
+from loopfan.isolation.capture import (
+    BACKENDS,
+    FORMATS,
+    CaptureSession,
+    Target,
+    check_label,
+    check_tag_address,
+    check_writable,
+    display_filter,
+    name_filter,
+    parse_target,
+)
+from loopfan.isolation.registry import (
+    TagRecord,
+    active_tags,
+    addresses_in_use,
+    pick_free_address,
+    remove_record,
+    write_record,
+)
+from loopfan.isolation.tagger import IPV6_POLICIES, TagSpec, open_tag, run_tagged, tag_record
+
+
+def say(line: str) -> None:
+    click.echo(f"loopfan: {line}", err=True)
+
+
+@click.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.option("--source", metavar="127.X.Y.Z", help="The address to tag with (default: a free one, printed).")
+@click.option("--name", "label", metavar="LABEL", help="Name of the tag (default: the command's name).")
+@click.option("--capture", "capture_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also capture the tag's traffic into FILE while the command runs.")
+@click.option("--also", multiple=True, metavar="ADDR[=LABEL]|tags",
+              help="With --capture: also capture these addresses ('tags': every active tag).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="pcapng", show_default=True,
+              help="Capture file format (pcap has no room for names or comments).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Capture with tcpdump, dumpcap, or the built-in AF_PACKET reader.")
+@click.option("--ipv6", type=click.Choice(IPV6_POLICIES), default="report", show_default=True,
+              help="Connections to ::1 cannot be tagged: let them go and report them loudly, or refuse "
+              "them (EPERM) so clients trying localhost fall back to 127.0.0.1.")
+@click.option("--no-wait", is_flag=True,
+              help="Do not wait for processes COMMAND leaves running; they outlive the tag, untagged.")
+@click.option("--list", "list_tags", is_flag=True, help="Show active tags and exit.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS...]")
+def command(
+    source: str | None,
+    label: str | None,
+    capture_path: str | None,
+    also: tuple[str, ...],
+    fmt: str,
+    backend: str,
+    ipv6: str,
+    no_wait: bool,
+    list_tags: bool,
+    command: tuple[str, ...],
+) -> int:
+    """Run COMMAND (and all it starts) so its loopback traffic leaves from its own 127.x address.
+
+    Works for unmodified programs (curl, Python, Java, Node, Go...) through cgroup v2 + BPF; needs
+    root (CAP_BPF + CAP_NET_ADMIN). Exit status is COMMAND's own.
+
+    \b
+    loopfan tag --source 127.0.0.5 --name client -- curl http://127.0.0.1:8080/
+    loopfan tag --capture out.pcapng -- python3 client.py
+    loopfan tag --list
+    """
+    if list_tags:
+        return _list()
+    argv = list(command)
+    # --- input checks (exit 2), before touching the host -----------------------------------
+    if not argv:
+        raise UsageError("no command given; write: loopfan tag [--source 127.0.0.5] -- COMMAND [ARGS...]")
+    program = shutil.which(argv[0])
+    if program is None:
+        raise UsageError(f"command {argv[0]!r} not found; check its name or give its path")
+    tags_now = active_tags()
+    if source is not None:
+        source = check_tag_address(source)
+        if source == "127.0.0.1":
+            raise UsageError("--source 127.0.0.1 is what untagged programs use already; pick e.g. 127.0.0.5")
+        clash = next((t for t in tags_now if t.address == source), None)
+        if clash is not None:
+            raise UsageError(
+                f"--source {source} is already the tag {clash.label!r} (loopfan pid {clash.loopfan_pid}); "
+                "pick another address or leave --source out"
+            )
+    label = check_label(label if label is not None else _default_label(argv[0]))
+    extra = _also_targets(also, tags_now)
+    if also and not capture_path:
+        raise UsageError("--also only makes sense with --capture FILE")
+    output = Path(capture_path) if capture_path else None
+    if output is not None:
+        check_writable(output)
+    # --- host ---------------------------------------------------------------------------------
+    if source is None:
+        used = addresses_in_use() | {int.from_bytes(bytes(map(int, t.address.split("."))), "big") for t in tags_now}
+        source = pick_free_address(used)
+        say(f"tagging with {source} (free; choose with --source)")
+    spec = TagSpec(source=source, label=label, ipv6=ipv6)
+    try:
+        return _run(spec, argv, output, extra, fmt=fmt, backend=backend, wait=not no_wait)
+    except HostError:
+        click.echo(advice_text(argv[0], source, macos=sys.platform == "darwin"), err=True)
+        raise
+
+
+def _run(
+    spec: TagSpec,
+    argv: list[str],
+    output: Path | None,
+    extra: list[Target],
+    *,
+    fmt: str,
+    backend: str,
+    wait: bool,
+) -> int:
+    records: list[TagRecord] = []
+    paths: list[Path] = []
+    others = [t for t in extra if t.address != spec.source]
+    addresses = [spec.source, *(t.address for t in others)]
+    with open_tag(spec) as tag, contextlib.ExitStack() as stack:
+        session = None
+        if output is not None:
+            # The session's context exit stops the capture whatever happens; stop() saves it.
+            session = stack.enter_context(CaptureSession(output, addresses, fmt=fmt, backend_name=backend))
+            session.start()
+            say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend})")
+
+        def on_start(pid: int) -> None:
+            record = tag_record(spec, tag, argv, pid)
+            records.append(record)
+            paths.append(write_record(record))
+
+        say(f"{spec.label}: tagged {spec.source} (cgroup {tag.cgroup.path})")
+        try:
+            result = run_tagged(argv, tag, wait_descendants=wait, say=say, on_start=on_start)
+        finally:
+            for p in paths:
+                remove_record(p)
+        coverage = result.coverage
+        if result.outlived:
+            say(
+                f"{len(result.outlived)} process(es) outlive the tag (pids {' '.join(map(str, result.outlived))}): "
+                "moved out of it, their new connections are no longer tagged"
+            )
+        say(f"{spec.label} ({spec.source}): {coverage.summary()}")
+        for line in coverage.exceptions(ipv6_policy=spec.ipv6):
+            say(line)
+        if session is not None:
+            detail = _detail(records[0]) if records else f"command={shlex.join(argv)!r}"
+            stats = session.stop([Target(spec.source, spec.label, detail), *others])
+            dropped = f", {stats.dropped} dropped by the kernel" if stats.dropped else ""
+            say(
+                f"capture {output}: {stats.packets} packets, {stats.connections} TCP connections seen"
+                f"{dropped}; {coverage.summary()}"
+            )
+            say(f"display filter: {display_filter(addresses)}")
+            if fmt == "pcapng":
+                labels = [spec.label, *(t.label for t in others if t.label)]
+                say(f"by name (name resolution on, e.g. tshark -N n): {name_filter(labels)}")
+    return result.exit_status
+
+
+def _detail(record: TagRecord) -> str:
+    return f"command={record.command!r} pid={record.pid} started={record.started}"
+
+
+def _default_label(program: str) -> str:
+    name = Path(program).name
+    clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-._") or "tag"
+    return clean[:63]
+
+
+def _also_targets(also: tuple[str, ...], tags_now: list[TagRecord]) -> list[Target]:
+    out: list[Target] = []
+    for item in also:
+        if item == "tags":
+            out.extend(Target(t.address, t.label, _detail(t)) for t in tags_now)
+            continue
+        target = parse_target(item)
+        known = next((t for t in tags_now if t.address == target.address), None)
+        if known is not None:
+            target = Target(target.address, target.label or known.label, _detail(known))
+        out.append(target)
+    return out
+
+
+def _list() -> int:
+    tags = active_tags()
+    if not tags:
+        click.echo("no active tags")
+        return 0
+    click.echo(f"{'ADDRESS':<16}{'LABEL':<20}{'PID':>8}  {'STARTED':<26}COMMAND")
+    for t in tags:
+        click.echo(f"{t.address:<16}{t.label:<20}{t.pid:>8}  {t.started:<26}{t.command}")
+    return 0
+
