@@ -264,3 +264,25 @@ def test_huge_endpoint_range_is_refused_before_enumeration() -> None:
 
 def test_non_loopback_endpoint_with_allowance() -> None:
     assert parse_endpoints("10.1.2.3:80", allow_non_loopback=True) == (Endpoint("10.1.2.3", 80),)
+
+
+def _reference_spread(pool: AddressPool) -> list[int]:
+    """spread() written the slow, obvious way: block by block in bit-reversed order, rank by rank."""
+    blocks = sorted({ip >> 8 for ip in pool.ascending()})
+    bits = max(1, (len(blocks) - 1).bit_length())
+    order = [r for i in range(1 << bits) if (r := int(f"{i:0{bits}b}"[::-1], 2)) < len(blocks)]
+    host_order = [*range(1, 255), 0, 255]
+    members = {b: [(b << 8) | h for h in host_order if (b << 8) | h in pool] for b in blocks}
+    out = []
+    for rank in range(256):
+        for i in order:
+            if rank < len(members[blocks[i]]):
+                out.append(members[blocks[i]][rank])
+    return out
+
+
+@given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 600)), min_size=1, max_size=4))
+def test_spread_matches_the_obvious_definition(parts: list[tuple[int, int]]) -> None:
+    base = 0x7F050000
+    pool = parse_pool(",".join(f"{ip_to_str(base + a)}-{ip_to_str(base + a + w)}" for a, w in parts))
+    assert list(pool.spread()) == _reference_spread(pool)

@@ -114,27 +114,34 @@ class AddressPool:
         if not blocks:
             return
         order = _bit_reversed_order(len(blocks))
-        # Per block, its members in host order; built lazily (a plan touches few blocks).
-        members: dict[int, list[int]] = {}
+        # Per block, its members in host order, built lazily (a plan touches few blocks); None
+        # marks a block the pool covers whole, whose rank-th member needs no list at all.
+        members: dict[int, list[int] | None] = {}
         for rank in range(256):
             found = False
             for block_index in order:
                 block = blocks[block_index]
-                hosts = members.get(block)
-                if hosts is None:
+                if block in members:
+                    hosts = members[block]
+                else:
                     hosts = members[block] = self._block_members(block)
-                if rank < len(hosts):
+                if hosts is None:
+                    found = True
+                    yield (block << _BLOCK_BITS) | _HOST_ORDER[rank]
+                elif rank < len(hosts):
                     found = True
                     yield hosts[rank]
             if not found:
                 return
 
-    def _block_members(self, block: int) -> list[int]:
-        """The pool's addresses inside one /24 block, in _HOST_ORDER."""
+    def _block_members(self, block: int) -> list[int] | None:
+        """The pool's addresses inside one /24 block, in _HOST_ORDER; None when it has all 256."""
         base = block << _BLOCK_BITS
         top = base | 0xFF
         # The ranges are sorted and disjoint: find the first one that may reach into the block.
         i = bisect.bisect_right(self.ranges, (base, LOOPBACK_LAST + 2**32)) - 1
+        if i >= 0 and self.ranges[i][0] <= base and self.ranges[i][1] >= top:
+            return None
         present = bytearray(256)
         for lo, hi in self.ranges[max(i, 0) :]:
             if lo > top:
