@@ -406,7 +406,9 @@ def test_sudo_timeout_between_chunks_records_the_first_chunk(
     monkeypatch.setattr(aliases, "BATCH_SCRIPT_BYTES", 200)  # ~5 addresses per sudo
     mac.sudo_refusal, mac.refuse_after = recorded("sudo-no-terminal.txt"), 1
     assert main(["alias", "add", "127.0.0.2-127.0.0.20"]) == 1
-    assert "could not be added" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "aliases could not be added" in err and err.endswith("sudo: a password is required\n")
+    assert "sudo: sudo:" not in err and err.count("\n") == 1
     added = parse_pool(str(record(state_dir)["added"]))
     assert ints_of(added) == {v4(a) for a in mac.aliases} and 0 < added.ipv4_count < 19
 

@@ -602,10 +602,10 @@ def apply(plan: AliasPlan, runner: Runner, *, use_sudo: bool) -> Applied:
             f"`loopfan alias {plan.action} ... --dry-run` and give its commands to one"
         )
     if failed:
-        why = errors[0] if errors else (f"sudo: {refused}" if refused else "no error message")
+        why = refused or (errors[0] if errors else "no error message")
         raise HostError(
             f"{len(failed):,} of {len(wanted):,} aliases could not be {'added' if plan.action == 'add' else 'removed'}"
-            f" ({pool_of(failed).describe()}): {why}"
+            f" ({_brief(pool_of(failed))}): {why}"
         )
     return Applied(pool_of(done_ips), pool_of(failed), state, len(argvs))
 
@@ -629,6 +629,14 @@ def _is_sudo_refusal(stderr: str) -> bool:
 def _last_sudo_line(stderr: str) -> str:
     lines = [x.strip() for x in stderr.splitlines() if x.strip()]
     return lines[-1] if lines else "no message"
+
+
+def _brief(pool: AddressPool, ranges: int = 4) -> str:
+    """A pool's text, cut after a few ranges so an error stays one readable line."""
+    if len(pool.ranges) <= ranges:
+        return pool.describe()
+    head = AddressPool(pool.ranges[:ranges]).describe()
+    return f"{head} and {pool.ipv4_count - AddressPool(pool.ranges[:ranges]).ipv4_count:,} more"
 
 
 def _first_line(text: str) -> str:
