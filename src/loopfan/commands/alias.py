@@ -137,7 +137,10 @@ def command() -> None:
 @click.option("--persist", is_flag=True, help="macOS: install a LaunchDaemon that re-adds the aliases at boot.")
 @_platform_option
 def add(pool: str, dry_run: bool, persist: bool, platform: str) -> int:
-    """Add POOL's addresses as lo0 aliases (e.g. 127.0.0.2-127.0.0.20); existing ones are skipped."""
+    """Add POOL's addresses as lo0 aliases, skipping those already there.
+
+    POOL is e.g. 127.0.0.2-127.0.0.20 or 127.0.1.0/24; never 127.0.0.1, at most 65,536 addresses.
+    """
     alias_pool = aliases.parse_alias_pool(pool)  # bad input is bad on every platform
     plat, native = _resolve(platform, dry_run)
     if plat not in BSD_LIKE:
