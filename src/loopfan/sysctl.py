@@ -34,7 +34,14 @@ def _proc_path(key: str, root: Path) -> Path:
 
 
 def read_setting(key: str, root: Path = Path("/proc/sys")) -> str:
-    return " ".join(_proc_path(key, root).read_text().split())
+    """The current value, whitespace normalised ('32768\t60999' -> '32768 60999')."""
+    try:
+        return " ".join(_proc_path(key, root).read_text().split())
+    except FileNotFoundError:
+        # e.g. net.netfilter.* before the conntrack module is loaded.
+        raise HostError(f"{key} does not exist on this kernel; skip it or load its module first") from None
+    except OSError as exc:
+        raise HostError(f"cannot read {key}: {exc.strerror}") from None
 
 
 def write_setting(key: str, value: str, root: Path = Path("/proc/sys")) -> None:
