@@ -7,6 +7,7 @@ Rules of this file: input is checked before the capture starts (exit 2); the cap
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -58,7 +59,10 @@ def command(
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop_signals.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # Signal handlers can only be set from the main thread (tests call main() from others).
+    in_main = threading.current_thread() is threading.main_thread()
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if in_main else ()
+    previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
         with CaptureSession(output, addresses, fmt=fmt, backend_name=backend, count=count) as session:
             session.start()

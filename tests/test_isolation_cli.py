@@ -1,0 +1,97 @@
+"""`loopfan tag` / `loopfan capture` input errors and host refusals: one line each, the right exit
+status, and the per-language advice when tagging is impossible. No privileges needed: input is
+checked before anything touches the host, and host failures are simulated."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from loopfan.cli import main
+from loopfan.isolation import bpf, tagger
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("loopfan: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["tag", "--source", "10.1.2.3", "--", "true"], "not a loopback address"),
+        (["tag", "--source", "127.0.0.300", "--", "true"], "not an IPv4 address"),
+        (["tag", "--source", "::1", "--", "true"], "single loopback address"),
+        (["tag", "--source", "127.0.0.1", "--", "true"], "untagged programs use"),
+        (["tag"], "no command given"),
+        (["tag", "--source", "127.0.0.5"], "no command given"),
+        (["tag", "--", "loopfan-no-such-command-xyz"], "not found"),
+        (["tag", "--name", "two words", "--", "true"], "label"),
+        (["tag", "--capture", "/nonexistent-dir/x.pcapng", "--", "true"], "cannot write"),
+        (["tag", "--also", "127.0.0.9", "--", "true"], "--also only makes sense"),
+        (["capture", "--source", "192.168.1.1"], "not a loopback address"),
+        (["capture", "--source", "nonsense"], "not an IPv4 address"),
+        (["capture", "--source", "127.0.0.5", "-w", "/nonexistent-dir/x.pcapng"], "cannot write"),
+        (["capture", "--source", "127.0.0.5", "--duration", "soon"], "not a time"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert needle in _one_error_line(capsys.readouterr().err)
+
+
+def test_unwritable_directory_path_leaves_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["capture", "--source", "127.0.0.5", "-w", str(tmp_path)]) == 2
+    assert "is a directory" in _one_error_line(capsys.readouterr().err)
+
+
+def test_capture_without_sources_or_tags_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("loopfan.commands.capture.active_tags", lambda: [])
+    assert main(["capture", "-w", str(tmp_path / "x.pcapng")]) == 2
+    assert "no active tags" in _one_error_line(capsys.readouterr().err)
+
+
+def test_missing_privileges_names_them_and_prints_advice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(**_kw: object) -> int:
+        raise bpf.BpfError(1, "creating a BPF array map")
+
+    monkeypatch.setattr(tagger.bpf, "create_array_map", refuse)
+    monkeypatch.setattr(tagger, "effective_capabilities", lambda: 0)
+    monkeypatch.setattr(tagger, "find_cgroup2_root", lambda: Path("/nonexistent"))
+    assert main(["tag", "--source", "127.0.0.5", "--", "curl", "--version"]) == 1
+    err = capsys.readouterr().err
+    line = _one_error_line(err)
+    assert "CAP_BPF and CAP_NET_ADMIN" in line and "sudo" in line
+    assert "curl --interface 127.0.0.5" in err
+
+
+def test_kernel_without_the_hooks_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def old_kernel(*_a: object, **_kw: object) -> int:
+        raise bpf.BpfError(22, "loading", log="unknown attach type")
+
+    monkeypatch.setattr(tagger.bpf, "create_array_map", lambda **_kw: os.open(os.devnull, os.O_RDONLY))
+    monkeypatch.setattr(tagger.bpf, "load_program", old_kernel)
+    monkeypatch.setattr(tagger, "find_cgroup2_root", lambda: Path("/nonexistent"))
+    assert main(["tag", "--source", "127.0.0.5", "--", sys.executable, "-V"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "lacks a needed feature" in line and "unknown attach type" in line
+
+
+def test_macos_explains_and_advises(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tagger.sys, "platform", "darwin")
+    monkeypatch.setattr("loopfan.commands.tag.sys.platform", "darwin")
+    assert main(["tag", "--source", "127.0.0.5", "--", "curl", "--version"]) == 1
+    err = capsys.readouterr().err
+    assert "macOS has no cgroups" in _one_error_line(err)
+    assert "lo0 alias 127.0.0.5" in err

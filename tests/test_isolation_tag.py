@@ -1,0 +1,425 @@
+"""Real tagging and capture on this machine's loopback (root: BPF + cgroup2). Skips with the reason
+where the host cannot tag. Every test is bounded, kills only its own pids, and the autouse leak
+check asserts no loopfan cgroup and no loopfan BPF program is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loopfan.cli import main
+from loopfan.errors import HostError
+from loopfan.isolation import bpf
+from loopfan.isolation.cgroup import find_cgroup2_root, owner_of, tag_cgroups
+from loopfan.isolation.tagger import TagSpec, open_tag
+
+pytestmark = pytest.mark.root
+
+_REASON: list[str | None] = []
+
+
+def _why_not() -> str | None:
+    if not _REASON:
+        reason: str | None = None
+        if not sys.platform.startswith("linux"):
+            reason = "tagging needs Linux (cgroup v2 + BPF)"
+        elif os.geteuid() != 0:
+            reason = "tagging needs root (CAP_BPF + CAP_NET_ADMIN and a writable cgroup2 tree)"
+        else:
+            try:
+                with open_tag(TagSpec(source="127.0.0.250", label="probe")):
+                    pass
+            except HostError as exc:
+                reason = f"this host cannot tag: {exc}"
+        _REASON.append(reason)
+    return _REASON[0]
+
+
+@pytest.fixture(autouse=True)
+def can_tag() -> Iterator[None]:
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    yield
+    assert_no_leftovers(os.getpid())
+
+
+def assert_no_leftovers(owner: int) -> None:
+    """No cgroup and no attached program of this loopfan pid (checked in the kernel's list)."""
+    parent = find_cgroup2_root()
+    deadline = time.monotonic() + 5
+    while True:
+        groups = [p for p in tag_cgroups(parent) if owner_of(p.name) == owner]
+        progs = [name for _id, name in bpf.loaded_program_names() if name.endswith(f"_{owner}")]
+        if (not groups and not progs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # programs are freed by an RCU callback shortly after their last fd closes
+    assert groups == [], f"cgroups left behind: {groups}"
+    assert progs == [], f"BPF programs left loaded: {progs}"
+
+
+# --- local servers ------------------------------------------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    peers: list[str]
+
+    def do_GET(self) -> None:
+        self.peers.append(self.client_address[0])
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, list[str]]]:
+    peers: list[str] = []
+    handler = type("H", (_Handler,), {"peers": peers})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", peers
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def udp_server() -> Iterator[tuple[int, list[str]]]:
+    peers: list[str] = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                _data, peer = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            peers.append(peer[0])
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1], peers
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+def _wait_for(predicate: object, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.02)
+
+
+CURL = shutil.which("curl")
+TSHARK = shutil.which("tshark")
+
+
+# --- tagging ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+def test_curl_is_tagged(http_server: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    url, peers = http_server
+    status = main(
+        ["tag", "--source", "127.0.0.61", "--", str(CURL), "-s", "-o", "/dev/null", "--max-time", "10", url]
+    )
+    assert status == 0
+    assert peers == ["127.0.0.61"]
+    assert "all 1 connection tagged" in capsys.readouterr().err
+
+
+def test_python_client_ipv4_and_v4_mapped(
+    http_server: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, peers = http_server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    code = (
+        "import socket\n"
+        f"for host, fam in (('127.0.0.1', socket.AF_INET), ('::ffff:127.0.0.1', socket.AF_INET6)):\n"
+        "    s = socket.socket(fam); s.settimeout(5)\n"
+        f"    s.connect((host, {port})); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); s.recv(100); s.close()\n"
+        "raise SystemExit(7)\n"
+    )
+    status = main(["tag", "--source", "127.0.0.62", "--name", "py", "--", sys.executable, "-c", code])
+    assert status == 7  # the command's own exit status
+    _wait_for(lambda: len(peers) == 2)
+    assert peers == ["127.0.0.62", "127.0.0.62"]
+    assert "all 2 connections tagged" in capsys.readouterr().err
+
+
+def test_udp_client_is_tagged(udp_server: tuple[int, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    port, peers = udp_server
+    code = (
+        "import socket\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"u.sendto(b'unconnected', ('127.0.0.1', {port}))\n"
+        "c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"c.connect(('127.0.0.1', {port})); c.send(b'connected')\n"
+    )
+    assert main(["tag", "--source", "127.0.0.63", "--", sys.executable, "-c", code]) == 0
+    _wait_for(lambda: len(peers) == 2)
+    assert sorted(peers) == ["127.0.0.63", "127.0.0.63"]
+    err = capsys.readouterr().err
+    assert "all 1 connection tagged" in err and "all 1 UDP datagram tagged" in err
+
+
+def test_child_process_connection_is_tagged(http_server: tuple[str, list[str]]) -> None:
+    url, peers = http_server
+    child = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=10).read()"
+    parent = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)"
+    assert main(["tag", "--source", "127.0.0.64", "--", sys.executable, "-c", parent]) == 0
+    assert peers == ["127.0.0.64"]
+
+
+def test_program_bound_socket_is_left_alone(
+    http_server: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, peers = http_server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    code = (
+        "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}), timeout=5, source_address=('127.0.0.99', 0))\n"
+        "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); s.recv(100)\n"
+    )
+    assert main(["tag", "--source", "127.0.0.65", "--", sys.executable, "-c", code]) == 0
+    _wait_for(lambda: len(peers) == 1)
+    assert peers == ["127.0.0.99"]
+    assert "bound itself" in capsys.readouterr().err
+
+
+def test_ipv6_loopback_is_reported_or_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    with listener:
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        code = (
+            "import socket, sys\n"
+            f"try: socket.create_connection(('::1', {port}), timeout=5).close()\n"
+            "except PermissionError: sys.exit(11)\n"
+        )
+        assert main(["tag", "--source", "127.0.0.66", "--", sys.executable, "-c", code]) == 0
+        assert "to ::1 went out UNTAGGED" in capsys.readouterr().err
+        assert main(["tag", "--source", "127.0.0.66", "--ipv6", "refuse", "--", sys.executable, "-c", code]) == 11
+        assert "refused 1 connection" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("import os; os.abort()", 128 + signal.SIGABRT), ("import os; os.kill(os.getpid(), 9)", 128 + 9)],
+    ids=["crash", "killed"],
+)
+def test_crashed_or_killed_command_leaves_nothing(code: str, expected: int) -> None:
+    assert main(["tag", "--source", "127.0.0.67", "--", sys.executable, "-c", code]) == expected
+    # (the autouse fixture checks the cgroup tree and the kernel's program list)
+
+
+def test_interrupted_loopfan_cleans_up_and_stops_the_command() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", "tag", "--source", "127.0.0.68", "--", "sleep", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        parent = find_cgroup2_root()
+        _wait_for(
+            lambda: any(
+                owner_of(p.name) == proc.pid and (p / "cgroup.procs").read_text().strip() for p in tag_cgroups(parent)
+            ),
+            10,
+        )
+        sleeper = [
+            int(x)
+            for p in tag_cgroups(parent)
+            if owner_of(p.name) == proc.pid
+            for x in (p / "cgroup.procs").read_text().split()
+        ]
+        assert sleeper, "the tagged command never started"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert (
+            not Path(f"/proc/{sleeper[0]}").exists() or "sleep" not in Path(f"/proc/{sleeper[0]}/cmdline").read_text()
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert_no_leftovers(proc.pid)
+
+
+def test_leftover_background_process_is_waited_for_or_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tag", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 0.5 &"]) == 0
+    assert "waiting for 1 process" in capsys.readouterr().err
+    assert main(["tag", "--no-wait", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 20 & echo $! >&2"]) == 0
+    err = capsys.readouterr().err
+    assert "outlive the tag" in err
+    pid = int(re.search(r"pids (\d+)", err).group(1))  # type: ignore[union-attr]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_list_shows_an_active_tag(capsys: pytest.CaptureFixture[str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", "tag", "--source", "127.0.0.70", "--name", "lister", "--", "sleep", "20"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        seen = ""
+        deadline = time.monotonic() + 10
+        while "lister" not in seen and time.monotonic() < deadline:
+            main(["tag", "--list"])
+            seen = capsys.readouterr().out
+            time.sleep(0.05)
+        assert "127.0.0.70" in seen and "lister" in seen
+        # Another tag may not take the same address.
+        assert main(["tag", "--source", "127.0.0.70", "--", "true"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert_no_leftovers(proc.pid)
+
+
+# --- capture ------------------------------------------------------------------------------------
+
+
+def _tshark_fields(path: Path, display: str, *fields: str) -> list[list[str]]:
+    assert TSHARK is not None
+    argv = [TSHARK, "-r", str(path), "-N", "n", "-Y", display, "-T", "fields"]
+    for f in fields:
+        argv += ["-e", f]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return [line.split("\t") for line in run.stdout.splitlines() if line]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CURL is None or TSHARK is None, reason="needs curl and tshark (apt-get install curl tshark)")
+@pytest.mark.parametrize("backend", ["tcpdump", "builtin"])
+def test_capture_holds_the_tagged_exchange_and_nothing_untagged(
+    backend: str, http_server: tuple[str, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if backend == "tcpdump" and shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed (apt-get install tcpdump)")
+    url, peers = http_server
+    stop = threading.Event()
+
+    def untagged_client() -> None:  # talks to the same server from 127.0.0.1 all along
+        import urllib.request
+
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url, timeout=5).read()
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=untagged_client, daemon=True)
+    thread.start()
+    path = tmp_path / "tagged.pcapng"
+    try:
+        _wait_for(lambda: "127.0.0.1" in peers)
+        status = main(
+            [
+                "tag",
+                "--source",
+                "127.0.0.71",
+                "--name",
+                "curl-tag",
+                "--capture",
+                str(path),
+                "--backend",
+                backend,
+                "--",
+                str(CURL),
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                url,
+            ]
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert status == 0
+    assert peers.count("127.0.0.71") == 1 and peers.count("127.0.0.1") >= 2  # both clients really ran
+    err = capsys.readouterr().err
+    assert "display filter: ip.addr==127.0.0.71" in err
+    packets = _tshark_fields(path, "ip", "ip.src", "ip.dst")
+    assert packets, "the capture is empty"
+    assert all("127.0.0.71" in (src, dst) for src, dst in packets), "something untagged was captured"
+    assert any(src == "127.0.0.71" for src, _ in packets) and any(dst == "127.0.0.71" for _, dst in packets)
+    assert _tshark_fields(path, "http.request", "http.request.method") == [["GET"]]
+    # The file names the client: NRB + name resolution.
+    assert len(_tshark_fields(path, 'ip.host=="curl-tag"', "ip.src")) == len(packets)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark (apt-get install tshark)")
+def test_capture_command_stops_at_count_with_builtin_backend(
+    http_server: tuple[str, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _peers = http_server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    path = tmp_path / "c.pcap"
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(
+            main(
+                [
+                    "capture",
+                    "--source",
+                    "127.0.0.72=client",
+                    "-w",
+                    str(path),
+                    "--count",
+                    "3",
+                    "--format",
+                    "pcap",
+                    "--backend",
+                    "builtin",
+                    "--duration",
+                    "20s",
+                ]
+            )
+        )
+    )
+    thread.start()
+    time.sleep(0.5)  # the capture thread is live well within this
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.72", 0)) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        s.recv(100)
+    thread.join(timeout=30)
+    assert result == [0]
+    assert len(_tshark_fields(path, "ip.addr==127.0.0.72", "ip.src")) == 3

@@ -1,0 +1,278 @@
+"""Pure parts of isolation: assembler, program shapes, cgroup/mountinfo parsing, coverage text,
+filters, pcap/pcapng formats, registry helpers, input parsing. No privileges, no sockets."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loopfan.errors import NotLoopbackError, UsageError
+from loopfan.isolation import bpf, programs
+from loopfan.isolation.advice import advice_for, advice_text
+from loopfan.isolation.capture import (
+    CaptureStats,
+    Target,
+    capture_filter,
+    classic_filter,
+    counted,
+    display_filter,
+    name_filter,
+    parse_duration,
+    parse_target,
+    section_comment,
+)
+from loopfan.isolation.cgroup import cgroup_name, owner_of, parse_cgroup2_mount, parse_own_cgroup
+from loopfan.isolation.pcapng import Description, Packet, PcapHeader, PcapWriter, read_pcap, write_pcapng
+from loopfan.isolation.programs import Counter
+from loopfan.isolation.registry import parse_proc_net_addresses, pick_free_address
+from loopfan.isolation.tagger import Coverage, exit_status_of, missing_privileges
+
+HYBRID_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+UNIFIED_MOUNTINFO = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+# --- assembler --------------------------------------------------------------------------------
+
+
+def test_instruction_encoding_is_eight_bytes_little_endian() -> None:
+    assert bpf.mov64_imm(bpf.R0, 1) == struct.pack("<BBhi", 0xB7, 0, 0, 1)
+    assert bpf.exit_() == bytes([0x95, 0, 0, 0, 0, 0, 0, 0])
+    # ld_imm64 of a map fd: two slots, src_reg = BPF_PSEUDO_MAP_FD
+    two = bpf.ld_map_fd(bpf.R1, 7)
+    assert len(two) == 16 and two[0] == 0x18 and two[1] == 0x11 and struct.unpack("<i", two[4:8])[0] == 7
+
+
+def test_mov32_keeps_high_constants_positive() -> None:
+    # 0xffff0000 must be a zero-extended 32-bit move, or comparisons against loaded words fail.
+    insn = bpf.mov32_imm(bpf.R7, 0xFFFF0000)
+    assert insn[0] == 0xB4 and struct.unpack("<i", insn[4:])[0] == -65536
+
+
+def test_assemble_resolves_forward_and_backward_labels() -> None:
+    code = bpf.assemble(
+        [bpf.Label("top"), bpf.jeq_imm(bpf.R1, 0, "end"), bpf.ld_map_fd(bpf.R1, 3), bpf.ja("top"), bpf.Label("end")]
+    )
+    assert len(code) == 8 * 4
+    assert struct.unpack_from("<h", code, 2)[0] == 3  # over ld_imm64 (2 slots) and ja
+    assert struct.unpack_from("<h", code, 24 + 2)[0] == -4
+
+
+def test_assemble_rejects_unknown_and_duplicate_labels() -> None:
+    with pytest.raises(ValueError):
+        bpf.assemble([bpf.ja("nowhere")])
+    with pytest.raises(ValueError):
+        bpf.assemble([bpf.Label("a"), bpf.Label("a")])
+
+
+def test_programs_are_small_and_end_with_exit() -> None:
+    for code in (
+        programs.connect4("127.0.0.5", 3),
+        programs.connect6("127.0.0.5", 3, refuse_ipv6_loopback=True),
+        programs.sendmsg4("127.0.0.5", 3),
+        programs.sendmsg6(3, refuse_ipv6_loopback=False),
+    ):
+        assert len(code) % 8 == 0 and len(code) // 8 < 200
+        assert code[-8:] == bpf.exit_()
+
+
+def test_address_word_is_a_little_endian_load_of_network_order() -> None:
+    assert programs.address_word("127.0.0.5") & 0xFF == 127
+    assert programs.address_word("127.0.0.5") == 0x0500007F
+
+
+# --- cgroup -------------------------------------------------------------------------------------
+
+
+def test_cgroup2_mount_found_in_hybrid_and_unified_layouts() -> None:
+    assert parse_cgroup2_mount(HYBRID_MOUNTINFO) == "/sys/fs/cgroup/unified"
+    assert parse_cgroup2_mount(UNIFIED_MOUNTINFO) == "/sys/fs/cgroup"
+    assert parse_cgroup2_mount(HYBRID_MOUNTINFO.replace("cgroup2 cgroup2", "cgroup cgroup")) is None
+
+
+def test_own_cgroup_path() -> None:
+    assert parse_own_cgroup("4:memory:/x\n0::/user.slice/session-1.scope\n") == "/user.slice/session-1.scope"
+    assert parse_own_cgroup("1:cpu:/\n") == "/"
+
+
+def test_cgroup_names_carry_the_owner() -> None:
+    assert owner_of(cgroup_name(4242, "kafka-client")) == 4242
+    assert owner_of("system.slice") is None
+
+
+# --- coverage -----------------------------------------------------------------------------------
+
+
+def _cov(**kw: int) -> Coverage:
+    counts = [0] * len(Counter)
+    for name, value in kw.items():
+        counts[Counter[name]] = value
+    return Coverage(tuple(counts))
+
+
+def test_coverage_all_tagged() -> None:
+    c = _cov(CONNECT_TAGGED=2, CONNECT_TAGGED_MAPPED=1, DGRAM_TAGGED=4)
+    assert c.summary() == "all 3 connections tagged, all 4 UDP datagrams tagged"
+    assert c.complete and c.exceptions() == []
+
+
+def test_coverage_names_every_exception_and_warns_about_ipv6() -> None:
+    c = _cov(CONNECT_TAGGED=3, CONNECT_ALREADY_BOUND=1, CONNECT_IPV6_LOOPBACK=2, CONNECT_NOT_LOOPBACK=5)
+    assert c.summary() == "3 of 6 loopback connections tagged"
+    text = "\n".join(c.exceptions())
+    assert "UNTAGGED" in text and "::1" in text and "bound itself" in text and "non-loopback" in text
+    assert "refused" in "\n".join(c.exceptions(ipv6_policy="refuse"))
+    assert _cov().summary() == "no loopback connections seen"
+
+
+def test_coverage_decodes_the_map_value() -> None:
+    raw = struct.pack(f"<{len(Counter)}Q", *range(len(Counter)))
+    assert Coverage.from_bytes(raw)[Counter.DGRAM_TAGGED] == 6
+
+
+def test_missing_privileges() -> None:
+    assert missing_privileges(0) == ["CAP_BPF", "CAP_NET_ADMIN"]
+    assert missing_privileges(1 << 21) == []  # CAP_SYS_ADMIN covers both
+    assert missing_privileges((1 << 39) | (1 << 12)) == []
+
+
+def test_exit_status_of_signals() -> None:
+    assert exit_status_of(3) == 3 and exit_status_of(-9) == 137
+
+
+# --- filters, input ----------------------------------------------------------------------------
+
+
+def test_filters() -> None:
+    assert capture_filter(["127.0.0.5", "127.0.0.6"]) == "host 127.0.0.5 or host 127.0.0.6"
+    assert display_filter(["127.0.0.5"]) == "ip.addr==127.0.0.5"
+    assert display_filter(["127.0.0.5", "127.0.0.6"]) == "ip.addr in {127.0.0.5 127.0.0.6}"
+    assert name_filter(["a", "b"]) == 'ip.host=="a" || ip.host=="b"'
+
+
+def test_section_comment_lists_tags() -> None:
+    text = section_comment([Target("127.0.0.5", "client", "pid=7")], started="T")
+    assert "tag 127.0.0.5 label=client pid=7" in text
+
+
+def test_classic_filter_shape() -> None:
+    prog = classic_filter(["127.0.0.5", "127.0.0.6"])
+    assert len(prog) % 8 == 0 and len(prog) // 8 == 5 + 2 + 1 + 2 + 2
+    with pytest.raises(UsageError):
+        classic_filter([f"127.0.1.{i}" for i in range(101)])
+
+
+def test_parse_target_and_errors() -> None:
+    assert parse_target("127.0.0.5=kafka-client") == Target("127.0.0.5", "kafka-client")
+    with pytest.raises(NotLoopbackError):
+        parse_target("10.0.0.1")
+    with pytest.raises(UsageError):
+        parse_target("127.0.0.5=bad label")
+    with pytest.raises(UsageError):
+        parse_target("::1")
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("500ms") == 0.5 and parse_duration("2m") == 120 and parse_duration("3") == 3
+    with pytest.raises(UsageError):
+        parse_duration("soon")
+
+
+def test_advice_picks_the_program() -> None:
+    lines = advice_for("/usr/bin/curl", "127.0.0.5")
+    assert lines == ["  curl            curl --interface 127.0.0.5 URL"]
+    assert len(advice_for("unknown-tool", "127.0.0.5")) > 8
+    assert "{127,0,0,5}" in "\n".join(advice_for("erl", "127.0.0.5"))
+    assert "lo0 alias" in advice_text("curl", "127.0.0.5", macos=True)
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def test_proc_net_addresses_and_free_pick() -> None:
+    text = (
+        "  sl  local_address rem_address   st\n"
+        "   0: 0200007F:1F90 00000000:0000 0A\n"
+        "   1: 0100007F:C350 0200007F:1F90 01\n"
+    )
+    used = parse_proc_net_addresses(text)
+    assert used == {0x7F000002, 0x7F000001, 0}
+    assert pick_free_address(used) == "127.0.0.3"
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+# A minimal Ethernet+IPv4+TCP SYN frame 127.0.0.5:40000 -> 127.0.0.1:80.
+SYN = (
+    b"\0" * 12
+    + b"\x08\x00"
+    + bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 127, 0, 0, 5, 127, 0, 0, 1])
+    + struct.pack(">HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x02, 65535, 0, 0)
+)
+
+
+@given(st.lists(st.tuples(st.integers(0, (2**32 - 1) * 10**9), st.binary(min_size=0, max_size=300)), max_size=20))
+def test_pcap_round_trip(records: list[tuple[int, bytes]]) -> None:
+    buf = io.BytesIO()
+    writer = PcapWriter(buf, linktype=1)
+    for ts, data in records:
+        writer.write(Packet(ts, data, len(data)))
+    buf.seek(0)
+    header, packets = read_pcap(buf)
+    assert header.linktype == 1
+    assert [(p.timestamp_ns, p.data) for p in packets] == records
+
+
+def test_counted_finds_syns() -> None:
+    stats = [CaptureStats()]
+    list(counted([Packet(1, SYN, len(SYN))], 1, stats))
+    assert stats[0] == CaptureStats(1, 1, 0)
+
+
+def test_pcapng_is_read_by_tshark_with_names(tmp_path: Path) -> None:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed (apt-get install tshark)")
+    path = tmp_path / "x.pcapng"
+    with open(path, "wb") as fh:
+        write_pcapng(
+            fh,
+            PcapHeader(1, 65535),
+            [Packet(1_700_000_000_123_456_789, SYN, len(SYN))],
+            Description(comment="tag 127.0.0.5 label=client", names=(("127.0.0.5", "client"),)),
+        )
+    run = subprocess.run(
+        [
+            tshark,
+            "-r",
+            str(path),
+            "-N",
+            "n",
+            "-Y",
+            'ip.host=="client"',
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.dstport",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.stdout.split() == ["127.0.0.5", "80"], run.stderr
+    info = subprocess.run(["capinfos", str(path)], capture_output=True, text=True, timeout=60).stdout
+    if info:
+        assert "label=client" in info
