@@ -88,13 +88,16 @@ COUNT = CountType()
 
 
 def connections_option(default: int | None = None, required: bool = True) -> Callable[[F], F]:
+    # Click >= 8.3 takes an explicit default=None as a given value and skips the required check
+    # (then `loopfan plan` without -c crashed on None): pass a default only when there is one.
+    extra: dict[str, Any] = {"default": default} if default is not None else {}
     return click.option(
         "-c",
         "--connections",
         type=COUNT,
-        default=default,
         required=required and default is None,
         help="How many concurrent connections (100000, 100k, 1M).",
+        **extra,
     )
 
 
