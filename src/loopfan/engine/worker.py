@@ -66,7 +66,10 @@ class WorkerBase:
             self.orphaned()
 
     def report(self) -> None:
-        latency, self.latency = self.latency, {}
+        # Copy and clear in place: the client's hot loop holds a local alias of this dict, so
+        # rebinding it would send every later sample into a dict that was already sent.
+        latency = dict(self.latency)
+        self.latency.clear()
         self.send(P.STATS, (self.snap.as_dict(), latency))
 
     def maybe_report(self) -> None:
