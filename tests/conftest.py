@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
+import socket
+import struct
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -89,3 +96,156 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     path = tmp_path / "state"
     monkeypatch.setenv("LOOPFAN_STATE_DIR", str(path))
     yield path
+
+
+# --- Leak checks and loopback helpers for tests that start processes and sockets -----------------
+#
+# `no_leaks` fails a test that leaves an open fd, a child process, or any process carrying the
+# test's marker in its environment (forked workers inherit it, so an orphan re-parented to init is
+# still found). Use it with `pytestmark = pytest.mark.usefixtures("no_leaks")`.
+
+LEAK_MARKER_ENV = "LOOPFAN_TEST_LEAK_MARKER"
+LEAK_GRACE_S = 5.0  # workers are asked, then terminated: give them this long to be gone
+
+
+def _open_fds() -> dict[int, str]:
+    out: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the fd listdir itself used, closed again
+    return out
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _carries_marker(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return marker in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def child_pids(parent: int) -> list[int]:
+    """Live (non-zombie) children of `parent`, from /proc."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _proc_stat(int(name))
+            if stat is not None and stat[0] == parent and stat[1] != "Z":
+                out.append(int(name))
+    return out
+
+
+def _leaked_processes(marker: bytes, before: set[int]) -> list[str]:
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (me, *before):
+            continue
+        pid = int(name)
+        stat = _proc_stat(pid)
+        if stat is None:
+            continue
+        cmd = _cmdline(pid)
+        if stat[0] == me:
+            found.append(f"child pid {pid} ({stat[1]}): {cmd}")
+        elif _carries_marker(pid, marker):
+            found.append(f"orphan pid {pid} (parent {stat[0]}): {cmd}")
+    return found
+
+
+@pytest.fixture
+def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail the test if it leaves an fd, a child process or a loopfan process of its own behind."""
+    marker_value = uuid.uuid4().hex
+    monkeypatch.setenv(LEAK_MARKER_ENV, marker_value)
+    marker = f"{LEAK_MARKER_ENV}={marker_value}".encode()
+    fds_before = _open_fds()
+    children_before = set(child_pids(os.getpid()))
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while True:
+        multiprocessing.active_children()  # reap what multiprocessing started and forgot
+        procs = _leaked_processes(marker, children_before)
+        fds = {fd: target for fd, target in _open_fds().items() if fds_before.get(fd) != target}
+        if (not procs and not fds) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    problems = procs + [f"fd {fd} -> {target}" for fd, target in sorted(fds.items())]
+    assert not problems, "the test left these behind: " + "; ".join(problems)
+
+
+def free_port(*addresses: str) -> int:
+    """A TCP port that is free on every address given (bind to port 0 on the first, check the rest)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((addresses[0], 0))
+            port = int(s.getsockname()[1])
+        try:
+            for address in addresses[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {addresses}")
+
+
+@pytest.fixture
+def loopback_block() -> Callable[[], str]:
+    """block() -> '127.a.b.' : a random /24 of 127/8 for one test's addresses (append 1..254).
+
+    Tests that listen or connect take their addresses from fresh blocks, so parallel and repeated
+    runs (and TIME_WAIT from the last run) never meet; 127.0.x and 127.100.x (loopfan's default
+    pools) are never chosen.
+    """
+    taken: set[str] = set()
+
+    def block() -> str:
+        while True:
+            prefix = f"127.{random.randint(150, 250)}.{random.randint(0, 255)}."
+            if prefix not in taken:
+                taken.add(prefix)
+                return prefix
+
+    return block
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "0A": "LISTEN"}
+
+
+def kernel_tcp_sockets() -> list[tuple[str, tuple[str, int], tuple[str, int]]]:
+    """Every IPv4 TCP socket on the host as (state, local, remote), from /proc/net/tcp."""
+    out = []
+    with open("/proc/net/tcp") as fh:
+        next(fh, None)
+        for line in fh:
+            parts = line.split()
+            state = _TCP_STATES.get(parts[3], parts[3])
+            out.append((state, _hex_endpoint(parts[1]), _hex_endpoint(parts[2])))
+    return out
+
+
+def _hex_endpoint(text: str) -> tuple[str, int]:
+    addr_hex, port_hex = text.split(":")
+    return socket.inet_ntoa(struct.pack("<I", int(addr_hex, 16))), int(port_hex, 16)

@@ -1,0 +1,317 @@
+"""The engine through its library API, checked against the kernel's own socket table.
+
+Every test here opens real loopback connections, bounded in count (a few thousand) and time (a
+hold of a fraction of a second), on addresses of its own (random 127.x.y.0/24 blocks, a free port),
+and the `no_leaks` fixture fails it if a worker process, an fd or an orphan is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from conftest import child_pids, free_port, kernel_tcp_sockets
+
+from loopfan.engine import measure
+from loopfan.engine.client import bind_socket
+from loopfan.engine.report import report_dict
+from loopfan.engine.runner import Progress, RunConfig, RunResult, run_plan
+from loopfan.engine.serve import BuiltinServer
+from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
+from loopfan.planner import Plan, PlanRequest, plan
+from loopfan.pools import Endpoint, parse_endpoints, parse_pool
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+Block = Callable[[], str]
+Pair = tuple[tuple[str, int], tuple[str, int]]
+
+
+@pytest.fixture(autouse=True)
+def _fd_limit() -> None:
+    raise_nofile_soft_limit()
+
+
+def builtin_request(block: Block, connections: int, per_process: int | None, *, sources: int = 20) -> PlanRequest:
+    """A request for the built-in server on a listen block and a source block of this test's own."""
+    listen, src = block(), block()
+    return PlanRequest(
+        connections=connections,
+        max_per_process=per_process,
+        listen_pool=parse_pool(f"{listen}1-{listen}40"),
+        listen_port=free_port(*(f"{listen}{i}" for i in range(1, 9))),
+        sources=parse_pool(f"{src}1-{src}{sources}"),
+    )
+
+
+def endpoints(block: Block, count: int) -> tuple[Endpoint, ...]:
+    prefix = block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, count + 1)))
+    return parse_endpoints(f"{prefix}1-{prefix}{count}:{port}")
+
+
+def planned_groups(p: Plan) -> Counter[tuple[str, tuple[str, int]]]:
+    out: Counter[tuple[str, tuple[str, int]]] = Counter()
+    for g in p.groups:
+        out[(g.source, (g.target.address, g.target.port))] += g.connections
+    return out
+
+
+def kernel_groups(pairs: list[Pair], p: Plan) -> tuple[Counter[tuple[str, tuple[str, int]]], ...]:
+    """ESTABLISHED sockets that touch the plan's endpoints, as (source, endpoint) counts, seen from
+    the client end (local = source) and from the server end (local = endpoint)."""
+    targets = {(e.address, e.port) for e in p.targets}
+    client_end: Counter[tuple[str, tuple[str, int]]] = Counter()
+    server_end: Counter[tuple[str, tuple[str, int]]] = Counter()
+    for local, remote in pairs:
+        if remote in targets:
+            client_end[(local[0], remote)] += 1
+        elif local in targets:
+            server_end[(remote[0], local)] += 1
+    return client_end, server_end
+
+
+def assert_nothing_left_on(p: Plan) -> None:
+    """No ESTABLISHED or LISTEN socket on the plan's endpoints (TIME_WAIT is the kernel's, fine)."""
+    targets = {(e.address, e.port) for e in p.targets}
+    left = [
+        (state, local, remote)
+        for state, local, remote in kernel_tcp_sockets()
+        if (local in targets or remote in targets) and state not in ("TIME_WAIT", "FIN_WAIT2", "07")
+    ]
+    assert not left, f"{len(left)} sockets left on the plan's endpoints, e.g. {left[:3]}"
+
+
+class HoldSampler:
+    """on_progress callback: reads the kernel's ESTABLISHED table once, when the run first holds."""
+
+    def __init__(self, also: Callable[[Progress], None] | None = None) -> None:
+        self.pairs: list[Pair] | None = None
+        self.progress: Progress | None = None
+        self.also = also
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.phase == "holding" and self.pairs is None:
+            self.pairs = measure.established_tcp()
+            self.progress = progress
+            if self.also:
+                self.also(progress)
+
+
+# --- the socket helper and the server object ---------------------------------------------------------
+
+
+def test_bind_socket_connects_from_its_source(loopback_block: Block) -> None:
+    (target,) = endpoints(loopback_block, 1)
+    source = f"{loopback_block()}7"
+    with socket.create_server((target.address, target.port)) as listener:
+        for nonblocking in (False, True):
+            with bind_socket(source, nonblocking=nonblocking) as s:
+                assert s.getsockname() == (source, 0)  # IP_BIND_ADDRESS_NO_PORT: the port waits for connect()
+                s.settimeout(5)
+                s.connect((target.address, target.port))
+                local = s.getsockname()
+                peer, remote = listener.accept()
+                with peer:
+                    assert local[0] == source and local[1] > 0
+                    assert remote == local  # the server sees the connection come from the source
+                    assert peer.getsockname() == (target.address, target.port)
+
+
+def test_bind_socket_refuses_an_address_that_is_not_local() -> None:
+    with pytest.raises(OSError):
+        bind_socket("192.0.2.1")  # TEST-NET-1: never on this host, never contacted (bind only)
+
+
+def test_builtin_server_is_a_context_manager(loopback_block: Block) -> None:
+    eps = endpoints(loopback_block, 4)
+    server = BuiltinServer.on(eps, capacity=400, max_per_process=100)
+    assert len(server.shards) == 4
+    with server:
+        pids = server.pids
+        assert len(pids) == 4 and all(_alive(pid) for pid in pids)
+        listening = {local for state, local, _ in kernel_tcp_sockets() if state == "LISTEN"}
+        assert {(e.address, e.port) for e in eps} <= listening
+        conns = [socket.create_connection((e.address, e.port), timeout=5) for e in eps for _ in range(25)]
+        try:
+            totals = server.poll(0.0)
+            for _ in range(40):
+                if totals.established == 100:
+                    break
+                totals = server.poll(0.1)
+            assert (totals.established, totals.open, totals.failed) == (100, 100, {})
+        finally:
+            for c in conns:
+                c.close()
+    assert not server.failed_workers
+    assert not any(_alive(pid) for pid in pids)
+    assert_nothing_left_on_endpoints(eps)
+    assert server.stop().established == 100  # stop() again: idempotent, the last counts
+
+
+def assert_nothing_left_on_endpoints(eps: tuple[Endpoint, ...]) -> None:
+    targets = {(e.address, e.port) for e in eps}
+    left = [s for s in kernel_tcp_sockets() if s[1] in targets and s[0] in ("LISTEN", "ESTABLISHED")]
+    assert not left, left[:3]
+
+
+def test_builtin_server_refuses_a_taken_endpoint(loopback_block: Block) -> None:
+    (ep,) = endpoints(loopback_block, 1)
+    with socket.create_server((ep.address, ep.port)):
+        server = BuiltinServer.on((ep,), capacity=10)
+        with pytest.raises(Exception, match=f"cannot listen on {ep.address}:{ep.port}"):
+            server.start()
+    assert not server.pids or not any(_alive(pid) for pid in server.pids)
+
+
+# --- run_plan with the built-in server ---------------------------------------------------------------
+
+
+def test_run_with_builtin_server_matches_the_kernel(loopback_block: Block) -> None:
+    """6,000 connections, 2,000 per process: 3 client + 3 server workers; the kernel agrees per group."""
+    p = plan(builtin_request(loopback_block, 6000, 2000), read_host_facts())
+    assert (len(p.client_shards), len(p.server_shards)) == (3, 3)
+    sampler = HoldSampler()
+    result = run_plan(p, RunConfig(hold_s=0.3), on_progress=sampler)
+
+    assert result.exit_status == 0 and result.interrupted is None and not result.worker_failures
+    assert (result.client.established, result.client.peak_open, result.client.failed) == (6000, 6000, {})
+    assert (result.client.open, result.client.closed) == (0, 6000)
+    assert result.server is not None and result.server.established == 6000
+    assert result.connect_latency.get_total_count() == 6000
+    assert set(result.phases_s) >= {"start", "connect", "hold", "close", "total"}
+    assert len(result.server_pids) == 3
+
+    assert sampler.pairs is not None, "the run never reached its hold"
+    client_end, server_end = kernel_groups(sampler.pairs, p)
+    assert client_end == planned_groups(p)  # from the planned sources to the planned endpoints
+    assert server_end == planned_groups(p)  # and the built-in server holds the other ends
+    assert not any(_alive(pid) for pid in result.server_pids)
+    assert_nothing_left_on(p)
+
+    rep = report_dict(result, argv=["test"])
+    assert rep["established"] == rep["target_connections"] == rep["peak_concurrent"] == 6000
+    assert rep["server"]["agrees_with_client"] is True
+    assert (rep["client_processes"], rep["server_processes"], rep["sources_used"]) == (3, 3, len(p.sources))
+
+
+def test_run_against_a_target_server(loopback_block: Block) -> None:
+    """A TARGET of 4 endpoints served by a BuiltinServer the test owns: the run connects there."""
+    eps = endpoints(loopback_block, 4)
+    src = loopback_block()
+    request = PlanRequest(connections=4000, targets=eps, sources=parse_pool(f"{src}1-{src}8"), max_per_process=1500)
+    p = plan(request, read_host_facts())
+    assert not p.server_shards and len(p.client_shards) == 3
+    with BuiltinServer.on(eps, capacity=4000, max_per_process=2000) as server:
+        sampler = HoldSampler()
+        result = run_plan(p, RunConfig(hold_s=0.2), on_progress=sampler)
+        totals = server.poll(0.0)
+        for _ in range(50):  # the server hears the clients' closes a moment after the run ends
+            if totals.peer_closed == 4000:
+                break
+            totals = server.poll(0.1)
+    assert result.exit_status == 0 and result.server is None
+    assert (result.client.established, result.client.failed) == (4000, {})
+    assert (totals.established, totals.peer_closed, totals.failed) == (4000, 4000, {})
+    assert sampler.pairs is not None
+    client_end, server_end = kernel_groups(sampler.pairs, p)
+    assert client_end == server_end == planned_groups(p)
+    assert report_dict(result)["server"] is None
+    assert_nothing_left_on(p)
+
+
+# --- failures: a worker killed, the server under test stopped --------------------------------------
+
+
+def test_a_client_worker_killed_mid_run_is_reported_with_its_shard(loopback_block: Block) -> None:
+    eps = endpoints(loopback_block, 2)
+    src = loopback_block()
+    p = plan(PlanRequest(connections=3000, targets=eps, sources=parse_pool(f"{src}1-{src}6"), max_per_process=1000),
+             read_host_facts())
+    killed: list[int] = []
+
+    with BuiltinServer.on(eps, capacity=3000) as server:
+        server_pids = set(server.pids)
+
+        def kill_one_client(progress: Progress) -> None:
+            clients = sorted(set(child_pids(os.getpid())) - server_pids)
+            assert len(clients) == 3
+            os.kill(clients[1], signal.SIGKILL)
+            killed.append(clients[1])
+
+        sampler = HoldSampler(also=kill_one_client)
+        result = run_plan(p, RunConfig(hold_s=0.5), on_progress=sampler)
+
+    assert killed, "the run never reached its hold"
+    assert result.exit_status == 1
+    (failure,) = result.worker_failures
+    assert failure["role"] == "client" and failure["pid"] == killed[0]
+    assert failure["error"] == "killed by signal SIGKILL"
+    shard = p.client_shards[failure["index"]]
+    assert failure["sources"] == list(shard.sources) and failure["connections"] == shard.connections
+    # Its held connections are counted as lost with it; the other workers closed theirs normally.
+    assert result.client.established == 3000
+    assert result.client.failed == {"worker-died": shard.connections}
+    assert result.client.closed == 3000 - shard.connections
+    rep = report_dict(result)
+    assert rep["worker_failures"][0]["index"] == failure["index"]
+    assert_nothing_left_on(p)
+
+
+def test_the_server_under_test_stopping_while_held_is_counted_by_cause(loopback_block: Block) -> None:
+    eps = endpoints(loopback_block, 2)
+    src = loopback_block()
+    p = plan(PlanRequest(connections=2000, targets=eps, sources=parse_pool(f"{src}1-{src}4"), max_per_process=1000),
+             read_host_facts())
+    server = BuiltinServer.on(eps, capacity=2000).start()
+    try:
+        sampler = HoldSampler(also=lambda _p: server.stop())
+        result: RunResult = run_plan(p, RunConfig(hold_s=0.5), on_progress=sampler)
+    finally:
+        server.stop()
+    assert sampler.progress is not None and sampler.progress.client.open == 2000
+    assert result.client.established == 2000 and not result.worker_failures
+    lost = result.client.failed
+    assert set(lost) <= {"closed-by-peer", "ECONNRESET"} and sum(lost.values()) == 2000, lost
+    rep = report_dict(result)
+    assert rep["failed_total"] == 2000
+    assert {f["cause"] for f in rep["failures"]} == set(lost)
+    assert all(f["meaning"] and f["fix"] for f in rep["failures"])
+    assert_nothing_left_on(p)
+
+
+# --- scale ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sixty_thousand_connections_past_the_port_and_fd_limits(loopback_block: Block) -> None:
+    """60,000 connections with the default sharding: beyond one address pair's 28,232 ports and one
+    process's 20,000 fds, so several source addresses and 4 processes on each side."""
+    facts = read_host_facts()
+    p = plan(builtin_request(loopback_block, 60_000, None, sources=200), facts)
+    assert p.per_process < facts.nofile_usable
+    assert len(p.client_shards) >= 4 and len(p.server_shards) >= 4
+    assert all(s.connections <= p.per_process for s in p.client_shards + p.server_shards)
+    assert len(p.sources) > 1 and max(g.connections for g in p.groups) <= p.budget_per_group < facts.port_count
+    sampler = HoldSampler()
+    result = run_plan(p, RunConfig(hold_s=0.2), on_progress=sampler)
+    assert result.exit_status == 0
+    assert (result.client.established, result.client.failed) == (60_000, {})
+    assert result.server is not None and result.server.established == 60_000
+    assert sampler.pairs is not None
+    client_end, server_end = kernel_groups(sampler.pairs, p)
+    assert client_end == server_end == planned_groups(p)
+    assert result.phases_s["connect"] < 30
+    assert_nothing_left_on(p)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
