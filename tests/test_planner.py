@@ -334,3 +334,20 @@ def test_bad_requests(kwargs: dict[str, float], words: str) -> None:
 def test_listen_pool_too_small(dev_facts: Facts) -> None:
     with pytest.raises(UsageError, match="listen pool"):
         plan(PlanRequest(connections=100_000, listen_pool=parse_pool("127.100.0.1")), dev_facts())
+
+
+@pytest.mark.parametrize("n", [1_000, 1_000_000, 5_000_000])
+def test_suggested_settings_never_lower_the_current_value(dev_facts: Facts, n: int) -> None:
+    from loopfan.hostfacts import Conntrack
+
+    facts = dev_facts(
+        mem_available_bytes=500 * 2**30,
+        conntrack=Conntrack(present=True, count=0, max=262_144, tracking_loopback=True),
+    )
+    for lim in plan(PlanRequest(connections=n), facts).limits:
+        if lim.fix.startswith("sudo sysctl -w "):
+            assert lim.connections < n
+            current = {"fs.file-max": facts.file_max, "conntrack table": 262_144}[lim.resource]
+            assert int(lim.fix.rsplit("=", 1)[1]) > (current or 0)
+        else:
+            assert lim.connections >= n or lim.resource == "memory"

@@ -429,7 +429,10 @@ def _host_limits(request: PlanRequest, facts: HostFacts, per_process: int) -> li
         capacity = max(0, (facts.file_max - open_now - processes * 32) // per_pair_fds)
         needed = open_now + per_pair_fds * n + processes * 32 + 10_000
         knob = "kern.maxfiles" if facts.platform == "macos" else "fs.file-max"
-        cmd = f"sudo sysctl -w {knob}={_round_up(needed)}"
+        if capacity < n:
+            cmd = f"sudo sysctl -w {knob}={_round_up(needed)}"
+        else:  # never suggest a value below the current one
+            cmd = f"no change needed for {n:,} connections; raise {knob} to go past {capacity:,}"
         out.append(
             Limit(
                 knob,
@@ -441,11 +444,14 @@ def _host_limits(request: PlanRequest, facts: HostFacts, per_process: int) -> li
         )
     ct = facts.conntrack
     if ct.present and ct.tracking_loopback and ct.max is not None:
+        room = max(0, ct.max - (ct.count or 0))
         out.append(
             Limit(
                 "conntrack table",
-                max(0, ct.max - (ct.count or 0)),
-                f"sudo sysctl -w net.netfilter.nf_conntrack_max={_round_up(n + (ct.count or 0) + 10_000)}",
+                room,
+                f"sudo sysctl -w net.netfilter.nf_conntrack_max={_round_up(n + (ct.count or 0) + 10_000)}"
+                if room < n
+                else f"no change needed for {n:,} connections; raise nf_conntrack_max to go past {room:,}",
                 f"netfilter tracks loopback flows here; the table holds {ct.max:,} entries",
             )
         )
