@@ -72,6 +72,6 @@ def advice_text(command: str | None, address: str, *, macos: bool = False) -> st
     lines = [f"To bind the client to {address} yourself:"]
     lines += advice_for(command, address)
     if macos:
-        lines.append(f"  macOS first: sudo ifconfig lo0 alias {address} up   (or: loopfan alias)")
+        lines.append(f"  macOS first: sudo ifconfig lo0 alias {address} up   (or: loopfan alias add {address})")
     lines.append("  (more, with caveats: docs/isolation.md)")
     return "\n".join(lines)
