@@ -351,3 +351,8 @@ def test_suggested_settings_never_lower_the_current_value(dev_facts: Facts, n: i
             assert int(lim.fix.rsplit("=", 1)[1]) > (current or 0)
         else:
             assert lim.connections >= n or lim.resource == "memory"
+
+
+def test_ipv6_only_sources_need_ipv6_targets(dev_facts: Facts) -> None:
+    with pytest.raises(UsageError, match=r"only ::1"):
+        plan(PlanRequest(connections=10, sources=parse_pool("::1")), dev_facts())

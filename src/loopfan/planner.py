@@ -297,6 +297,11 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
             "mixing ::1 and 127.x targets in one run is not supported; run them separately"
         )
     ipv6 = bool(ipv6_targets)
+    if not ipv6 and request.sources.ipv6_loopback and request.sources.ipv4_count == 0:
+        raise UsageError(
+            "the source pool is only ::1, which reaches only [::1] targets; give 127.x.y.z sources "
+            "(e.g. --sources 127.0.0.0/16) or [::1]:PORT targets"
+        )
 
     # How many source addresses, and how connections are laid over (source, endpoint) groups.
     pool_size = 1 if ipv6 else sources_pool.ipv4_count
