@@ -1,11 +1,16 @@
 """The run report: a RunResult as a JSON-able dict (schema loopfan.report/1) and as terminal text.
 
 Rules of this file: pure functions of the result. Every failure cause in the report carries its
-meaning and its fix; numbers keep their unit in their name (_ms, _s, _bytes, _per_s).
+meaning and its fix; numbers keep their unit in their name (_ms, _s, _bytes, _per_s). The flat
+top-level keys are the summary (kept stable for scripts); "identity", "series" and "histograms"
+hold the rest. The schema is src/loopfan/results/report.schema.json (docs/report.md): a key added
+here is added there, in the same commit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import platform
 import sys
 from typing import Any
 
@@ -15,7 +20,8 @@ from rich.text import Text
 
 from loopfan import __version__
 from loopfan.engine.causes import explain
-from loopfan.engine.runner import RunResult
+from loopfan.engine.runner import HIST_DIGITS, HIST_HIGHEST_US, HIST_LOWEST_US, RunResult
+from loopfan.hostfacts import HostFacts
 from loopfan.render import plan_to_dict
 
 REPORT_SCHEMA = "loopfan.report/1"
@@ -52,7 +58,54 @@ def first_limit_hit(result: RunResult) -> dict[str, Any] | None:
     return None
 
 
-def report_dict(result: RunResult, *, argv: list[str] | None = None) -> dict[str, Any]:
+def jsonable(value: Any) -> Any:
+    """Dataclasses, tuples, sets and enums as JSON values (config and host facts in the report)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(jsonable(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def histogram_dict(hist: Any) -> dict[str, Any]:
+    """A full-run HDR histogram in the standard compressed encoding (base64 of the zlib'd V2
+    encoding, as HdrHistogram's Java/C/Python libraries read it): exact percentiles later."""
+    return {
+        "unit": "us",
+        "encoding": "hdrhistogram-v2-compressed-base64",
+        "lowest_trackable": HIST_LOWEST_US,
+        "highest_trackable": HIST_HIGHEST_US,
+        "significant_digits": HIST_DIGITS,
+        "count": hist.get_total_count(),
+        "data": hist.encode().decode("ascii"),
+    }
+
+
+def identity(result: RunResult, argv: list[str], facts: HostFacts | None) -> dict[str, Any]:
+    return {
+        "loopfan_version": __version__,
+        "command": argv,
+        "started_at": result.started_at,
+        "python": platform.python_version(),
+        "host": {
+            "hostname": platform.node(),
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+            "facts": jsonable(facts) if facts is not None else None,
+        },
+        "config": jsonable(result.config),
+    }
+
+
+def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: HostFacts | None = None
+                ) -> dict[str, Any]:
     plan = result.plan
     c = result.client
     connect_s = result.phases_s.get("connect") or 0.0
@@ -70,10 +123,12 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None) -> dict[str
             "failed": dict(result.server.failed),
         }
     mem = result.memory
+    command = argv if argv is not None else sys.argv
+    series = result.series.as_dict() if result.series is not None else None
     return {
         "schema": REPORT_SCHEMA,
         "loopfan_version": __version__,
-        "command": argv if argv is not None else sys.argv,
+        "command": command,
         "started_at": result.started_at,
         "target_connections": plan.request.connections,
         "established": c.established,
@@ -98,8 +153,13 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None) -> dict[str
         "server": server,
         "interrupted": result.interrupted,
         "worker_failures": result.worker_failures,
+        "time_to_target_s": series["time_to_target_s"] if series else None,
         "connect_series": [{"t_s": t, "established": e} for t, e in result.rate_series],
         "plan": plan_to_dict(plan),
+        "identity": identity(result, command, facts),
+        "series": series,
+        "histograms": {"connect_latency": histogram_dict(result.connect_latency)},
+        "checks": [],
     }
 
 
@@ -149,6 +209,9 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t.add_row("memory", f"client {mb(m['user_client'])}{per_conn}, server {mb(m['user_server'])}, "
               f"kernel {mb(m['kernel'])} (slab growth)")
     t.add_row("cpu", f"{rep['cpu_s']:.1f} s")
+    reach = rep.get("time_to_target_s") or {}
+    if reach.get("100%") is not None or reach.get("50%") is not None:
+        t.add_row("time to reach", "  ".join(f"{k} {v:.2f}s" for k, v in reach.items() if v is not None))
     srv = rep.get("server")
     if srv is not None:
         agree = "agrees" if srv["agrees_with_client"] else "DISAGREES"
@@ -170,6 +233,10 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         where = ", ".join(wf.get("sources", wf.get("listen", [])))
         parts.append(Text(f"worker {wf['role']} #{wf['index']} (pid {wf['pid']}, {where}) failed: {wf['error']}",
                           style="red"))
+    for chk in rep.get("checks") or []:
+        mark, style = ("pass", "green") if chk["passed"] else ("FAIL", "bold red")
+        actual = "not measured" if chk["actual"] is None else f"{chk['actual']:g}{chk.get('unit') or ''}"
+        parts.append(Text(f"check {mark}: {chk['expression']} (actual {actual})", style=style))
     lim = rep["first_limit_hit"]
     if lim:
         parts.append(Text(f"first limit hit: {lim['resource']} ({lim['cause']} x{lim['count']:,}); fix: {lim['fix']}",

@@ -9,6 +9,7 @@ callback; rendering is the CLI's business.
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import signal
 import time
@@ -25,6 +26,7 @@ from loopfan.engine import protocol as P
 from loopfan.engine.client import client_main
 from loopfan.engine.fleet import Fleet, Worker
 from loopfan.engine.server import server_main
+from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_proc
 from loopfan.errors import HostError
 from loopfan.planner import Plan
 
@@ -46,8 +48,14 @@ class RunConfig:
     server: P.ServerConfig = field(default_factory=P.ServerConfig)
     ready_timeout_s: float = 15.0
     close_timeout_s: float = 60.0
+    # Client workers connecting at once (0: one per core, at least 2). On loopback the handshake
+    # is CPU work in the connecting process; a hundred workers ramping together on two cores
+    # mostly switch contexts and starve the acceptors, so the ramp is staggered: bench/ramp.py.
+    ramp_concurrency: int = 0
     # A ramp that stops making progress for this long ends (the rest are counted as not opened).
     stall_timeout_s: float = 60.0
+    # The time series' interval (report.json "series"): one row of rates, latency and health each.
+    series_interval_s: float = DEFAULT_INTERVAL_S
 
 
 @dataclass(slots=True)
@@ -98,6 +106,8 @@ class Progress:
     server: Totals | None
     rate_per_s: float
     hold_left_s: float | None
+    # The time series so far (its last row is the last interval): for live panels and exporters.
+    series: SeriesSampler | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +128,7 @@ class RunResult:
     kernel_established_peak: int | None = None
     started_at: float = 0.0
     server_pids: list[int] = field(default_factory=list)
+    series: SeriesSampler | None = None
 
     @property
     def exit_status(self) -> int:
@@ -157,11 +168,20 @@ def run_plan(
 ) -> RunResult:
     """Execute `plan`. Always returns a result (partial when interrupted); never leaves a worker."""
     result = RunResult(plan=plan, config=config, started_at=time.time())
-    fleet = Fleet(on_latency=lambda lat: _record(result.connect_latency, lat))
+    t0 = time.monotonic()
+    series = result.series = SeriesSampler(
+        target=plan.request.connections, interval_s=config.series_interval_s, t0=t0,
+        lowest_us=HIST_LOWEST_US, highest_us=HIST_HIGHEST_US, digits=HIST_DIGITS, where=_where(plan),
+    )
+
+    def on_latency(lat: dict[int, int]) -> None:
+        _record(result.connect_latency, lat)
+        series.note_latency(lat)
+
+    fleet = Fleet(on_latency=on_latency)
     cpu_before = _children_cpu_s()
     slab_before = measure.slab_bytes()
     overflows_before = measure.listen_overflows()
-    t0 = time.monotonic()
     n_servers = len(plan.server_shards)
     phase = "starting"
     hold_until: float | None = None
@@ -182,13 +202,20 @@ def run_plan(
                 result.peak_rate_per_s = max(result.peak_rate_per_s, (c.established - last_sample[1]) / dt)
             result.rate_series.append((round(now - t0, 3), c.established))
             last_sample = (now, c.established)
+        series.note_progress(now, c.established)
+        if series.due(now):
+            take_sample(now)
         if on_progress:
             left = None if hold_until is None else max(0.0, hold_until - now)
             rate = result.peak_rate_per_s
             if result.rate_series and len(result.rate_series) > 1:
                 (ta, ea), (tb, eb) = result.rate_series[-2], result.rate_series[-1]
                 rate = (eb - ea) / (tb - ta) if tb > ta else 0.0
-            on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left))
+            on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series))
+
+    def take_sample(now: float) -> None:
+        procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}
+        series.sample(now, phase, fleet.workers, procs, _self_cpu_s())
 
     with _trap_signals() as interrupt:
         try:
@@ -214,17 +241,28 @@ def run_plan(
             phase = "connecting"
             t_ramp = time.monotonic()
             client_config = config.client
+            concurrency = config.ramp_concurrency or max(2, os.cpu_count() or 1)
+            concurrency = min(concurrency, len(plan.client_shards)) or 1
+            gated = concurrency < len(plan.client_shards)
+            if gated:
+                client_config = dataclasses.replace(client_config, gated=True)
             if config.connect_rate_per_s and plan.client_shards:
-                share = config.connect_rate_per_s / len(plan.client_shards)
+                share = config.connect_rate_per_s / concurrency
                 client_config = dataclasses.replace(client_config, connect_rate_per_s=share)
             for client_shard in plan.client_shards:
                 fleet.spawn("client", client_shard.index, client_main, client_shard, client_config)
             if on_started:
                 on_started()  # after the last fork: a progress display may start its thread now
             clients = fleet.of("client")
+            waiting = list(clients) if gated else []
             last_progress = (time.monotonic(), -1)
             while interrupt.signal is None:
-                fleet.pump(0.1)
+                if waiting:
+                    # Keep `concurrency` workers connecting: one more each time one is through.
+                    busy = sum(1 for w in clients if w not in waiting and w.state in ("starting", "ready"))
+                    starting, waiting = waiting[: max(0, concurrency - busy)], waiting[max(0, concurrency - busy):]
+                    fleet.send(starting, P.GO)
+                fleet.pump(0.1 if not waiting else 0.02)
                 tick()
                 if all(w.state in ("connected", "done", "dead", "error") for w in clients):
                     break
@@ -271,6 +309,7 @@ def run_plan(
             fleet.send(fleet.of("server"), P.STOP)
             fleet.wait_until(lambda: all(w.finished for w in fleet.workers), 10.0)
             result.client, result.server = totals()
+            take_sample(time.monotonic())  # the last, partial interval: the close phase's end
             _note_failures(fleet, result)
             fleet.shutdown()
             result.interrupted = interrupt.signal
@@ -288,6 +327,26 @@ def _record(hist: HdrHistogram, latency: dict[int, int]) -> None:
 
 def _delta(after: int | None, before: int | None) -> int | None:
     return None if after is None or before is None else after - before
+
+
+def _self_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _where(plan: Plan) -> dict[tuple[str, int], list[str]]:
+    """What each worker serves, for the per-process series: its source addresses or listen endpoints."""
+    out: dict[tuple[str, int], list[str]] = {}
+    for c in plan.client_shards:
+        out[("client", c.index)] = _span(list(c.sources))
+    for s in plan.server_shards:
+        out[("server", s.index)] = _span([str(e) for e in s.listen])
+    return out
+
+
+def _span(items: list[str]) -> list[str]:
+    # A shard may own hundreds of addresses: keep the report readable (first, last and how many).
+    return items if len(items) <= 4 else [items[0], f"... {len(items) - 2} more ...", items[-1]]
 
 
 def _children_cpu_s() -> float:

@@ -31,6 +31,22 @@ def _die_with_parent() -> None:
         pass
 
 
+def _count_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the directory handle listdir holds
+    except OSError:
+        return 0
+
+
+def _fd_limit() -> int | None:
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError):
+        return None
+
+
 class WorkerBase:
     def __init__(self, pipe: Connection, report_interval_s: float) -> None:
         self.pipe = pipe
@@ -42,6 +58,14 @@ class WorkerBase:
         self.pipe_fd = pipe.fileno()
         self.epoll.register(self.pipe_fd, select.EPOLLIN)
         self.parent_pid = os.getppid()
+        # Generator health for the time series: fds besides connections (pipe, epoll, std streams,
+        # listeners), counted once here - listing /proc/self/fd at 20,000 fds costs ~30 ms, too
+        # much to repeat - and the event-loop lag: the longest stretch between two epoll waits,
+        # i.e. how late an event could have been noticed (two monotonic() calls per loop turn).
+        self._base_fds = _count_fds()
+        self._fd_limit = _fd_limit()
+        self._max_lag_s = 0.0
+        self._poll_end = time.monotonic()
 
     # -- counting -------------------------------------------------------------------------------
     def established(self) -> None:
@@ -70,7 +94,17 @@ class WorkerBase:
         # rebinding it would send every later sample into a dict that was already sent.
         latency = dict(self.latency)
         self.latency.clear()
-        self.send(P.STATS, (self.snap.as_dict(), latency))
+        stats = self.snap.as_dict()
+        stats["health"] = self.health()
+        self.send(P.STATS, (stats, latency))
+
+    def health(self) -> dict[str, float | int | None]:
+        """Extra STATS keys for the time series: fds in use vs the limit, and loop lag since the last report."""
+        pending = getattr(self, "pending", None)  # client: connects in flight hold fds too
+        fds = self._base_fds + self.snap.open + (len(pending) if pending is not None else 0)
+        fds += len(getattr(self, "listeners", ()))  # server: its listening sockets
+        lag_ms, self._max_lag_s = round(self._max_lag_s * 1000, 2), 0.0
+        return {"fds": fds, "fd_limit": self._fd_limit, "loop_lag_ms": lag_ms}
 
     def maybe_report(self) -> None:
         now = time.monotonic()
@@ -90,7 +124,12 @@ class WorkerBase:
 
     # -- the loop -------------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> None:
-        for fd, events in self.epoll.poll(timeout_s, 4096):
+        busy = time.monotonic() - self._poll_end
+        if busy > self._max_lag_s:
+            self._max_lag_s = busy
+        ready = self.epoll.poll(timeout_s, 4096)
+        self._poll_end = time.monotonic()
+        for fd, events in ready:
             if fd == self.pipe_fd:
                 self.read_control()
             else:
