@@ -69,6 +69,7 @@ class ClientWorker(WorkerBase):
         self.fds: set[int] = set()  # held connections (bare fds: no socket objects)
         self.pending: dict[int, int] = {}  # fd -> connect start (ns), only while connecting
         self.closing = False
+        self.go = not config.gated
 
     def _plan(self) -> Iterator[tuple[str, tuple[str, int], int]]:
         for g in self.shard.groups:
@@ -77,6 +78,9 @@ class ClientWorker(WorkerBase):
                 yield g.source, (g.target.address, g.target.port), family
 
     def run(self) -> None:
+        while not self.go and not self.closing:
+            self.poll(0.2)
+            self.maybe_report()
         snap = self.snap
         ep = self.epoll
         pacer = Pacer(self.config.connect_rate_per_s)
@@ -193,7 +197,9 @@ class ClientWorker(WorkerBase):
         self.snap.failed[cause] = self.snap.failed.get(cause, 0) + 1
 
     def on_control(self, message: str) -> None:
-        if message in (P.CLOSE, P.STOP):
+        if message == P.GO:
+            self.go = True
+        elif message in (P.CLOSE, P.STOP):
             self.closing = True
 
     def close_all(self) -> None:

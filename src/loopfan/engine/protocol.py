@@ -13,6 +13,7 @@ from typing import Any
 # parent -> worker
 CLOSE = "close"  # close every connection, report, then exit
 STOP = "stop"  # exit now (servers)
+GO = "go"  # client: start connecting (the parent staggers workers; see RunConfig.ramp_concurrency)
 
 # worker -> parent: (kind, payload)
 READY = "ready"  # server: listening; payload {"listen": [...]}
@@ -31,6 +32,8 @@ class ClientConfig:
     # Connects in flight (sent, not yet established) per worker: bounds the SYN burst a listener
     # sees, so its accept queue does not overflow (overflow = dropped SYNs = 1-3 s stalls).
     max_pending: int = 2048
+    # Wait for the parent's GO before connecting (set by the runner when it staggers the ramp).
+    gated: bool = False
     report_interval_s: float = 0.25
 
 
