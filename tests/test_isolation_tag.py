@@ -423,3 +423,45 @@ def test_capture_command_stops_at_count_with_builtin_backend(
     thread.join(timeout=30)
     assert result == [0]
     assert len(_tshark_fields(path, "ip.addr==127.0.0.72", "ip.src")) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark (apt-get install tshark)")
+def test_capture_stops_and_flushes_on_sigint(http_server: tuple[str, list[str]], tmp_path: Path) -> None:
+    url, _peers = http_server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    path = tmp_path / "int.pcapng"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loopfan",
+            "capture",
+            "--source",
+            "127.0.0.73=sig",
+            "-w",
+            str(path),
+            "--duration",
+            "30s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # interpreter start + the capture tool's start, well within
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.73", 0)) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            s.recv(100)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, err
+    assert "display filter: ip.addr==127.0.0.73" in out
+    assert _tshark_fields(path, 'ip.host=="sig"', "ip.src")  # flushed, named
+    # No capture tool left running on our file.
+    leftovers = subprocess.run(["pgrep", "-f", str(path)], capture_output=True, text=True, timeout=10).stdout.split()
+    assert leftovers == []

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from loopfan.errors import HostError
+from loopfan.errors import HostError, UsageError
 from loopfan.isolation import bpf, programs
 from loopfan.isolation.cgroup import Cgroup, cgroup_name, find_cgroup2_root, remove_stale
 from loopfan.isolation.programs import Counter
@@ -70,7 +70,9 @@ class Coverage:
     def connections_untagged(self) -> int:
         """Loopback connections that carry no tag: the exceptions the report must name."""
         return (
-            self[Counter.CONNECT_ALREADY_BOUND] + self[Counter.CONNECT_BIND_ERROR] + self[Counter.CONNECT_IPV6_LOOPBACK]
+            self[Counter.CONNECT_ALREADY_BOUND]
+            + self[Counter.CONNECT_BIND_ERROR]
+            + self[Counter.CONNECT_IPV6_LOOPBACK]
         )
 
     @property
@@ -252,7 +254,11 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
     try:
         to_load = [
             ("lfc4", programs.connect4(spec.source, map_fd), bpf.BPF_CGROUP_INET4_CONNECT),
-            ("lfc6", programs.connect6(spec.source, map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_INET6_CONNECT),
+            (
+                "lfc6",
+                programs.connect6(spec.source, map_fd, refuse_ipv6_loopback=refuse),
+                bpf.BPF_CGROUP_INET6_CONNECT,
+            ),
             ("lfs4", programs.sendmsg4(spec.source, map_fd), bpf.BPF_CGROUP_UDP4_SENDMSG),
             ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_UDP6_SENDMSG),
         ]
@@ -363,7 +369,18 @@ def run_tagged(
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
-        proc = subprocess.Popen(list(argv), preexec_fn=preexec)
+        # preexec_fn runs between fork and exec: the command is inside the cgroup before its first
+        # instruction. (Capture threads may exist; preexec only writes a file and calls prctl.)
+        try:
+            proc = subprocess.Popen(list(argv), preexec_fn=preexec)
+        except subprocess.SubprocessError as exc:
+            raise HostError(
+                f"could not put {argv[0]} into the tag's cgroup ({exc}); is cgroup.procs writable?"
+            ) from None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot run {argv[0]}: {exc.strerror}; check that it is an executable program"
+            ) from None
         on_start(proc.pid)
         while True:
             try:
