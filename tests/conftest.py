@@ -145,13 +145,13 @@ def _carries_marker(pid: int, marker: bytes) -> bool:
         return False
 
 
-def child_pids(parent: int) -> list[int]:
-    """Live (non-zombie) children of `parent`, from /proc."""
+def child_pids(parent: int, *, zombies: bool = False) -> list[int]:
+    """Children of `parent`, from /proc: live ones only unless `zombies`."""
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             stat = _proc_stat(int(name))
-            if stat is not None and stat[0] == parent and stat[1] != "Z":
+            if stat is not None and stat[0] == parent and (zombies or stat[1] != "Z"):
                 out.append(int(name))
     return out
 
@@ -181,7 +181,7 @@ def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(LEAK_MARKER_ENV, marker_value)
     marker = f"{LEAK_MARKER_ENV}={marker_value}".encode()
     fds_before = _open_fds()
-    children_before = set(child_pids(os.getpid()))
+    children_before = set(child_pids(os.getpid(), zombies=True))
     yield
     deadline = time.monotonic() + LEAK_GRACE_S
     while True:

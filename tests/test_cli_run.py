@@ -1,0 +1,300 @@
+"""`loopfan run` through loopfan.cli.main and as a real subprocess: the report, signals, refusals.
+
+Every run is small (a few thousand connections, forced over several processes with --per-process),
+on addresses of its own, and the `no_leaks` fixture fails a test that leaves a process or fd.
+The built-in server's listen pool is moved off loopfan's default (127.100.0.x:7070), so these
+tests never meet a real `loopfan run` on the same machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import child_pids, free_port, kernel_tcp_sockets
+
+import loopfan.commands.run as run_command
+from loopfan.cli import main
+from loopfan.engine.serve import BuiltinServer
+from loopfan.hostfacts import raise_nofile_soft_limit
+from loopfan.pools import Endpoint, parse_endpoints, parse_pool
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+Block = Callable[[], str]
+SUBPROCESS_TIMEOUT_S = 30
+
+# Runs the CLI with the built-in server moved to LISTEN_POOL:PORT (argv[1], argv[2]); the rest is
+# the loopfan argv. Used where a test needs the built-in server in a process of its own.
+BUILTIN_ELSEWHERE = """
+import functools, sys
+import loopfan.commands.run as run
+from loopfan.pools import parse_pool
+run.PlanRequest = functools.partial(run.PlanRequest, listen_pool=parse_pool(sys.argv[1]), listen_port=int(sys.argv[2]))
+from loopfan.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fd_limit() -> None:
+    raise_nofile_soft_limit()
+
+
+@pytest.fixture
+def builtin_listen(monkeypatch: pytest.MonkeyPatch, loopback_block: Block) -> tuple[str, int]:
+    """Move the built-in server of in-process runs to a block and port of this test's own."""
+    prefix = loopback_block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, 9)))
+    monkeypatch.setattr(
+        run_command, "PlanRequest",
+        functools.partial(run_command.PlanRequest, listen_pool=parse_pool(f"{prefix}1-{prefix}40"), listen_port=port),
+    )
+    return prefix, port
+
+
+def endpoints(block: Block, count: int) -> tuple[Endpoint, ...]:
+    prefix = block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, count + 1)))
+    return parse_endpoints(f"{prefix}1-{prefix}{count}:{port}")
+
+
+def target_text(eps: tuple[Endpoint, ...]) -> str:
+    return f"{eps[0].address}-{eps[-1].address}:{eps[0].port}"
+
+
+def sockets_on(prefix: str) -> list[tuple[str, tuple[str, int], tuple[str, int]]]:
+    return [s for s in kernel_tcp_sockets()
+            if s[0] in ("ESTABLISHED", "LISTEN") and (s[1][0].startswith(prefix) or s[2][0].startswith(prefix))]
+
+
+REPORT_FIELDS = {
+    "target_connections", "established", "peak_concurrent", "failed", "connect_rate_per_s",
+    "connect_latency_ms", "duration_s", "client_processes", "server_processes", "memory_bytes", "cpu_s",
+    "sources_used", "first_limit_hit", "server", "interrupted", "worker_failures",
+}
+
+
+# --- runs that complete --------------------------------------------------------------------------------
+
+
+def test_run_without_target_starts_and_stops_the_builtin_server(
+    builtin_listen: tuple[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix, _port = builtin_listen
+    out = tmp_path / "run.json"
+    status = main(["run", "-c", "6k", "--per-process", "2000", "--hold", "0.2s", "--json", str(out), "-q"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    rep = json.loads(out.read_text())
+    assert set(rep) >= REPORT_FIELDS
+    assert rep["schema"] == "loopfan.report/1"
+    assert rep["target_connections"] == rep["established"] == rep["peak_concurrent"] == 6000
+    assert rep["failed"] == {} and rep["failed_total"] == 0 and rep["first_limit_hit"] is None
+    assert (rep["client_processes"], rep["server_processes"]) == (3, 3)
+    assert rep["sources_used"] >= 3
+    assert rep["server"]["agrees_with_client"] is True and rep["server"]["accepted"] == 6000
+    rate = rep["connect_rate_per_s"]
+    assert set(rate) == {"mean", "peak"} and rate["mean"] > 0
+    lat = rep["connect_latency_ms"]
+    assert {"p50", "p90", "p99", "p999", "max"} <= set(lat)
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    assert {"start", "connect", "hold", "close", "total"} <= set(rep["duration_s"])
+    assert rep["duration_s"]["hold"] >= 0.2
+    mem = rep["memory_bytes"]
+    assert set(mem) == {"user_client", "user_server", "kernel"}
+    assert mem["user_client"] > 0 and mem["user_server"] > 0 and mem["kernel"] is not None
+    assert rep["cpu_s"] > 0
+    assert rep["interrupted"] is None and rep["worker_failures"] == []
+    assert {t.split(":")[0] for t in rep["plan"]["targets"]} <= {f"{prefix}{i}" for i in range(1, 41)}
+    assert "Run report" in printed.out and "all connections established" in printed.out
+    assert not sockets_on(prefix), "the built-in server or a connection outlived the run"
+
+
+def test_run_connects_to_the_target_given(loopback_block: Block, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    eps = endpoints(loopback_block, 3)
+    out = tmp_path / "run.json"
+    with BuiltinServer.on(eps, capacity=3000) as server:
+        status = main(["run", "-c", "3000", target_text(eps), "--per-process", "1000", "--hold", "0",
+                       "--json", str(out), "-q"])
+        totals = server.poll(0.0)
+        for _ in range(50):
+            if totals.peer_closed == 3000:
+                break
+            totals = server.poll(0.1)
+    assert status == 0, capsys.readouterr().err
+    rep = json.loads(out.read_text())
+    assert (rep["established"], rep["client_processes"], rep["server_processes"]) == (3000, 3, 0)
+    assert rep["server"] is None
+    assert sorted(rep["plan"]["targets"]) == sorted(str(e) for e in eps)
+    assert (totals.established, totals.peer_closed) == (3000, 3000)  # the target saw them all, and the closes
+
+
+def test_json_to_stdout(loopback_block: Block, capsys: pytest.CaptureFixture[str]) -> None:
+    eps = endpoints(loopback_block, 1)
+    with BuiltinServer.on(eps, capacity=100):
+        status = main(["run", "-c", "100", target_text(eps), "--json", "-", "-q"])
+    out = capsys.readouterr().out
+    assert status == 0
+    rep = json.loads(out[: out.index("\n}\n") + 2])
+    assert rep["established"] == 100
+
+
+# --- refusals ------------------------------------------------------------------------------------------
+
+
+def test_a_plan_the_host_cannot_hold_is_refused_before_any_socket_opens(
+    loopback_block: Block, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One source address and one target endpoint hold one port budget (~12.7K); 20K is refused."""
+    (ep,) = endpoints(loopback_block, 1)
+    source = f"{loopback_block()}2"
+    with socket.create_server((ep.address, ep.port)) as listener:
+        listener.setblocking(False)
+        status = main(["run", "-c", "20000", "--sources", source, str(ep), "--hold", "0", "-q"])
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # not one connection arrived
+    printed = capsys.readouterr()
+    assert status == 1
+    assert printed.out == ""
+    line = printed.err.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith("loopfan: error: this host cannot hold 20,000 connections: ephemeral ports")
+    assert "--force" in line and "--sources" in line
+    assert child_pids(os.getpid()) == []
+
+
+def test_force_runs_a_refused_plan_anyway(loopback_block: Block, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--force runs what the plan holds (one full port budget) and reports the shortfall."""
+    (ep,) = endpoints(loopback_block, 1)
+    source = f"{loopback_block()}2"
+    out = tmp_path / "run.json"
+    with BuiltinServer.on((ep,), capacity=13_000):
+        status = main(["run", "-c", "12705", "--sources", source, str(ep), "--hold", "0", "--force",
+                       "--json", str(out), "-q"])
+    rep = json.loads(out.read_text())
+    budget = rep["plan"]["port_budget"]["budget"]
+    assert budget < 12705
+    assert rep["target_connections"] == 12705 and rep["established"] == budget
+    assert status == 1  # fewer than asked: not a success
+    assert "some connections failed" in capsys.readouterr().out
+
+
+def test_an_unwritable_json_path_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status = main(["run", "-c", "10", "127.0.0.1:9", "--json", str(tmp_path / "no" / "such" / "r.json")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "cannot write the report" in err
+
+
+# --- signals, as a real subprocess ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """spawn(*argv): start a loopfan process; it is killed (by its pid) if the test fails early."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proc: subprocess.Popen[str], children: list[int]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    still = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+    assert not still, f"worker processes outlived the run: {still}"
+    return proc.returncode, out, err
+
+
+def test_sigint_while_connecting_writes_the_partial_report(
+    loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    eps = endpoints(loopback_block, 3)
+    out = tmp_path / "partial.json"
+    with BuiltinServer.on(eps, capacity=6000) as server:
+        # Paced at 2,000/s, the ramp takes 3 s: the signal lands while it is connecting.
+        proc = spawn("-m", "loopfan", "run", "-c", "6000", target_text(eps), "--per-process", "2000",
+                     "--connect-rate", "2000", "--hold", "30s", "--json", str(out), "-q")
+        children = wait_for(lambda: len(child_pids(proc.pid)) == 3 and child_pids(proc.pid), "3 client workers")
+        wait_for(lambda: server.poll(0.05).established >= 300, "the first connections")
+        proc.send_signal(signal.SIGINT)
+        status, printed, err = finish(proc, children)
+    assert status == 130, err
+    rep = json.loads(out.read_text())
+    assert rep["interrupted"] == "SIGINT"
+    assert 300 <= rep["established"] < 6000
+    assert "hold" not in rep["duration_s"]  # it never got there
+    assert "interrupted (SIGINT) - partial" in printed
+    assert "Traceback" not in err
+
+
+def test_sigterm_while_holding_stops_every_worker(
+    loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """The built-in server too: the run's own server processes are children that must exit."""
+    prefix = loopback_block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, 5)))
+    out = tmp_path / "partial.json"
+    proc = spawn("-c", BUILTIN_ELSEWHERE, f"{prefix}1-{prefix}40", str(port),
+                 "run", "-c", "4000", "--per-process", "2000", "--hold", "30s", "--json", str(out))
+    children = wait_for(lambda: len(child_pids(proc.pid)) == 4 and child_pids(proc.pid), "2 server + 2 client workers")
+    # Progress lines go to stderr every 2 s when it is not a terminal.
+    stderr = StderrWatch(proc)
+    wait_for(lambda: stderr.has_line_starting("holding"), "the hold (a progress line)")
+    proc.send_signal(signal.SIGTERM)
+    status, printed, err = finish(proc, children)
+    assert status == 143, err
+    rep = json.loads(out.read_text())
+    assert rep["interrupted"] == "SIGTERM"
+    assert rep["established"] == 4000 and rep["server"]["accepted"] == 4000
+    assert rep["duration_s"]["hold"] > 0
+    assert "interrupted (SIGTERM) - partial" in printed
+    assert not sockets_on(prefix)
+
+
+class StderrWatch:
+    """Reads what a process has written to stderr so far, without blocking."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.fd = proc.stderr.fileno()
+        os.set_blocking(self.fd, False)
+        self.text = ""
+
+    def has_line_starting(self, start: str) -> bool:
+        try:
+            while chunk := os.read(self.fd, 65536):
+                self.text += chunk.decode(errors="replace")
+        except BlockingIOError:
+            pass
+        return any(line.startswith(start) for line in self.text.splitlines())
