@@ -95,14 +95,3 @@ def test_macos_explains_and_advises(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     err = capsys.readouterr().err
     assert "macOS has no cgroups" in _one_error_line(err)
     assert "lo0 alias 127.0.0.5" in err
-
-
-def test_a_file_that_is_not_a_program_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
-        pytest.skip("needs root: the error comes after the tag is set up")
-    script = tmp_path / "not-a-program"
-    script.write_text("plain text\n")
-    script.chmod(0o755)
-    assert main(["tag", "--source", "127.0.0.5", "--", str(script)]) == 2
-    assert "cannot run" in _one_error_line(capsys.readouterr().err)
-

@@ -465,3 +465,13 @@ def test_capture_stops_and_flushes_on_sigint(http_server: tuple[str, list[str]],
     # No capture tool left running on our file.
     leftovers = subprocess.run(["pgrep", "-f", str(path)], capture_output=True, text=True, timeout=10).stdout.split()
     assert leftovers == []
+
+
+def test_a_file_that_is_not_a_program_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "not-a-program"
+    script.write_text("plain text\n")
+    script.chmod(0o755)
+    assert main(["tag", "--source", "127.0.0.74", "--", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "Traceback" not in err
+
