@@ -8,8 +8,6 @@ callback; rendering is the CLI's business.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import resource
 import signal
 import time
@@ -25,10 +23,14 @@ from loopfan.engine import measure
 from loopfan.engine import protocol as P
 from loopfan.engine.client import client_main
 from loopfan.engine.fleet import Fleet, Worker
-from loopfan.engine.server import server_main
+from loopfan.engine.ramp import Stagger, client_config_for, ramp_concurrency
 from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_proc
+from loopfan.engine.traffic_client import TRAFFIC, traffic_client_main
+from loopfan.engine.traffic_phase import await_traffic, traffic_of
+from loopfan.engine.traffic_server import server_main_for
 from loopfan.errors import HostError
 from loopfan.planner import Plan
+from loopfan.traffic.config import TrafficConfig
 
 # Latency histograms in microseconds: 1 us .. 10 min at 3 significant digits.
 HIST_LOWEST_US = 1
@@ -56,6 +58,8 @@ class RunConfig:
     stall_timeout_s: float = 60.0
     # The time series' interval (report.json "series"): one row of rates, latency and health each.
     series_interval_s: float = DEFAULT_INTERVAL_S
+    # Talk over the connections once open (issue 4: raw TCP, HTTP/1.1, WebSocket); None: hold only.
+    traffic: TrafficConfig | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +132,7 @@ class RunResult:
     kernel_established_peak: int | None = None
     started_at: float = 0.0
     server_pids: list[int] = field(default_factory=list)
+    traffic: Any = None  # traffic.results.TrafficTotals when the run talked
     series: SeriesSampler | None = None
 
     @property
@@ -223,7 +228,7 @@ def run_plan(
             if n_servers:
                 phase = "starting server"
                 for shard in plan.server_shards:
-                    fleet.spawn("server", shard.index, server_main, shard, config.server)
+                    fleet.spawn("server", shard.index, server_main_for(config.server), shard, config.server)
                 ok = fleet.wait_until(
                     lambda: all(w.state != "starting" for w in fleet.of("server")) or interrupt.signal is not None,
                     config.ready_timeout_s,
@@ -240,31 +245,25 @@ def run_plan(
             # 2. Ramp: every client worker opens its shard.
             phase = "connecting"
             t_ramp = time.monotonic()
-            client_config = config.client
-            concurrency = config.ramp_concurrency or max(2, os.cpu_count() or 1)
-            concurrency = min(concurrency, len(plan.client_shards)) or 1
-            gated = concurrency < len(plan.client_shards)
-            if gated:
-                client_config = dataclasses.replace(client_config, gated=True)
-            if config.connect_rate_per_s and plan.client_shards:
-                share = config.connect_rate_per_s / concurrency
-                client_config = dataclasses.replace(client_config, connect_rate_per_s=share)
+            n_clients = len(plan.client_shards)
+            concurrency = ramp_concurrency(config.ramp_concurrency, n_clients)
+            client_config = client_config_for(config.client, n_clients, concurrency, config.connect_rate_per_s)
             for client_shard in plan.client_shards:
-                fleet.spawn("client", client_shard.index, client_main, client_shard, client_config)
+                if config.traffic is not None:
+                    fleet.spawn("client", client_shard.index, traffic_client_main, client_shard, client_config,
+                                config.traffic)
+                else:
+                    fleet.spawn("client", client_shard.index, client_main, client_shard, client_config)
             if on_started:
                 on_started()  # after the last fork: a progress display may start its thread now
             clients = fleet.of("client")
-            waiting = list(clients) if gated else []
+            stagger = Stagger(clients, concurrency)
             last_progress = (time.monotonic(), -1)
             while interrupt.signal is None:
-                if waiting:
-                    # Keep `concurrency` workers connecting: one more each time one is through.
-                    busy = sum(1 for w in clients if w not in waiting and w.state in ("starting", "ready"))
-                    starting, waiting = waiting[: max(0, concurrency - busy)], waiting[max(0, concurrency - busy):]
-                    fleet.send(starting, P.GO)
-                fleet.pump(0.1 if not waiting else 0.02)
+                stagger.release(fleet)
+                fleet.pump(0.1 if not stagger.waiting else 0.02)
                 tick()
-                if all(w.state in ("connected", "done", "dead", "error") for w in clients):
+                if stagger.done:
                     break
                 now = time.monotonic()
                 resolved = sum(w.stats.get("established", 0) + sum(w.stats.get("failed", {}).values())
@@ -283,6 +282,15 @@ def run_plan(
                 "kernel": _delta(measure.slab_bytes(), slab_before),
             }
             result.kernel_established_peak = measure.sockstat_inuse()
+
+            # 2b. Traffic: every client worker talks over its connections, all starting together.
+            if config.traffic is not None and interrupt.signal is None:
+                phase = "traffic"
+                t_traffic = time.monotonic()
+                fleet.send(clients, TRAFFIC)
+                result.traffic = await_traffic(fleet, clients, config.traffic, tick,
+                                               lambda: interrupt.signal is not None)
+                result.phases_s["traffic"] = time.monotonic() - t_traffic
 
             # 3. Hold.
             if interrupt.signal is None:
@@ -309,6 +317,8 @@ def run_plan(
             fleet.send(fleet.of("server"), P.STOP)
             fleet.wait_until(lambda: all(w.finished for w in fleet.workers), 10.0)
             result.client, result.server = totals()
+            if config.traffic is not None:
+                result.traffic = traffic_of(fleet.of("client"))
             take_sample(time.monotonic())  # the last, partial interval: the close phase's end
             _note_failures(fleet, result)
             fleet.shutdown()
