@@ -1,0 +1,130 @@
+"""The built-in server's traffic modes: HTTP (one fixed response, keep-alive) and WebSocket echo.
+
+Rules of this file: a ServerWorker subclass - listening, accepting, overload back-off and counting
+are ServerWorker's; this adds the per-connection protocol state (a dict fd -> state, created on the
+first bytes) and writes that the socket did not take at once (kept, and flushed on EPOLLOUT), so a
+large response never blocks the loop. hold, echo and discard stay in server.py.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from loopfan.engine import protocol as P
+from loopfan.engine.server import ServerWorker, server_main
+from loopfan.planner import ServerShard
+from loopfan.traffic.config import TrafficServerConfig
+from loopfan.traffic.http import RequestFramer, fixed_response
+from loopfan.traffic.ws import WsEchoServer
+
+TRAFFIC_MODES = ("http", "ws")
+_TALK = select.EPOLLIN | select.EPOLLRDHUP
+_TALK_OUT = _TALK | select.EPOLLOUT
+_READ = 65536
+
+
+class TrafficServerWorker(ServerWorker):
+    def __init__(self, shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
+        super().__init__(shard, config, pipe)
+        self.talk = True  # register accepted sockets for reading (ServerWorker: echo/discard only)
+        self.echo = False
+        size = config.response_bytes if isinstance(config, TrafficServerConfig) else 128
+        self.response = fixed_response(size)
+        self.http = config.mode == "http"
+        self.state: dict[int, RequestFramer | WsEchoServer] = {}
+        self.pending_out: dict[int, bytes] = {}
+        self.closing_after_write: set[int] = set()
+
+    def on_event(self, fd: int, events: int) -> None:
+        if fd in self.listeners:
+            super().on_event(fd, events)
+            return
+        if events & select.EPOLLOUT and fd in self.pending_out:
+            self._flush(fd)
+        if events & select.EPOLLIN:
+            self._read(fd)
+        elif events & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+            self._drop(fd)
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(fd)
+            return
+        self.snap.bytes_in += len(data)
+        st = self.state.get(fd)
+        if st is None:
+            st = self.state[fd] = RequestFramer() if self.http else WsEchoServer()
+        out: bytes
+        if isinstance(st, RequestFramer):
+            n = st.feed(data)
+            out = self.response if n == 1 else self.response * n
+            if st.refusal is not None:
+                out += st.refusal
+            close = st.close
+        else:
+            out = st.feed(data)
+            close = st.closing
+        if out:
+            self._write(fd, out)
+        if close and fd in self.conns:
+            if fd in self.pending_out:
+                self.closing_after_write.add(fd)
+            else:
+                self._drop(fd)
+
+    def _write(self, fd: int, data: bytes) -> None:
+        if fd in self.pending_out:
+            self.pending_out[fd] += data
+            return
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._drop(fd)
+            return
+        self.snap.bytes_out += n
+        if n < len(data):
+            self.pending_out[fd] = data[n:]
+            self.epoll.modify(fd, _TALK_OUT)
+
+    def _flush(self, fd: int) -> None:
+        data = self.pending_out.pop(fd)
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._drop(fd)
+            return
+        self.snap.bytes_out += n
+        if n < len(data):
+            self.pending_out[fd] = data[n:]
+            return
+        self.epoll.modify(fd, _TALK)
+        if fd in self.closing_after_write:
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        self.state.pop(fd, None)
+        self.pending_out.pop(fd, None)
+        self.closing_after_write.discard(fd)
+        super()._drop(fd)
+
+
+def traffic_server_main(shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
+    TrafficServerWorker(shard, config, pipe).main()
+
+
+def server_main_for(config: P.ServerConfig) -> Callable[[ServerShard, P.ServerConfig, Connection], None]:
+    """The worker main for a built-in server mode: http and ws here, hold/echo/discard in server.py."""
+    return traffic_server_main if config.mode in TRAFFIC_MODES else server_main

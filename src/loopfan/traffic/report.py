@@ -1,0 +1,153 @@
+"""The traffic section of the run report: JSON-able dict and terminal lines (pure functions).
+
+Rules of this file: every error cause carries its meaning and its fix, like the connect failures in
+engine/report.py; figures carry their unit in their name. When errors concentrate on some source
+addresses, the report says so: that is how a server that refuses some clients shows itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from loopfan.traffic.results import TrafficTotals, percentiles_ms
+
+_SERVER_LIMIT = ("the server's own connection limit is the usual cause: nginx worker_connections / "
+                 "worker_rlimit_nofile, or the server process's ulimit -n")
+
+MEANINGS: dict[str, tuple[str, str]] = {
+    "closed-by-peer": ("the server closed an idle keep-alive connection", _SERVER_LIMIT),
+    "closed-awaiting-reply": ("the server closed the connection instead of answering",
+                              "look at the server's error log; " + _SERVER_LIMIT),
+    "closed-mid-reply": ("the server closed the connection in the middle of a reply",
+                         "the server crashed or cut the reply short: look at its logs"),
+    "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one (the "
+                      "kernel accepted it, the server never served it)",
+                      "the server's accept loop is stuck - often at its open-file limit; " + _SERVER_LIMIT),
+    "reply-timeout": ("a reply did not complete within --reply-timeout", "a longer --reply-timeout, or a "
+                      "lower rate; check the server is not overloaded"),
+    "reply-mismatch": ("an echo reply differed from the message", "the server is not an echo server"),
+    "bad-reply": ("the server's bytes are not valid for the protocol (garbage)", "check the target speaks "
+                  "the protocol chosen with --traffic"),
+    "http-4xx": ("the server answered 4xx (client error)", "check the method, path and headers; a 403 on some "
+                 "source addresses means the server refuses those clients"),
+    "http-5xx": ("the server answered 5xx (server error)", "look at the server's error log"),
+    "http-connection-close": ("the server ended keep-alive (Connection: close)", "raise the server's "
+                              "keepalive_requests / keepalive_timeout"),
+    "ws-bad-handshake": ("the WebSocket opening handshake failed", "check the target is a WebSocket server"),
+    "ws-handshake-timeout": ("the WebSocket handshake got no answer within --reply-timeout",
+                             "the server is overloaded or not listening for WebSocket"),
+    "ECONNRESET": ("the server reset the connection", _SERVER_LIMIT),
+    "EPIPE": ("the connection was closed while sending", _SERVER_LIMIT),
+}
+
+
+def explain(cause: str) -> tuple[str, str]:
+    if cause in MEANINGS:
+        return MEANINGS[cause]
+    if cause.startswith("ws-rejected-http-"):
+        status = cause.rsplit("-", 1)[1]
+        return (f"the server answered the WebSocket handshake with a plain HTTP {status}: it does not speak "
+                "WebSocket at this URL", "check the ws:// URL's port and path")
+    if cause.startswith("ws-close-"):
+        code = cause.rsplit("-", 1)[1]
+        return (f"the server closed the WebSocket with code {code}", "look at the server's logs for the reason")
+    return ("an unexpected error", "please report it with the JSON report")
+
+
+def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
+                    hdr_log: str | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    window = t.window_s
+    errors = [
+        {"cause": c, "count": n, "meaning": explain(c)[0], "fix": explain(c)[1]}
+        for c, n in sorted(t.errors.items(), key=lambda kv: -kv[1])
+    ]
+    sources = sorted(t.errors_by_source.items(), key=lambda kv: -kv[1])
+    return {
+        "kind": kind,
+        "model": "open (latency from the scheduled send time)" if open_model else "closed loop",
+        "warmup_s": warmup_s,
+        "window_s": round(window, 3),
+        "sent": t.sent,
+        "replies": t.replies,
+        "replies_in_window": t.window_replies,
+        "messages_per_s": round(t.window_replies / window, 1) if window > 0 else None,
+        "bytes_in_per_s": round(t.window_bytes_in / window, 1) if window > 0 else None,
+        "bytes_out_per_s": round(t.window_bytes_out / window, 1) if window > 0 else None,
+        "latency_ms": percentiles_ms(t.latency),
+        "ttfb_ms": percentiles_ms(t.ttfb),
+        "samples": t.latency.get_total_count(),
+        "statuses": dict(sorted(t.statuses.items())),
+        "errors": dict(t.errors),
+        "errors_total": t.errors_total,
+        "error_causes": errors,
+        "errors_by_source": dict(sources[:20]),
+        "sources_with_errors": len(sources),
+        "unanswered_at_end": t.unanswered_at_end,
+        "unsent_at_end": t.unsent_at_end,
+        "connections_talking_at_end": t.talking,
+        "hdr_log": hdr_log,
+    }
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:,.1f}")
+
+
+def _pct_line(p: dict[str, float | None]) -> str:
+    return (f"p50 {_ms(p['p50'])} ms  p90 {_ms(p['p90'])}  p99 {_ms(p['p99'])}  p99.9 {_ms(p['p999'])}  "
+            f"p99.99 {_ms(p['p9999'])}  max {_ms(p['max'])}")
+
+
+def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
+    tr = rep.get("traffic")
+    if not tr:
+        return []
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    rate = tr["messages_per_s"]
+    t.add_row("traffic", f"{tr['kind']}, {tr['model']}, {tr['window_s']:.2f} s measured"
+              + (f" after {tr['warmup_s']:g} s warm-up" if tr["warmup_s"] else ""))
+    bps_in = tr["bytes_in_per_s"] or 0.0
+    bps_out = tr["bytes_out_per_s"] or 0.0
+    t.add_row("throughput", f"{rate or 0:,.0f} messages/s, in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
+              f"({tr['replies_in_window']:,} replies of {tr['sent']:,} sent)")
+    t.add_row("latency", _pct_line(tr["latency_ms"]))
+    t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
+    if tr["statuses"]:
+        t.add_row("statuses", "  ".join(f"{k} {v:,}" for k, v in tr["statuses"].items()))
+    if tr["unanswered_at_end"] or tr["unsent_at_end"]:
+        t.add_row("at the end", f"{tr['unanswered_at_end']:,} unanswered, {tr['unsent_at_end']:,} due but not sent "
+                  "(the server was behind)")
+    if tr["hdr_log"]:
+        t.add_row("hdr log", tr["hdr_log"])
+    head = Text("Traffic: ", style="bold")
+    if tr["errors_total"]:
+        head.append(f"{tr['errors_total']:,} errors", style="bold red")
+    else:
+        head.append("no errors", style="bold green")
+    parts: list[Any] = [head, t]
+    if tr["error_causes"]:
+        et = Table(title="traffic errors by cause", title_justify="left")
+        for col in ("cause", "count", "meaning", "fix"):
+            et.add_column(col, justify="right" if col == "count" else "left")
+        for e in tr["error_causes"]:
+            et.add_row(e["cause"], f"{e['count']:,}", e["meaning"], e["fix"])
+        parts.append(et)
+        n_src = tr["sources_with_errors"]
+        top = ", ".join(f"{s} ({n:,})" for s, n in list(tr["errors_by_source"].items())[:5])
+        parts.append(Text(f"errors came from {n_src:,} source address(es): {top}", style="yellow"))
+    return parts
+
+
+def report_traffic(result: Any) -> dict[str, Any] | None:
+    """The "traffic" key of the run report, from a RunResult (None when the run did not talk)."""
+    tc = result.config.traffic
+    if tc is None:
+        return None
+    return traffic_section(result.traffic, tc.kind, tc.open_model, tc.warmup_s, tc.hdr_log)

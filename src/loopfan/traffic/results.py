@@ -1,0 +1,95 @@
+"""Traffic figures of a whole run, merged from every client worker's cumulative counters (pure).
+
+Rules of this file: workers send cumulative counts and cumulative {microseconds: count} histograms,
+so merging is a sum over each worker's latest snapshot; a lost message loses nothing but freshness.
+Throughput counts only replies completed inside the measured window (after the warm-up, before the
+end); latency counts every message started inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+
+HIST_LOWEST_US = 1
+HIST_HIGHEST_US = 600_000_000
+HIST_DIGITS = 3
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
+
+
+def record(hist: HdrHistogram, samples: Mapping[int, int]) -> None:
+    for us, count in samples.items():
+        if count > 0:
+            hist.record_value(max(HIST_LOWEST_US, min(int(us), HIST_HIGHEST_US)), count)
+
+
+def subtract(now: Mapping[int, int], before: Mapping[int, int]) -> dict[int, int]:
+    """The samples recorded between two cumulative snapshots."""
+    return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0) > 0}
+
+
+@dataclass(slots=True)
+class TrafficTotals:
+    workers: int = 0
+    workers_done: int = 0
+    sent: int = 0
+    replies: int = 0
+    window_replies: int = 0
+    window_bytes_in: int = 0
+    window_bytes_out: int = 0
+    window_s: float = 0.0  # the longest worker window (they run side by side)
+    unanswered_at_end: int = 0
+    unsent_at_end: int = 0
+    talking: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors_by_source: dict[str, int] = field(default_factory=dict)
+    latency: HdrHistogram = field(default_factory=new_histogram)
+    ttfb: HdrHistogram = field(default_factory=new_histogram)
+
+    @property
+    def errors_total(self) -> int:
+        return sum(self.errors.values())
+
+
+def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
+    """Sum the latest "traffic" snapshot of each worker (a worker's stats dict may lack it)."""
+    t = TrafficTotals()
+    for s in snapshots:
+        if not s:
+            continue
+        t.workers += 1
+        t.workers_done += 1 if s.get("done") else 0
+        for name in ("sent", "replies", "window_replies", "window_bytes_in", "window_bytes_out",
+                     "unanswered_at_end", "unsent_at_end", "talking"):
+            setattr(t, name, getattr(t, name) + int(s.get(name, 0)))
+        t.window_s = max(t.window_s, float(s.get("window_s", 0.0)))
+        _add(t.errors, s.get("errors", {}))
+        _add(t.statuses, s.get("statuses", {}))
+        _add(t.errors_by_source, s.get("errors_by_source", {}))
+        record(t.latency, s.get("latency_us", {}))
+        record(t.ttfb, s.get("ttfb_us", {}))
+    return t
+
+
+_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
+
+
+def percentiles_ms(h: HdrHistogram) -> dict[str, float | None]:
+    if h.get_total_count() == 0:
+        return {**dict.fromkeys(_PERCENTILES), "max": None, "mean": None}
+    out: dict[str, float | None] = {k: h.get_value_at_percentile(v) / 1000 for k, v in _PERCENTILES.items()}
+    out["max"] = h.get_max_value() / 1000
+    out["mean"] = round(h.get_mean_value() / 1000, 3)
+    return out

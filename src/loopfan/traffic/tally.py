@@ -1,0 +1,22 @@
+"""Per-worker traffic counters shared by the per-connection protocol objects.
+
+Rules of this file: plain dicts of counts keyed by stable names (the report explains each name);
+cumulative for the worker's life, so the parent always takes the latest and a lost message loses
+nothing but freshness.
+"""
+
+from __future__ import annotations
+
+
+class Tally:
+    __slots__ = ("errors", "statuses")
+
+    def __init__(self) -> None:
+        self.errors: dict[str, int] = {}  # cause -> count (per-connection failures, bad replies)
+        self.statuses: dict[str, int] = {}  # "http-2xx", "ws-close-1000", ... -> count
+
+    def error(self, cause: str, n: int = 1) -> None:
+        self.errors[cause] = self.errors.get(cause, 0) + n
+
+    def status(self, name: str) -> None:
+        self.statuses[name] = self.statuses.get(name, 0) + 1
