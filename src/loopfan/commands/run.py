@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import click
 from rich.console import Console
@@ -19,6 +20,7 @@ from loopfan.commands.common import (
     write_json,
 )
 from loopfan.commands.live import LiveProgress
+from loopfan.commands.traffic_opts import traffic_options, traffic_setup
 from loopfan.engine import protocol as P
 from loopfan.engine.report import report_dict, report_renderable
 from loopfan.engine.runner import RunConfig, RunResult, run_plan
@@ -74,6 +76,8 @@ def exit_status(result: RunResult) -> int:
     status = result.exit_status
     if status == 0 and result.client.established < result.plan.request.connections:
         return 1
+    if status == 0 and result.traffic is not None and result.traffic.errors_total:
+        return 1
     return status
 
 
@@ -89,13 +93,15 @@ def exit_status(result: RunResult) -> int:
               "(default: until Ctrl-C on a terminal, 0 otherwise).")
 @click.option("--connect-timeout", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
               help="Give up on a connection not established within this.")
-@click.option("--mode", type=click.Choice(["hold", "echo", "discard"]), default="hold", show_default=True,
+@click.option("--mode", type=click.Choice(["hold", "echo", "discard", "http", "ws"]), default="hold",
+              show_default=True,
               help="Built-in server mode (with no TARGET).")
 @click.option("--json", "json_path", metavar="FILE", help="Write the report as JSON (schema loopfan.report/1).")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; only the report.")
 @click.option("--force", is_flag=True, help="Run even if the plan says this host cannot hold N.")
 @click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
               help="At most N connections per worker process (default: the open-file limit allows).")
+@traffic_options
 def command(
     connections: int,
     targets: tuple[str, ...],
@@ -109,6 +115,7 @@ def command(
     quiet: bool,
     force: bool,
     per_process: int | None,
+    **traffic_kw: Any,
 ) -> int:
     """Open N connections over many loopback addresses, hold them, and report.
 
@@ -121,6 +128,7 @@ def command(
     if ctx.get_parameter_source("hold_s") is not click.core.ParameterSource.COMMANDLINE:
         # Interactive: hold until Ctrl-C. Otherwise do not wait for a Ctrl-C that will never come.
         hold_s = None if sys.stdin.isatty() and sys.stdout.isatty() else 0.0
+    traffic, targets, server, hold_s = traffic_setup(targets, connections, mode, hold_s, traffic_kw)
     request = PlanRequest(
         connections=connections,
         targets=build_targets(targets, allow_non_loopback),
@@ -131,7 +139,8 @@ def command(
         hold_s=hold_s,
         connect_rate_per_s=connect_rate,
         client=P.ClientConfig(connect_timeout_s=connect_timeout if connect_timeout else 10.0),
-        server=P.ServerConfig(mode=mode),
+        server=server,
+        traffic=traffic,
     )
     opts = RunOptions(request=request, config=config, json_path=json_path, quiet=quiet, force=force)
     console = Console()

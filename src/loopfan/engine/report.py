@@ -23,6 +23,7 @@ from loopfan.engine.causes import explain
 from loopfan.engine.runner import HIST_DIGITS, HIST_HIGHEST_US, HIST_LOWEST_US, RunResult
 from loopfan.hostfacts import HostFacts
 from loopfan.render import plan_to_dict
+from loopfan.traffic.report import report_traffic, traffic_renderables
 
 REPORT_SCHEMA = "loopfan.report/1"
 
@@ -155,6 +156,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "worker_failures": result.worker_failures,
         "time_to_target_s": series["time_to_target_s"] if series else None,
         "connect_series": [{"t_s": t, "established": e} for t, e in result.rate_series],
+        "traffic": report_traffic(result),
         "plan": plan_to_dict(plan),
         "identity": identity(result, command, facts),
         "series": series,
@@ -241,4 +243,5 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     if lim:
         parts.append(Text(f"first limit hit: {lim['resource']} ({lim['cause']} x{lim['count']:,}); fix: {lim['fix']}",
                           style="yellow"))
+    parts.extend(traffic_renderables(rep))
     return RichGroup(*parts)
