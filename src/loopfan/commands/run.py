@@ -19,7 +19,7 @@ from loopfan.commands.common import (
     sources_option,
     write_json,
 )
-from loopfan.commands.live import LiveProgress
+from loopfan.commands.output_opts import OutputOptions, output_options
 from loopfan.commands.traffic_opts import traffic_options, traffic_setup
 from loopfan.engine import protocol as P
 from loopfan.engine.report import report_dict, report_renderable
@@ -38,6 +38,7 @@ class RunOptions:
     json_path: str | None = None
     quiet: bool = False
     force: bool = False
+    output: OutputOptions = OutputOptions()  # --html, --check, --progress, --prometheus
 
 
 def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
@@ -64,9 +65,10 @@ def execute(opts: RunOptions, console: Console, argv: list[str]) -> tuple[RunRes
     facts = read_host_facts()
     p = plan(opts.request, facts)
     preflight(p, facts, opts.force)
-    with LiveProgress(quiet=opts.quiet) as live:
+    with opts.output.progress_sink(quiet=opts.quiet) as live:
         result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
-    rep = report_dict(result, argv=argv)
+    rep = report_dict(result, argv=argv, facts=facts)
+    opts.output.finish(rep)  # checks into the report, then the HTML page
     if opts.json_path:
         write_json(opts.json_path, rep)
     return result, rep
@@ -82,6 +84,7 @@ def exit_status(result: RunResult) -> int:
 
 
 @click.command()
+@output_options
 @connections_option()
 @click.argument("targets", nargs=-1, metavar="[TARGET ...]")
 @sources_option
@@ -115,6 +118,7 @@ def command(
     quiet: bool,
     force: bool,
     per_process: int | None,
+    output: OutputOptions,
     **traffic_kw: Any,
 ) -> int:
     """Open N connections over many loopback addresses, hold them, and report.
@@ -142,11 +146,13 @@ def command(
         server=server,
         traffic=traffic,
     )
-    opts = RunOptions(request=request, config=config, json_path=json_path, quiet=quiet, force=force)
+    opts = RunOptions(request=request, config=config, json_path=json_path, quiet=quiet, force=force,
+                      output=output)
     console = Console()
     result, rep = execute(opts, console, ["loopfan", *sys.argv[1:]])
     console.print(report_renderable(rep))
-    return exit_status(result)
+    status = exit_status(result)
+    return 1 if status == 0 and output.failed(rep) else status
 
 
 def _check_writable(path: str) -> None:

@@ -1,0 +1,127 @@
+"""`loopfan compare BASE.json NEW.json` (deltas and CI gates) and `loopfan trend RUN.json ...`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from loopfan.results.checks import Gate, parse_gate, run_gates
+from loopfan.results.compare import NOISE_PCT, TREND_COLUMNS, fmt, fmt_delta, markdown, rows, trend_rows, trend_summary
+from loopfan.results.schema import load_report
+
+
+class GateType(click.ParamType):  # type: ignore[type-arg]
+    name = "EXPR"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Gate:
+        if isinstance(value, Gate):
+            return value
+        from loopfan.errors import UsageError
+
+        try:
+            return parse_gate(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_STYLE = {"better": "green", "worse": "bold red", "same": "dim", "": ""}
+
+
+@click.command()
+@click.argument("base_json", metavar="BASE.json")
+@click.argument("new_json", metavar="NEW.json")
+@click.option("--gate", "gates", type=GateType(), multiple=True,
+              help="Fail (exit 1) when NEW is worse than allowed: 'latency.p99:+10%', 'connect_rate.mean:-5%', "
+              "'failed:0', or a check like 'failed==0'. Repeatable.")
+@click.option("--format", "fmt_name", type=click.Choice(["text", "markdown", "html"]), default="text",
+              show_default=True, help="markdown: a PR comment; html: NEW's full report with BASE overlaid.")
+@click.option("-o", "--output", metavar="FILE", default=None, help="Write to FILE instead of stdout (html: required).")
+@click.option("--noise", "noise_pct", type=click.FloatRange(min=0), default=NOISE_PCT, show_default=True,
+              metavar="PCT", help="Changes smaller than this many percent are shown as noise.")
+def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: str, output: str | None,
+            noise_pct: float) -> int:
+    """Compare two runs: deltas computed from the HDR histograms, and gates for CI (exit 1 when one fails)."""
+    base, new = load_report(base_json), load_report(new_json)
+    results = run_gates(list(gates), base, new)
+    new["checks"] = [*(new.get("checks") or []), *results]
+    if fmt_name == "html":
+        from loopfan.commands.report import write_html
+
+        path = output or "compare.html"
+        size = write_html(path, new, base)
+        click.echo(f"wrote {path} ({size / 1024:,.0f} KB)")
+    elif fmt_name == "markdown":
+        text = markdown(base, new, results, base_json, new_json, noise_pct)
+        _emit(text, output)
+    else:
+        console = Console(record=output is not None, width=110)
+        t = Table(title=f"{base_json} -> {new_json}", title_justify="left")
+        for col, just in (("metric", "left"), ("baseline", "right"), ("new", "right"), ("change", "right")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for r in rows(base, new):
+            verdict = r.verdict(noise_pct)
+            t.add_row(r.metric.name, fmt(r.base, r.metric.unit), fmt(r.new, r.metric.unit),
+                      f"[{_STYLE[verdict]}]{fmt_delta(r)}[/]" if _STYLE[verdict] else fmt_delta(r))
+        console.print(t)
+        for g in results:
+            style = "green" if g["passed"] else "bold red"
+            unit = g.get("unit") or ""
+            console.print(f"[{style}]gate {'pass' if g['passed'] else 'FAIL'}[/]: {g['expression']}  "
+                          f"(baseline {fmt(g.get('baseline'), unit)}, new {fmt(g.get('actual'), unit)}, "
+                          f"limit {fmt(g.get('limit'), unit)}) {g.get('detail') or ''}", highlight=False)
+        if output:
+            _emit(console.export_text(), output)
+    return 1 if any(not g["passed"] for g in results) else 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from loopfan.errors import UsageError
+
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}; give a writable path") from None
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN.json ...")
+@click.option("--format", "fmt_name", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
+def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
+    """Summarise many runs, oldest first: key numbers per run, and min/median/max with the last run's change."""
+    table = trend_rows([(path, load_report(path)) for path in runs])
+    units = {"established": "", "failed": "", "connect_rate.mean": "/s", "time_to_target": "s"}
+    head = ["run", "started", *TREND_COLUMNS]
+
+    def cells(r: dict[str, object]) -> list[str]:
+        started = r.get("started_at")
+        when = dt.datetime.fromtimestamp(float(started), dt.UTC).strftime("%Y-%m-%d %H:%M") \
+            if isinstance(started, (int, float)) else "-"
+        vals = [fmt(r.get(c), units.get(c, "ms")) for c in TREND_COLUMNS]  # type: ignore[arg-type]
+        return [str(r["name"]), when, *vals]
+
+    summary = trend_summary(table)
+    if fmt_name == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells(r)) + " |" for r in table]
+        click.echo("\n".join(lines))
+    else:
+        t = Table(title=f"{len(table)} runs, oldest first", title_justify="left")
+        for h in head:
+            t.add_column(h, justify="left" if h in ("run", "started") else "right")
+        for r in table:
+            t.add_row(*cells(r))
+        Console(width=160).print(t)
+    for col, s in summary.items():
+        unit = units.get(col, "ms")
+        change = s["last_vs_median_pct"]
+        change_text = "-" if change is None else f"{change:+.1f}%"
+        click.echo(f"{col}: min {fmt(s['min'], unit)}, median {fmt(s['median'], unit)}, max {fmt(s['max'], unit)}; "
+                   f"last run vs the median of the others {change_text}")
+    return 0

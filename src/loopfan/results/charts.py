@@ -1,0 +1,285 @@
+"""The report's charts as inline SVG: matplotlib's SVG backend, no JavaScript, no fonts to fetch.
+
+Rules of this file: every function takes columns from a report (and optionally a baseline) and
+returns one `<svg>` string. Figures are built with matplotlib.figure.Figure directly (no pyplot,
+no global state, no GUI backend). Text stays text (svg.fonttype none: the browser's own sans-serif,
+nothing embedded or fetched), ids are salted with a constant (the same report gives the same
+bytes), and long series are thinned to MAX_POINTS by keeping each bucket's maximum, so an
+hour-long run's page stays a few hundred KB while a spike stays visible.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+MAX_POINTS = 400
+WIDTH_IN, HEIGHT_IN = 9.0, 2.9
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
+          "#bcbd22"]
+BASELINE_COLOR = "#999999"
+
+_RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "loopfan",
+    "font.family": "sans-serif",
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.3,
+    "path.simplify": True,
+    "path.simplify_threshold": 0.5,
+}
+
+Column = Sequence[float | None]
+
+
+def _figure(rows: int = 1, cols: int = 1, height: float = HEIGHT_IN) -> Any:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    matplotlib.rcParams.update(_RC)
+    fig = Figure(figsize=(WIDTH_IN, height), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    text = buf.getvalue()
+    # Drop the XML prolog and DOCTYPE: the <svg> element is inlined into the HTML page.
+    return text[text.index("<svg"):]
+
+
+def thin(t: Column, *columns: Column, max_points: int = MAX_POINTS) -> tuple[list[float], ...]:
+    """Keep at most max_points points: each bucket keeps its last time and each column's maximum."""
+    n = len(t)
+    if n <= max_points:
+        return ([float(x) if x is not None else math.nan for x in t],
+                *[[float(v) if v is not None else math.nan for v in c] for c in columns])
+    step = math.ceil(n / max_points)
+    out_t: list[float] = []
+    outs: list[list[float]] = [[] for _ in columns]
+    for i in range(0, n, step):
+        out_t.append(float(t[min(i + step, n) - 1] or 0.0))
+        for out, c in zip(outs, columns, strict=True):
+            known = [v for v in c[i:i + step] if v is not None]
+            out.append(max(known) if known else math.nan)
+    return (out_t, *outs)
+
+
+def _label(ax: Any, y: str, x: str = "time since start (s)", span: Sequence[float | None] | None = None) -> None:
+    ax.set_xlabel(x)
+    known = [v for v in span or [] if v is not None]
+    if len(known) > 1:
+        ax.set_xlim(known[0], known[-1])  # every time chart spans the whole run, even a sparse series
+    ax.set_ylabel(y)
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8, frameon=False)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
+
+
+def connections(series: dict[str, Any]) -> str:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    t, open_, server = thin(series["t_s"], series["open"], series.get("server_open") or [None] * len(series["t_s"]))
+    ax.plot(t, open_, color=COLORS[0], label="open (client)")
+    if any(not math.isnan(v) for v in server):
+        ax.plot(t, server, color=COLORS[2], label="open (server)", linestyle=":")
+    ax.axhline(series["target"], color=COLORS[1], linestyle="--", linewidth=1, label=f"target {series['target']:,}")
+    for name, at in (series.get("time_to_target_s") or {}).items():
+        if at is not None and name in ("50%", "100%"):
+            ax.axvline(at, color="#555555", linewidth=0.8, linestyle=":")
+            ax.annotate(f"{name} at {at:.2f}s", (at, series["target"] * (0.5 if name == "50%" else 1.0)),
+                        fontsize=8, xytext=(4, -10), textcoords="offset points")
+    ax.set_ylim(bottom=0)
+    _label(ax, "connections", span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)
+
+
+def rates(series: dict[str, Any]) -> str:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    t, conn, fail, close = thin(series["t_s"], series["connects_per_s"], series["failures_per_s"],
+                                series["closes_per_s"])
+    ax.plot(t, conn, color=COLORS[0], label="connects/s")
+    ax.plot(t, close, color=COLORS[2], label="closes/s")
+    ax.plot(t, fail, color=COLORS[1], label="failures/s")
+    ax.set_ylim(bottom=0)
+    _label(ax, "per second", span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)
+
+
+def latency_over_time(series: dict[str, Any]) -> str:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    lat = series["latency_ms"]
+    keys = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]
+    cols = thin(series["t_s"], *[lat[k] for k, _ in keys])
+    t = cols[0]
+    plotted = False
+    for (_, label), col, color in zip(keys, cols[1:], COLORS, strict=False):
+        if any(not math.isnan(v) and v > 0 for v in col):
+            ax.plot(t, col, color=color, label=label, marker="." if len(t) < 30 else None)
+            plotted = True
+    if plotted:
+        ax.set_yscale("log")
+    else:
+        _empty(ax, "no connection was established")
+    _label(ax, "connect latency (ms, log)", span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)
+
+
+PERCENTILE_TICKS = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999]
+
+
+def percentile_curve(hist: Any) -> tuple[list[float], list[float]]:
+    """(x = 1/(1-p), y = latency ms) of an HDR histogram, the classic percentile-distribution plot."""
+    xs: list[float] = []
+    ys: list[float] = []
+    if hist is None or not hist.get_total_count():
+        return xs, ys
+    for item in hist.get_percentile_iterator(5):
+        p = item.percentile_level_iterated_to
+        if p >= 100.0:
+            break
+        xs.append(1.0 / (1.0 - p / 100.0))
+        ys.append(item.value_iterated_to / 1000)
+    xs.append(xs[-1] * 10 if xs else 1e6)
+    ys.append(hist.get_max_value() / 1000)
+    return xs, ys
+
+
+def hdr_percentiles(hist: Any, baseline: Any | None = None) -> str:
+    fig, axes = _figure(height=3.2)
+    ax = axes[0][0]
+    x, y = percentile_curve(hist)
+    if baseline is not None:
+        bx, by = percentile_curve(baseline)
+        if bx:
+            ax.plot(bx, by, color=BASELINE_COLOR, linestyle="--", label="baseline")
+    if x:
+        ax.plot(x, y, color=COLORS[0], label="this run")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = [1 / (1 - p / 100) for p in PERCENTILE_TICKS]
+        ax.set_xticks(ticks, [f"{p:g}%" for p in PERCENTILE_TICKS])
+        ax.minorticks_off()
+    else:
+        _empty(ax, "no latency recorded")
+    _label(ax, "connect latency (ms, log)", "percentile (log scale of 1/(1-p))")
+    _legend(ax)
+    return _svg(fig)
+
+
+def failures(series: dict[str, Any]) -> str:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    by_cause = series.get("failures_by_cause_per_s") or {}
+    if by_cause:
+        names = sorted(by_cause, key=lambda c: -sum(by_cause[c]))
+        cols = thin(series["t_s"], *[by_cause[c] for c in names])
+        for name, col, color in zip(names, cols[1:], COLORS[1:] + COLORS[:1], strict=False):
+            ax.plot(cols[0], col, color=color, label=name)
+        ax.set_ylim(bottom=0)
+    else:
+        _empty(ax, "no failures")
+    _label(ax, "failures per second", span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)
+
+
+def processes(series: dict[str, Any], max_lines: int = 12) -> str:
+    """Open connections per client process; beyond max_lines, the spread (min, median, max)."""
+    procs = series.get("processes") or {}
+    items = [p for p in procs.get("items", []) if p["role"] == "client"]
+    fig, axes = _figure(1, 2)
+    ax_open, ax_fail = axes[0]
+    t = procs.get("t_s") or []
+    if not items or not t:
+        _empty(ax_open, "no per-process samples")
+    elif len(items) <= max_lines:
+        for p, color in zip(items, COLORS * 2, strict=False):
+            tt, o, f = thin(t, p["open"], p["failures_per_s"])
+            ax_open.plot(tt, o, color=color, label=f"client #{p['index']}")
+            ax_fail.plot(tt, f, color=color)
+    else:
+        for key, ax in (("open", ax_open), ("failures_per_s", ax_fail)):
+            lo, med, hi = [], [], []
+            for i in range(len(t)):
+                vals = sorted(v for p in items if i < len(p[key]) and (v := p[key][i]) is not None)
+                lo.append(vals[0] if vals else None)
+                med.append(vals[len(vals) // 2] if vals else None)
+                hi.append(vals[-1] if vals else None)
+            tt, a, m, b = thin(t, lo, med, hi)
+            ax.fill_between(tt, a, b, color=COLORS[0], alpha=0.25, label="min..max over processes")
+            ax.plot(tt, m, color=COLORS[0], label="median process")
+    _label(ax_open, "open per client process", span=t)
+    _label(ax_fail, "failures/s per client process", span=t)
+    ax_open.set_ylim(bottom=0)
+    ax_fail.set_ylim(bottom=0)
+    _legend(ax_open)
+    return _svg(fig)
+
+
+def health(series: dict[str, Any]) -> str:
+    h = series["health"]
+    fig, axes = _figure(2, 2, height=4.4)
+    panels = [
+        (axes[0][0], [("workers_cpu_pct", "workers (sum)"), ("parent_cpu_pct", "loopfan parent")], "CPU (% of a core)"),
+        (axes[0][1], [("loop_lag_ms_max", "worst worker")], "event-loop lag (ms)"),
+        (axes[1][0], [("fds_used_max_pct", "fullest worker")], "open files (% of limit)"),
+        (axes[1][1], [("rss_bytes", "all workers")], "resident memory (MB)"),
+    ]
+    for ax, keys, ylabel in panels:
+        plotted = False
+        for (key, label), color in zip(keys, COLORS, strict=False):
+            col = h.get(key) or []
+            if key == "rss_bytes":
+                col = [None if v is None else v / 1e6 for v in col]
+            if any(v is not None for v in col):
+                tt, c = thin(series["t_s"], col)
+                ax.plot(tt, c, color=color, label=label)
+                plotted = True
+        if not plotted:
+            _empty(ax, "not measured")
+        ax.set_ylim(bottom=0)
+        if ylabel.startswith("open files"):
+            ax.set_ylim(0, 100)
+        _label(ax, ylabel, span=series["t_s"])
+        _legend(ax)
+    return _svg(fig)
+
+
+def throughput(series: dict[str, Any]) -> str:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    t, bi, bo, msg = thin(series["t_s"], series["bytes_in_per_s"], series["bytes_out_per_s"],
+                          series["messages_per_s"])
+    if any(v > 0 for v in bi + bo):
+        ax.plot(t, [v / 1e6 for v in bi], color=COLORS[0], label="received (MB/s)")
+        ax.plot(t, [v / 1e6 for v in bo], color=COLORS[2], label="sent (MB/s)")
+    if any(v > 0 for v in msg):
+        ax2 = ax.twinx()
+        ax2.plot(t, msg, color=COLORS[3], label="messages/s", linestyle="--")
+        ax2.set_ylabel("messages per second")
+    if not any(v > 0 for v in bi + bo + msg):
+        _empty(ax, "no payload traffic in this run (connections only)")
+    ax.set_ylim(bottom=0)
+    _label(ax, "MB per second", span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)

@@ -1,0 +1,155 @@
+"""Comparing runs: a baseline and a new report side by side, deltas, gates, and trends over many.
+
+Rules of this file: pure. Numbers come from checks.report_metrics (latency percentiles from the
+full-run HDR histograms, not from rounded summaries); a delta is "noise" below NOISE_PCT and is
+then shown uncoloured; better/worse follows each metric's direction. Text, Markdown (for a PR
+comment) and the rows themselves are produced here; the HTML page lives in html.py.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from loopfan.results.checks import METRICS, Metric, metric_for, report_metrics
+
+NOISE_PCT = 5.0
+
+# The key numbers, in the order people read them.
+KEY_METRICS = [
+    "established", "failed", "peak_concurrent", "connect_rate.mean", "connect_rate.peak", "time_to_target",
+    "connect_latency.p50", "connect_latency.p90", "connect_latency.p99", "connect_latency.p999",
+    "connect_latency.p9999", "connect_latency.max", "duration.connect", "cpu", "memory.client", "memory.kernel",
+    "loop_lag.max",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    metric: Metric
+    base: float | None
+    new: float | None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.base is None or self.new is None else self.new - self.base
+
+    @property
+    def delta_pct(self) -> float | None:
+        d = self.delta
+        if d is None or self.base is None:
+            return None
+        if self.base == 0:
+            return 0.0 if d == 0 else float("inf") if d > 0 else float("-inf")
+        return 100.0 * d / abs(self.base)
+
+    def verdict(self, noise_pct: float = NOISE_PCT) -> str:
+        """'better', 'worse', 'same' (within noise) or '' (not comparable)."""
+        pct = self.delta_pct
+        if pct is None:
+            return ""
+        if abs(pct) < noise_pct:
+            return "same"
+        up_is_bad = self.metric.lower_is_better
+        return "worse" if (pct > 0) == up_is_bad else "better"
+
+
+def rows(base: dict[str, Any] | None, new: dict[str, Any], names: list[str] | None = None) -> list[Row]:
+    nm = report_metrics(new)
+    bm = report_metrics(base) if base is not None else {}
+    names = names or KEY_METRICS
+    extra = sorted(k for k in {*nm, *bm} if k.startswith("failed."))
+    return [Row(metric_for(n), bm.get(n), nm.get(n)) for n in [*names, *extra]
+            if n in METRICS or n.startswith("failed.")]
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "B":
+        return f"{value / 1e6:,.1f} MB"
+    if unit == "ms":
+        return f"{value:.3f} ms" if value < 10 else f"{value:,.1f} ms"
+    if unit == "s":
+        return f"{value:,.2f} s"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    if unit == "%":
+        return f"{value:.1f} %"
+    return f"{value:,.0f}"
+
+
+def fmt_delta(row: Row) -> str:
+    d, pct = row.delta, row.delta_pct
+    if d is None or pct is None:
+        return "-"
+    sign = "+" if d > 0 else ""
+    if row.metric.unit == "B":
+        text = f"{sign}{d / 1e6:,.1f} MB"
+    elif row.metric.unit in ("ms", "s", "%"):
+        text = f"{sign}{d:,.3g} {row.metric.unit}"
+    else:
+        text = f"{sign}{d:,.0f}"
+    pct_text = "new" if abs(pct) == float("inf") else f"{sign}{pct:.1f}%"
+    return f"{text} ({pct_text})"
+
+
+_MARK = {"better": "better", "worse": "**worse**", "same": "~", "": ""}
+
+
+def markdown(base: dict[str, Any], new: dict[str, Any], gates: list[dict[str, Any]],
+             base_name: str = "baseline", new_name: str = "new", noise_pct: float = NOISE_PCT) -> str:
+    lines = []
+    failed = [g for g in gates if not g["passed"]]
+    if gates:
+        status = f"{len(failed)} of {len(gates)} gates failed" if failed else f"all {len(gates)} gates passed"
+        lines.append(f"### loopfan compare: {'❌' if failed else '✅'} {status}\n")
+    else:
+        lines.append("### loopfan compare\n")
+    lines.append(f"`{base_name}` (baseline) → `{new_name}`; changes under {noise_pct:g}% are marked ~ (noise).\n")
+    lines.append("| metric | baseline | new | change | |")
+    lines.append("|---|---:|---:|---:|---|")
+    for r in rows(base, new):
+        lines.append(f"| {r.metric.name} | {fmt(r.base, r.metric.unit)} | {fmt(r.new, r.metric.unit)} | "
+                     f"{fmt_delta(r)} | {_MARK[r.verdict(noise_pct)]} |")
+    if gates:
+        lines.append("\n| gate | baseline | new | limit | result |")
+        lines.append("|---|---:|---:|---:|---|")
+        for g in gates:
+            unit = g.get("unit") or ""
+            lines.append(f"| `{g['expression']}` | {fmt(g.get('baseline'), unit)} | {fmt(g.get('actual'), unit)} | "
+                         f"{fmt(g.get('limit'), unit)} | {'pass' if g['passed'] else '**FAIL**'} "
+                         f"{g.get('detail') or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def trend_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per report, oldest first, with the numbers a trend is read from."""
+    out = []
+    for name, rep in sorted(reports, key=lambda nr: nr[1].get("started_at") or 0):
+        m = report_metrics(rep)
+        out.append({"name": name, "started_at": rep.get("started_at"), **m})
+    return out
+
+
+TREND_COLUMNS = ["established", "failed", "connect_rate.mean", "connect_latency.p50", "connect_latency.p99",
+                 "connect_latency.max", "time_to_target"]
+
+
+def trend_summary(table: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per metric: min, median, max and the last run's change against the median of the others."""
+    out: dict[str, dict[str, float | None]] = {}
+    for col in TREND_COLUMNS:
+        vals = [r[col] for r in table if r.get(col) is not None]
+        if not vals:
+            continue
+        last = table[-1].get(col)
+        others = [r[col] for r in table[:-1] if r.get(col) is not None]
+        med_others = statistics.median(others) if others else None
+        change = None
+        if last is not None and med_others:
+            change = 100.0 * (last - med_others) / abs(med_others)
+        out[col] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "last": last,
+                    "last_vs_median_pct": change}
+    return out

@@ -1,0 +1,149 @@
+"""Live view of a run: a compact panel on a terminal, plain lines or NDJSON otherwise, or nothing.
+
+Rules of this file: the runner calls the sink on every tick (~10 times a second), so __call__ only
+stores the latest Progress and, for the line modes, prints when due: O(1) work. The panel is drawn
+by rich's refresh thread (PANEL_REFRESH_PER_S) from that stored Progress; the thread starts in
+start(), after the runner's last fork (forking with a live thread is unsafe). Output goes to
+stderr, so stdout keeps the report (and `--json -`). The panel's cost is measured by
+bench/report_overhead.py (docs/benchmarks.md "Reporting overhead").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from types import TracebackType
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from loopfan.engine.runner import Progress
+
+PANEL_REFRESH_PER_S = 4
+PLAIN_EVERY_S = 5.0
+MODES = ("auto", "panel", "plain", "ndjson", "none")
+
+
+def last_row(p: Progress) -> dict[str, Any]:
+    """The latest interval of the run's time series as one flat dict (NDJSON line, panel, exporter)."""
+    row: dict[str, Any] = {"phase": p.phase, "elapsed_s": round(p.elapsed_s, 3), "target": p.target,
+                           "open": p.client.open, "established": p.client.established,
+                           "failed": dict(p.client.failed)}
+    s = p.series
+    if s is None or not s.cols["t_s"]:
+        return row
+    i = -1
+    row["t_s"] = s.cols["t_s"][i]
+    for key in ("connects_per_s", "closes_per_s", "failures_per_s", "bytes_in_per_s", "bytes_out_per_s",
+                "messages_per_s"):
+        row[key] = s.cols[key][i]
+    row["failures_by_cause_per_s"] = {c: col[i] for c, col in s.by_cause.items() if col[i]}
+    row["latency_ms"] = {k: col[i] for k, col in s.latency.items()}
+    row["health"] = {k: col[i] for k, col in s.health.items()}
+    return row
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:,.1f}")
+
+
+def panel(p: Progress) -> Group:
+    row = last_row(p)
+    head = Text.assemble((f"{p.phase:<12}", "bold"), f" {p.elapsed_s:6.1f}s")
+    if p.hold_left_s is not None:
+        head.append(f"  ({p.hold_left_s:.0f}s left)", style="dim")
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column()
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(ProgressBar(total=max(1, p.target), completed=min(p.client.open, p.target), width=40),
+                f"{p.client.open:,} / {p.target:,} open")
+    t.add_row("open", bar)
+    t.add_row("rates", f"{row.get('connects_per_s', p.rate_per_s):,.0f} connects/s  "
+              f"{row.get('closes_per_s', 0):,.0f} closes/s  {row.get('failures_per_s', 0):,.0f} failures/s")
+    lat = row.get("latency_ms") or {}
+    t.add_row("latency", f"last interval p50 {_ms(lat.get('p50'))} ms  p99 {_ms(lat.get('p99'))}  "
+              f"p99.9 {_ms(lat.get('p999'))}  max {_ms(lat.get('max'))}")
+    failed = sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:4]
+    t.add_row("failures", ", ".join(f"{k} {v:,}" for k, v in failed) if failed else Text("none", style="green"))
+    h = row.get("health") or {}
+    fds = h.get("fds_used_max_pct")
+    t.add_row("generator", f"fds {'-' if fds is None else f'{fds:.0f}%'} of limit (fullest worker)  "
+              f"cpu {h.get('workers_cpu_pct') or 0:.0f}%  loop lag {_ms(h.get('loop_lag_ms_max'))} ms")
+    if p.server is not None:
+        t.add_row("server", f"accepted {p.server.established:,}, open {p.server.open:,}")
+    return Group(head, t)
+
+
+class ProgressSink:
+    """Callable progress sink for run_plan; a context manager around the run."""
+
+    def __init__(self, mode: str = "auto", *, quiet: bool = False, console: Console | None = None,
+                 stream: IO[str] | None = None, exporter: Any | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.stream = stream or sys.stderr
+        if quiet and mode == "auto":
+            mode = "none"
+        if mode == "auto":
+            mode = "panel" if self.console.is_terminal else "plain"
+        self.mode = mode
+        self.exporter = exporter
+        self.latest: Progress | None = None
+        self._live: Live | None = None
+        self._next_plain = 0.0
+        self._rows_sent = 0
+
+    def __enter__(self) -> ProgressSink:
+        return self
+
+    def start(self) -> None:
+        """Start the threads (panel refresh, exporter): call after the last worker is forked."""
+        if self.exporter is not None:
+            self.exporter.start()
+        if self.mode == "panel":
+            self._live = Live(console=self.console, refresh_per_second=PANEL_REFRESH_PER_S, transient=False,
+                              get_renderable=self._renderable)
+            self._live.start()
+
+    def _renderable(self) -> Any:
+        p = self.latest
+        return Text("starting ...") if p is None else panel(p)
+
+    def __call__(self, p: Progress) -> None:
+        self.latest = p
+        if self.exporter is not None:
+            self.exporter.update(p)
+        if self.mode == "plain":
+            now = time.monotonic()
+            if now >= self._next_plain:
+                self._next_plain = now + PLAIN_EVERY_S
+                self.stream.write(describe(p) + "\n")
+                self.stream.flush()
+        elif self.mode == "ndjson":
+            n = len(p.series.cols["t_s"]) if p.series is not None else 0
+            if n > self._rows_sent:
+                self._rows_sent = n
+                self.stream.write(json.dumps(last_row(p), separators=(",", ":")) + "\n")
+                self.stream.flush()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if self.exporter is not None:
+            self.exporter.stop()
+
+
+def describe(p: Progress) -> str:
+    row = last_row(p)
+    failed = ", ".join(f"{k} {v:,}" for k, v in sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:3])
+    lat = (row.get("latency_ms") or {}).get("p99")
+    left = "" if p.hold_left_s is None else f", {p.hold_left_s:.0f}s left"
+    return (f"{p.phase}: {p.client.open:,}/{p.target:,} open, {row.get('connects_per_s', p.rate_per_s):,.0f} "
+            f"connects/s, p99 {_ms(lat)} ms, {failed or 'no failures'}, {p.elapsed_s:.1f}s{left}")
