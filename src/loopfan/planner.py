@@ -46,12 +46,20 @@ class PlanRequest:
     fd_headroom: int = costs.FD_HEADROOM_PER_PROCESS
     # Cap connections per process below the fd limit (tests and benchmarks use this to force sharding).
     max_per_process: int | None = None
+    # Isolated clients: this many single connections, each from a source address no other
+    # connection uses, so that `ip.addr==ADDR` in a capture shows exactly one client.
+    isolate: int = 0
 
     def __post_init__(self) -> None:
         if self.connections <= 0:
             raise UsageError(f"connections must be at least 1 (got {self.connections}); write e.g. -c 1000")
         if not 0.0 < self.fill_ratio <= 1.0:
             raise UsageError(f"fill ratio must be in (0, 1] (got {self.fill_ratio})")
+        if not 0 <= self.isolate <= min(self.connections, 10_000):
+            raise UsageError(
+                f"--isolate must be between 0 and min(N, 10000) (got {self.isolate}); isolated clients are "
+                "part of the N connections"
+            )
         if self.max_per_process is not None and self.max_per_process <= 0:
             raise UsageError(f"connections per process must be at least 1 (got {self.max_per_process})")
 
@@ -134,6 +142,7 @@ class Plan:
     limits: tuple[Limit, ...]  # every capacity-limiting resource found, tightest first
     feasible: bool
     notes: tuple[str, ...] = field(default=())
+    isolated: tuple[Group, ...] = field(default=())  # --isolate: one connection per own address
 
     @property
     def connections(self) -> int:
@@ -303,6 +312,20 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
             "(e.g. --sources 127.0.0.0/16) or [::1]:PORT targets"
         )
 
+    # Isolated clients take the pool's first addresses in plain order (127.0.0.2, .3, ...: easy to
+    # type into a capture filter); nothing else leaves from them.
+    isolated: list[Group] = []
+    if request.isolate and not ipv6:
+        iso_ips = sources_pool.take(request.isolate, spread=False)
+        if len(iso_ips) < request.isolate or len(iso_ips) >= sources_pool.ipv4_count:
+            raise UsageError(
+                f"the source pool has {sources_pool.ipv4_count:,} addresses: too few to isolate "
+                f"{request.isolate:,} clients and keep some for the rest; give a larger --sources pool"
+            )
+        isolated = [Group(ip_to_str(ip), targets[i % len(targets)], 1) for i, ip in enumerate(iso_ips)]
+        sources_pool = sources_pool.without(AddressPool(tuple((ip, ip) for ip in iso_ips)))
+        n -= len(isolated)
+
     # How many source addresses, and how connections are laid over (source, endpoint) groups.
     pool_size = 1 if ipv6 else sources_pool.ipv4_count
     sources_needed = math.ceil(n / budget)  # enough that no source exceeds one budget
@@ -329,6 +352,8 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
         groups = _interleave(tuple(map(ip_to_str, sources_pool.take(pool_size))), targets, held)
     else:
         groups = []
+    groups = isolated + groups
+    n += len(isolated)
     held = sum(g.connections for g in groups)
     if server_shards:
         # Each server process holds what the clients actually send to its endpoints: fewer than
@@ -377,6 +402,7 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
         limits=tuple(limits),
         feasible=not binding,
         notes=tuple(notes),
+        isolated=tuple(isolated),
     )
 
 

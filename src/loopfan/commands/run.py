@@ -102,6 +102,9 @@ def exit_status(result: RunResult) -> int:
 @click.option("--json", "json_path", metavar="FILE", help="Write the report as JSON (schema loopfan.report/1).")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; only the report.")
 @click.option("--force", is_flag=True, help="Run even if the plan says this host cannot hold N.")
+@click.option("--isolate", type=click.IntRange(min=0), default=0, metavar="K",
+              help="Give K of the connections a source address of their own (listed in the report with "
+              "their Wireshark display filter).")
 @click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
               help="At most N connections per worker process (default: the open-file limit allows).")
 @traffic_options
@@ -117,6 +120,7 @@ def command(
     json_path: str | None,
     quiet: bool,
     force: bool,
+    isolate: int,
     per_process: int | None,
     output: OutputOptions,
     **traffic_kw: Any,
@@ -138,6 +142,7 @@ def command(
         targets=build_targets(targets, allow_non_loopback),
         sources=build_sources(sources, allow_non_loopback),
         max_per_process=per_process,
+        isolate=isolate,
     )
     config = RunConfig(
         hold_s=hold_s,

@@ -67,7 +67,8 @@ class ClientWorker(WorkerBase):
         self.shard = shard
         self.config = config
         self.fds: set[int] = set()  # held connections (bare fds: no socket objects)
-        self.pending: dict[int, int] = {}  # fd -> connect start (ns), only while connecting
+        # fd -> (connect start ns, destination), only while connecting (rare on loopback).
+        self.pending: dict[int, tuple[int, tuple[str, int]]] = {}
         self.closing = False
         self.go = not config.gated
 
@@ -121,7 +122,7 @@ class ClientWorker(WorkerBase):
                         s.bind((source, 0))
                 except OSError as exc:
                     s.close()
-                    self.fail(cause_for(exc.errno or 0, "bind"))
+                    self.fail(cause_for(exc.errno or 0, "bind"), (source, 0, *dest))
                     continue
                 err = s.connect_ex(dest)
                 if err == EINPROGRESS:
@@ -142,10 +143,10 @@ class ClientWorker(WorkerBase):
                     self.established()
                 elif err == EINPROGRESS:
                     ep.register(fd, _PENDING_EVENTS)
-                    pending[fd] = t0
+                    pending[fd] = (t0, dest)
                 else:
+                    self.fail(cause_for(err, "connect"), (*_local(fd, source), *dest))
                     os.close(fd)
-                    self.fail(cause_for(err, "connect"))
             if exhausted and not pending:
                 break
             # Poll without waiting while there is work to start; otherwise wait for events.
@@ -162,21 +163,22 @@ class ClientWorker(WorkerBase):
             self.maybe_report()
 
     def _expire(self, now_ns: int, timeout_ns: int) -> None:
-        expired = [fd for fd, t0 in self.pending.items() if now_ns - t0 > timeout_ns]
+        expired = [fd for fd, (t0, _) in self.pending.items() if now_ns - t0 > timeout_ns]
         for fd in expired:
-            del self.pending[fd]
+            _, dest = self.pending.pop(fd)
             self.epoll.unregister(fd)
+            self.fail("ETIMEDOUT", (*_local(fd, ""), *dest))
             os.close(fd)
-            self.fail("ETIMEDOUT")
 
     def on_event(self, fd: int, events: int) -> None:
-        t0 = self.pending.pop(fd, None)
-        if t0 is not None:
+        waiting = self.pending.pop(fd, None)
+        if waiting is not None:
+            t0, dest = waiting
             if events & (_EPOLLERR | _EPOLLHUP):
                 err = _so_error(fd)
                 self.epoll.unregister(fd)
+                self.fail(cause_for(err or errno.ECONNREFUSED, "connect"), (*_local(fd, ""), *dest))
                 os.close(fd)
-                self.fail(cause_for(err or errno.ECONNREFUSED, "connect"))
                 return
             us = (time.perf_counter_ns() - t0) // 1000
             self.latency[us] = self.latency.get(us, 0) + 1
@@ -191,10 +193,10 @@ class ClientWorker(WorkerBase):
             self.lost(fd, "ECONNRESET" if err == errno.ECONNRESET else "closed-by-peer")
 
     def lost(self, fd: int, cause: str) -> None:
+        self.fail(cause, _four_tuple(fd))
         os.close(fd)
         self.fds.discard(fd)
         self.snap.open -= 1
-        self.snap.failed[cause] = self.snap.failed.get(cause, 0) + 1
 
     def on_control(self, message: str) -> None:
         if message == P.GO:
@@ -211,6 +213,29 @@ class ClientWorker(WorkerBase):
         self.snap.closed += len(self.fds)
         self.snap.open -= len(self.fds)
         self.fds = set()
+
+
+def _local(fd: int, fallback: str) -> tuple[str, int]:
+    """(source address, source port) of a socket fd, for a failure's 4-tuple (not on the hot path)."""
+    s = socket.socket(fileno=fd)
+    try:
+        addr = s.getsockname()
+        return str(addr[0]), int(addr[1])
+    except OSError:
+        return fallback, 0
+    finally:
+        s.detach()
+
+
+def _four_tuple(fd: int) -> tuple[str, int, str, int]:
+    s = socket.socket(fileno=fd)
+    try:
+        local, peer = s.getsockname(), s.getpeername()
+        return str(local[0]), int(local[1]), str(peer[0]), int(peer[1])
+    except OSError:
+        return "", 0, "", 0
+    finally:
+        s.detach()
 
 
 def _so_error(fd: int) -> int:

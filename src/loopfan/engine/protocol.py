@@ -24,6 +24,9 @@ ERROR = "error"  # a run-level failure inside the worker: payload str
 
 Message = tuple[str, Any]
 
+# Failed connections whose 4-tuple each worker reports, so they can be found in a capture.
+FAILED_SAMPLES_PER_WORKER = 20
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
@@ -60,6 +63,8 @@ class Snapshot:
     connected_s: float | None = None  # when every planned connect had resolved
     bytes_in: int = 0
     bytes_out: int = 0
+    # The first failures' 4-tuples: (cause, source, source port, destination, destination port).
+    failed_samples: list[tuple[str, str, int, str, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,4 +80,5 @@ class Snapshot:
             "connected_s": self.connected_s,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "failed_samples": list(self.failed_samples),
         }

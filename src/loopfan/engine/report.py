@@ -105,6 +105,19 @@ def identity(result: RunResult, argv: list[str], facts: HostFacts | None) -> dic
     }
 
 
+# Failed connections listed with their 4-tuple in the report (the counts by cause are complete).
+FAILED_LISTED = 200
+
+
+def _filter_of(src: str, sport: int, dst: str, dport: int) -> str:
+    """A Wireshark display filter for one connection (as much of its 4-tuple as is known)."""
+    parts = [f"ip.src=={src}"] if src else []
+    if sport:
+        parts.append(f"tcp.srcport=={sport}")
+    parts += [f"ip.dst=={dst}", f"tcp.dstport=={dport}"]
+    return " && ".join(parts)
+
+
 def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: HostFacts | None = None
                 ) -> dict[str, Any]:
     plan = result.plan
@@ -150,6 +163,16 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "cpu_s": round(result.cpu_s, 3),
         "sources_used": len(plan.sources),
         "first_limit_hit": first_limit_hit(result),
+        "isolated_clients": [
+            {"source": g.source, "target": str(g.target), "display_filter": f"ip.addr=={g.source}",
+             "capture_filter": f"host {g.source}"}
+            for g in plan.isolated
+        ],
+        "failed_connections": [
+            {"cause": cause, "source": src, "source_port": sport, "target": f"{dst}:{dport}",
+             "display_filter": _filter_of(src, sport, dst, dport)}
+            for cause, src, sport, dst, dport in result.client.failed_samples[:FAILED_LISTED]
+        ],
         "listen_overflows": result.listen_overflows,
         "server": server,
         "interrupted": result.interrupted,
@@ -235,6 +258,16 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         where = ", ".join(wf.get("sources", wf.get("listen", [])))
         parts.append(Text(f"worker {wf['role']} #{wf['index']} (pid {wf['pid']}, {where}) failed: {wf['error']}",
                           style="red"))
+    iso = rep.get("isolated_clients") or []
+    if iso:
+        shown = ", ".join(c["source"] for c in iso[:8]) + (f", ... ({len(iso) - 8} more)" if len(iso) > 8 else "")
+        parts.append(Text(f"isolated clients ({len(iso)}): {shown}; in Wireshark: {iso[0]['display_filter']}",
+                          style="cyan"))
+    failed_conns = rep.get("failed_connections") or []
+    if failed_conns:
+        first = failed_conns[0]
+        parts.append(Text(f"{len(failed_conns)} failed connections listed with their 4-tuple in the JSON report; "
+                          f"first: {first['cause']}, Wireshark: {first['display_filter']}", style="yellow"))
     for chk in rep.get("checks") or []:
         mark, style = ("pass", "green") if chk["passed"] else ("FAIL", "bold red")
         actual = "not measured" if chk["actual"] is None else f"{chk['actual']:g}{chk.get('unit') or ''}"

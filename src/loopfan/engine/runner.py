@@ -73,6 +73,8 @@ class Totals:
     closed: int = 0
     peer_closed: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+    # (cause, source, source port, destination, destination port) of the first failures per worker.
+    failed_samples: list[tuple[str, str, int, str, int]] = field(default_factory=list)
 
     @classmethod
     def of(cls, workers: list[Worker]) -> Totals:
@@ -94,6 +96,7 @@ class Totals:
                 t.open += s["open"]
             for cause, n in s["failed"].items():
                 t.failed[cause] = t.failed.get(cause, 0) + n
+            t.failed_samples.extend(s.get("failed_samples", ()))
         return t
 
     @property
