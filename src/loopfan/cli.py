@@ -8,6 +8,7 @@ traceback. Subcommands are imported lazily so `loopfan --help` and `loopfan plan
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -89,4 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug: still one line (set LOOPFAN_DEBUG=1 for the traceback)
+        if os.environ.get("LOOPFAN_DEBUG"):
+            raise
+        click.echo(f"loopfan: internal error: {type(exc).__name__}: {exc} (please report it; "
+                   "LOOPFAN_DEBUG=1 shows the traceback)", err=True)
+        return 1
     return result if isinstance(result, int) else 0

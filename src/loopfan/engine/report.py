@@ -118,6 +118,25 @@ def _filter_of(src: str, sport: int, dst: str, dport: int) -> str:
     return " && ".join(parts)
 
 
+def _kernel_check(result: RunResult) -> dict[str, Any] | None:
+    """Our count of open connections against the kernel's own socket table, read once the ramp
+    is done (`ss`, filtered in the kernel: seconds even at a million). Against another server the
+    client side also counts other clients of that server's ports, if any.
+    """
+    if result.kernel_client_side is None or result.open_at_peak is None:
+        return None
+    expected = result.open_at_peak
+    sides = [result.kernel_client_side]
+    if result.kernel_server_side is not None:
+        sides.append(result.kernel_server_side)
+    return {
+        "open_connections": expected,
+        "kernel_client_side": result.kernel_client_side,
+        "kernel_server_side": result.kernel_server_side,
+        "agrees": all(side == expected for side in sides),
+    }
+
+
 def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: HostFacts | None = None
                 ) -> dict[str, Any]:
     plan = result.plan
@@ -163,6 +182,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "cpu_s": round(result.cpu_s, 3),
         "sources_used": len(plan.sources),
         "first_limit_hit": first_limit_hit(result),
+        "kernel_check": _kernel_check(result),
         "isolated_clients": [
             {"source": g.source, "target": str(g.target), "display_filter": f"ip.addr=={g.source}",
              "capture_filter": f"host {g.source}"}
@@ -177,6 +197,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "server": server,
         "interrupted": result.interrupted,
         "worker_failures": result.worker_failures,
+        "error": result.error,
         "time_to_target_s": series["time_to_target_s"] if series else None,
         "connect_series": [{"t_s": t, "established": e} for t, e in result.rate_series],
         "traffic": report_traffic(result),
@@ -238,6 +259,12 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     if reach.get("100%") is not None or reach.get("50%") is not None:
         t.add_row("time to reach", "  ".join(f"{k} {v:.2f}s" for k, v in reach.items() if v is not None))
     srv = rep.get("server")
+    kc = rep.get("kernel_check")
+    if kc is not None:
+        verdict = "agrees" if kc["agrees"] else "DISAGREES"
+        server_side = "" if kc["kernel_server_side"] is None else f", server side {kc['kernel_server_side']:,}"
+        t.add_row("kernel", f"ESTABLISHED per the kernel: client side {kc['kernel_client_side']:,}{server_side}: "
+                  f"{verdict} with {kc['open_connections']:,} open")
     if srv is not None:
         agree = "agrees" if srv["agrees_with_client"] else "DISAGREES"
         t.add_row("server", f"accepted {srv['accepted']:,}: {agree} with the client's count")
@@ -272,6 +299,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         mark, style = ("pass", "green") if chk["passed"] else ("FAIL", "bold red")
         actual = "not measured" if chk["actual"] is None else f"{chk['actual']:g}{chk.get('unit') or ''}"
         parts.append(Text(f"check {mark}: {chk['expression']} (actual {actual})", style=style))
+    if rep.get("error"):
+        parts.append(Text(f"the run stopped early: {rep['error']}", style="bold red"))
     lim = rep["first_limit_hit"]
     if lim:
         parts.append(Text(f"first limit hit: {lim['resource']} ({lim['cause']} x{lim['count']:,}); fix: {lim['fix']}",

@@ -28,7 +28,7 @@ from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_pr
 from loopfan.engine.traffic_client import TRAFFIC, traffic_client_main
 from loopfan.engine.traffic_phase import await_traffic, traffic_of
 from loopfan.engine.traffic_server import server_main_for
-from loopfan.errors import HostError
+from loopfan.errors import HostError, LoopfanError
 from loopfan.planner import Plan
 from loopfan.traffic.config import TrafficConfig
 
@@ -132,11 +132,16 @@ class RunResult:
     memory: dict[str, int | None] = field(default_factory=dict)
     cpu_s: float = 0.0
     listen_overflows: int | None = None
-    kernel_established_peak: int | None = None
+    # TCP sockets in use host-wide (/proc/net/sockstat) before the run and once the ramp is done:
+    # the kernel's own count, to check the report against (2 per connection + the listeners).
+    kernel_client_side: int | None = None  # ESTABLISHED to the targets' ports, per the kernel
+    kernel_server_side: int | None = None  # ESTABLISHED on the built-in server's ports
+    open_at_peak: int | None = None  # our clients' open count when the kernel was asked
     started_at: float = 0.0
     server_pids: list[int] = field(default_factory=list)
     traffic: Any = None  # traffic.results.TrafficTotals when the run talked
     series: SeriesSampler | None = None
+    error: str | None = None  # a run-level failure after clients started: the report is still made
 
     @property
     def exit_status(self) -> int:
@@ -144,7 +149,7 @@ class RunResult:
             return 130
         if self.interrupted == "SIGTERM":
             return 143
-        return 1 if self.worker_failures else 0
+        return 1 if self.worker_failures or self.error else 0
 
 
 class _Interrupt:
@@ -284,7 +289,12 @@ def run_plan(
                 "user_server": measure.sum_uss(w.pid for w in fleet.of("server") if not w.finished),
                 "kernel": _delta(measure.slab_bytes(), slab_before),
             }
-            result.kernel_established_peak = measure.sockstat_inuse()
+            fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
+            result.open_at_peak = Totals.of(clients).open
+            ports = {t.port for t in plan.targets}
+            result.kernel_client_side = measure.count_established(ports, "dport")
+            if n_servers:
+                result.kernel_server_side = measure.count_established(ports, "sport")
 
             # 2b. Traffic: every client worker talks over its connections, all starting together.
             if config.traffic is not None and interrupt.signal is None:
@@ -314,6 +324,12 @@ def run_plan(
             fleet.send(clients, P.CLOSE)
             fleet.wait_until(lambda: all(w.finished for w in clients), config.close_timeout_s, tick)
             result.phases_s["close"] = time.monotonic() - t_close
+        except Exception as exc:
+            # Before any client started there is nothing to report: let the one-line error through.
+            # After, keep what was measured: the partial report matters more than the exception.
+            if not fleet.of("client"):
+                raise
+            result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoopfanError) else str(exc)
         finally:
             phase = "stopping"
             result.client, result.server = totals()
