@@ -16,16 +16,18 @@ from __future__ import annotations
 DEFAULT_FILL_RATIO = 0.45
 
 # Kernel memory per established loopback pair (both sockets on this host): TCP sock 2,368 B plus
-# inode, dentry, file and epoll entries for each socket. Slab growth measured at 1M pairs:
-# ~9.7 KB (../shared/notes/mechanics.md, re-measured by bench/hold.py).
-KERNEL_BYTES_PER_PAIR = 9_700
+# inode, dentry, file and epoll entries for each socket. Slab growth measured by `loopfan run`
+# (report memory_bytes.kernel) on the 2-core dev machine, 2026-11-25: 1,000,000 pairs -> 10.2 GB.
+KERNEL_BYTES_PER_PAIR = 10_200
 
-# User-space memory per held connection in a loopfan worker (fd in an array, epoll registration,
-# counters): measured as unique set size / connections by bench/hold.py.
-USER_BYTES_PER_CONNECTION = 600
+# User-space memory per held connection in a loopfan worker (the fd in a set, counters): unique
+# set size of the workers less their idle size, over the connections: ~60-85 B measured at 50K-1M
+# connections (docs/benchmarks.md); rounded up.
+USER_BYTES_PER_CONNECTION = 100
 
-# Unique memory of one idle worker process (forked from the loopfan parent, copy-on-write shared).
-USER_BYTES_PER_PROCESS = 6 * 1024 * 1024
+# Unique memory of one idle worker process, forked from the loopfan parent with gc.freeze() so the
+# inherited interpreter stays shared copy-on-write: 2.6 MB measured (4 workers holding 250 each).
+USER_BYTES_PER_PROCESS = 2_700_000
 
 # File descriptors a worker keeps for itself beyond its connections (epoll, pipes, listeners,
 # stdio, the interpreter's own). Keeps every worker safely under its open-file limit.

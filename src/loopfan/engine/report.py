@@ -178,6 +178,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             "user_client": mem.get("user_client"),
             "user_server": mem.get("user_server"),
             "kernel": mem.get("kernel"),
+            "user_parent": mem.get("user_parent"),
         },
         "cpu_s": round(result.cpu_s, 3),
         "sources_used": len(plan.sources),
@@ -249,11 +250,12 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     def mb(v: int | None) -> str:
         return "-" if v is None else f"{v / 1e6:,.0f} MB"
 
-    per_conn = ""
-    if m["user_client"] and rep["peak_concurrent"]:
-        per_conn = f" ({m['user_client'] / rep['peak_concurrent']:,.0f} B per connection)"
-    t.add_row("memory", f"client {mb(m['user_client'])}{per_conn}, server {mb(m['user_server'])}, "
-              f"kernel {mb(m['kernel'])} (slab growth)")
+    peak = rep["peak_concurrent"]
+    client_side = (m["user_client"] or 0) + (m.get("user_parent") or 0)
+    per_conn = f" ({client_side / peak:,.0f} B per connection)" if client_side and peak else ""
+    server_per = f" ({m['user_server'] / peak:,.0f} B per connection)" if m["user_server"] and peak else ""
+    t.add_row("memory", f"client {mb(client_side)}{per_conn} incl. the parent, server {mb(m['user_server'])}"
+              f"{server_per}, kernel {mb(m['kernel'])} (slab growth)")
     t.add_row("cpu", f"{rep['cpu_s']:.1f} s")
     reach = rep.get("time_to_target_s") or {}
     if reach.get("100%") is not None or reach.get("50%") is not None:

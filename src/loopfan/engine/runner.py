@@ -8,6 +8,7 @@ callback; rendering is the CLI's business.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import time
@@ -288,6 +289,8 @@ def run_plan(
                 "user_client": measure.sum_uss(w.pid for w in clients if not w.finished),
                 "user_server": measure.sum_uss(w.pid for w in fleet.of("server") if not w.finished),
                 "kernel": _delta(measure.slab_bytes(), slab_before),
+                # The orchestrating parent counts on the client side too.
+                "user_parent": measure.uss_bytes(os.getpid()),
             }
             fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
             result.open_at_peak = Totals.of(clients).open
