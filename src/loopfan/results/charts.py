@@ -2,7 +2,7 @@
 
 Rules of this file: every function takes columns from a report (and optionally a baseline) and
 returns one `<svg>` string. Figures are built with matplotlib.figure.Figure directly (no pyplot,
-no global state, no GUI backend). Text stays text (svg.fonttype none: the browser's own sans-serif,
+no GUI backend). Text stays text (svg.fonttype none: the browser's own sans-serif,
 nothing embedded or fetched), ids are salted with a constant (the same report gives the same
 bytes), and long series are thinned to MAX_POINTS by keeping each bucket's maximum, so an
 hour-long run's page stays a few hundred KB while a spike stays visible.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 MAX_POINTS = 400
 WIDTH_IN, HEIGHT_IN = 9.0, 2.9
@@ -42,7 +43,7 @@ def _figure(rows: int = 1, cols: int = 1, height: float = HEIGHT_IN) -> Any:
     import matplotlib
     from matplotlib.figure import Figure
 
-    matplotlib.rcParams.update(_RC)
+    cast(Any, matplotlib.rcParams).update(_RC)  # loopfan's own style: the process draws only these charts
     fig = Figure(figsize=(WIDTH_IN, height), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
@@ -52,8 +53,10 @@ def _svg(fig: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    # Drop the XML prolog and DOCTYPE: the <svg> element is inlined into the HTML page.
-    return text[text.index("<svg"):]
+    # Drop the XML prolog and DOCTYPE (the <svg> element is inlined into the page) and the RDF
+    # metadata block (namespace URIs only, but a page that names no URL is easier to audit).
+    text = text[text.index("<svg"):]
+    return re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
 
 
 def thin(t: Column, *columns: Column, max_points: int = MAX_POINTS) -> tuple[list[float], ...]:

@@ -87,9 +87,9 @@ def canonical(name: str) -> str:
     name = name.strip()
     if name.startswith("latency."):
         name = "connect_" + name
-    head, _, tail = name.rpartition(".")
-    if head and tail in _PCT_ALIASES:
-        name = f"{head}.{_PCT_ALIASES[tail]}"
+    for alias, key in _PCT_ALIASES.items():
+        if name.endswith("." + alias):
+            return name[: -len(alias)] + key
     return name
 
 
@@ -104,9 +104,10 @@ def decode_histogram(rep: dict[str, Any], name: str = "connect_latency") -> HdrH
 
 
 def histogram_is_compressed(data: str) -> bool:
-    """True when `data` is the standard compressed encoding (cookie 0x1c849304 + zlib payload)."""
+    """True when `data` is the standard compressed encoding: the V2 compressed cookie (0x1c849304,
+    with the word size in bits 4-7: Java and Python write 0x1c849314) and a zlib payload."""
     raw = base64.b64decode(data)
-    if len(raw) < 8 or raw[:4] != bytes.fromhex("1c849304"):
+    if len(raw) < 8 or int.from_bytes(raw[:4], "big") & ~0xF0 != 0x1C849304:
         return False
     zlib.decompress(raw[8:])
     return True
@@ -263,9 +264,9 @@ class Gate:
 
     def evaluate(self, base: dict[str, float | None], new: dict[str, float | None]) -> dict[str, Any]:
         if self.check is not None:
-            out = self.check.evaluate(new)
-            out["kind"] = "gate"
-            return out
+            judged = self.check.evaluate(new)
+            judged["kind"] = "gate"
+            return judged
         b, n = base.get(self.metric.name), new.get(self.metric.name)
         if self.metric.name.startswith("failed."):
             b, n = b or 0, n or 0
@@ -295,10 +296,8 @@ def parse_gate(text: str) -> Gate:
                          "'connect_rate.mean:-5%' or 'failed:0'")
     metric = metric_for(m.group(1))
     sign, amount_text = m.group(2), m.group(3)
-    if sign:
-        direction = "up" if sign == "+" else "down"
-    else:
-        direction = "up" if metric.lower_is_better else "down"
+    up = sign == "+" if sign else metric.lower_is_better
+    direction = "up" if up else "down"
     relative = amount_text.endswith("%") and metric.unit != "%"
     try:
         amount = float(amount_text[:-1].replace("_", "")) if relative else parse_value(amount_text, metric)

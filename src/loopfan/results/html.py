@@ -35,7 +35,8 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0 auto;max-width:980px;
 padding:0 16px 40px;color:#222;line-height:1.4}
-h1{font-size:1.5em;margin:18px 0 4px}h2{font-size:1.2em;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
+h1{font-size:1.5em;margin:18px 0 4px}
+h2{font-size:1.2em;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:0.9em}td,th{padding:3px 10px;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#137333;font-weight:600}.fail{color:#c5221f;font-weight:600}.better{color:#137333}.worse{color:#c5221f}
@@ -199,9 +200,9 @@ def _config_section(rep: dict[str, Any]) -> str:
     ident = rep.get("identity") or {}
     plan = dict(rep.get("plan") or {})
     if len(plan.get("groups") or []) > 50:
-        plan["groups"] = plan["groups"][:50] + [f"... {len(plan['groups']) - 50} more groups in report.json"]
+        plan["groups"] = [*plan["groups"][:50], f"... {len(plan['groups']) - 50} more groups in report.json"]
     if len(plan.get("sources") or []) > 50:
-        plan["sources"] = plan["sources"][:50] + [f"... {len(plan['sources']) - 50} more in report.json"]
+        plan["sources"] = [*plan["sources"][:50], f"... {len(plan['sources']) - 50} more in report.json"]
     facts = (ident.get("host") or {}).get("facts")
     parts = [
         "<h3>Run configuration</h3><pre>" + _e(json.dumps(ident.get("config"), indent=1)) + "</pre>",

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from loopfan.errors import UsageError
 from loopfan.engine.runner import Progress
+from loopfan.errors import UsageError
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -72,9 +72,11 @@ class _Collector:
                 lat.add_metric([q], v / 1000)
         yield lat
         health = row.get("health") or {}
-        for key, name, text in (("fds_used_max_pct", "loopfan_fds_used_max_percent", "Fullest worker's fds, % of limit"),
-                                ("workers_cpu_pct", "loopfan_workers_cpu_percent", "Workers' CPU, % of one core"),
-                                ("loop_lag_ms_max", "loopfan_loop_lag_max_ms", "Worst worker event-loop lag")):
+        for key, name, text in (
+            ("fds_used_max_pct", "loopfan_fds_used_max_percent", "Fullest worker's fds, % of limit"),
+            ("workers_cpu_pct", "loopfan_workers_cpu_percent", "Workers' CPU, % of one core"),
+            ("loop_lag_ms_max", "loopfan_loop_lag_max_ms", "Worst worker event-loop lag"),
+        ):
             if health.get(key) is not None:
                 yield GaugeMetricFamily(name, text, value=health[key])
         phase = GaugeMetricFamily("loopfan_phase", "The run's phase (1 for the current one)", labels=["phase"])
@@ -97,7 +99,7 @@ class Exporter:
         from prometheus_client import CollectorRegistry, start_http_server
 
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))  # type: ignore[arg-type]
+        registry.register(_Collector(self))
         try:
             self._server, self._thread = start_http_server(self.port, addr=self.host, registry=registry)
         except OSError as exc:

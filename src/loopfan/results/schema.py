@@ -7,6 +7,7 @@ unreadable or foreign file into a UsageError that says what was expected.
 
 from __future__ import annotations
 
+import importlib
 import json
 from functools import cache
 from importlib import resources
@@ -27,8 +28,7 @@ def schema() -> dict[str, Any]:
 
 def validation_errors(rep: dict[str, Any]) -> list[str]:
     """Every way `rep` breaks the schema ('path: message'); needs jsonschema (the test extra)."""
-    import jsonschema
-
+    jsonschema: Any = importlib.import_module("jsonschema")  # untyped; the test extra installs it
     validator = jsonschema.Draft202012Validator(schema())
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
             for e in sorted(validator.iter_errors(rep), key=lambda e: list(e.absolute_path))]

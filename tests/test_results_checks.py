@@ -1,0 +1,133 @@
+"""--check and --gate expressions, metrics read from a report, comparison rows and Markdown: pure, no runs.
+
+Reports here are synthetic dicts with real HDR histograms, so percentiles are exact and known.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopfan.engine.report import histogram_dict
+from loopfan.engine.runner import new_histogram
+from loopfan.errors import UsageError
+from loopfan.results.checks import (
+    histogram_is_compressed,
+    parse_check,
+    parse_gate,
+    report_metrics,
+    run_checks,
+    run_gates,
+)
+from loopfan.results.compare import markdown, rows, trend_rows, trend_summary
+
+
+def fake_report(latencies_us: list[int], *, established: int = 1000, failed: dict[str, int] | None = None,
+                rate: float = 5000.0) -> dict[str, Any]:
+    h = new_histogram()
+    for us in latencies_us:
+        h.record_value(us)
+    failed = failed or {}
+    return {
+        "schema": "loopfan.report/1", "started_at": 1.0, "target_connections": 1000, "established": established,
+        "peak_concurrent": established, "failed": failed, "failed_total": sum(failed.values()),
+        "connect_rate_per_s": {"mean": rate, "peak": rate * 1.5},
+        "connect_latency_ms": {"p50": 999.0, "p90": 999.0, "p99": 999.0, "p999": 999.0, "p9999": 999.0, "max": 999.0},
+        "duration_s": {"connect": 0.2, "total": 1.0}, "memory_bytes": {"user_client": 10_000_000},
+        "cpu_s": 0.5, "histograms": {"connect_latency": histogram_dict(h)},
+        "time_to_target_s": {"50%": 0.1, "100%": 0.2}, "checks": [],
+    }
+
+
+def test_percentiles_come_from_the_histogram_not_the_rounded_summary() -> None:
+    m = report_metrics(fake_report([100] * 99 + [5000]))
+    assert m["connect_latency.p50"] == pytest.approx(0.1, rel=1e-3)
+    assert m["connect_latency.max"] == pytest.approx(5.0, rel=1e-3)  # summary says 999: ignored
+
+
+def test_histogram_uses_the_standard_compressed_encoding() -> None:
+    rep = fake_report([10, 20, 30])
+    assert histogram_is_compressed(rep["histograms"]["connect_latency"]["data"])
+
+
+@pytest.mark.parametrize("expr, passed", [
+    ("connect_latency.p99<50ms", True),
+    ("connect_latency.p99 < 50us", False),
+    ("latency.p99.9<=0.2", True),
+    ("failed==0", True),
+    ("established>=1k", True),
+    ("established>=1M", False),
+    ("connect_rate.mean>4.9k/s", True),
+    ("memory.client<100MB", True),
+    ("failed.ETIMEDOUT==0", True),
+    ("time_to_target<1s", True),
+])
+def test_checks(expr: str, passed: bool) -> None:
+    [result] = run_checks([parse_check(expr)], fake_report([100] * 100))
+    assert result["passed"] is passed, result
+
+
+@pytest.mark.parametrize("expr, fragment", [
+    ("p99<5", "unknown metric 'p99'"),
+    ("connect_latency.p99<5kg", "unit 'kg' does not fit"),
+    ("established>=5ms", "unit 'ms' does not fit"),
+    ("failed", "not METRIC OP VALUE"),
+    ("failed==lots", "not a number"),
+])
+def test_bad_checks_say_what_to_write(expr: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        parse_check(expr)
+
+
+def test_gates_judge_the_change_in_the_bad_direction() -> None:
+    base = fake_report([100] * 100)
+    slower = fake_report([120] * 100, rate=4000.0, failed={"ETIMEDOUT": 3})
+    results = {g["expression"]: g["passed"] for g in run_gates(
+        [parse_gate(e) for e in ("latency.p99:+10%", "latency.p99:+25%", "connect_rate.mean:-5%", "failed:0",
+                                 "failed:5", "latency.p50:30us", "failed==0")], base, slower)}
+    assert results == {"latency.p99:+10%": False, "latency.p99:+25%": True, "connect_rate.mean:-5%": False,
+                       "failed:0": False, "failed:5": True, "latency.p50:30us": True, "failed==0": False}
+
+
+@pytest.mark.parametrize("expr", ["latency.p99", "bogus:1", "latency.p99:+10kg", "failed:-x"])
+def test_bad_gates(expr: str) -> None:
+    with pytest.raises(UsageError):
+        parse_gate(expr)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 10_000_000), min_size=1, max_size=50), st.sampled_from(
+    ["latency.p99:+0%", "latency.max:0", "connect_rate.mean:-0%", "failed:0", "established:0"]))
+def test_a_run_never_fails_a_gate_against_itself(latencies: list[int], expr: str) -> None:
+    rep = fake_report(latencies)
+    [g] = run_gates([parse_gate(expr)], rep, copy.deepcopy(rep))
+    assert g["passed"], g
+
+
+def test_compare_rows_and_markdown() -> None:
+    base, new = fake_report([100] * 100), fake_report([200] * 100, failed={"ECONNREFUSED": 2})
+    by_name = {r.metric.name: r for r in rows(base, new)}
+    assert by_name["connect_latency.p50"].verdict() == "worse"
+    assert by_name["connect_latency.p50"].delta_pct == pytest.approx(100.0, rel=1e-2)
+    assert by_name["established"].verdict() == "same"
+    assert "failed.ECONNREFUSED" in by_name
+    gates = run_gates([parse_gate("latency.p99:+10%")], base, new)
+    md = markdown(base, new, gates, "base.json", "new.json")
+    assert md.startswith("### loopfan compare: ❌ 1 of 1 gates failed")
+    assert "| connect_latency.p50 | 0.100 ms | 0.200 ms | +0.1 ms (+100.0%) | **worse** |" in md
+
+
+def test_trend_is_oldest_first_with_the_last_run_against_the_others() -> None:
+    reps = []
+    for i, us in enumerate([100, 110, 90, 300]):
+        r = fake_report([us] * 10)
+        r["started_at"] = 100.0 - i if i < 3 else 200.0
+        reps.append((f"run{i}", r))
+    table = trend_rows(reps)
+    assert [r["name"] for r in table] == ["run2", "run1", "run0", "run3"]
+    change = trend_summary(table)["connect_latency.p50"]["last_vs_median_pct"]
+    assert change == pytest.approx(200.0, rel=0.02)
