@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -38,7 +38,7 @@ class RunOptions:
     json_path: str | None = None
     quiet: bool = False
     force: bool = False
-    output: OutputOptions = OutputOptions()  # --html, --check, --progress, --prometheus
+    output: OutputOptions = field(default_factory=OutputOptions)  # --html, --check, --progress, --prometheus
 
 
 def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
