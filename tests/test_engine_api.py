@@ -61,7 +61,7 @@ def planned_groups(p: Plan) -> Counter[tuple[str, tuple[str, int]]]:
     return out
 
 
-def kernel_groups(pairs: list[Pair], p: Plan) -> tuple[Counter[tuple[str, tuple[str, int]]], ...]:
+def kernel_groups(pairs: set[Pair], p: Plan) -> tuple[Counter[tuple[str, tuple[str, int]]], ...]:
     """ESTABLISHED sockets that touch the plan's endpoints, as (source, endpoint) counts, seen from
     the client end (local = source) and from the server end (local = endpoint)."""
     targets = {(e.address, e.port) for e in p.targets}
@@ -87,17 +87,30 @@ def assert_nothing_left_on(p: Plan) -> None:
 
 
 class HoldSampler:
-    """on_progress callback: reads the kernel's ESTABLISHED table once, when the run first holds."""
+    """on_progress callback: reads the kernel's ESTABLISHED table when the run first holds.
 
-    def __init__(self, also: Callable[[Progress], None] | None = None) -> None:
-        self.pairs: list[Pair] | None = None
+    /proc/net/tcp is not a snapshot: it is read in chunks while other sockets on the host come and
+    go, so one read can show a socket twice or skip one. The sockets of a held run do not change,
+    so the union of a few reads (as a set of 4-tuples) is exactly what the kernel holds; with a
+    plan given, reading stops as soon as the union covers it.
+    """
+
+    READS = 4
+
+    def __init__(self, p: Plan | None = None, also: Callable[[Progress], None] | None = None) -> None:
+        self.plan = p
+        self.pairs: set[Pair] | None = None
         self.progress: Progress | None = None
         self.also = also
 
     def __call__(self, progress: Progress) -> None:
         if progress.phase == "holding" and self.pairs is None:
-            self.pairs = measure.established_tcp()
             self.progress = progress
+            self.pairs = set()
+            for _ in range(self.READS):
+                self.pairs.update(measure.established_tcp())
+                if self.plan is None or kernel_groups(self.pairs, self.plan) == (planned_groups(self.plan),) * 2:
+                    break
             if self.also:
                 self.also(progress)
 
@@ -175,7 +188,7 @@ def test_run_with_builtin_server_matches_the_kernel(loopback_block: Block) -> No
     """6,000 connections, 2,000 per process: 3 client + 3 server workers; the kernel agrees per group."""
     p = plan(builtin_request(loopback_block, 6000, 2000), read_host_facts())
     assert (len(p.client_shards), len(p.server_shards)) == (3, 3)
-    sampler = HoldSampler()
+    sampler = HoldSampler(p)
     result = run_plan(p, RunConfig(hold_s=0.3), on_progress=sampler)
 
     assert result.exit_status == 0 and result.interrupted is None and not result.worker_failures
@@ -207,7 +220,7 @@ def test_run_against_a_target_server(loopback_block: Block) -> None:
     p = plan(request, read_host_facts())
     assert not p.server_shards and len(p.client_shards) == 3
     with BuiltinServer.on(eps, capacity=4000, max_per_process=2000) as server:
-        sampler = HoldSampler()
+        sampler = HoldSampler(p)
         result = run_plan(p, RunConfig(hold_s=0.2), on_progress=sampler)
         totals = server.poll(0.0)
         for _ in range(50):  # the server hears the clients' closes a moment after the run ends
@@ -297,7 +310,7 @@ def test_sixty_thousand_connections_past_the_port_and_fd_limits(loopback_block: 
     assert len(p.client_shards) >= 4 and len(p.server_shards) >= 4
     assert all(s.connections <= p.per_process for s in p.client_shards + p.server_shards)
     assert len(p.sources) > 1 and max(g.connections for g in p.groups) <= p.budget_per_group < facts.port_count
-    sampler = HoldSampler()
+    sampler = HoldSampler(p)
     result = run_plan(p, RunConfig(hold_s=0.2), on_progress=sampler)
     assert result.exit_status == 0
     assert (result.client.established, result.client.failed) == (60_000, {})

@@ -8,6 +8,7 @@ SIGKILL. Nothing is left running, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -33,10 +34,7 @@ class Worker:
     state: str = "starting"  # starting, ready, connected, done, dead, error
     error: str = ""
     ready_payload: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid or 0
+    pid: int = 0  # kept here: the process object is closed (and forgets its pid) at shutdown
 
     @property
     def finished(self) -> bool:
@@ -53,7 +51,7 @@ class Fleet:
         proc = _CTX.Process(target=target, args=(*args, child_end), name=f"loopfan-{role}-{index}", daemon=True)
         proc.start()
         child_end.close()
-        worker = Worker(role, index, proc, parent_end)
+        worker = Worker(role, index, proc, parent_end, pid=proc.pid or 0)
         self.workers.append(worker)
         return worker
 
@@ -129,6 +127,8 @@ class Fleet:
         self.send(self.workers, P.STOP)
         self.wait_until(lambda: all(w.finished for w in self.workers), timeout_s)
         for w in self.workers:
+            if w.conn.closed:
+                continue  # shut down before
             w.process.join(0.2)
             if w.process.is_alive():
                 os.kill(w.pid, signal.SIGTERM)
@@ -137,3 +137,7 @@ class Fleet:
                 os.kill(w.pid, signal.SIGKILL)
                 w.process.join(2)
             w.conn.close()
+            # Release the process object's sentinel pipes now, not whenever it is collected (a
+            # traceback that holds the fleet would otherwise keep two fds per worker open).
+            with contextlib.suppress(ValueError):  # still running after SIGKILL: nothing to free yet
+                w.process.close()
