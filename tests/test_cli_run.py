@@ -112,7 +112,7 @@ def test_run_without_target_starts_and_stops_the_builtin_server(
     assert {"start", "connect", "hold", "close", "total"} <= set(rep["duration_s"])
     assert rep["duration_s"]["hold"] >= 0.2
     mem = rep["memory_bytes"]
-    assert set(mem) == {"user_client", "user_server", "kernel"}
+    assert set(mem) >= {"user_client", "user_server", "kernel"}
     assert mem["user_client"] > 0 and mem["user_server"] > 0 and mem["kernel"] is not None
     assert rep["cpu_s"] > 0
     assert rep["interrupted"] is None and rep["worker_failures"] == []
