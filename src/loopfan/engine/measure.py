@@ -61,8 +61,10 @@ def established_tcp() -> list[tuple[tuple[str, int], tuple[str, int]]]:
     """Every ESTABLISHED TCP socket on the host as (local, remote), from /proc/net/tcp{,6}.
 
     Fine for tests and checks up to a few hundred thousand sockets; at millions use `ss -s`.
+    The file is not a snapshot: it is produced in chunks while other sockets come and go, so one
+    read can repeat a socket (dropped here: a 4-tuple is unique) or, rarely, skip one.
     """
-    out = []
+    out: dict[tuple[tuple[str, int], tuple[str, int]], None] = {}
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as fh:
@@ -70,10 +72,10 @@ def established_tcp() -> list[tuple[tuple[str, int], tuple[str, int]]]:
                 for line in fh:
                     parts = line.split()
                     if len(parts) > 3 and parts[3] == _TCP_ESTABLISHED:
-                        out.append((_hex_to_endpoint(parts[1]), _hex_to_endpoint(parts[2])))
+                        out[(_hex_to_endpoint(parts[1]), _hex_to_endpoint(parts[2]))] = None
         except OSError:
             continue
-    return out
+    return list(out)
 
 
 def count_established(ports: Iterable[int], side: str = "sport") -> int | None:
