@@ -36,7 +36,6 @@ _TALK_OUT = _TALK | select.EPOLLOUT
 _HOLD = select.EPOLLRDHUP | select.EPOLLET
 _EPOLLOUT = select.EPOLLOUT
 _READ = 65536
-_DRAIN_MAX_S = 2.0  # after the traffic phase, how long in-flight replies may still arrive
 _SCAN_S = 0.5  # how often in-flight messages are checked against the reply timeout
 
 
@@ -105,6 +104,8 @@ class TrafficClientWorker(ClientWorker):
         self._template: Any = None
         self._host = ""
         self._phase_start = 0.0
+        self.talking_at_start = 0
+        self.talking_at_end = 0
 
     # The connect loop announces CONNECTED through send(); from there this worker waits for the
     # parent's TRAFFIC (sent once every worker has connected, so all talk at the same time), then
@@ -128,7 +129,7 @@ class TrafficClientWorker(ClientWorker):
     def _publish(self, done: bool = False) -> None:
         self.tsnap.traffic = {
             "phase": self.phase,
-            "done": done,
+            "done": done or self.phase == "closed",
             "sent": self.sent,
             "replies": self.replies,
             "window_replies": self.window_replies,
@@ -137,7 +138,8 @@ class TrafficClientWorker(ClientWorker):
             "window_s": self.window_s,
             "unanswered_at_end": self.unanswered,
             "unsent_at_end": self.unsent,
-            "talking": len(self.conns),
+            "talking": len(self.conns) if self.phase != "closed" else self.talking_at_end,
+            "talking_at_start": self.talking_at_start,
             "errors": dict(self.tally.errors),
             "statuses": dict(self.tally.statuses),
             "errors_by_source": dict(self.by_source),
@@ -227,6 +229,9 @@ class TrafficClientWorker(ClientWorker):
         for c in conns.values():
             by_idx[c.idx] = c
 
+        self.talking_at_start = len(conns)
+        if tc.kind == "ws":
+            self._handshakes(tc.reply_timeout_s)
         awaits = tc.awaits_reply
         pipeline = max(1, tc.pipeline)
         message = tc.message
@@ -239,6 +244,7 @@ class TrafficClientWorker(ClientWorker):
         schedule = self._schedule
         hl = self.hist_latency
         ht = self.hist_ttfb
+        tally = self.tally
         snap = self.snap
 
         def send_one(c: Conn, t_start: float) -> None:
@@ -250,12 +256,9 @@ class TrafficClientWorker(ClientWorker):
                 self.window_bytes_out += len(data)
             self._write(c, data)
 
-        # Openings (the WebSocket handshake), then the first messages of a closed loop.
+        # The first messages of a closed loop (WebSocket handshakes are done by now).
         for c in list(conns.values()):
-            opening = c.codec.opening() if not raw else b""
-            if opening:
-                self._write(c, opening)
-            elif schedule is None and c.fd in conns:
+            if schedule is None and c.fd in conns:
                 for _ in range(pipeline if awaits else 1):
                     send_one(c, perf())
         next_scan = start + _SCAN_S
@@ -314,7 +317,10 @@ class TrafficClientWorker(ClientWorker):
                         us = hdr_round(us)
                         ht[us] = ht.get(us, 0) + 1
                 codec = c.codec
+                errors_before = tally.count
                 n = codec.feed(data)
+                if tally.count != errors_before:  # e.g. an HTTP 4xx: counted against this source too
+                    self.by_source[c.src] = self.by_source.get(c.src, 0) + tally.count - errors_before
                 if not raw:
                     if codec.out:
                         out, codec.out = codec.out, b""
@@ -356,6 +362,65 @@ class TrafficClientWorker(ClientWorker):
         self.window_s = min(perf(), end) - warm_end if perf() > warm_end else 0.0
         self._drain(end, warm_end, hl)
 
+    def _handshakes(self, timeout_s: float) -> None:
+        """Every WebSocket opening handshake, before the clock starts: they are connection set-up,
+        not traffic. A connection whose handshake fails or times out is counted and closed."""
+        perf = time.perf_counter
+        conns = self.conns
+        for c in list(conns.values()):
+            self._write(c, c.codec.opening())
+        waiting = {fd for fd, c in conns.items() if not c.codec.ready}
+        deadline = perf() + timeout_s
+        while waiting and perf() < deadline and not self.closing:
+            for fd, _ev in self.epoll.poll(0.05, 4096):
+                if fd == self.pipe_fd:
+                    self.read_control()
+                    continue
+                found = conns.get(fd)
+                if found is None:
+                    continue
+                c = found
+                try:
+                    data = os.read(fd, _READ)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._drop(c, cause_for(exc.errno or 0, "recv"))
+                    waiting.discard(fd)
+                    continue
+                if not data:
+                    self._drop(c, "ws-closed-in-handshake")
+                    waiting.discard(fd)
+                    continue
+                self.snap.bytes_in += len(data)
+                c.codec.feed(data)
+                if c.codec.out:
+                    out, c.codec.out = c.codec.out, b""
+                    self._write(c, out)
+                if c.codec.dead is not None:
+                    self._drop(c, c.codec.dead)
+                    waiting.discard(fd)
+                elif c.codec.ready:
+                    waiting.discard(fd)
+            self.maybe_report()
+        for fd in waiting:
+            late = conns.get(fd)
+            if late is not None:
+                self._drop(late, "ws-handshake-timeout")
+
+    def close_all(self) -> None:
+        # WebSocket: say goodbye (close code 1000) before the TCP close, so the server sees a normal
+        # closing handshake rather than a dropped connection.
+        if self.traffic.kind == "ws":
+            for c in self.conns.values():
+                if c.codec.ready and c.codec.dead is None:
+                    with contextlib.suppress(OSError):
+                        os.write(c.fd, c.codec.goodbye())
+        self.talking_at_end = len(self.conns)
+        self.phase = "closed"
+        self.conns.clear()
+        super().close_all()
+
     def _complete(self, c: Conn, t: float, warm_end: float, end: float, hl: dict[int, int]) -> None:
         t0 = c.starts.pop(0)
         c.got_reply = True
@@ -379,16 +444,17 @@ class TrafficClientWorker(ClientWorker):
         """Stop sending; give the replies in flight a short while to arrive; count the rest."""
         perf = time.perf_counter
         self.phase = "draining"
-        deadline = perf() + min(self.traffic.reply_timeout_s, _DRAIN_MAX_S)
+        deadline = perf() + self.traffic.reply_timeout_s
         conns = self.conns
         while any(c.starts for c in conns.values()) and perf() < deadline and not self.closing:
             for fd, _ev in self.epoll.poll(0.05, 4096):
                 if fd == self.pipe_fd:
                     self.read_control()
                     continue
-                c = conns.get(fd)
-                if c is None:
+                found = conns.get(fd)
+                if found is None:
                     continue
+                c = found
                 try:
                     data = os.read(fd, _READ)
                 except OSError:

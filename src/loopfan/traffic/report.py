@@ -37,6 +37,8 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "http-connection-close": ("the server ended keep-alive (Connection: close)", "raise the server's "
                               "keepalive_requests / keepalive_timeout"),
     "ws-bad-handshake": ("the WebSocket opening handshake failed", "check the target is a WebSocket server"),
+    "ws-closed-in-handshake": ("the server closed the connection during the WebSocket handshake",
+                               "check the target is a WebSocket server; " + _SERVER_LIMIT),
     "ws-handshake-timeout": ("the WebSocket handshake got no answer within --reply-timeout",
                              "the server is overloaded or not listening for WebSocket"),
     "ECONNRESET": ("the server reset the connection", _SERVER_LIMIT),
@@ -89,6 +91,7 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "sources_with_errors": len(sources),
         "unanswered_at_end": t.unanswered_at_end,
         "unsent_at_end": t.unsent_at_end,
+        "connections_talking_at_start": t.talking_at_start,
         "connections_talking_at_end": t.talking,
         "hdr_log": hdr_log,
     }
@@ -121,12 +124,18 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
     if tr["statuses"]:
         t.add_row("statuses", "  ".join(f"{k} {v:,}" for k, v in tr["statuses"].items()))
+    lost_before = rep["established"] - tr["connections_talking_at_start"]
+    if lost_before > 0:
+        t.add_row("lost before", f"{lost_before:,} of {rep['established']:,} connections were closed by the server "
+                  f"before the traffic began: {_SERVER_LIMIT}")
     if tr["unanswered_at_end"] or tr["unsent_at_end"]:
         t.add_row("at the end", f"{tr['unanswered_at_end']:,} unanswered, {tr['unsent_at_end']:,} due but not sent "
                   "(the server was behind)")
     if tr["hdr_log"]:
         t.add_row("hdr log", tr["hdr_log"])
     head = Text("Traffic: ", style="bold")
+    if lost_before > 0:
+        head.append(f"{lost_before:,} connections lost before it began; ", style="bold red")
     if tr["errors_total"]:
         head.append(f"{tr['errors_total']:,} errors", style="bold red")
     else:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 
 class Tally:
-    __slots__ = ("errors", "statuses")
+    __slots__ = ("count", "errors", "statuses")
 
     def __init__(self) -> None:
         self.errors: dict[str, int] = {}  # cause -> count (per-connection failures, bad replies)
         self.statuses: dict[str, int] = {}  # "http-2xx", "ws-close-1000", ... -> count
+        self.count = 0  # sum of errors: lets a caller see cheaply whether a call added any
 
     def error(self, cause: str, n: int = 1) -> None:
         self.errors[cause] = self.errors.get(cause, 0) + n
+        self.count += n
 
     def status(self, name: str) -> None:
         self.statuses[name] = self.statuses.get(name, 0) + 1

@@ -54,6 +54,13 @@ class WsClient:
     def message(self) -> bytes:
         return self.ws.send(self.event)
 
+    def goodbye(self) -> bytes:
+        """The closing handshake's first frame (1000, normal closure)."""
+        try:
+            return self.ws.send(CloseConnection(code=1000))
+        except LocalProtocolError:
+            return b""
+
     def feed(self, data: bytes) -> int:
         ws = self.ws
         done = 0

@@ -1,0 +1,158 @@
+"""The pure traffic core: escapes, the open schedule, reply framing, HTTP and WebSocket state, merging."""
+
+from __future__ import annotations
+
+import h11
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loopfan.engine.traffic_client import hdr_round
+from loopfan.traffic.config import EXPECT_CONTAINS, EXPECT_ECHO, EXPECT_END, EXPECT_LENGTH, unescape
+from loopfan.traffic.http import HttpClient, RequestFramer, fixed_response, request_template
+from loopfan.traffic.raw import RawReplies
+from loopfan.traffic.results import merge, new_histogram, percentiles_ms, record, subtract
+from loopfan.traffic.schedule import OpenSchedule
+from loopfan.traffic.tally import Tally
+from loopfan.traffic.ws import WsClient, WsEchoServer
+
+
+def test_unescape() -> None:
+    assert unescape(r"GET\r\n\x00\\\t") == b"GET\r\n\x00\\\t"
+    assert unescape("é") == "é".encode()
+    for bad in ("\\", r"\q", r"\x4", r"\xzz"):
+        with pytest.raises(ValueError):
+            unescape(bad)
+
+
+def test_schedule_staggers_and_never_drifts() -> None:
+    s = OpenSchedule(4, rate_per_conn_s=10.0, start_s=100.0)
+    first = s.take_due(100.09)
+    assert [i for _, i in first] == [0, 1, 2, 3]
+    assert [round(t, 3) for t, _ in first] == [100.0, 100.025, 100.05, 100.075]
+    # Taken late (a stall): every send due in between comes out with its own scheduled time.
+    late = s.take_due(100.51)
+    assert len(late) == 17 and all(t <= 100.51 for t, _ in late)
+    assert sorted(t for t, i in late if i == 0) == pytest.approx([100.1, 100.2, 100.3, 100.4, 100.5])
+    s.remove(2)
+    later = s.take_due(101.0)
+    assert 2 not in {i for _, i in later} and len(s) == 3
+
+
+@given(st.integers(1, 50), st.floats(0.5, 1000), st.floats(0, 5))
+def test_schedule_rate_is_exact(n: int, rate: float, span: float) -> None:
+    s = OpenSchedule(n, rate, 0.0)
+    due = s.take_due(span)
+    # Every connection sends floor(span * rate) + (1 if its offset fits) times: within one per connection.
+    assert abs(len(due) - n * span * rate) <= n + 1
+    assert all(t <= span for t, _ in due)
+
+
+@given(st.binary(min_size=1, max_size=40), st.integers(1, 6), st.data())
+def test_echo_framing_any_split(message: bytes, k: int, data: st.DataObject) -> None:
+    stream = message * k
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    r = RawReplies(message, EXPECT_ECHO)
+    total = 0
+    last = 0
+    for c in [*cuts, len(stream)]:
+        total += r.feed(stream[last:c]) if c > last else 0
+        last = c
+    assert total == k and r.dead is None and not r.partial
+
+
+def test_echo_mismatch_and_other_framings() -> None:
+    r = RawReplies(b"hello", EXPECT_ECHO)
+    assert r.feed(b"hellX") == 0 and r.dead == "reply-mismatch"
+    r = RawReplies(b"x", EXPECT_LENGTH, length=4)
+    assert (r.feed(b"abc"), r.feed(b"defgh"), r.feed(b"ijkl")) == (0, 2, 1)
+    r = RawReplies(b"x", EXPECT_END, marker=b"\r\n")
+    assert (r.feed(b"one\r"), r.feed(b"\ntwo\r\nthr"), r.feed(b"ee\r\n")) == (0, 2, 1)
+    r = RawReplies(b"x", EXPECT_CONTAINS, marker=b"OK")
+    assert r.feed(b"..O") == 0 and r.feed(b"K...OK") == 2
+
+
+def test_http_client_counts_statuses_and_pipelines() -> None:
+    t = request_template("GET", "/x", "127.0.0.1:80", (("Accept", "*/*"),), b"")
+    assert t.wire.startswith(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:80\r\n")
+    tally = Tally()
+    c = HttpClient(t, tally)
+    wire = c.message() + c.message() + c.message()
+    framer = RequestFramer()
+    assert framer.feed(wire) == 3
+    ok = fixed_response(10)
+    missing = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    assert c.feed(ok + missing[:20]) == 1
+    assert c.feed(missing[20:] + ok) == 2 and c.dead is None
+    assert tally.statuses == {"http-2xx": 2, "http-4xx": 1} and tally.errors == {"http-4xx": 1}
+
+
+def test_http_client_garbage_and_close() -> None:
+    t = request_template("POST", "/", "h", (), b"body")
+    assert b"Content-Length: 4" in t.wire and t.wire.endswith(b"body")
+    c = HttpClient(t, Tally())
+    c.message()
+    assert c.feed(b"SSH-2.0-OpenSSH\r\n\r\n") == 0 and c.dead == "bad-reply"
+    c = HttpClient(t, Tally())
+    c.message()
+    assert c.feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n") == 1
+    assert c.dead == "http-connection-close"
+    with pytest.raises(h11.LocalProtocolError):
+        request_template("GET", "/", "h", (("Bad Name", "x"),), b"")
+
+
+def test_request_framer() -> None:
+    f = RequestFramer()
+    req = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+    assert f.feed(req[:10]) == 0 and f.feed(req[10:] + req) == 2
+    f = RequestFramer()
+    assert f.feed(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n") == 1 and f.close
+    f = RequestFramer()
+    assert f.feed(b"garbage\r\n\r\n") == 0 and f.refusal is not None and f.close
+    f = RequestFramer()
+    assert f.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == 0 and f.refusal is not None
+
+
+def test_websocket_round_trip_ping_and_close() -> None:
+    for opcode, message in (("text", b"hi"), ("binary", b"\x00\xff"), ("ping", b"p")):
+        tally = Tally()
+        c = WsClient("127.0.0.1:9", "/", message, opcode, tally)
+        s = WsEchoServer()
+        assert c.feed(s.feed(c.opening())) == 0 and c.ready
+        for _ in range(3):
+            assert c.feed(s.feed(c.message())) == 1
+        assert tally.statuses == {"ws-handshake-ok": 1}
+
+
+def test_websocket_rejected_by_plain_http() -> None:
+    c = WsClient("h", "/", b"x", "text", Tally())
+    c.opening()
+    c.feed(fixed_response(5))
+    assert c.dead == "ws-rejected-http-200"
+    s = WsEchoServer()
+    out = s.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400") and s.closing
+
+
+@given(st.integers(0, 10**9))
+def test_hdr_round_is_the_histograms_bucket(us: int) -> None:
+    h = new_histogram()
+    v = max(1, min(us, 600_000_000))
+    h.record_value(v)
+    assert h.get_value_at_percentile(100) == h.get_highest_equivalent_value(hdr_round(v))
+
+
+def test_merge_and_subtract() -> None:
+    a = {"sent": 10, "replies": 9, "window_replies": 8, "window_s": 2.0, "errors": {"reply-timeout": 1},
+         "errors_by_source": {"127.0.0.2": 1}, "latency_us": {100: 5, 200: 3}, "ttfb_us": {90: 8}, "done": True}
+    b = {"sent": 5, "replies": 5, "window_replies": 5, "window_s": 2.1, "errors": {"reply-timeout": 2},
+         "latency_us": {100: 1}, "done": False}
+    t = merge([a, b, {}])
+    assert (t.workers, t.workers_done, t.sent, t.replies, t.window_replies) == (2, 1, 15, 14, 13)
+    assert t.window_s == 2.1 and t.errors == {"reply-timeout": 3} and t.errors_total == 3
+    assert t.latency.get_total_count() == 9 and t.ttfb.get_total_count() == 8
+    assert subtract({100: 6, 200: 3}, {100: 5}) == {100: 1, 200: 3}
+    h = new_histogram()
+    record(h, {1000: 99, 500_000: 1})
+    p = percentiles_ms(h)
+    assert p["p50"] == pytest.approx(1.0, rel=0.01) and p["max"] == pytest.approx(500, rel=0.01)

@@ -1,0 +1,222 @@
+"""Traffic against real servers on loopback: nginx (HTTP keep-alive, 20K connections in the slow
+test) and an independent WebSocket echo server built on the `websockets` library.
+
+Each server is started by the test in a private temp dir on a free loopback port, bounded in time,
+and stopped by its pid in a fixture's finally. nginx tests skip (with the reason) when nginx is
+absent: CI installs nginx-light (.ci/run).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+import loopfan.commands.run as run_command
+from loopfan.cli import main
+from loopfan.hostfacts import raise_nofile_soft_limit
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+Block = Callable[[], str]
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile {nofile};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+user root;
+events {{ worker_connections {conns}; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {{
+        listen {address}:{port} reuseport backlog=65535;
+        location / {{ {deny} return 200 "hello from nginx\\n"; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fd_limit() -> None:
+    raise_nofile_soft_limit()
+
+
+def _wait_listening(address: str, port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection((address, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {address}:{port}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """By pid: TERM (nginx's fast shutdown ends its workers too), then KILL."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.fixture
+def nginx(tmp_path: Path, loopback_block: Block) -> Iterator[Callable[..., str]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(workers: int = 4, nofile: int = 20_000, conns: int = 19_000, deny: str = "") -> str:
+        assert NGINX is not None
+        d = tmp_path / f"nginx{len(procs)}"
+        d.mkdir()
+        address = f"{loopback_block()}1"
+        port = free_port(address)
+        conf = d / "nginx.conf"
+        refuse = f'if ($remote_addr = "{deny}") {{ return 403; }}' if deny else ""
+        conf.write_text(NGINX_CONF.format(workers=workers, nofile=nofile, conns=conns, dir=d, address=address,
+                                          port=port, deny=refuse))
+        proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        _wait_listening(address, port, proc, "nginx")
+        return f"http://{address}:{port}/"
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+def run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:
+    out = tmp_path / "run.json"
+    status = main(["run", *argv, "--json", str(out), "-q"])
+    printed = capsys.readouterr()
+    return status, json.loads(out.read_text()), printed.out + printed.err
+
+
+@needs_nginx
+def test_nginx_keepalive_small(nginx: Callable[..., str], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    url = nginx(workers=2)
+    status, rep, text = run_json(tmp_path, capsys, "-c", "2000", url, "--duration", "1s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0 and tr["statuses"] == {"http-2xx": tr["replies"]}
+    assert tr["messages_per_s"] > 1000 and tr["latency_ms"]["p99"] < 2000
+
+
+@needs_nginx
+@pytest.mark.slow
+def test_nginx_20k_keepalive_connections(nginx: Callable[..., str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """20,000 keep-alive connections over several source addresses to 4 nginx workers (reuseport
+    spreads them, 5K each, under each worker's own fd limit): zero errors, plausible latency."""
+    url = nginx(workers=4)
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20k", url, "--sources", "127.0.0.2-127.0.0.9",
+                                 "--duration", "2s", "--reply-timeout", "20s")
+    assert status == 0, text
+    assert rep["established"] == 20_000 and rep["sources_used"] >= 2
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0, tr["error_causes"]
+    # Every connection answered (a closed loop starts with one request on each), none lost.
+    assert tr["replies"] >= 20_000 and tr["unanswered_at_end"] == 0
+    assert tr["connections_talking_at_start"] == tr["connections_talking_at_end"] == 20_000
+    assert tr["latency_ms"]["p50"] < 5000 and tr["latency_ms"]["max"] < 20_000
+
+
+@needs_nginx
+def test_nginx_refusing_one_source_is_obvious(nginx: Callable[..., str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiny fill ratio makes the planner spread 300 connections over all three sources.
+    monkeypatch.setattr(run_command, "PlanRequest", functools.partial(run_command.PlanRequest, fill_ratio=0.004))
+    url = nginx(workers=1, deny="127.0.0.3")
+    status, rep, text = run_json(tmp_path, capsys, "-c", "300", url, "--sources", "127.0.0.2-127.0.0.4",
+                                 "--duration", "0.5s")
+    assert status == 1
+    tr = rep["traffic"]
+    assert set(tr["errors"]) == {"http-4xx"} and tr["statuses"]["http-2xx"] > 0
+    assert list(tr["errors_by_source"]) == ["127.0.0.3"] and tr["sources_with_errors"] == 1
+    assert "127.0.0.3" in text
+
+
+@needs_nginx
+def test_nginx_out_of_connections_is_obvious(nginx: Callable[..., str], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # One worker allowed 200 connections: the other 200 are accepted by the kernel, then dropped
+    # by nginx ("worker_connections are not enough") - the report must name the server's limit.
+    url = nginx(workers=1, nofile=300, conns=200)
+    _, rep, text = run_json(tmp_path, capsys, "-c", "400", url, "--duration", "0.5s", "--reply-timeout", "1s")
+    assert rep["established"] == 400
+    tr = rep["traffic"]
+    # nginx closes the connections it has no room for (some at once, some when it needs the slot):
+    # before the traffic (the run's closed-by-peer) or during it (the traffic's errors).
+    lost = rep["established"] - tr["connections_talking_at_start"] + tr["errors_total"]
+    assert 150 <= lost <= 250, (rep["failed"], tr["errors"])
+    assert "worker_connections" in text
+
+
+WS_SERVER = r"""
+import asyncio, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    async with serve(echo, sys.argv[1], int(sys.argv[2]), max_queue=None, compression=None):
+        print("ready", flush=True)
+        await asyncio.sleep(120)  # bounded even if the test forgets it
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def ws_server(loopback_block: Block) -> Iterator[str]:
+    pytest.importorskip("websockets")
+    address = f"{loopback_block()}1"
+    port = free_port(address)
+    proc = subprocess.Popen([sys.executable, "-c", WS_SERVER, address, str(port)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        yield f"ws://{address}:{port}/"
+    finally:
+        _stop(proc)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_websockets_library_echo_server(ws_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, rep, text = run_json(tmp_path, capsys, "-c", "3000", ws_server, "--duration", "1s",
+                                 "--reply-timeout", "15s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0 and tr["statuses"]["ws-handshake-ok"] == 3000
+    assert tr["replies_in_window"] > 3000
