@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, write_json
-from loopfan.engine import protocol as P
+from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.serve import BuiltinServer, shard_endpoints
 from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
 from loopfan.planner import PlanRequest, plan
@@ -21,13 +21,15 @@ from loopfan.planner import PlanRequest, plan
               "Default: the endpoints `loopfan plan -c N` chooses.")
 @click.option("-c", "--connections", type=COUNT, default=100_000, show_default=True,
               help="Connections to be ready for: decides how many processes share the endpoints.")
-@click.option("--mode", type=click.Choice(["hold", "echo", "discard"]), default="hold", show_default=True)
+@click.option("--mode", type=click.Choice(["hold", "echo", "discard", "http", "ws"]), default="hold", show_default=True)
+@click.option("--response-size", type=click.IntRange(min=0), default=128, show_default=True, metavar="BYTES",
+              help="Mode http: the response body size.")
 @click.option("--duration", type=DURATION, default=None, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--json", "json_path", metavar="FILE", help="Write final counts as JSON when stopping.")
 @click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
               help="At most N connections per server process.")
 @allow_option
-def command(listen: tuple[str, ...], connections: int, mode: str, duration: float | None,
+def command(listen: tuple[str, ...], connections: int, mode: str, response_size: int, duration: float | None,
             json_path: str | None, per_process: int | None, allow_non_loopback: bool) -> int:
     """Run loopfan's built-in server on many loopback addresses (hold, echo or discard)."""
     raise_nofile_soft_limit()
@@ -39,7 +41,7 @@ def command(listen: tuple[str, ...], connections: int, mode: str, duration: floa
         p = plan(PlanRequest(connections=connections, max_per_process=per_process), facts)
         shards = p.server_shards
     console = Console(stderr=True)
-    server = BuiltinServer(shards, P.ServerConfig(mode=mode))
+    server = BuiltinServer(shards, server_config(mode, response_size))
     stop = {"signal": ""}
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -13,7 +13,7 @@ from loopfan import costs
 from loopfan.engine import protocol as P
 from loopfan.engine.fleet import Fleet
 from loopfan.engine.runner import Totals
-from loopfan.engine.server import server_main
+from loopfan.engine.traffic_server import server_main_for
 from loopfan.errors import HostError
 from loopfan.hostfacts import HostFacts, read_host_facts
 from loopfan.planner import ServerShard
@@ -62,7 +62,7 @@ class BuiltinServer:
 
     def start(self, timeout_s: float = 15.0) -> BuiltinServer:
         for shard in self.shards:
-            self.fleet.spawn("server", shard.index, server_main, shard, self.config)
+            self.fleet.spawn("server", shard.index, server_main_for(self.config), shard, self.config)
         self._started = True
         ok = self.fleet.wait_until(lambda: all(w.state != "starting" for w in self.fleet.workers), timeout_s)
         errors = [w.error for w in self.fleet.workers if w.state in ("error", "dead")]
