@@ -48,6 +48,7 @@ http {{
 
 def loopfan(*argv: str) -> int:
     print("$ loopfan", " ".join(argv), flush=True)
+    sys.argv = ["loopfan", *argv]  # run records sys.argv as the report's command line
     status = main(list(argv))
     print(f"-> exit {status}", flush=True)
     return status
