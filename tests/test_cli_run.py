@@ -282,6 +282,22 @@ def test_sigterm_while_holding_stops_every_worker(
     assert not sockets_on(prefix)
 
 
+def test_workers_die_with_a_killed_run(
+    loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """kill -9 of `loopfan run` itself: no handler runs, yet its workers go too (PR_SET_PDEATHSIG)."""
+    eps = endpoints(loopback_block, 2)
+    with BuiltinServer.on(eps, capacity=2000) as server:
+        proc = spawn("-m", "loopfan", "run", "-c", "2000", target_text(eps), "--per-process", "1000",
+                     "--hold", "30s", "-q")
+        children = wait_for(lambda: len(child_pids(proc.pid)) == 2 and child_pids(proc.pid), "2 client workers")
+        wait_for(lambda: server.poll(0.05).established == 2000, "every connection")
+        proc.kill()
+        assert proc.wait(SUBPROCESS_TIMEOUT_S) == -signal.SIGKILL
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), "the workers to go")
+        wait_for(lambda: server.poll(0.05).open == 0, "the server to see every connection close")
+
+
 class StderrWatch:
     """Reads what a process has written to stderr so far, without blocking."""
 
