@@ -258,6 +258,7 @@ def test_sigint_while_connecting_writes_the_partial_report(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # waits for a progress line, printed every 2 s
 def test_sigterm_while_holding_stops_every_worker(
     loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:

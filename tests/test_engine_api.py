@@ -21,6 +21,7 @@ from loopfan.engine.client import bind_socket
 from loopfan.engine.report import report_dict
 from loopfan.engine.runner import Progress, RunConfig, RunResult, run_plan
 from loopfan.engine.serve import BuiltinServer
+from loopfan.errors import HostError
 from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
 from loopfan.planner import Plan, PlanRequest, plan
 from loopfan.pools import Endpoint, parse_endpoints, parse_pool
@@ -176,7 +177,7 @@ def test_builtin_server_refuses_a_taken_endpoint(loopback_block: Block) -> None:
     (ep,) = endpoints(loopback_block, 1)
     with socket.create_server((ep.address, ep.port)):
         server = BuiltinServer.on((ep,), capacity=10)
-        with pytest.raises(Exception, match=f"cannot listen on {ep.address}:{ep.port}"):
+        with pytest.raises(HostError, match=f"cannot listen on {ep.address}:{ep.port}"):
             server.start()
     assert not server.pids or not any(_alive(pid) for pid in server.pids)
 
