@@ -151,6 +151,19 @@ def test_json_to_stdout(loopback_block: Block, capsys: pytest.CaptureFixture[str
     assert rep["established"] == 100
 
 
+def test_nothing_listening_is_counted_not_raised(loopback_block: Block, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (ep,) = endpoints(loopback_block, 1)  # a free port: nothing listens there
+    out = tmp_path / "run.json"
+    status = main(["run", "-c", "300", str(ep), "--json", str(out), "-q"])
+    rep = json.loads(out.read_text())
+    assert status == 1
+    assert (rep["established"], rep["failed"], rep["failed_total"]) == (0, {"ECONNREFUSED": 300}, 300)
+    (failure,) = rep["failures"]
+    assert failure["cause"] == "ECONNREFUSED" and failure["meaning"] and failure["fix"]
+    assert "ECONNREFUSED" in capsys.readouterr().out
+
+
 # --- refusals ------------------------------------------------------------------------------------------
 
 

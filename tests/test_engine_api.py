@@ -238,6 +238,23 @@ def test_run_against_a_target_server(loopback_block: Block) -> None:
     assert_nothing_left_on(p)
 
 
+def test_run_over_ipv6_loopback() -> None:
+    """::1 is one address: every connection leaves from ::1 itself; /proc/net/tcp6 shows them."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    eps = parse_endpoints(f"[::1]:{port}")
+    p = plan(PlanRequest(connections=1000, targets=eps, max_per_process=500), read_host_facts())
+    assert p.sources == ("::1",) and len(p.client_shards) == 2
+    with BuiltinServer.on(eps, capacity=1000):
+        sampler = HoldSampler(p)
+        result = run_plan(p, RunConfig(hold_s=0.1), on_progress=sampler)
+    assert (result.client.established, result.client.failed, result.exit_status) == (1000, {}, 0)
+    assert sampler.pairs is not None
+    client_end, server_end = kernel_groups(sampler.pairs, p)
+    assert client_end == server_end == planned_groups(p)
+
+
 # --- failures: a worker killed, the server under test stopped --------------------------------------
 
 
