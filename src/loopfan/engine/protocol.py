@@ -44,6 +44,7 @@ class ClientConfig:
 class ServerConfig:
     mode: str = "hold"  # hold | echo | discard
     backlog: int = 65535  # the kernel caps it at net.core.somaxconn
+    accept_coalesce_s: float = 0.002  # hold mode: pause after an accept burst (see server.py)
     report_interval_s: float = 0.25
 
 
