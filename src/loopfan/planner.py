@@ -31,6 +31,7 @@ from loopfan.pools import (
 )
 
 DEFAULT_LISTEN_POOL = parse_pool(costs.DEFAULT_LISTEN_POOL_TEXT)
+_LISTEN_BLOCK = parse_pool("127.100.0.0/16")  # the default listen pool's whole block
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,9 +293,14 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
                 f"the listen pool has {len(targets)} addresses but the server needs {server_processes} "
                 "processes (one address each); give a larger --listen pool"
             )
+        # Clients never leave from the server's addresses, nor (by default) from its block, so that
+        # a capture filter on the listen block (127.100.0.0/16) shows exactly the server side.
         sources_pool = sources_pool.without(
             AddressPool(tuple(sorted((_v4(t.address),) * 2 for t in targets if not t.is_ipv6)))
         )
+        if request.sources == DEFAULT_SOURCE_POOL:
+            block = _LISTEN_BLOCK if listen_pool == DEFAULT_LISTEN_POOL else listen_pool
+            sources_pool = sources_pool.without(block)
         # Loads are filled in from the client groups below.
         server_shards = tuple(ServerShard(i, (targets[i],), 0) for i in range(server_processes))
     else:
