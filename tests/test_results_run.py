@@ -191,7 +191,12 @@ def test_prometheus_is_scraped_during_a_run(listen_and_sources: list[str]) -> No
 
     def scrape() -> None:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any("loopfan_connections_open 500" in s for s in scraped):
+        # Until one scrape shows the held connections and an interval's latency (the first interval
+        # sample may come after the ramp is already done).
+        def complete(s: str) -> bool:
+            return "loopfan_connections_open 500" in s and "loopfan_connect_latency_seconds{quantile=" in s
+
+        while time.monotonic() < deadline and not any(complete(s) for s in scraped):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                     scraped.append(r.read().decode())
@@ -204,7 +209,7 @@ def test_prometheus_is_scraped_during_a_run(listen_and_sources: list[str]) -> No
         assert run(["-c", "500", "--hold", "2s", *listen_and_sources, "--prometheus", f"127.0.0.1:{port}"]) == 0
     finally:
         t.join(25)
-    body = scraped[-1]
+    body = next((s for s in scraped if "loopfan_connect_latency_seconds{quantile=" in s), scraped[-1])
     assert "loopfan_connections_open 500.0" in body or "loopfan_connections_open 500" in body
     assert "loopfan_connections_target 3000" not in body and "loopfan_connections_target 500" in body
     assert 'loopfan_phase{phase="' in body and "loopfan_connect_latency_seconds{quantile=" in body

@@ -78,6 +78,8 @@ def exit_status(result: RunResult) -> int:
     status = result.exit_status
     if status == 0 and result.client.established < result.plan.request.connections:
         return 1
+    if status == 0 and result.client.failed_total:
+        return 1  # held connections lost (closed or reset by the server) count as failures too
     if status == 0 and result.traffic is not None and result.traffic.errors_total:
         return 1
     return status

@@ -60,7 +60,8 @@ CAUSES: dict[str, Cause] = {
         Cause(
             "closed-by-peer",
             "the server closed an established connection while loopfan held it",
-            "look at the server's logs: it may limit connections per client or have stopped",
+            "look at the server's logs: it may have stopped, hit its own connection or open-file limit "
+            "(nginx worker_connections, ulimit -n), timed out idle connections, or limit connections per client",
         ),
         Cause("worker-died", "a loopfan worker process died; its connections were lost", "see the worker error"),
     )

@@ -66,6 +66,8 @@ class Snapshot:
     bytes_out: int = 0
     # The first failures' 4-tuples: (cause, source, source port, destination, destination port).
     failed_samples: list[tuple[str, str, int, str, int]] = field(default_factory=list)
+    # Failures per source address: an address whose groups ran out of ports stands out.
+    failed_by_source: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,4 +84,5 @@ class Snapshot:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "failed_samples": list(self.failed_samples),
+            "failed_by_source": dict(self.failed_by_source),
         }

@@ -56,6 +56,11 @@ def first_limit_hit(result: RunResult) -> dict[str, Any] | None:
         if cause in _LIMIT_OF_CAUSE and count:
             c = explain(cause)
             return {"resource": _LIMIT_OF_CAUSE[cause], "cause": cause, "count": count, "fix": c.fix}
+    short = result.plan.request.connections - result.plan.connections
+    lim = result.plan.first_limit
+    if short > 0 and lim is not None:
+        # --force ran a plan that could not hold N: the plan's own first limit is what stopped it.
+        return {"resource": lim.resource, "cause": "not-planned", "count": short, "fix": lim.fix}
     return None
 
 
@@ -147,6 +152,15 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         {"cause": cause, "count": n, "meaning": explain(cause).meaning, "fix": explain(cause).fix}
         for cause, n in sorted(c.failed.items(), key=lambda kv: -kv[1])
     ]
+    not_planned = plan.request.connections - plan.connections
+    if not_planned > 0 and plan.first_limit is not None:
+        lim = plan.first_limit
+        failures.append({
+            "cause": "not-planned", "count": not_planned,
+            "meaning": f"never attempted: with --force the plan held only {plan.connections:,} ({lim.resource}: "
+                       f"{lim.detail})",
+            "fix": lim.fix,
+        })
     server: dict[str, Any] | None = None
     if result.server is not None:
         server = {
@@ -190,6 +204,10 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             {"source": g.source, "target": str(g.target), "display_filter": f"ip.addr=={g.source}",
              "capture_filter": f"host {g.source}"}
             for g in plan.isolated
+        ],
+        "failures_by_source": [
+            {"source": src, "failed": n, "display_filter": f"ip.addr=={src}"}
+            for src, n in sorted(result.client.failed_by_source.items(), key=lambda kv: -kv[1])[:FAILED_LISTED]
         ],
         "failed_connections": [
             {"cause": cause, "source": src, "source_port": sport, "target": f"{dst}:{dport}",

@@ -76,6 +76,7 @@ class Totals:
     failed: dict[str, int] = field(default_factory=dict)
     # (cause, source, source port, destination, destination port) of the first failures per worker.
     failed_samples: list[tuple[str, str, int, str, int]] = field(default_factory=list)
+    failed_by_source: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, workers: list[Worker]) -> Totals:
@@ -98,6 +99,8 @@ class Totals:
             for cause, n in s["failed"].items():
                 t.failed[cause] = t.failed.get(cause, 0) + n
             t.failed_samples.extend(s.get("failed_samples", ()))
+            for source, n in s.get("failed_by_source", {}).items():
+                t.failed_by_source[source] = t.failed_by_source.get(source, 0) + n
         return t
 
     @property

@@ -83,8 +83,11 @@ class WorkerBase:
     def fail(self, cause: str, where: tuple[str, int, str, int] | None = None) -> None:
         """Count a failure; keep the first few 4-tuples (source, sport, dest, dport) for captures."""
         self.snap.failed[cause] = self.snap.failed.get(cause, 0) + 1
-        if where is not None and len(self.snap.failed_samples) < P.FAILED_SAMPLES_PER_WORKER:
-            self.snap.failed_samples.append((cause, *where))
+        if where is not None:
+            by_source = self.snap.failed_by_source
+            by_source[where[0]] = by_source.get(where[0], 0) + 1
+            if len(self.snap.failed_samples) < P.FAILED_SAMPLES_PER_WORKER:
+                self.snap.failed_samples.append((cause, *where))
 
     # -- talking to the parent ------------------------------------------------------------------
     def send(self, kind: str, payload: object) -> None:
