@@ -27,6 +27,7 @@ from loopfan.engine.runner import RunConfig, RunResult, run_plan
 from loopfan.errors import HostError, UsageError
 from loopfan.hostfacts import HostFacts, raise_nofile_soft_limit, read_host_facts
 from loopfan.planner import Plan, PlanRequest, plan
+from loopfan.pools import parse_pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +75,16 @@ def execute(opts: RunOptions, console: Console, argv: list[str]) -> tuple[RunRes
     return result, rep
 
 
+def parse_listen(text: str | None) -> dict[str, Any]:
+    """--listen POOL:PORT -> PlanRequest keyword arguments for the built-in server's endpoints."""
+    if text is None:
+        return {}
+    pool_text, sep, port_text = text.rpartition(":")
+    if not sep or not pool_text or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise UsageError(f"--listen {text!r}: write ADDRESSES:PORT, e.g. 127.101.0.0/16:9000")
+    return {"listen_pool": parse_pool(pool_text), "listen_port": int(port_text)}
+
+
 def exit_status(result: RunResult) -> int:
     status = result.exit_status
     if status == 0 and result.client.established < result.plan.request.connections:
@@ -98,6 +109,9 @@ def exit_status(result: RunResult) -> int:
               "(default: until Ctrl-C on a terminal, 0 otherwise).")
 @click.option("--connect-timeout", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
               help="Give up on a connection not established within this.")
+@click.option("--listen", metavar="POOL:PORT", default=None,
+              help="Where the built-in server listens (with no TARGET), one address per server process: "
+              "default 127.100.0.1-127.100.255.254:7070. E.g. 127.101.0.0/16:9000 for a second run at once.")
 @click.option("--mode", type=click.Choice(["hold", "echo", "discard", "http", "ws"]), default="hold",
               show_default=True,
               help="Built-in server mode (with no TARGET).")
@@ -123,6 +137,7 @@ def command(
     quiet: bool,
     force: bool,
     isolate: int,
+    listen: str | None,
     per_process: int | None,
     output: OutputOptions,
     **traffic_kw: Any,
@@ -145,6 +160,7 @@ def command(
         sources=build_sources(sources, allow_non_loopback),
         max_per_process=per_process,
         isolate=isolate,
+        **parse_listen(listen),
     )
     config = RunConfig(
         hold_s=hold_s,
