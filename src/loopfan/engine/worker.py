@@ -53,6 +53,7 @@ class WorkerBase:
         self.pipe = pipe
         self.snap = P.Snapshot()
         self.latency: dict[int, int] = {}  # microseconds -> count, since the last report
+        self._settled = 0  # snap.established when settle() last ran
         self.report_interval_s = report_interval_s
         self._next_report = 0.0
         self.epoll = select.epoll()
@@ -70,15 +71,21 @@ class WorkerBase:
 
     # -- counting -------------------------------------------------------------------------------
     def established(self) -> None:
+        self.snap.established += 1
+        self.snap.open += 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Update the peak and the first/last-established times after counts changed."""
         snap = self.snap
-        snap.established += 1
-        snap.open += 1
         if snap.open > snap.peak_open:
             snap.peak_open = snap.open
-        now = time.time()
-        if snap.first_established_s is None:
-            snap.first_established_s = now
-        snap.last_established_s = now
+        if snap.established and snap.established != self._settled:
+            self._settled = snap.established
+            now = time.time()
+            if snap.first_established_s is None:
+                snap.first_established_s = now
+            snap.last_established_s = now
 
     def fail(self, cause: str, where: tuple[str, int, str, int] | None = None) -> None:
         """Count a failure; keep the first few 4-tuples (source, sport, dest, dport) for captures."""
