@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -267,7 +268,7 @@ def _read_linux(run: CommandRunner) -> HostFacts:
         kernel=os.uname().release,
         cpu_count=os.cpu_count() or 1,
         port_range=parse_port_range(_read("/proc/sys/net/ipv4/ip_local_port_range") or "") or (32768, 60999),
-        bind_no_port=hasattr(__import__("socket"), "IP_BIND_ADDRESS_NO_PORT"),
+        bind_no_port=hasattr(socket, "IP_BIND_ADDRESS_NO_PORT"),
         nofile_soft=soft,
         nofile_hard=hard,
         nofile_hard_raisable=_nofile_hard_raisable(),
