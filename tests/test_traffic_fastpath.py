@@ -9,8 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, Request, TextMessage
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request, TextMessage
 
+from loopfan.traffic.http import HttpClient, KnownHeads, fixed_response, request_template
 from loopfan.traffic.tally import Tally
 from loopfan.traffic.ws import (
     BINARY,
@@ -58,7 +59,6 @@ def open_server() -> WSConnection:
     server.receive_data(client.send(Request(host="h", target="/")))
     for ev in server.events():
         if isinstance(ev, Request):
-            from wsproto.events import AcceptConnection
             client.receive_data(server.send(AcceptConnection()))
             list(client.events())
     return server
@@ -243,3 +243,74 @@ def test_big_messages_go_through_wsproto() -> None:
     assert wire[1] & 0x7F == 127
     back = s.feed(wire)
     assert not s.fast and c.feed(back) == 1 and not c.fast
+
+
+# -- HTTP: known response heads against h11 --------------------------------------------------------
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    status = draw(st.sampled_from([100, 200, 201, 204, 301, 304, 404, 500, 503]))
+    version = draw(st.sampled_from(["1.1", "1.1", "1.1", "1.0"]))
+    framing = draw(st.sampled_from(["length", "length", "length", "chunked", "none"]))
+    body = draw(st.binary(max_size=30))
+    headers = [("Server", "test"), ("Date", draw(st.sampled_from(["Wed, 25 Nov 2026 20:00:00 GMT",
+                                                                    "Wed, 25 Nov 2026 20:00:01 GMT"])))]
+    if draw(st.integers(0, 9)) == 0:
+        headers.append(("Connection", "close"))
+    if draw(st.integers(0, 9)) == 0:
+        headers.append(("X-Odd", draw(st.sampled_from(["a\x00b", " lead", "ok value", "\x7f"]))))
+    if framing == "length":
+        headers.append(("Content-Length", str(len(body))))
+        wire_body = body
+    elif framing == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+        wire_body = (f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+    else:
+        wire_body = b""
+    head = f"HTTP/{version} {status} Whatever\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    return head.encode("latin-1") + wire_body
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(responses(), min_size=1, max_size=5), st.sampled_from(["GET", "POST", "HEAD"]), st.integers(-1, 0),
+       st.data())
+def test_known_heads_frame_as_h11_does(answers: list[bytes], method: str, fewer: int, data: st.DataObject) -> None:
+    template = request_template(method, "/", "h", (), b"body" if method == "POST" else b"")
+    stream = b"".join(answers)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+    known = KnownHeads()
+    results = []
+    for fast in (True, False):
+        tally = Tally()
+        c = HttpClient(template, tally, known)
+        c.fast = c.fast and fast  # False: h11 for every response, the reference
+        for _ in range(max(0, len(answers) + fewer)):
+            assert c.message() == template.wire
+        dones = []
+        last = 0
+        for cut in [*cuts, len(stream)]:
+            if c.dead is not None:
+                break
+            if cut == last:
+                continue  # the worker never feeds b"" (h11 would read it as the peer's close)
+            dones.append(c.feed(stream[last:cut]))
+            last = cut
+        results.append((dones, c.dead, tally.statuses, tally.errors))
+    assert results[0] == results[1]
+
+
+def test_known_heads_skip_h11_and_stay_bounded() -> None:
+    template = request_template("GET", "/", "h", (), b"")
+    known = KnownHeads(max_entries=2)
+    c = HttpClient(template, Tally(), known)
+    ok = fixed_response(10)
+    for _ in range(3):
+        c.message()
+    assert c.feed(ok * 2 + ok[:12]) == 2 and c.partial and c.fast
+    assert c.feed(ok[12:]) == 1 and not c.partial and c.fast and list(known.heads) == [ok[:-10]]
+    for i in range(5):
+        known.lookup(f"HTTP/1.1 200 OK\r\nX: {i}\r\nContent-Length: 0\r\n\r\n".encode(), template)
+    assert len(known.heads) <= 2
+    # HEAD and Connection: close requests: h11 from the start.
+    assert not HttpClient(request_template("HEAD", "/", "h", (), b""), Tally()).fast
+    assert not HttpClient(request_template("GET", "/", "h", (("Connection", "close"),), b""), Tally()).fast

@@ -24,7 +24,7 @@ from loopfan.engine.causes import cause_for
 from loopfan.engine.client import ClientWorker
 from loopfan.planner import ClientShard
 from loopfan.traffic.config import TrafficConfig
-from loopfan.traffic.http import HttpClient, request_template
+from loopfan.traffic.http import HttpClient, KnownHeads, request_template
 from loopfan.traffic.raw import RawReplies
 from loopfan.traffic.schedule import OpenSchedule
 from loopfan.traffic.tally import Tally
@@ -102,6 +102,7 @@ class TrafficClientWorker(ClientWorker):
         self.go_traffic = False
         self._schedule: OpenSchedule | None = None
         self._template: Any = None
+        self._known = KnownHeads()  # response heads h11 accepted, shared by this worker's connections
         self._host = ""
         self._phase_start = 0.0
         self.talking_at_start = 0
@@ -156,7 +157,7 @@ class TrafficClientWorker(ClientWorker):
         if tc.kind == "raw":
             return RawReplies(tc.message, tc.expect, tc.expect_length, tc.expect_marker)
         if tc.kind == "http":
-            return HttpClient(self._template, self.tally)
+            return HttpClient(self._template, self.tally, self._known)
         return WsClient(self._host, tc.path, tc.message, tc.ws_opcode, self.tally)
 
     def _drop(self, conn: Conn, cause: str) -> None:
