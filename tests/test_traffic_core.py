@@ -109,8 +109,12 @@ def test_request_framer() -> None:
     assert f.feed(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n") == 1 and f.close
     f = RequestFramer()
     assert f.feed(b"garbage\r\n\r\n") == 0 and f.refusal is not None and f.close
+    assert f.refusal == b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    # Chunked bodies: the scan cannot frame them, h11 does (for the rest of the connection).
     f = RequestFramer()
-    assert f.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == 0 and f.refusal is not None
+    chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    assert f.feed(req + chunked[:30]) == 1 and f.feed(chunked[30:] + req) == 2
+    assert f.refusal is None and not f.close
 
 
 def test_websocket_round_trip_ping_and_close() -> None:

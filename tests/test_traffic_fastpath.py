@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request, TextMessage
 
-from loopfan.traffic.http import HttpClient, KnownHeads, fixed_response, request_template
+from loopfan.traffic.http import HttpClient, KnownHeads, RequestFramer, fixed_response, request_template
 from loopfan.traffic.tally import Tally
 from loopfan.traffic.ws import (
     BINARY,
@@ -314,3 +314,29 @@ def test_known_heads_skip_h11_and_stay_bounded() -> None:
     # HEAD and Connection: close requests: h11 from the start.
     assert not HttpClient(request_template("HEAD", "/", "h", (), b""), Tally()).fast
     assert not HttpClient(request_template("GET", "/", "h", (("Connection", "close"),), b""), Tally()).fast
+
+
+# -- the built-in server's request framer: the scan, and h11 where the scan cannot decide ------------
+
+requests = st.one_of(
+    st.binary(max_size=20).map(lambda b: b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)),
+    st.just(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+    st.lists(st.binary(min_size=1, max_size=9), max_size=3).map(
+        lambda parts: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(requests, min_size=1, max_size=6), st.data())
+def test_request_framer_counts_every_request_any_split(reqs: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(reqs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    f = RequestFramer()
+    n = 0
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        if cut > last:
+            n += f.feed(stream[last:cut])
+        last = cut
+    assert (n, f.refusal, f.close) == (len(reqs), None, False)

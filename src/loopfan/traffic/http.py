@@ -12,14 +12,16 @@ serialization of the same request, and h11 is told about each one when its cycle
 and the state machine always agree.
 
 The built-in server must not be the bottleneck of our own benchmarks, so its framer is small and
-fast: it finds the end of each request head, honours Content-Length, refuses what it does not
-support (chunked request bodies) with a status and a close, and answers every request with the same
-prepared response.
+fast: it finds the end of each request head, honours Content-Length, and answers every request with
+the same prepared response. What the scan cannot decide (chunked bodies, a first line that is not
+HTTP/1.x, a bad Content-Length) goes to an h11 server connection for the rest of the connection,
+which frames the requests or names the error status.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import h11
 
@@ -265,8 +267,6 @@ def fixed_response(body_bytes: int) -> bytes:
     return head + body
 
 
-BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-NOT_IMPLEMENTED = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -274,14 +274,17 @@ class RequestFramer:
     """Counts complete requests in a byte stream. After feed(): `close` means answer, then close,
     and `refusal` (if set) is the error response to send instead of any further answers."""
 
-    __slots__ = ("buf", "close", "refusal")
+    __slots__ = ("buf", "close", "conn", "refusal")
 
     def __init__(self) -> None:
         self.buf = b""
         self.close = False
         self.refusal: bytes | None = None
+        self.conn: h11.Connection | None = None  # set when the scan could not decide: h11 from then on
 
     def feed(self, data: bytes) -> int:
+        if self.conn is not None:
+            return self._feed_h11(data)
         buf = self.buf + data if self.buf else data
         n = 0
         while True:
@@ -296,28 +299,19 @@ class RequestFramer:
             line_end = head.find(b"\r\n")
             first = head if line_end < 0 else head[:line_end]
             if b" HTTP/1." not in first:
-                self.refusal = BAD_REQUEST
-                self.close = True
-                buf = b""
-                break
+                return n + self._to_h11(buf)
             body_len = 0
             if line_end >= 0:
                 low = head[line_end:].lower()
                 if b"transfer-encoding:" in low:
-                    self.refusal = NOT_IMPLEMENTED
-                    self.close = True
-                    buf = b""
-                    break
+                    return n + self._to_h11(buf)
                 i = low.find(b"\r\ncontent-length:")
                 if i >= 0:
                     j = low.find(b"\r\n", i + 2)
                     try:
                         body_len = int(low[i + 17 : j if j >= 0 else None])
                     except ValueError:
-                        self.refusal = BAD_REQUEST
-                        self.close = True
-                        buf = b""
-                        break
+                        return n + self._to_h11(buf)
                 if b"\r\nconnection: close" in low:
                     self.close = True
             if first.endswith(b"HTTP/1.0") and b"keep-alive" not in head.lower():
@@ -331,4 +325,37 @@ class RequestFramer:
                 buf = b""
                 break
         self.buf = buf
+        return n
+
+    def _to_h11(self, rest: bytes) -> int:
+        """h11 for the rest of the connection, from a request boundary."""
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        self.buf = b""
+        return self._feed_h11(rest)
+
+    def _feed_h11(self, data: bytes) -> int:
+        conn = self.conn
+        assert conn is not None
+        n = 0
+        try:
+            conn.receive_data(data)
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA or ev is h11.PAUSED or type(ev) is h11.ConnectionClosed:
+                    break
+                if type(ev) is h11.EndOfMessage:
+                    n += 1
+                    # h11 is told of a 200 only to move its state machine on (its keep-alive
+                    # decision does not depend on the body); the wire gets the prepared response.
+                    conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
+                    conn.send(h11.EndOfMessage())
+                    if conn.our_state is h11.MUST_CLOSE:
+                        self.close = True
+                        break
+                    conn.start_next_cycle()
+        except h11.ProtocolError as exc:
+            status = HTTPStatus(exc.error_status_hint)
+            self.refusal = (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Length: 0\r\n"
+                            "Connection: close\r\n\r\n").encode()
+            self.close = True
         return n
