@@ -121,7 +121,15 @@ def rates(series: dict[str, Any]) -> str:
     ax.plot(t, close, color=COLORS[2], label="closes/s")
     ax.plot(t, fail, color=COLORS[1], label="failures/s")
     ax.set_ylim(bottom=0)
-    _label(ax, "per second", span=series["t_s"])
+    ylabel = "per second"
+    peak_connect = max((v for v in conn if not math.isnan(v)), default=0.0)
+    peak_any = max((v for v in (*conn, *close, *fail) if not math.isnan(v)), default=0.0)
+    if peak_any > 3 * max(peak_connect, 1.0):
+        # The close burst at the end (tens of thousands per second in one interval) would flatten the
+        # ramp's line: a symmetric log scale keeps both readable.
+        ax.set_yscale("symlog", linthresh=10)
+        ylabel = "per second (log)"
+    _label(ax, ylabel, span=series["t_s"])
     _legend(ax)
     return _svg(fig)
 
