@@ -57,6 +57,8 @@ def panel(p: Progress) -> Group:
     head = Text.assemble((f"{p.phase:<12}", "bold"), f" {p.elapsed_s:6.1f}s")
     if p.hold_left_s is not None:
         head.append(f"  ({p.hold_left_s:.0f}s left)", style="dim")
+    elif p.phase == "holding":
+        head.append("  (until Ctrl-C; the report follows)", style="dim")
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold", no_wrap=True)
     t.add_column()
