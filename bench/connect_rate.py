@@ -61,6 +61,21 @@ def loopfan_run(n: int, target: str | None) -> dict[str, object]:
             return json.load(fh)  # type: ignore[no-any-return]
 
 
+def run_tcpkali(n: int) -> str:
+    """tcpkali against the same server when it is on PATH (never vendored or built here): its own
+    summary line, since its rate output is not loopfan's format."""
+    exe = shutil.which("tcpkali")
+    if not exe:
+        return "not installed: skipped"
+    try:
+        out = subprocess.run([exe, "-c", str(n), "--connect-rate", "100000", "-T", "5s", str(LISTEN)],
+                             capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"failed: {exc}"
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "connect" in ln.lower() or "error" in ln.lower()]
+    return "; ".join(lines[-3:]) or f"exit {out.returncode}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", type=int, default=18_000)
@@ -71,13 +86,11 @@ def main() -> None:
         rate_asyncio = asyncio_baseline(args.small)
         time.sleep(1)
         rep = loopfan_run(args.small, str(LISTEN))
+        tcpkali = run_tcpkali(args.small)
     rate_loopfan_small = rep["connect_rate_per_s"]["mean"]  # type: ignore[index]
     rows.append(("naive asyncio, 1 process, create_connection(local_addr=)", args.small, f"{rate_asyncio:,.0f}"))
     rows.append(("loopfan run (same server)", args.small, f"{rate_loopfan_small:,.0f}"))
-    if shutil.which("tcpkali"):
-        rows.append(("tcpkali", args.small, "see tcpkali output (run by hand: tcpkali -c N ...)"))
-    else:
-        rows.append(("tcpkali", args.small, "not installed: skipped"))
+    rows.append(("tcpkali (same server)", args.small, tcpkali))
     big = loopfan_run(args.big, None)
     rows.append((
         f"loopfan run, built-in server, {big['client_processes']}+{big['server_processes']} processes",
