@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from loopfan import aliases
 from loopfan.commands.common import (
     DURATION,
     allow_option,
@@ -44,14 +45,7 @@ class RunOptions:
 
 def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
     """Refuse, before any socket opens, a plan this host cannot hold (unless forced)."""
-    try:
-        from loopfan import aliases
-    except ImportError:
-        pass
-    else:
-        check = getattr(aliases, "preflight", None)
-        if check is not None:
-            check(p, facts)
+    aliases.preflight(p, facts)  # macOS/BSD: missing lo0 aliases -> the one `loopfan alias add` line
     if not p.feasible and not force:
         lim = p.first_limit
         assert lim is not None
