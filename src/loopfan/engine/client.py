@@ -20,25 +20,28 @@ from __future__ import annotations
 import _socket
 import errno
 import os
-import select
 import socket
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
+from loopfan.engine import poller
 from loopfan.engine import protocol as P
 from loopfan.engine.causes import cause_for
 from loopfan.engine.pacing import Pacer
 from loopfan.engine.worker import WorkerBase
 from loopfan.planner import ClientShard
 
+# Linux >= 4.2 only; elsewhere (macOS, BSD) bind(ip, 0) reserves the port (the planner budgets
+# per source address there) and option number 24 means something else: never set it blindly.
+_HAS_NO_PORT = hasattr(socket, "IP_BIND_ADDRESS_NO_PORT")
 _NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-_EPOLLOUT = select.EPOLLOUT
-_EPOLLIN = select.EPOLLIN
-_EPOLLERR = select.EPOLLERR
-_EPOLLHUP = select.EPOLLHUP
-_EPOLLRDHUP = select.EPOLLRDHUP
-_EPOLLET = select.EPOLLET
+_EPOLLOUT = poller.OUT
+_EPOLLIN = poller.IN
+_EPOLLERR = poller.ERR
+_EPOLLHUP = poller.HUP
+_EPOLLRDHUP = poller.RDHUP
+_EPOLLET = poller.ET
 # Held connections: edge-triggered, so a held socket wakes us only when the peer closes it.
 _HOLD_EVENTS = _EPOLLRDHUP | _EPOLLET
 _PENDING_EVENTS = _EPOLLOUT | _EPOLLRDHUP | _EPOLLET
@@ -53,7 +56,7 @@ def bind_socket(source: str, *, family: int = socket.AF_INET, nonblocking: bool 
     kind = socket.SOCK_STREAM | (socket.SOCK_NONBLOCK if nonblocking else 0)
     sock = socket.socket(family, kind)
     try:
-        if family == socket.AF_INET and hasattr(socket, "IP_BIND_ADDRESS_NO_PORT"):
+        if family == socket.AF_INET and _HAS_NO_PORT:
             sock.setsockopt(socket.IPPROTO_IP, _NO_PORT, 1)
         sock.bind((source, 0))
     except BaseException:
@@ -123,7 +126,8 @@ class ClientWorker(WorkerBase):
                     continue
                 try:
                     if family == AF_INET:
-                        s.setsockopt(ip_proto, _NO_PORT, 1)
+                        if _HAS_NO_PORT:
+                            s.setsockopt(ip_proto, _NO_PORT, 1)
                         s.bind(bind_to)
                 except OSError as exc:
                     s.close()
@@ -192,6 +196,8 @@ class ClientWorker(WorkerBase):
             self.latency[us] = self.latency.get(us, 0) + 1
             self.fds.add(fd)
             self.established()
+            # Stop asking for writability: a level-triggered poller (macOS) would report it forever.
+            self.epoll.modify(fd, _HOLD_EVENTS)
             if not events & (_EPOLLRDHUP | _EPOLLIN):
                 return
         # A held connection the peer closed (or reset).

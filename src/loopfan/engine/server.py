@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import time
 from multiprocessing.connection import Connection
 
+from loopfan.engine import poller
 from loopfan.engine import protocol as P
 from loopfan.engine.causes import cause_for
 from loopfan.engine.worker import WorkerBase
@@ -23,8 +23,8 @@ from loopfan.planner import ServerShard
 
 _OVERLOAD = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _BACKOFF_S = 0.1
-_HOLD_EVENTS = select.EPOLLRDHUP | select.EPOLLET
-_TALK_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+_HOLD_EVENTS = poller.RDHUP | poller.ET
+_TALK_EVENTS = poller.IN | poller.RDHUP
 _READ_SIZE = 65536
 
 
@@ -59,7 +59,7 @@ class ServerWorker(WorkerBase):
         for ep in self.shard.listen:
             sock = open_listener(ep.address, ep.port, self.config.backlog)
             self.listeners[sock.fileno()] = sock
-            self.epoll.register(sock.fileno(), select.EPOLLIN)
+            self.epoll.register(sock.fileno(), poller.IN)
         self.send(P.READY, {"listen": [str(e) for e in self.shard.listen], "pid": os.getpid()})
         # Hold mode accepts in batches: after a burst, let the accept queue fill for a moment
         # instead of waking for every connection. The client's connect() does not wait for accept
@@ -80,15 +80,15 @@ class ServerWorker(WorkerBase):
         for fd, when in list(self.paused.items()):
             if now >= when:
                 del self.paused[fd]
-                self.epoll.register(fd, select.EPOLLIN)
+                self.epoll.register(fd, poller.IN)
 
     def on_event(self, fd: int, events: int) -> None:
         listener = self.listeners.get(fd)
         if listener is not None:
             self._accept(listener)
-        elif self.talk and events & select.EPOLLIN:
+        elif self.talk and events & poller.IN:
             self._read(fd)
-        elif events & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+        elif events & (poller.RDHUP | poller.HUP | poller.ERR):
             self._drop(fd)
 
     def _accept(self, listener: socket.socket) -> None:

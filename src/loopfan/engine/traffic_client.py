@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from loopfan.engine import poller
 from loopfan.engine import protocol as P
 from loopfan.engine.causes import cause_for
 from loopfan.engine.client import ClientWorker
@@ -31,10 +31,10 @@ from loopfan.traffic.tally import Tally
 from loopfan.traffic.ws import WsClient
 
 TRAFFIC = "traffic"  # parent -> worker: start the traffic phase now
-_TALK = select.EPOLLIN | select.EPOLLRDHUP
-_TALK_OUT = _TALK | select.EPOLLOUT
-_HOLD = select.EPOLLRDHUP | select.EPOLLET
-_EPOLLOUT = select.EPOLLOUT
+_TALK = poller.IN | poller.RDHUP
+_TALK_OUT = _TALK | poller.OUT
+_HOLD = poller.RDHUP | poller.ET
+_EPOLLOUT = poller.OUT
 _READ = 65536
 _SCAN_S = 0.5  # how often in-flight messages are checked against the reply timeout
 

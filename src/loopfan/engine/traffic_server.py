@@ -9,10 +9,10 @@ large response never blocks the loop. hold, echo and discard stay in server.py.
 from __future__ import annotations
 
 import os
-import select
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from loopfan.engine import poller
 from loopfan.engine import protocol as P
 from loopfan.engine.server import ServerWorker, server_main
 from loopfan.planner import ServerShard
@@ -21,8 +21,8 @@ from loopfan.traffic.http import RequestFramer, fixed_response
 from loopfan.traffic.ws import WsEchoServer
 
 TRAFFIC_MODES = ("http", "ws")
-_TALK = select.EPOLLIN | select.EPOLLRDHUP
-_TALK_OUT = _TALK | select.EPOLLOUT
+_TALK = poller.IN | poller.RDHUP
+_TALK_OUT = _TALK | poller.OUT
 _READ = 65536
 
 
@@ -42,11 +42,11 @@ class TrafficServerWorker(ServerWorker):
         if fd in self.listeners:
             super().on_event(fd, events)
             return
-        if events & select.EPOLLOUT and fd in self.pending_out:
+        if events & poller.OUT and fd in self.pending_out:
             self._flush(fd)
-        if events & select.EPOLLIN:
+        if events & poller.IN:
             self._read(fd)
-        elif events & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+        elif events & (poller.RDHUP | poller.HUP | poller.ERR):
             self._drop(fd)
 
     def _read(self, fd: int) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import select
 import signal
 import sys
 import time
 from multiprocessing.connection import Connection
 
+from loopfan.engine import poller
 from loopfan.engine import protocol as P
 
 _PR_SET_PDEATHSIG = 1
@@ -56,9 +56,9 @@ class WorkerBase:
         self._settled = 0  # snap.established when settle() last ran
         self.report_interval_s = report_interval_s
         self._next_report = 0.0
-        self.epoll = select.epoll()
+        self.epoll = poller.new_poller()
         self.pipe_fd = pipe.fileno()
-        self.epoll.register(self.pipe_fd, select.EPOLLIN)
+        self.epoll.register(self.pipe_fd, poller.IN)
         self.parent_pid = os.getppid()
         # Generator health for the time series: fds besides connections (pipe, epoll, std streams,
         # listeners), counted once here - listing /proc/self/fd at 20,000 fds costs ~30 ms, too
