@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from loopfan.engine.poller import ERR, HUP, IN, OUT, RDHUP, SelectorPoller
-from tests.conftest import free_port
 
 
 def test_hangup_is_told_apart_from_data() -> None:
