@@ -195,3 +195,28 @@ def test_without_ip_command_the_route_is_assumed() -> None:
     # `ip` missing (a minimal container): the facts still build, with the route Linux always has.
     f = read_host_facts(lambda argv: "")
     assert f.loopback_route_all and f.loopback_addresses == {"127.0.0.1"}
+
+
+def test_soft_fd_limit_rises_to_a_ceiling_when_the_hard_limit_is_unlimited(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS: hard 'unlimited', soft 256; the soft limit goes to the planner's per-process ceiling,
+    halving while the kernel refuses (it refuses more than kern.maxfilesperproc)."""
+    import resource
+
+    from loopfan import hostfacts
+
+    limits = {"soft": 256}
+    calls: list[int] = []
+
+    def getrlimit(_: int) -> tuple[int, int]:
+        return limits["soft"], resource.RLIM_INFINITY
+
+    def setrlimit(_: int, value: tuple[int, int]) -> None:
+        calls.append(value[0])
+        if value[0] > 24_576:
+            raise ValueError("not allowed")
+        limits["soft"] = value[0]
+
+    monkeypatch.setattr(hostfacts.resource, "getrlimit", getrlimit)
+    monkeypatch.setattr(hostfacts.resource, "setrlimit", setrlimit)
+    assert hostfacts.raise_nofile_soft_limit(98_304) == 24_576
+    assert calls == [98_304, 49_152, 24_576]

@@ -8,6 +8,7 @@ runner that tests replace. A fact that cannot be read is None, never a guess.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import resource
@@ -323,10 +324,35 @@ def read_host_facts(run: CommandRunner = run_command) -> HostFacts:
     )
 
 
-def raise_nofile_soft_limit() -> int:
-    """Raise this process's soft fd limit to its hard limit; return the new soft limit."""
+def raise_nofile_soft_limit(ceiling: int | None = None) -> int:
+    """Raise this process's soft fd limit as far as allowed; return the new soft limit.
+
+    Workers inherit it at fork. With a finite hard limit the soft one goes up to it. With an
+    unlimited hard limit (common on macOS, whose soft default is 256) the soft limit cannot be
+    "unlimited": it goes to `ceiling` (kern.maxfilesperproc / fs.nr_open, what the planner
+    assumed), halving until the kernel accepts it.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != UNLIMITED and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return hard
+    target = hard if hard != UNLIMITED else (ceiling or 1_048_576)
+    while target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            target //= 2
     return soft
+
+
+def facts_for_workers(run: CommandRunner = run_command) -> HostFacts:
+    """Raise the soft fd limit (workers inherit it), then the host facts as they now stand.
+
+    If the soft limit could not reach what the planner would assume (the hard limit, or
+    maxfilesperproc / nr_open when the hard limit is unlimited), the facts say the limit reached,
+    so no worker is planned past what it can really open.
+    """
+    before = read_host_facts(run)
+    reached = raise_nofile_soft_limit(before.nofile_usable)
+    facts = read_host_facts(run)
+    if reached < facts.nofile_usable:
+        facts = dataclasses.replace(facts, nofile_soft=reached, nofile_hard=reached)
+    return facts

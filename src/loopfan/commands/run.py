@@ -26,7 +26,7 @@ from loopfan.engine import protocol as P
 from loopfan.engine.report import report_dict, report_renderable
 from loopfan.engine.runner import RunConfig, RunResult, run_plan
 from loopfan.errors import HostError, UsageError
-from loopfan.hostfacts import HostFacts, raise_nofile_soft_limit, read_host_facts
+from loopfan.hostfacts import HostFacts, facts_for_workers
 from loopfan.planner import Plan, PlanRequest, plan
 from loopfan.pools import parse_pool
 
@@ -56,8 +56,7 @@ def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
 
 
 def execute(opts: RunOptions, console: Console, argv: list[str]) -> tuple[RunResult, dict[str, object]]:
-    raise_nofile_soft_limit()
-    facts = read_host_facts()
+    facts = facts_for_workers()
     p = plan(opts.request, facts)
     preflight(p, facts, opts.force)
     with opts.output.progress_sink(quiet=opts.quiet) as live:

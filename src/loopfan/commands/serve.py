@@ -11,7 +11,7 @@ from rich.console import Console
 from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, write_json
 from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.serve import BuiltinServer, shard_endpoints
-from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
+from loopfan.hostfacts import facts_for_workers
 from loopfan.planner import PlanRequest, plan
 
 
@@ -32,8 +32,7 @@ from loopfan.planner import PlanRequest, plan
 def command(listen: tuple[str, ...], connections: int, mode: str, response_size: int, duration: float | None,
             json_path: str | None, per_process: int | None, allow_non_loopback: bool) -> int:
     """Run loopfan's built-in server on many loopback addresses (hold, echo or discard)."""
-    raise_nofile_soft_limit()
-    facts = read_host_facts()
+    facts = facts_for_workers()
     if listen:
         endpoints = build_targets(listen, allow_non_loopback)
         shards = shard_endpoints(endpoints, connections, facts, per_process)

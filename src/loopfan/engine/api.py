@@ -24,7 +24,7 @@ from loopfan.engine.ramp import Stagger, client_config_for, ramp_concurrency
 from loopfan.engine.runner import Totals
 from loopfan.engine.serve import BuiltinServer
 from loopfan.errors import HostError
-from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
+from loopfan.hostfacts import facts_for_workers
 from loopfan.planner import Plan, PlanRequest, plan
 from loopfan.pools import DEFAULT_SOURCE_POOL, parse_endpoints, parse_pool
 
@@ -65,14 +65,14 @@ def open_connections(
     Raises HostError before opening anything when the host cannot hold them. Per-connection
     failures are counted in `stats().failed`, not raised.
     """
-    raise_nofile_soft_limit()
+    facts = facts_for_workers()
     request = PlanRequest(
         connections=connections,
         targets=tuple(e for t in targets for e in parse_endpoints(t)),
         sources=parse_pool(sources) if sources else DEFAULT_SOURCE_POOL,
         max_per_process=per_process,
     )
-    p = plan(request, read_host_facts())
+    p = plan(request, facts)
     if not p.feasible and p.first_limit is not None:
         lim = p.first_limit
         raise HostError(f"cannot hold {connections:,} connections: {lim.resource} stops at {lim.connections:,}; "
