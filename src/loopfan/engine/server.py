@@ -116,17 +116,25 @@ class ServerWorker(WorkerBase):
             conns.add(fd)
             self.established()
 
-    def _read(self, fd: int) -> None:
+    def _receive(self, fd: int) -> bytes:
+        """What arrived on fd; b"" when there is nothing to do (no data yet, or the peer is gone and
+        the connection has been dropped)."""
         try:
             data = os.read(fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            return b""
         except OSError:
             data = b""
         if not data:
             self._drop(fd)
-            return
+            return b""
         self.snap.bytes_in += len(data)
+        return data
+
+    def _read(self, fd: int) -> None:
+        data = self._receive(fd)
+        if not data:
+            return
         if self.echo:
             try:
                 sent = os.write(fd, data)

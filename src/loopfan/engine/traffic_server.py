@@ -23,7 +23,6 @@ from loopfan.traffic.ws import WsEchoServer
 TRAFFIC_MODES = ("http", "ws")
 _TALK = poller.IN | poller.RDHUP
 _TALK_OUT = _TALK | poller.OUT
-_READ = 65536
 
 
 class TrafficServerWorker(ServerWorker):
@@ -50,16 +49,9 @@ class TrafficServerWorker(ServerWorker):
             self._drop(fd)
 
     def _read(self, fd: int) -> None:
-        try:
-            data = os.read(fd, _READ)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
+        data = self._receive(fd)
         if not data:
-            self._drop(fd)
             return
-        self.snap.bytes_in += len(data)
         st = self.state.get(fd)
         if st is None:
             st = self.state[fd] = RequestFramer() if self.http else WsEchoServer()
