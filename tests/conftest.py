@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from loopfan.hostfacts import HostFacts
+
+# CI runs the property tests derandomized: the same examples every run, so a red CI is a real
+# change and not a new random draw. Locally they explore (and keep failures in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -356,3 +356,15 @@ def test_suggested_settings_never_lower_the_current_value(dev_facts: Facts, n: i
 def test_ipv6_only_sources_need_ipv6_targets(dev_facts: Facts) -> None:
     with pytest.raises(UsageError, match=r"only ::1"):
         plan(PlanRequest(connections=10, sources=parse_pool("::1")), dev_facts())
+
+
+def test_min_client_processes_spreads_a_small_run_over_cores() -> None:
+    """Traffic runs ask for one client process per core even when one process could hold all."""
+    from loopfan.hostfacts import HostFacts
+
+    facts = HostFacts(nofile_soft=20_000, nofile_hard=20_000, file_max=2_000_000, mem_available_bytes=10**10)
+    targets = parse_endpoints("127.0.0.1:8080")
+    p = plan(PlanRequest(connections=1000, targets=targets, min_client_processes=2), facts)
+    assert len(p.client_shards) == 2 and sum(s.connections for s in p.client_shards) == 1000
+    tiny = plan(PlanRequest(connections=1, targets=targets, min_client_processes=4), facts)
+    assert len(tiny.client_shards) == 1  # never more processes than connections

@@ -47,6 +47,9 @@ class PlanRequest:
     fd_headroom: int = costs.FD_HEADROOM_PER_PROCESS
     # Cap connections per process below the fd limit (tests and benchmarks use this to force sharding).
     max_per_process: int | None = None
+    # At least this many client processes (when N allows): a traffic run is CPU-bound in the client,
+    # so it spreads over the cores even when one process's fd limit would hold every connection.
+    min_client_processes: int = 1
     # Isolated clients: this many single connections, each from a source address no other
     # connection uses, so that `ip.addr==ADDR` in a capture shows exactly one client.
     isolate: int = 0
@@ -370,7 +373,9 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
         server_shards = tuple(
             ServerShard(s.index, s.listen, sum(per_target.get(e, 0) for e in s.listen)) for s in server_shards
         )
-    client_processes = max(1, math.ceil(held / per_process)) if held else 0
+    client_processes = (
+        max(1, math.ceil(held / per_process), min(request.min_client_processes, held)) if held else 0
+    )
     client_shards = _pack(groups, client_processes) if held else ()
 
     # Memory: both ends of every connection live on this host (it is loopback).

@@ -16,6 +16,7 @@ bad-reply) so the report can explain it.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 
@@ -103,6 +104,16 @@ def frame_at(buf: bytes, pos: int, accepted: tuple[int, ...], masked: bool) -> t
     start = head + 4 if masked else head
     end = start + length
     if end > n:
+        if first == TEXT and n > start:
+            # wsproto checks UTF-8 as the bytes come: a prefix that can never become valid text
+            # closes the connection (1007) before the frame is complete, so hand it over now.
+            part = buf[start:n]
+            if masked:
+                part = mask(part, buf[head:start])
+            try:
+                codecs.getincrementaldecoder("utf-8")().decode(part, final=False)
+            except UnicodeDecodeError:
+                return _UNUSUAL, 0, b""
         return _NEED_MORE, 0, b""
     payload = buf[start:end]
     if masked:
