@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import random
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from loopfan.hostfacts import HostFacts
+import loopfan.commands.run as run_command
+from loopfan.hostfacts import HostFacts, raise_nofile_soft_limit
+from loopfan.pools import parse_pool
 
 # CI runs the property tests derandomized: the same examples every run, so a red CI is a real
 # change and not a new random draw. Locally they explore (and keep failures in .hypothesis/).
@@ -256,3 +259,21 @@ def kernel_tcp_sockets() -> list[tuple[str, tuple[str, int], tuple[str, int]]]:
 def _hex_endpoint(text: str) -> tuple[str, int]:
     addr_hex, port_hex = text.split(":")
     return socket.inet_ntoa(struct.pack("<I", int(addr_hex, 16))), int(port_hex, 16)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fd_limit() -> None:
+    """Runs and servers started in-process get this process's limit: raise it once, as the CLI does."""
+    raise_nofile_soft_limit()
+
+
+@pytest.fixture
+def builtin_listen(monkeypatch: pytest.MonkeyPatch, loopback_block: Callable[[], str]) -> tuple[str, int]:
+    """Move the built-in server of in-process runs to a block and port of this test's own."""
+    prefix = loopback_block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, 9)))
+    monkeypatch.setattr(
+        run_command, "PlanRequest",
+        functools.partial(run_command.PlanRequest, listen_pool=parse_pool(f"{prefix}1-{prefix}40"), listen_port=port),
+    )
+    return prefix, port

@@ -8,7 +8,6 @@ tests never meet a real `loopfan run` on the same machine.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -23,11 +22,9 @@ from typing import Any
 import pytest
 from conftest import child_pids, free_port, kernel_tcp_sockets
 
-import loopfan.commands.run as run_command
 from loopfan.cli import main
 from loopfan.engine.serve import BuiltinServer
-from loopfan.hostfacts import raise_nofile_soft_limit
-from loopfan.pools import Endpoint, parse_endpoints, parse_pool
+from loopfan.pools import Endpoint, parse_endpoints
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -44,23 +41,6 @@ run.PlanRequest = functools.partial(run.PlanRequest, listen_pool=parse_pool(sys.
 from loopfan.cli import main
 sys.exit(main(sys.argv[3:]))
 """
-
-
-@pytest.fixture(autouse=True)
-def _fd_limit() -> None:
-    raise_nofile_soft_limit()
-
-
-@pytest.fixture
-def builtin_listen(monkeypatch: pytest.MonkeyPatch, loopback_block: Block) -> tuple[str, int]:
-    """Move the built-in server of in-process runs to a block and port of this test's own."""
-    prefix = loopback_block()
-    port = free_port(*(f"{prefix}{i}" for i in range(1, 9)))
-    monkeypatch.setattr(
-        run_command, "PlanRequest",
-        functools.partial(run_command.PlanRequest, listen_pool=parse_pool(f"{prefix}1-{prefix}40"), listen_port=port),
-    )
-    return prefix, port
 
 
 def endpoints(block: Block, count: int) -> tuple[Endpoint, ...]:

@@ -22,7 +22,7 @@ from loopfan.engine.report import report_dict
 from loopfan.engine.runner import Progress, RunConfig, RunResult, run_plan
 from loopfan.engine.serve import BuiltinServer
 from loopfan.errors import HostError
-from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
+from loopfan.hostfacts import read_host_facts
 from loopfan.planner import Plan, PlanRequest, plan
 from loopfan.pools import Endpoint, parse_endpoints, parse_pool
 
@@ -30,11 +30,6 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 
 Block = Callable[[], str]
 Pair = tuple[tuple[str, int], tuple[str, int]]
-
-
-@pytest.fixture(autouse=True)
-def _fd_limit() -> None:
-    raise_nofile_soft_limit()
 
 
 def builtin_request(block: Block, connections: int, per_process: int | None, *, sources: int = 20) -> PlanRequest:

@@ -24,18 +24,13 @@ from conftest import child_pids, free_port, kernel_tcp_sockets
 import loopfan.commands.demo as demo_command
 from loopfan.cli import main
 from loopfan.engine.runner import Progress, RunConfig, run_plan
-from loopfan.hostfacts import raise_nofile_soft_limit, read_host_facts
+from loopfan.hostfacts import read_host_facts
 from loopfan.planner import PlanRequest, plan
 from loopfan.pools import parse_endpoints, parse_pool
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 Block = Callable[[], str]
-
-
-@pytest.fixture(autouse=True)
-def _fd_limit() -> None:
-    raise_nofile_soft_limit()
 
 
 def connect_when_listening(address: str, port: int, timeout_s: float = 10.0) -> socket.socket:

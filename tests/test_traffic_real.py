@@ -26,7 +26,6 @@ from conftest import free_port
 
 import loopfan.commands.run as run_command
 from loopfan.cli import main
-from loopfan.hostfacts import raise_nofile_soft_limit
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 Block = Callable[[], str]
@@ -57,11 +56,6 @@ http {{
     }}
 }}
 """
-
-
-@pytest.fixture(autouse=True)
-def _fd_limit() -> None:
-    raise_nofile_soft_limit()
 
 
 def _wait_listening(address: str, port: int, proc: subprocess.Popen[bytes], what: str) -> None:

@@ -7,7 +7,6 @@ Every run is small and short; every server a test starts is stopped by pid in a 
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -18,29 +17,10 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-import loopfan.commands.run as run_command
 from loopfan.cli import main
-from loopfan.hostfacts import raise_nofile_soft_limit
-from loopfan.pools import parse_pool
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 Block = Callable[[], str]
-
-
-@pytest.fixture(autouse=True)
-def _fd_limit() -> None:
-    raise_nofile_soft_limit()
-
-
-@pytest.fixture
-def builtin_listen(monkeypatch: pytest.MonkeyPatch, loopback_block: Block) -> tuple[str, int]:
-    prefix = loopback_block()
-    port = free_port(*(f"{prefix}{i}" for i in range(1, 9)))
-    monkeypatch.setattr(
-        run_command, "PlanRequest",
-        functools.partial(run_command.PlanRequest, listen_pool=parse_pool(f"{prefix}1-{prefix}8"), listen_port=port),
-    )
-    return prefix, port
 
 
 def run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:

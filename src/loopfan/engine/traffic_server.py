@@ -73,34 +73,33 @@ class TrafficServerWorker(ServerWorker):
             else:
                 self._drop(fd)
 
+    def _send_some(self, fd: int, data: bytes) -> bytes | None:
+        """Write what the socket takes now; return the rest (b"" when all went), None if dropped."""
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._drop(fd)
+            return None
+        self.snap.bytes_out += n
+        return data[n:]
+
     def _write(self, fd: int, data: bytes) -> None:
         if fd in self.pending_out:
             self.pending_out[fd] += data
             return
-        try:
-            n = os.write(fd, data)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            self._drop(fd)
-            return
-        self.snap.bytes_out += n
-        if n < len(data):
-            self.pending_out[fd] = data[n:]
+        rest = self._send_some(fd, data)
+        if rest:
+            self.pending_out[fd] = rest
             self.epoll.modify(fd, _TALK_OUT)
 
     def _flush(self, fd: int) -> None:
-        data = self.pending_out.pop(fd)
-        try:
-            n = os.write(fd, data)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            self._drop(fd)
+        rest = self._send_some(fd, self.pending_out.pop(fd))
+        if rest is None:
             return
-        self.snap.bytes_out += n
-        if n < len(data):
-            self.pending_out[fd] = data[n:]
+        if rest:
+            self.pending_out[fd] = rest
             return
         self.epoll.modify(fd, _TALK)
         if fd in self.closing_after_write:

@@ -158,7 +158,7 @@ def remove_stale(parent: Path) -> list[Path]:
         return removed
     for entry in entries:
         owner = owner_of(entry.name)
-        if owner is None or _alive(owner):
+        if owner is None or pid_alive(owner):
             continue
         group = Cgroup(entry)
         # Processes still inside run untagged (their programs went with loopfan): move them out.
@@ -176,7 +176,8 @@ def tag_cgroups(parent: Path) -> list[Path]:
         return []
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process with this pid running (ours to signal or not)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

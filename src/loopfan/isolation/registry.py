@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from loopfan.isolation.cgroup import pid_alive
 from loopfan.pools import DEFAULT_SOURCE_POOL, AddressPool, ip_to_str
 
 
@@ -68,21 +69,11 @@ def active_tags(directory: Path | None = None) -> list[TagRecord]:
             record = TagRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if not _alive(record.loopfan_pid):
+        if not pid_alive(record.loopfan_pid):
             remove_record(path)
             continue
         out.append(record)
     return sorted(out, key=lambda r: r.started)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
