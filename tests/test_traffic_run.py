@@ -122,6 +122,14 @@ def serve(c):
                 c.sendall(data[: len(data) // 2]); c.close(); return
             elif how == "http":
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            elif how in ("http-turns", "echo-turns"):
+                # The same good reply over and over (the client's quick path learns it), then, from
+                # the 50th message of each connection, a different one that must not pass for it.
+                if how == "http-turns":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if n < 50 else
+                              b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nno")
+                else:
+                    c.sendall(data if n < 50 else data[:-1] + b"?")
             elif how == "stall":
                 # Every connection freezes for the same 0.5 s window, 0.6 s after the first message.
                 now = time.monotonic()
@@ -181,6 +189,43 @@ def test_misbehaving_server_is_counted(bad_server: Callable[[str], str], tmp_pat
     assert cause in text
 
 
+def test_a_reply_that_changes_is_never_taken_for_the_learned_one(
+        bad_server: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The client handles a reply byte-for-byte equal to one it already took whole without its codec;
+    a server whose replies change after 49 good ones must still have every bad one counted."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("http-turns"), "--traffic", "http",
+                                 "--duration", "1s", "--reply-timeout", "2s")
+    tr = rep["traffic"]
+    assert status == 1, text
+    assert tr["statuses"]["http-2xx"] == 10 * 49, tr["statuses"]
+    assert tr["statuses"]["http-5xx"] == tr["errors"]["http-5xx"] == tr["replies"] - 10 * 49 > 0
+    assert tr["sent"] == tr["replies"] + tr["unanswered_at_end"]
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("echo-turns"), "--traffic", "echo",
+                                 "--duration", "1s", "--reply-timeout", "2s")
+    tr = rep["traffic"]
+    assert status == 1, text
+    assert tr["replies"] == 10 * 49 and tr["errors"] == {"reply-mismatch": 10}, tr
+
+
+@pytest.mark.parametrize("kind", ["echo", "http", "ws"])
+def test_counts_add_up_on_the_quick_path(builtin_listen: tuple[str, int], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """Replies handled inline are counted in locals and settled later: every total must still agree."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "200", "--traffic", kind, "--duration", "1s",
+                                 "--warmup", "0.3s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["replies"] > 2000 and tr["sent"] == tr["replies"] + tr["unanswered_at_end"]
+    # Samples are the messages sent after the warm-up; the window counts replies that arrived in it.
+    # They differ by at most the messages in flight at either edge: one per connection each.
+    assert abs(tr["samples"] - tr["replies_in_window"]) <= 2 * 200
+    if kind == "http":
+        assert tr["statuses"] == {"http-2xx": tr["replies"]}
+    per_reply = {"echo": 64, "http": None, "ws": 66}[kind]
+    if per_reply:
+        assert tr["bytes_in_per_s"] == pytest.approx(tr["replies_in_window"] * per_reply / tr["window_s"], rel=0.01)
+
+
 def test_ws_url_against_plain_http_builtin(builtin_listen: tuple[str, int], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     # The built-in server in http mode behind a ws:// URL: every handshake is refused with a reason.
@@ -208,3 +253,64 @@ def test_open_model_shows_a_stall_that_a_closed_loop_hides(bad_server: Callable[
     assert o["p90"] > 100 and 400 < o["p99"] < 700 and o["max"] >= 450, o
     # Closed loop: the same freeze, yet the percentiles look healthy; only the max tells.
     assert c["p99"] < 50 and c["max"] >= 450, c
+
+
+# --- the built-in server's inline loop -------------------------------------------------------------
+
+
+def _recv_exactly(sock: Any, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_builtin_server_inline_answers_match_the_framer(loopback_block: Block) -> None:
+    """The built-in HTTP server answers a request equal to one it framed whole without the framer;
+    anything else still goes through it: a split request, two in one read, a Connection: close."""
+    import socket
+
+    from conftest import free_port
+
+    from loopfan.engine.serve import BuiltinServer
+    from loopfan.pools import parse_endpoints
+    from loopfan.traffic.http import fixed_response
+
+    prefix = loopback_block()
+    port = free_port(f"{prefix}1")
+    response = fixed_response(128)
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with BuiltinServer.on(parse_endpoints(f"{prefix}1:{port}"), capacity=10, mode="http"):
+        with socket.create_connection((f"{prefix}1", port), timeout=5) as s:
+            for _ in range(3):  # the first is framed and learned, the next two are answered inline
+                s.sendall(req)
+                assert _recv_exactly(s, len(response)) == response
+            s.sendall(req[:10])  # split: the inline path must not answer the first half
+            s.sendall(req[10:])
+            assert _recv_exactly(s, len(response)) == response
+            s.sendall(req + req)  # two at once: two answers
+            assert _recv_exactly(s, 2 * len(response)) == response * 2
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _recv_exactly(s, len(response)) == response
+            assert s.recv(1) == b""  # and then the server closes
+        with socket.create_connection((f"{prefix}1", port), timeout=5) as s:
+            s.sendall(req[:10])  # a new connection that starts with half a request
+            s.sendall(req[10:] + req)
+            assert _recv_exactly(s, 2 * len(response)) == response * 2
+    with (BuiltinServer.on(parse_endpoints(f"{prefix}2:{port}"), capacity=10, mode="echo"),
+          socket.create_connection((f"{prefix}2", port), timeout=5) as s):
+        big = bytes(range(256)) * 16384  # 4 MiB: more than the socket takes at once
+        s.sendall(b"hello")
+        assert _recv_exactly(s, 5) == b"hello"
+        import threading
+        import time
+
+        sender = threading.Thread(target=s.sendall, args=(big,))
+        sender.start()
+        time.sleep(0.3)  # read nothing for a while: the server's writes come up short meanwhile
+        got = _recv_exactly(s, len(big))
+        sender.join(10)
+        assert got == big  # every byte echoed, none lost to a short write

@@ -23,7 +23,7 @@ from loopfan.engine import protocol as P
 from loopfan.engine.causes import cause_for
 from loopfan.engine.client import ClientWorker
 from loopfan.planner import ClientShard
-from loopfan.traffic.config import EXPECT_ECHO, TrafficConfig
+from loopfan.traffic.config import TrafficConfig
 from loopfan.traffic.http import HttpClient, KnownHeads, request_template
 from loopfan.traffic.raw import RawReplies
 from loopfan.traffic.schedule import OpenSchedule
@@ -87,6 +87,9 @@ class TrafficClientWorker(ClientWorker):
         self.tally = Tally()
         self.hist_latency: dict[int, int] = {}
         self.hist_ttfb: dict[int, int] = {}
+        # Replies whose first and last byte came in one read (the quick path's): both latency and
+        # time to first byte, kept once and merged into both when published.
+        self.hist_whole: dict[int, int] = {}
         self.by_source: dict[str, int] = {}
         self.conns: dict[int, Conn] = {}
         self.sent = 0
@@ -144,8 +147,8 @@ class TrafficClientWorker(ClientWorker):
             "errors": dict(self.tally.errors),
             "statuses": dict(self.tally.statuses),
             "errors_by_source": dict(self.by_source),
-            "latency_us": dict(self.hist_latency),
-            "ttfb_us": dict(self.hist_ttfb),
+            "latency_us": _merged(self.hist_latency, self.hist_whole),
+            "ttfb_us": _merged(self.hist_ttfb, self.hist_whole),
         }
 
     def report(self) -> None:
@@ -265,11 +268,22 @@ class TrafficClientWorker(ClientWorker):
         next_scan = start + _SCAN_S
         timeout_s = tc.reply_timeout_s
         pipe_fd = self.pipe_fd
-        # The echo benchmark's case - raw echo, closed loop, one in flight - is handled inline below
-        # when a read brings exactly the whole reply: no codec, no method calls. Anything else
-        # (partial or merged replies, a mismatch) goes through the general path.
-        fast_echo = raw and schedule is None and pipeline == 1 and awaits and tc.expect == EXPECT_ECHO
-        msg_len = len(message)
+        # Steady state, the hot path: a closed loop with one message in flight, and a read that
+        # brings a whole reply byte-for-byte equal to `learned` - a read the codec already took as
+        # exactly one whole reply, from a message boundary back to one, adding no error (echo: the
+        # message; HTTP: nginx's response until its Date changes; WebSocket: the echoed frame). The
+        # codecs are deterministic and hold no state at a boundary but their buffers, so the same
+        # bytes in the same state mean the same reply: it is counted inline, with no codec call,
+        # and the next message goes out. Counts gather in locals and are settled into the worker
+        # (settle_quick) before any report and whenever `learned` changes. Anything else - a new
+        # reply, a partial or merged read, an error status - takes the general path below.
+        quick = schedule is None and pipeline == 1 and awaits
+        learned: bytes | None = None
+        learned_status: str | None = None
+        quick_n = quick_win = quick_out = quick_out_win = 0  # replies (in the window), bytes sent (in it)
+        hw = self.hist_whole
+        write = os.write
+        read = os.read
         while not self.closing:
             now = perf()
             if now >= end:
@@ -289,11 +303,10 @@ class TrafficClientWorker(ClientWorker):
                 if nd is not None:
                     wait = max(0.0, min(wait, nd - now))
             for fd, ev in ep.poll(wait, 4096):
-                if fd == pipe_fd:
-                    self.read_control()
-                    continue
                 found = conns.get(fd)
                 if found is None:
+                    if fd == pipe_fd:
+                        self.read_control()
                     continue
                 c = found
                 if ev & _EPOLLOUT and c.out:
@@ -301,48 +314,64 @@ class TrafficClientWorker(ClientWorker):
                     if fd not in conns:
                         continue
                 try:
-                    data = os.read(fd, _READ)
+                    data = read(fd, _READ)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
                     self._drop(c, cause_for(exc.errno or 0, "recv"))
                     continue
                 t = perf()
+                starts = c.starts
+                codec = c.codec
+                if (data == learned and len(starts) == 1 and not c.first and not c.out and not codec.buf
+                        and codec.fast and t < end):
+                    t0 = starts[0]
+                    starts[0] = t
+                    if t0 >= warm_end:
+                        us = int((t - t0) * 1e6)
+                        if us >= 2048:  # hdr_round, inline
+                            shift = us.bit_length() - 11
+                            us = us >> shift << shift
+                        elif us < 1:
+                            us = 1
+                        hw[us] = hw.get(us, 0) + 1
+                    c.got_reply = True
+                    out = codec.repeat or codec.message()
+                    try:
+                        k = write(fd, out)
+                    except BlockingIOError:
+                        k = 0
+                    except OSError as exc:
+                        k = -1
+                        self._drop(c, cause_for(exc.errno or 0, "send"))
+                    quick_n += 1
+                    if t >= warm_end:
+                        quick_win += 1
+                    if k >= 0:
+                        quick_out += k
+                        if t >= warm_end:
+                            quick_out_win += k
+                        if k < len(out):
+                            c.out = out[k:]
+                            ep.modify(fd, _TALK_OUT)
+                    continue
                 if not data:
                     self._drop(c, _eof_cause(c))
                     continue
+                steady = quick and len(starts) == 1 and not c.first and not c.out and codec.fast and not codec.buf
                 nbytes = len(data)
                 snap.bytes_in += nbytes
                 if t >= warm_end and t < end:
                     self.window_bytes_in += nbytes
-                starts = c.starts
-                if fast_echo and data == message and len(starts) == 1 and not c.first and not c.codec.buf:
-                    t0 = starts[0]
-                    if t0 >= warm_end:  # first byte and whole reply arrived in this one read
-                        us = hdr_round(int((t - t0) * 1e6))
-                        ht[us] = ht.get(us, 0) + 1
-                        hl[us] = hl.get(us, 0) + 1
-                    c.got_reply = True
-                    self.replies += 1
-                    if t >= warm_end and t < end:
-                        self.window_replies += 1
-                    if t < end:
-                        starts[0] = t
-                        self.sent += 1
-                        if t >= warm_end:
-                            self.window_bytes_out += msg_len
-                        self._write(c, message)
-                    else:
-                        starts.pop()
-                    continue
                 if starts and not c.first:
                     c.first = True
                     if starts[0] >= warm_end:
                         us = int((t - starts[0]) * 1e6)
                         us = hdr_round(us)
                         ht[us] = ht.get(us, 0) + 1
-                codec = c.codec
                 errors_before = tally.count
+                if steady:
+                    tally.last_status = None
                 n = codec.feed(data)
                 if tally.count != errors_before:  # e.g. an HTTP 4xx: counted against this source too
                     self.by_source[c.src] = self.by_source.get(c.src, 0) + tally.count - errors_before
@@ -359,6 +388,16 @@ class TrafficClientWorker(ClientWorker):
                     self._drop(c, codec.dead)
                     continue
                 if n:
+                    if (steady and n == 1 and tally.count == errors_before and codec.fast and not codec.buf
+                            and t < end and data != learned):
+                        # One whole reply, boundary to boundary, no error: from now on the same bytes
+                        # take the quick path above.
+                        if learned is not None:
+                            self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned,
+                                               learned_status)
+                            quick_n = quick_win = quick_out = quick_out_win = 0
+                        learned = data
+                        learned_status = tally.last_status
                     for _ in range(min(n, len(starts))):
                         self._complete(c, t, warm_end, end, hl)
                     c.first = bool(codec.partial)
@@ -382,10 +421,29 @@ class TrafficClientWorker(ClientWorker):
                             send_one(c, q.pop(0))
             if now >= next_scan:
                 next_scan = now + _SCAN_S
+                if learned is not None:
+                    self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
+                    quick_n = quick_win = quick_out = quick_out_win = 0
                 self._expire(now, timeout_s)
                 self.maybe_report()
+        if learned is not None:
+            self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
         self.window_s = min(perf(), end) - warm_end if perf() > warm_end else 0.0
         self._drain(end, warm_end, hl)
+
+    def _settle_quick(self, n: int, n_window: int, sent_bytes: int, sent_bytes_window: int, reply: bytes,
+                      status: str | None) -> None:
+        """Add what the quick path counted in locals (n replies of `reply`, each followed by one
+        message of the bytes given) to the worker's counts."""
+        self.replies += n
+        self.sent += n
+        self.window_replies += n_window
+        self.snap.bytes_in += n * len(reply)
+        self.window_bytes_in += n_window * len(reply)
+        self.snap.bytes_out += sent_bytes
+        self.window_bytes_out += sent_bytes_window
+        if status is not None and n:
+            self.tally.status(status, n)
 
     def _handshakes(self, timeout_s: float) -> None:
         """Every WebSocket opening handshake, before the clock starts: they are connection set-up,
@@ -500,6 +558,13 @@ class TrafficClientWorker(ClientWorker):
             self.epoll.modify(c.fd, _HOLD)  # back to holding: the hold loop only watches for closes
         self.phase = "done"
         self.report()
+
+
+def _merged(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
 
 
 def _eof_cause(c: Conn) -> str:

@@ -131,7 +131,7 @@ def h11_reading(head: bytes, template: RequestTemplate) -> Known | None:
 class HttpClient:
     """One keep-alive connection's HTTP state: requests out, responses counted by status class."""
 
-    __slots__ = ("buf", "conn", "dead", "fast", "in_flight", "known", "partial", "tally", "template",
+    __slots__ = ("buf", "conn", "dead", "fast", "in_flight", "known", "partial", "repeat", "tally", "template",
                  "unannounced")
 
     ready = True  # no opening handshake
@@ -140,6 +140,9 @@ class HttpClient:
     def __init__(self, template: RequestTemplate, tally: Tally, known: KnownHeads | None = None) -> None:
         self.conn = h11.Connection(h11.CLIENT)
         self.template = template
+        # Every request is the same bytes. The traffic client's quick path sends them again without
+        # message() when it skipped feed() for a reply it had seen whole, so in_flight stays right.
+        self.repeat = template.wire
         self.tally = tally
         self.dead: str | None = None
         self.unannounced = 0  # pipelined requests on the wire that h11 has not been told about yet

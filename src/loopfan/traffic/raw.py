@@ -16,14 +16,16 @@ _MAX_KEEP = 1 << 16
 
 
 class RawReplies:
-    __slots__ = ("buf", "dead", "length", "marker", "message", "mode", "partial")
+    __slots__ = ("buf", "dead", "length", "marker", "message", "mode", "partial", "repeat")
 
     ready = True  # no opening handshake
+    fast = True  # framing depends on nothing but `buf` (the traffic client's quick path relies on it)
 
     def __init__(self, message: bytes, mode: str, length: int = 0, marker: bytes = b"") -> None:
         if mode not in (EXPECT_ECHO, EXPECT_LENGTH, EXPECT_END, EXPECT_CONTAINS, EXPECT_NONE):
             raise ValueError(f"unknown reply framing {mode!r}")
         self.message = message
+        self.repeat = message  # every message is the same bytes
         self.mode = mode
         self.length = len(message) if mode == EXPECT_ECHO else length
         self.marker = marker

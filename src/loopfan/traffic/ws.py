@@ -158,6 +158,8 @@ class WsClient:
     __slots__ = ("buf", "dead", "event", "fast", "first", "head", "host", "out", "partial", "path",
                  "payload", "ready", "seen", "tally", "want_pong", "ws")
 
+    repeat = b""  # no two messages are the same bytes (a fresh masking key each): call message()
+
     def __init__(self, host: str, path: str, message: bytes, opcode: str, tally: Tally) -> None:
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.host = host
