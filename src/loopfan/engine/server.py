@@ -25,7 +25,7 @@ _OVERLOAD = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _BACKOFF_S = 0.1
 _HOLD_EVENTS = poller.RDHUP | poller.ET
 _TALK_EVENTS = poller.IN | poller.RDHUP
-_READ_SIZE = 65536
+READ_SIZE = 65536
 
 
 def open_listener(address: str, port: int, backlog: int) -> socket.socket:
@@ -120,7 +120,7 @@ class ServerWorker(WorkerBase):
         """What arrived on fd; b"" when there is nothing to do (no data yet, or the peer is gone and
         the connection has been dropped)."""
         try:
-            data = os.read(fd, _READ_SIZE)
+            data = os.read(fd, READ_SIZE)
         except BlockingIOError:
             return b""
         except OSError:
