@@ -327,7 +327,23 @@ class TrafficClientWorker(ClientWorker):
                         and codec.fast and t < end):
                     t0 = starts[0]
                     starts[0] = t
-                    if t0 >= warm_end:
+                    c.got_reply = True
+                    out = codec.repeat or codec.message()
+                    try:
+                        k = write(fd, out)
+                        if k < len(out):
+                            c.out = out[k:]
+                            ep.modify(fd, _TALK_OUT)
+                    except BlockingIOError:
+                        k = 0
+                        c.out = out
+                        ep.modify(fd, _TALK_OUT)
+                    except OSError as exc:
+                        k = 0
+                        self._drop(c, cause_for(exc.errno or 0, "send"))
+                    quick_n += 1
+                    quick_out += k
+                    if t0 >= warm_end:  # (then t is in the window too)
                         us = int((t - t0) * 1e6)
                         if us >= 2048:  # hdr_round, inline
                             shift = us.bit_length() - 11
@@ -335,25 +351,11 @@ class TrafficClientWorker(ClientWorker):
                         elif us < 1:
                             us = 1
                         hw[us] = hw.get(us, 0) + 1
-                    c.got_reply = True
-                    out = codec.repeat or codec.message()
-                    try:
-                        k = write(fd, out)
-                    except BlockingIOError:
-                        k = 0
-                    except OSError as exc:
-                        k = -1
-                        self._drop(c, cause_for(exc.errno or 0, "send"))
-                    quick_n += 1
-                    if t >= warm_end:
                         quick_win += 1
-                    if k >= 0:
-                        quick_out += k
-                        if t >= warm_end:
-                            quick_out_win += k
-                        if k < len(out):
-                            c.out = out[k:]
-                            ep.modify(fd, _TALK_OUT)
+                        quick_out_win += k
+                    elif t >= warm_end:
+                        quick_win += 1
+                        quick_out_win += k
                     continue
                 if not data:
                     self._drop(c, _eof_cause(c))
