@@ -1,0 +1,61 @@
+"""Shared by the traffic benchmarks: run a command or a `loopfan run` and take its CPU time, and
+summarise repeated runs. Not a test: every figure depends on the machine.
+
+CPU time comes from the kernel's accounting of the finished child and everything it waited for
+(getrusage(RUSAGE_CHILDREN) before and after), so `loopfan run` counts its workers, its parent and
+- when it starts the built-in server - the server too. It is steadier than throughput on a noisy
+VM: CPU per message moves little when the host steals time, messages per second moves a lot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Timed:
+    stdout: str
+    user_s: float
+    sys_s: float
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> Timed:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Timed(r.stdout + r.stderr, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+
+
+def loopfan_run(args: list[str], src: str | None = None) -> tuple[dict[str, Any], Timed]:
+    """`python -m loopfan run ARGS -q --json ...` from this checkout, or from the source tree `src`
+    (another checkout's src/ folder, for side-by-side runs of two versions)."""
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "r.json")
+        t = timed([sys.executable, "-m", "loopfan", "run", *args, "-q", "--json", out], env=env)
+        with open(out) as fh:
+            return json.load(fh), t
+
+
+def us_per(t: Timed, count: int) -> str:
+    """CPU microseconds per message, user + system."""
+    if not count:
+        return "-"
+    return f"{(t.user_s + t.sys_s) / count * 1e6:.1f} us ({t.user_s / count * 1e6:.1f} user)"
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    runs = ", ".join(f"{v / 1000:.1f}K" for v in values)
+    return f"median {statistics.median(values):,.0f} ({runs})"
