@@ -13,7 +13,6 @@ from a boundary, is answered without a method call. Everything else goes through
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
@@ -58,11 +57,7 @@ class TrafficServerWorker(ServerWorker):
             self._drop(fd)
 
     def poll(self, timeout_s: float) -> None:
-        busy = time.monotonic() - self._poll_end
-        if busy > self._max_lag_s:
-            self._max_lag_s = busy
-        ready = self.epoll.poll(timeout_s, 4096)
-        self._poll_end = time.monotonic()
+        ready = self.wait(timeout_s)
         conns = self.conns
         pending = self.pending_out
         state = self.state
@@ -83,21 +78,15 @@ class TrafficServerWorker(ServerWorker):
                 if not data:
                     self._drop(fd)
                     continue
+                bytes_in += len(data)
                 if echo:
                     out = data
-                elif data == learned:
-                    st = state.get(fd)
-                    if st is None or st.buf or not isinstance(st, RequestFramer) or st.conn is not None:
-                        self.snap.bytes_in += len(data)
-                        self._handle(fd, data)
-                        continue
+                elif data == learned and _at_boundary(state.get(fd)):
                     out = response
                 else:
-                    self.snap.bytes_in += len(data)
                     self._handle(fd, data)
                     learned = self.learned_request
                     continue
-                bytes_in += len(data)
                 try:
                     sent = write(fd, out)
                 except BlockingIOError:
@@ -130,9 +119,9 @@ class TrafficServerWorker(ServerWorker):
             st = self.state[fd] = RequestFramer() if self.http else WsEchoServer()
         out: bytes
         if isinstance(st, RequestFramer):
-            boundary = not st.buf and st.conn is None
+            boundary = _at_boundary(st)
             n = st.feed(data)
-            if boundary and n == 1 and not st.buf and st.conn is None and not st.close and st.refusal is None:
+            if boundary and n == 1 and _at_boundary(st) and not st.close and st.refusal is None:
                 self.learned_request = data
             out = self.response if n == 1 else self.response * n
             if st.refusal is not None:
@@ -186,6 +175,11 @@ class TrafficServerWorker(ServerWorker):
         self.pending_out.pop(fd, None)
         self.closing_after_write.discard(fd)
         super()._drop(fd)
+
+
+def _at_boundary(st: RequestFramer | WsEchoServer | None) -> bool:
+    """An HTTP connection between two requests, still on the quick framer (not h11)."""
+    return isinstance(st, RequestFramer) and not st.buf and st.conn is None
 
 
 def traffic_server_main(shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:

@@ -137,13 +137,17 @@ class WorkerBase:
             self.orphaned()
 
     # -- the loop -------------------------------------------------------------------------------
-    def poll(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float) -> list[tuple[int, int]]:
+        """epoll_wait, keeping the loop-lag figure: how long since the last wait returned."""
         busy = time.monotonic() - self._poll_end
         if busy > self._max_lag_s:
             self._max_lag_s = busy
-        ready = self.epoll.poll(timeout_s, 4096)
+        ready: list[tuple[int, int]] = self.epoll.poll(timeout_s, 4096)
         self._poll_end = time.monotonic()
-        for fd, events in ready:
+        return ready
+
+    def poll(self, timeout_s: float) -> None:
+        for fd, events in self.wait(timeout_s):
             if fd == self.pipe_fd:
                 self.read_control()
             else:
