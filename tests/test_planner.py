@@ -368,3 +368,16 @@ def test_min_client_processes_spreads_a_small_run_over_cores() -> None:
     assert len(p.client_shards) == 2 and sum(s.connections for s in p.client_shards) == 1000
     tiny = plan(PlanRequest(connections=1, targets=targets, min_client_processes=4), facts)
     assert len(tiny.client_shards) == 1  # never more processes than connections
+
+
+def test_min_server_processes_spreads_the_builtin_server_over_cores() -> None:
+    """With the built-in server as the target, a traffic run asks for one server process per core
+    too; each gets an address of its own and the clients' groups reach all of them."""
+    from loopfan.hostfacts import HostFacts
+
+    facts = HostFacts(nofile_soft=20_000, nofile_hard=20_000, file_max=2_000_000, mem_available_bytes=10**10)
+    p = plan(PlanRequest(connections=1000, min_client_processes=2, min_server_processes=2), facts)
+    assert len(p.server_shards) == 2
+    assert {e.address for s in p.server_shards for e in s.listen} == {"127.100.0.1", "127.100.0.2"}
+    assert sum(s.connections for s in p.server_shards) == 1000 and all(s.connections for s in p.server_shards)
+    assert len(plan(PlanRequest(connections=1, min_server_processes=4), facts).server_shards) == 1

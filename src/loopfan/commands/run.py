@@ -156,6 +156,8 @@ def command(
         # Talking is CPU work in the client: one client process per core at least (measured against
         # nginx at 1,000 connections: 68.5K req/s in one process, 88.2K in two; docs/benchmarks.md).
         min_client_processes=(os.cpu_count() or 1) if traffic is not None and per_process is None else 1,
+        # And the built-in server (when it is the target) answers on every core too.
+        min_server_processes=(os.cpu_count() or 1) if traffic is not None and per_process is None else 1,
         **parse_listen(listen),
     )
     config = RunConfig(
