@@ -1,5 +1,6 @@
 """The built-in server worker: listens on its shard's endpoints, accepts as fast as the kernel
-delivers, and holds, echoes or discards. Runs in a child process; also the embedded default target.
+delivers, and holds or discards (echo, http and ws are traffic_server.py's). Runs in a child
+process; also the embedded default target.
 
 Rules of this file: like the client, connections are bare fds in one epoll. Accept errors that mean
 "overloaded" (EMFILE, ENFILE, ENOBUFS, ENOMEM) are counted and answered by pausing that listener
@@ -52,8 +53,7 @@ class ServerWorker(WorkerBase):
         self.paused: dict[int, float] = {}  # listener fd -> resume time (monotonic)
         self.conns: set[int] = set()
         self.stopping = False
-        self.talk = config.mode in ("echo", "discard")
-        self.echo = config.mode == "echo"
+        self.talk = config.mode == "discard"  # read (and drop) what arrives; hold mode never reads
 
     def run(self) -> None:
         for ep in self.shard.listen:
@@ -132,16 +132,7 @@ class ServerWorker(WorkerBase):
         return data
 
     def _read(self, fd: int) -> None:
-        data = self._receive(fd)
-        if not data:
-            return
-        if self.echo:
-            try:
-                sent = os.write(fd, data)
-            except OSError:
-                self._drop(fd)
-                return
-            self.snap.bytes_out += sent
+        self._receive(fd)  # discard: count the bytes, drop the connection at EOF
 
     def _drop(self, fd: int) -> None:
         if fd in self.conns:

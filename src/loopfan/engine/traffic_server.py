@@ -32,12 +32,11 @@ _TALK_OUT = _TALK | poller.OUT
 class TrafficServerWorker(ServerWorker):
     def __init__(self, shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
         super().__init__(shard, config, pipe)
-        self.talk = True  # register accepted sockets for reading (ServerWorker: echo/discard only)
-        self.echo = False
+        self.talk = True  # register accepted sockets for reading (ServerWorker: discard only)
         size = config.response_bytes if isinstance(config, TrafficServerConfig) else 128
         self.response = fixed_response(size)
         self.http = config.mode == "http"
-        self.echo_mode = config.mode == "echo"  # (ServerWorker.echo is its own, simpler echo)
+        self.echo = config.mode == "echo"
         # HTTP: the last request that was exactly one whole request, boundary to boundary, with no
         # close and no refusal; the same bytes on a connection at a boundary get the response inline.
         self.learned_request: bytes | None = None
@@ -63,7 +62,7 @@ class TrafficServerWorker(ServerWorker):
         state = self.state
         read = os.read
         write = os.write
-        echo = self.echo_mode
+        echo = self.echo
         learned = self.learned_request
         response = self.response
         bytes_in = bytes_out = 0
@@ -111,7 +110,7 @@ class TrafficServerWorker(ServerWorker):
             self._handle(fd, data)
 
     def _handle(self, fd: int, data: bytes) -> None:
-        if self.echo_mode:
+        if self.echo:
             self._write(fd, data)
             return
         st = self.state.get(fd)
