@@ -53,7 +53,9 @@ def main() -> None:
                         rate = float(out[1])
                         results[(n, "C")].append(rate)
                         print(f"[{rnd + 1}] -c {n} C (bench/c_echo.c, 1 client + 1 server process): {rate:,.0f} "
-                              f"round trips/s, CPU {us_per(t, int(rate * seconds))}", flush=True)
+                              "round trips/s", flush=True)
+                    else:  # it exits early when a connect fails (e.g. the last run's TIME_WAIT in a group)
+                        print(f"[{rnd + 1}] -c {n} C: no result ({t.stdout.strip()[:200]!r})", flush=True)
                 trees = [("loopfan", None)] + ([("before", args.against)] if args.against else [])
                 for label, src in trees:
                     rep, t = loopfan_run(["-c", n, "--traffic", "echo", "--duration", args.duration, "--warmup",
