@@ -226,6 +226,17 @@ def test_counts_add_up_on_the_quick_path(builtin_listen: tuple[str, int], tmp_pa
         assert tr["bytes_in_per_s"] == pytest.approx(tr["replies_in_window"] * per_reply / tr["window_s"], rel=0.01)
 
 
+def test_first_byte_is_never_later_than_the_whole_reply(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every sample has a first byte and a last byte, so each percentile of the time to first byte is
+    at most the same percentile of the latency - including the replies drained after the window,
+    which here (many connections, a short window) are a large share of the samples."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "3000", "--traffic", "echo", "--duration", "0.3s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert all(tr["ttfb_ms"][p] <= tr["latency_ms"][p] for p in ("p50", "p90", "p99", "p999", "max")), tr
+
+
 def test_ws_url_against_plain_http_builtin(builtin_listen: tuple[str, int], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     # The built-in server in http mode behind a ws:// URL: every handshake is refused with a reason.

@@ -531,8 +531,9 @@ class TrafficClientWorker(ClientWorker):
         self.phase = "draining"
         deadline = perf() + self.traffic.reply_timeout_s
         conns = self.conns
+        ht = self.hist_ttfb
         while any(c.starts for c in conns.values()) and perf() < deadline and not self.closing:
-            for fd, _ev in self.epoll.poll(0.05, 4096):
+            for fd, ev in self.epoll.poll(0.05, 4096):
                 if fd == self.pipe_fd:
                     self.read_control()
                     continue
@@ -540,18 +541,39 @@ class TrafficClientWorker(ClientWorker):
                 if found is None:
                     continue
                 c = found
+                if ev & _EPOLLOUT and c.out:  # a message still going out: its reply cannot come first
+                    self._flush(c)
+                    if fd not in conns:
+                        continue
                 try:
                     data = os.read(fd, _READ)
-                except OSError:
-                    data = b""
+                except BlockingIOError:  # (woken for writing only): nothing to read yet
+                    continue
+                except OSError as exc:
+                    self._drop(c, cause_for(exc.errno or 0, "recv"))
+                    continue
+                t = perf()
                 if not data:
                     self._drop(c, _eof_cause(c))
                     continue
                 self.snap.bytes_in += len(data)
-                n = c.codec.feed(data)
-                t = perf()
-                for _ in range(min(n, len(c.starts))):
+                starts = c.starts
+                if starts and not c.first:  # time to first byte, as in the traffic loop
+                    c.first = True
+                    if starts[0] >= warm_end:
+                        us = hdr_round(int((t - starts[0]) * 1e6))
+                        ht[us] = ht.get(us, 0) + 1
+                codec = c.codec
+                n = codec.feed(data)
+                for _ in range(min(n, len(starts))):
                     self._complete(c, t, warm_end, end, hl)
+                if n:
+                    c.first = bool(codec.partial)
+                if codec.out:  # e.g. the pong for a server's ping
+                    out, codec.out = codec.out, b""
+                    self._write(c, out)
+                if codec.dead is not None and fd in conns:
+                    self._drop(c, codec.dead)
         for c in conns.values():
             self.unanswered += len(c.starts)
             self.unsent += len(c.queued)

@@ -19,6 +19,7 @@ class RawReplies:
     __slots__ = ("buf", "dead", "length", "marker", "message", "mode", "partial", "repeat")
 
     ready = True  # no opening handshake
+    out = b""  # never anything to answer on our own
     fast = True  # framing depends on nothing but `buf` (the traffic client's quick path relies on it)
 
     def __init__(self, message: bytes, mode: str, length: int = 0, marker: bytes = b"") -> None:
