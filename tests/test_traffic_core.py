@@ -160,3 +160,14 @@ def test_merge_and_subtract() -> None:
     record(h, {1000: 99, 500_000: 1})
     p = percentiles_ms(h)
     assert p["p50"] == pytest.approx(1.0, rel=0.01) and p["max"] == pytest.approx(500, rel=0.01)
+
+
+def test_closed_loop_reading_names_the_messages_in_flight() -> None:
+    from loopfan.traffic.report import closed_loop_reading
+
+    tr = {"model": "closed loop", "messages_per_s": 80_000.0, "latency_ms": {"mean": 125.0}}
+    note = closed_loop_reading(tr)
+    assert note is not None and "~10,000 messages in flight" in note and "--rate" in note
+    assert closed_loop_reading({**tr, "model": "open (latency from the scheduled send time)"}) is None
+    assert closed_loop_reading({**tr, "latency_ms": {"mean": None}}) is None
+    assert closed_loop_reading({**tr, "messages_per_s": 1000.0, "latency_ms": {"mean": 1.0}}) is None  # ~1 in flight
