@@ -51,7 +51,8 @@ class PlanRequest:
     # so it spreads over the cores even when one process's fd limit would hold every connection.
     min_client_processes: int = 1
     # The same for the built-in server: it is the other half of the work when both ends talk (echo
-    # at 1,000 connections: 95K round trips/s with one server process, 116K with one per core).
+    # at 1,000 connections: 100.6K round trips/s with one server process, 121.7K with one per core;
+    # docs/benchmarks.md).
     min_server_processes: int = 1
     # Isolated clients: this many single connections, each from a source address no other
     # connection uses, so that `ip.addr==ADDR` in a capture shows exactly one client.
