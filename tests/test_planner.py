@@ -381,3 +381,7 @@ def test_min_server_processes_spreads_the_builtin_server_over_cores() -> None:
     assert {e.address for s in p.server_shards for e in s.listen} == {"127.100.0.1", "127.100.0.2"}
     assert sum(s.connections for s in p.server_shards) == 1000 and all(s.connections for s in p.server_shards)
     assert len(plan(PlanRequest(connections=1, min_server_processes=4), facts).server_shards) == 1
+    # A preference, not a requirement: one listen address means one server process, not an error.
+    one = plan(PlanRequest(connections=1000, min_server_processes=2, listen_pool=parse_pool("127.0.0.5"),
+                           listen_port=7000), facts)
+    assert len(one.server_shards) == 1

@@ -288,7 +288,11 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
     # Server side.
     server_shards: tuple[ServerShard, ...] = ()
     if request.builtin_server:
-        server_processes = max(math.ceil(n / per_process), min(request.min_server_processes, n))
+        # min_server_processes is a preference: never more processes than listen addresses for them.
+        wanted = min(request.min_server_processes, n)
+        if facts.loopback_route_all:
+            wanted = min(wanted, len(listen_pool))
+        server_processes = max(math.ceil(n / per_process), wanted)
         if facts.loopback_route_all:
             listen_ips = tuple(ip_to_str(ip) for ip in listen_pool.take(server_processes, spread=False))
             targets = tuple(Endpoint(ip, request.listen_port) for ip in listen_ips)
