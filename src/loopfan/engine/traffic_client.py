@@ -247,7 +247,6 @@ class TrafficClientWorker(ClientWorker):
             self._schedule = OpenSchedule(len(by_idx), tc.rate_per_conn_s, start)
         schedule = self._schedule
         hl = self.hist_latency
-        ht = self.hist_ttfb
         tally = self.tally
         snap = self.snap
 
@@ -366,11 +365,7 @@ class TrafficClientWorker(ClientWorker):
                 if t >= warm_end and t < end:
                     self.window_bytes_in += nbytes
                 if starts and not c.first:
-                    c.first = True
-                    if starts[0] >= warm_end:
-                        us = int((t - starts[0]) * 1e6)
-                        us = hdr_round(us)
-                        ht[us] = ht.get(us, 0) + 1
+                    self._first_byte(c, t, warm_end)
                 errors_before = tally.count
                 if steady:
                     tally.last_status = None
@@ -506,6 +501,14 @@ class TrafficClientWorker(ClientWorker):
         self.conns.clear()
         super().close_all()
 
+    def _first_byte(self, c: Conn, t: float, warm_end: float) -> None:
+        """The first byte of the oldest reply in flight arrived at t: its time to first byte."""
+        c.first = True
+        t0 = c.starts[0]
+        if t0 >= warm_end:
+            us = hdr_round(int((t - t0) * 1e6))
+            self.hist_ttfb[us] = self.hist_ttfb.get(us, 0) + 1
+
     def _complete(self, c: Conn, t: float, warm_end: float, end: float, hl: dict[int, int]) -> None:
         t0 = c.starts.pop(0)
         c.got_reply = True
@@ -531,7 +534,6 @@ class TrafficClientWorker(ClientWorker):
         self.phase = "draining"
         deadline = perf() + self.traffic.reply_timeout_s
         conns = self.conns
-        ht = self.hist_ttfb
         while any(c.starts for c in conns.values()) and perf() < deadline and not self.closing:
             for fd, ev in self.epoll.poll(0.05, 4096):
                 if fd == self.pipe_fd:
@@ -558,11 +560,8 @@ class TrafficClientWorker(ClientWorker):
                     continue
                 self.snap.bytes_in += len(data)
                 starts = c.starts
-                if starts and not c.first:  # time to first byte, as in the traffic loop
-                    c.first = True
-                    if starts[0] >= warm_end:
-                        us = hdr_round(int((t - starts[0]) * 1e6))
-                        ht[us] = ht.get(us, 0) + 1
+                if starts and not c.first:
+                    self._first_byte(c, t, warm_end)
                 codec = c.codec
                 n = codec.feed(data)
                 for _ in range(min(n, len(starts))):

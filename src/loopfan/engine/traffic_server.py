@@ -65,9 +65,10 @@ class TrafficServerWorker(ServerWorker):
         echo = self.echo
         learned = self.learned_request
         response = self.response
+        readable = poller.IN
         bytes_in = bytes_out = 0
         for fd, events in ready:
-            if fd in conns and events & poller.IN and fd not in pending:
+            if fd in conns and events & readable and fd not in pending:
                 try:
                     data = read(fd, READ_SIZE)
                 except BlockingIOError:
