@@ -25,24 +25,49 @@ def test_unescape() -> None:
             unescape(bad)
 
 
+def _free_run(s: OpenSchedule, now: float) -> list[tuple[float, int]]:
+    """A consumer whose connections are always free: it sends everything due."""
+    sent: list[tuple[float, int]] = []
+    for due, i in s.take_due(now):
+        times, following = s.send_times(due, now, 1 << 30)
+        sent += [(t, i) for t in times]
+        s.wait(i, following)
+    return sent
+
+
 def test_schedule_staggers_and_never_drifts() -> None:
     s = OpenSchedule(4, rate_per_conn_s=10.0, start_s=100.0)
-    first = s.take_due(100.09)
+    first = _free_run(s, 100.09)
     assert [i for _, i in first] == [0, 1, 2, 3]
     assert [round(t, 3) for t, _ in first] == [100.0, 100.025, 100.05, 100.075]
     # Taken late (a stall): every send due in between comes out with its own scheduled time.
-    late = s.take_due(100.51)
+    late = _free_run(s, 100.51)
     assert len(late) == 17 and all(t <= 100.51 for t, _ in late)
     assert sorted(t for t, i in late if i == 0) == pytest.approx([100.1, 100.2, 100.3, 100.4, 100.5])
     s.remove(2)
-    later = s.take_due(101.0)
-    assert 2 not in {i for _, i in later} and len(s) == 3
+    later = _free_run(s, 101.0)
+    assert 2 not in {i for _, i in later}
+
+
+def test_a_parked_connection_keeps_its_place_on_the_grid() -> None:
+    s = OpenSchedule(1, rate_per_conn_s=10.0, start_s=0.0)
+    [(due, _)] = s.take_due(0.0)
+    times, following = s.send_times(due, 0.0, room=1)  # room for one message in flight
+    assert times == [0.0] and following == pytest.approx(0.1)
+    # Busy until 0.55: parked (not in the heap), five sends behind, none of them lost.
+    assert s.take_due(0.55) == []
+    times, following = s.send_times(following, 0.55, room=1)
+    assert times == pytest.approx([0.1]) and following == pytest.approx(0.2)
+    assert s.count_between(following, 1.0) == 8  # 0.2 ... 0.9 never sent by the end at 1.0
+    s.remove(0)
+    s.wait(0, 2.0)
+    assert s.next_due_s() is None
 
 
 @given(st.integers(1, 50), st.floats(0.5, 1000), st.floats(0, 5))
 def test_schedule_rate_is_exact(n: int, rate: float, span: float) -> None:
     s = OpenSchedule(n, rate, 0.0)
-    due = s.take_due(span)
+    due = _free_run(s, span)
     # Every connection sends floor(span * rate) + (1 if its offset fits) times: within one per connection.
     assert abs(len(due) - n * span * rate) <= n + 1
     assert all(t <= span for t, _ in due)
@@ -167,7 +192,24 @@ def test_closed_loop_reading_names_the_messages_in_flight() -> None:
 
     tr = {"model": "closed loop", "messages_per_s": 80_000.0, "latency_ms": {"mean": 125.0}}
     note = closed_loop_reading(tr)
-    assert note is not None and "~10,000 messages in flight" in note and "--rate" in note
+    assert note is not None and "~10,000 messages always in flight" in note and "--rate" in note
     assert closed_loop_reading({**tr, "model": "open (latency from the scheduled send time)"}) is None
     assert closed_loop_reading({**tr, "latency_ms": {"mean": None}}) is None
     assert closed_loop_reading({**tr, "messages_per_s": 1000.0, "latency_ms": {"mean": 1.0}}) is None  # ~1 in flight
+
+
+@given(st.floats(1, 5e6), st.floats(1, 5e4), st.integers(0, 3000), st.integers(0, 3000))
+def test_ages_by_bucket_equals_one_by_one(oldest_us: float, step_us: float, first: int, n: int) -> None:
+    from loopfan.engine.traffic_client import ages_by_bucket, hdr_round
+
+    one_by_one: dict[int, int] = {}
+    for k in range(first, n):
+        age = oldest_us - k * step_us
+        if age < 0:
+            return  # (never in use: the ages of messages due before the end are positive)
+        us = hdr_round(int(age))
+        one_by_one[us] = one_by_one.get(us, 0) + 1
+    grouped: dict[int, int] = {}
+    for us, count in ages_by_bucket(oldest_us, step_us, first, n):
+        grouped[us] = grouped.get(us, 0) + count
+    assert grouped == one_by_one

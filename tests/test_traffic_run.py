@@ -48,7 +48,9 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
     assert tr["ttfb_ms"]["p50"] is not None and tr["window_s"] == pytest.approx(1.0, abs=0.2)
     assert tr["unanswered_at_end"] == 0
     if kind == "http":
-        assert tr["statuses"]["http-2xx"] >= tr["replies_in_window"]
+        # Every reply has a status, in the warm-up or after it (the window and the drain).
+        assert tr["statuses"]["http-2xx"] + tr["warmup_statuses"]["http-2xx"] == tr["replies"]
+        assert tr["statuses"]["http-2xx"] == pytest.approx(tr["replies_in_window"], rel=0.05)
     if kind == "ws":
         assert tr["statuses"]["ws-handshake-ok"] == 300
     assert "Traffic: no errors" in text and "messages/s" in text
@@ -130,6 +132,13 @@ def serve(c):
                               b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nno")
                 else:
                     c.sendall(data if n < 50 else data[:-1] + b"?")
+            elif how == "silent":  # reads, never answers
+                continue
+            elif how == "partial":  # half of each reply, never the rest
+                c.sendall(data[: len(data) // 2])
+            elif how == "slow":  # 50 ms per reply, one connection at a time
+                time.sleep(0.05)
+                c.sendall(data)
             elif how == "stall":
                 # Every connection freezes for the same 0.5 s window, 0.6 s after the first message.
                 now = time.monotonic()
@@ -189,6 +198,56 @@ def test_misbehaving_server_is_counted(bad_server: Callable[[str], str], tmp_pat
     assert cause in text
 
 
+@pytest.mark.parametrize(("how", "cause"), [("silent", "no-reply-ever"), ("partial", "reply-incomplete")])
+def test_a_server_that_does_not_answer_fails_the_run(bad_server: Callable[[str], str], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str], how: str,
+                                                     cause: str) -> None:
+    """Messages still unanswered after the drain's --reply-timeout are timeouts like any other:
+    counted by cause (part of the reply came, or nothing ever did) - such a server must not pass."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20", bad_server(how), "--traffic", "echo",
+                                 "--duration", "0.3s", "--reply-timeout", "0.5s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {cause: 20} and tr["unanswered_at_end"] == 20, tr
+    assert tr["samples"] == 0 and tr["ttfb_ms"]["p50"] is None  # a reply cut short has no first byte either
+
+
+def test_more_replies_than_messages_are_counted_not_answered(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Echo of 6 bytes, framed as 3-byte replies: every message brings two "replies".
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", "--traffic", "raw", "--mode", "echo",
+                                 "--message", "ABCDEF", "--expect-length", "3", "--duration", "0.3s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"]["unexpected-reply"] > 0
+    # One message per reply taken, no snowball: what went out came back.
+    assert tr["bytes_out_per_s"] == pytest.approx(tr["bytes_in_per_s"], rel=0.1)
+
+
+def test_first_byte_and_latency_describe_the_same_replies(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # Pipelined replies arrive several per read: each still gets a first byte no later than its end.
+    status, rep, text = run_json(tmp_path, capsys, "-c", "200", "--traffic", "http", "--pipeline", "4",
+                                 "--duration", "0.5s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert all(tr["ttfb_ms"][p] <= tr["latency_ms"][p] for p in ("p50", "p90", "p99", "p999", "max")), tr
+    assert tr["ttfb_ms"]["mean"] <= tr["latency_ms"]["mean"]
+
+
+def test_open_model_counts_messages_it_never_got_to_send(bad_server: Callable[[str], str], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Asked for twice what the server can do, half the messages are still waiting at the end: they
+    go into the latency at their age then (a lower bound), not left out to flatter it."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("slow"), "--traffic", "echo",
+                                 "--message-rate", "40", "--duration", "1s")
+    assert status == 0, text  # behind is not an error: the latency says it
+    tr = rep["traffic"]
+    assert tr["unsent_at_end"] > 50 and tr["unsent_in_latency"] == tr["unsent_at_end"], tr
+    assert tr["samples"] >= tr["replies_in_window"] + tr["unsent_in_latency"] - 10
+    assert "lower bound" in text
+
+
 def test_a_reply_that_changes_is_never_taken_for_the_learned_one(
         bad_server: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The client handles a reply byte-for-byte equal to one it already took whole without its codec;
@@ -219,8 +278,14 @@ def test_counts_add_up_on_the_quick_path(builtin_listen: tuple[str, int], tmp_pa
     # Samples are the messages sent after the warm-up; the window counts replies that arrived in it.
     # They differ by at most the messages in flight at either edge: one per connection each.
     assert abs(tr["samples"] - tr["replies_in_window"]) <= 2 * 200
-    if kind == "http":
-        assert tr["statuses"] == {"http-2xx": tr["replies"]}
+    assert tr["sent_in_window"] == pytest.approx(tr["replies_in_window"], abs=2 * 200)
+    if kind == "http":  # statuses after the warm-up and in it: one per reply
+        assert tr["statuses"]["http-2xx"] + tr["warmup_statuses"]["http-2xx"] == tr["replies"]
+        assert tr["statuses"]["http-2xx"] == pytest.approx(tr["replies_in_window"], abs=2 * 200)
+    # The time series sees the traffic too: messages/s and request latency per interval.
+    series = rep["series"]
+    assert max(series["messages_per_s"]) > 1000
+    assert any(p is not None for p in series["message_latency_ms"]["p50"])
     per_reply = {"echo": 64, "http": None, "ws": 66}[kind]
     if per_reply:
         assert tr["bytes_in_per_s"] == pytest.approx(tr["replies_in_window"] * per_reply / tr["window_s"], rel=0.01)

@@ -50,6 +50,9 @@ class Worker:
     error: str = ""
     ready_payload: dict[str, Any] = field(default_factory=dict)
     pid: int = 0  # kept here: the process object is closed (and forgets its pid) at shutdown
+    # Interval histograms the worker closed (traffic latency: (start, end, {us: count}) on the
+    # shared monotonic clock), each sent once: collected here for whoever consumes them.
+    intervals: list[Any] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -99,21 +102,29 @@ class Fleet:
         kind, payload = message
         if kind == P.STATS:
             stats, latency = payload
-            worker.stats = stats
+            self._take_stats(worker, stats)
             if latency:
                 self.on_latency(latency)
         elif kind == P.READY:
             worker.state = "ready"
             worker.ready_payload = payload
         elif kind == P.CONNECTED:
-            worker.stats = payload
+            self._take_stats(worker, payload)
             worker.state = "connected"
         elif kind == P.DONE:
-            worker.stats = payload
+            self._take_stats(worker, payload)
             worker.state = "done"
         elif kind == P.ERROR:
             worker.state = "error"
             worker.error = str(payload)
+
+    @staticmethod
+    def _take_stats(worker: Worker, stats: dict[str, Any]) -> None:
+        # Stats are cumulative (the latest wins); intervals are not, so none may be overwritten.
+        intervals = stats.pop("intervals", None)
+        if intervals:
+            worker.intervals.extend(intervals)
+        worker.stats = stats
 
     def _died(self, worker: Worker) -> None:
         if worker.finished:

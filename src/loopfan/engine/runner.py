@@ -26,7 +26,7 @@ from loopfan.engine.client import client_main
 from loopfan.engine.fleet import Fleet, Worker
 from loopfan.engine.ramp import Stagger, client_config_for, ramp_concurrency
 from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_proc
-from loopfan.engine.traffic_client import TRAFFIC, traffic_client_main
+from loopfan.engine.traffic_client import traffic_client_main
 from loopfan.engine.traffic_phase import await_traffic, traffic_of
 from loopfan.engine.traffic_server import server_main_for
 from loopfan.errors import HostError, LoopfanError
@@ -306,7 +306,6 @@ def run_plan(
             if config.traffic is not None and interrupt.signal is None:
                 phase = "traffic"
                 t_traffic = time.monotonic()
-                fleet.send(clients, TRAFFIC)
                 result.traffic = await_traffic(fleet, clients, config.traffic, tick,
                                                lambda: interrupt.signal is not None)
                 result.phases_s["traffic"] = time.monotonic() - t_traffic

@@ -99,6 +99,9 @@ class _ProcessSeries:
         }
 
 
+_RATED = ("established", "closed", "failed", "bytes_in", "bytes_out", "messages")
+
+
 def _failed(stats: dict[str, Any]) -> int:
     return sum(stats.get("failed", {}).values())
 
@@ -120,6 +123,7 @@ class SeriesSampler:
         self.t0 = t0
         self.next_due = t0
         self.hist = HdrHistogram(lowest_us, highest_us, digits)
+        self.message_hist = HdrHistogram(lowest_us, highest_us, digits)
         self._hist_range = (lowest_us, highest_us)
         self.milestones_s: dict[str, float | None] = {f"{m:.0%}": None for m in MILESTONES}
         self._milestone_counts = [(f"{m:.0%}", max(1, int(target * m))) for m in MILESTONES]
@@ -131,6 +135,10 @@ class SeriesSampler:
             )
         }
         self.latency: dict[str, list[float | None]] = {k: [] for k in ("count", "p50", "p90", "p99", "p999", "max")}
+        # Traffic: request/response latency and errors per interval (empty for a hold-only run).
+        self.message_latency: dict[str, list[float | None]] = {k: [] for k in self.latency}
+        self.errors_per_s: list[float] = []
+        self.errors_by_cause: dict[str, list[float]] = {}
         self.by_cause: dict[str, list[float]] = {}
         self.health: dict[str, list[float | int | None]] = {
             k: [] for k in ("parent_cpu_pct", "workers_cpu_pct", "rss_bytes", "fds_used_max_pct", "loop_lag_ms_max")
@@ -140,8 +148,11 @@ class SeriesSampler:
         self.process_stride = 1
         self._n = 0
         self._last_t: float | None = None
-        self._last: dict[str, float] = {}
+        # Per worker: (its stamp, its counters, its last rates) at the previous sample.
+        self._last_w: dict[tuple[str, int], tuple[float, dict[str, int], dict[str, float]]] = {}
+        self._last_latency_w: dict[tuple[str, int], dict[int, int]] = {}
         self._last_causes: dict[str, int] = {}
+        self._last_errors: dict[str, int] = {}
         self._last_parent_cpu: float | None = None
 
     # -- cheap, per tick -------------------------------------------------------------------------
@@ -168,9 +179,10 @@ class SeriesSampler:
         dt = None if self._last_t is None else t - self._last_t
         self._last_t = t
 
-        sums = {"open": 0, "established": 0, "closed": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0,
-                "messages": 0, "server_open": 0}
+        opened = established = server_open = 0
+        rates = dict.fromkeys(_RATED, 0.0)
         causes: dict[str, int] = {}
+        errors: dict[str, int] = {}
         has_server = False
         for w in workers:
             s = w.stats
@@ -179,51 +191,95 @@ class SeriesSampler:
             if w.role == "server":
                 has_server = True
                 if not w.finished:
-                    sums["server_open"] += s.get("open", 0)
+                    server_open += s.get("open", 0)
                 continue
             if not w.finished:
-                sums["open"] += s.get("open", 0)
-            sums["established"] += s.get("established", 0)
-            sums["closed"] += s.get("closed", 0) + s.get("peer_closed", 0)
-            sums["bytes_in"] += s.get("bytes_in", 0)
-            sums["bytes_out"] += s.get("bytes_out", 0)
-            sums["messages"] += s.get("messages_in", 0) + s.get("messages_out", 0)
+                opened += s.get("open", 0)
+            established += s.get("established", 0)
             for cause, n in s.get("failed", {}).items():
                 causes[cause] = causes.get(cause, 0) + n
-        sums["failed"] = sum(causes.values())
-
-        def rate(key: str) -> float:
-            before = self._last.get(key, 0.0)
-            return _r(max(0.0, sums[key] - before) / dt) if dt else 0.0
+            traffic = s.get("traffic") or {}
+            for part in ("errors", "warmup_errors"):
+                for cause, n in traffic.get(part, {}).items():
+                    errors[cause] = errors.get(cause, 0) + n
+            self._note_message_latency((w.role, w.index), traffic.get("latency_us"))
+            for key, r in self._worker_rates(w, now).items():
+                rates[key] += r
 
         c = self.cols
         c["t_s"].append(_r(t, 3))
         c["phase"].append(phase)
-        c["open"].append(sums["open"])
-        c["established"].append(sums["established"])
-        c["server_open"].append(sums["server_open"] if has_server else None)
-        c["connects_per_s"].append(rate("established"))
-        c["closes_per_s"].append(rate("closed"))
-        c["failures_per_s"].append(rate("failed"))
-        c["bytes_in_per_s"].append(rate("bytes_in"))
-        c["bytes_out_per_s"].append(rate("bytes_out"))
-        c["messages_per_s"].append(rate("messages"))
-        for cause in causes.keys() - self.by_cause.keys():
-            self.by_cause[cause] = [0.0] * self._n
-        for cause, col in self.by_cause.items():
-            n = causes.get(cause, 0)
-            col.append(_r(max(0, n - self._last_causes.get(cause, 0)) / dt) if dt else 0.0)
+        c["open"].append(opened)
+        c["established"].append(established)
+        c["server_open"].append(server_open if has_server else None)
+        c["connects_per_s"].append(_r(rates["established"]))
+        c["closes_per_s"].append(_r(rates["closed"]))
+        c["failures_per_s"].append(_r(rates["failed"]))
+        c["bytes_in_per_s"].append(_r(rates["bytes_in"]))
+        c["bytes_out_per_s"].append(_r(rates["bytes_out"]))
+        c["messages_per_s"].append(_r(rates["messages"]))
+        self._per_cause(self.by_cause, causes, self._last_causes, dt)
         self._last_causes = causes
-        self._last = {k: float(v) for k, v in sums.items()}
+        self.errors_per_s.append(_r(max(0, sum(errors.values()) - sum(self._last_errors.values())) / dt) if dt else 0.0)
+        self._per_cause(self.errors_by_cause, errors, self._last_errors, dt)
+        self._last_errors = errors
 
-        self._sample_latency()
+        self._sample_latency(self.hist, self.latency)
+        self._sample_latency(self.message_hist, self.message_latency)
         self._sample_health(dt, workers, procs, parent_cpu_s)
         self._n += 1
 
-    def _sample_latency(self) -> None:
-        h = self.hist
+    def _worker_rates(self, w: WorkerLike, now: float) -> dict[str, float]:
+        """This worker's rates since its previous report, over its own clock: a report that reached
+        the parent late does not make one interval look slow and the next one fast. A worker with
+        no report since the last sample keeps its last rates (none once it has finished)."""
+        s = w.stats
+        traffic = s.get("traffic") or {}
+        values = {
+            "established": s.get("established", 0),
+            "closed": s.get("closed", 0) + s.get("peer_closed", 0),
+            "failed": _failed(s),
+            "bytes_in": s.get("bytes_in", 0),
+            "bytes_out": s.get("bytes_out", 0),
+            "messages": traffic.get("replies", 0) if traffic.get("awaits", True) else traffic.get("sent", 0),
+        }
+        stamp = float(s.get("t", now))
+        key = (w.role, w.index)
+        last = self._last_w.get(key)
+        if last is None:
+            rates = dict.fromkeys(_RATED, 0.0)
+        elif stamp > last[0]:
+            span = stamp - last[0]
+            rates = {k: max(0, values[k] - last[1][k]) / span for k in _RATED}
+        else:
+            rates = dict.fromkeys(_RATED, 0.0) if w.finished else last[2]
+            self._last_w[key] = (last[0], last[1], rates)
+            return rates
+        self._last_w[key] = (stamp, values, rates)
+        return rates
+
+    def _note_message_latency(self, key: tuple[str, int], cumulative: dict[int, int] | None) -> None:
+        if not cumulative:
+            return
+        before = self._last_latency_w.get(key, {})
+        lo, hi = self._hist_range
+        rec = self.message_hist.record_value
+        for us, n in cumulative.items():
+            d = n - before.get(us, 0)
+            if d > 0:
+                rec(lo if us < lo else hi if us > hi else us, d)
+        self._last_latency_w[key] = cumulative
+
+    def _per_cause(self, cols: dict[str, list[float]], now: dict[str, int], before: dict[str, int],
+                   dt: float | None) -> None:
+        for cause in now.keys() - cols.keys():
+            cols[cause] = [0.0] * self._n
+        for cause, col in cols.items():
+            col.append(_r(max(0, now.get(cause, 0) - before.get(cause, 0)) / dt) if dt else 0.0)
+
+    @staticmethod
+    def _sample_latency(h: HdrHistogram, lat: dict[str, list[float | None]]) -> None:
         n = h.get_total_count()
-        lat = self.latency
         lat["count"].append(n)
         if n:
             values = h.get_percentile_to_value_dict([p for _, p in LATENCY_KEYS])
@@ -310,6 +366,9 @@ class SeriesSampler:
             **self.cols,
             "failures_by_cause_per_s": self.by_cause,
             "latency_ms": self.latency,
+            "message_latency_ms": self.message_latency,
+            "errors_per_s": self.errors_per_s,
+            "errors_by_cause_per_s": self.errors_by_cause,
             "health": self.health,
             "time_to_target_s": self.milestones_s,
             "processes": {

@@ -12,6 +12,7 @@ own precision (3 significant digits) so the dict stays small; the parent merges 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import time
@@ -40,7 +41,7 @@ _SCAN_S = 0.5  # how often in-flight messages are checked against the reply time
 
 
 class Conn:
-    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "out", "queued", "src", "starts")
+    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "next_due", "out", "src", "starts")
 
     def __init__(self, fd: int, idx: int, codec: Any, src: str) -> None:
         self.fd = fd
@@ -48,8 +49,10 @@ class Conn:
         self.codec = codec
         self.src = src
         self.starts: list[float] = []  # start time of each message in flight (sent or scheduled)
-        self.queued: list[float] = []  # open model: scheduled times not yet sent (connection busy)
-        self.first = False  # the first byte of the oldest reply in flight has arrived
+        # Open model, parked (busy when its time came): the scheduled time of its oldest message
+        # not yet sent; the later ones follow every interval (OpenSchedule). 0.0: not parked.
+        self.next_due = 0.0
+        self.first = 0.0  # when the first byte of the oldest reply in flight arrived (0: not yet)
         self.got_reply = False
         self.out = b""  # bytes the socket did not take yet
 
@@ -57,15 +60,18 @@ class Conn:
 class TrafficSnapshot(P.Snapshot):
     """The worker's Snapshot plus a "traffic" key (extra keys keep the STATS message compatible)."""
 
-    __slots__ = ("traffic",)
+    __slots__ = ("intervals", "traffic")
 
     def __init__(self) -> None:
         super().__init__()
         self.traffic: dict[str, Any] = {}
+        self.intervals: list[tuple[float, float, dict[int, int]]] = []
 
     def as_dict(self) -> dict[str, Any]:
         d = P.Snapshot.as_dict(self)
         d["traffic"] = dict(self.traffic)
+        if self.intervals:  # sent once: the parent's Fleet collects them (Worker.intervals)
+            d["intervals"], self.intervals = self.intervals, []
         return d
 
 
@@ -75,6 +81,21 @@ def hdr_round(us: int) -> int:
         return us if us > 0 else 1
     s = us.bit_length() - 11
     return us >> s << s
+
+
+def ages_by_bucket(oldest_us: float, step_us: float, first: int, n: int) -> list[tuple[int, int]]:
+    """The ages oldest_us - k * step_us for k in [first, n), counted per HDR bucket (hdr_round):
+    one step per bucket rather than per age, so millions of unsent messages cost a few thousand."""
+    out: list[tuple[int, int]] = []
+    k = first
+    while k < n:
+        age = oldest_us - k * step_us
+        bucket = hdr_round(int(age))
+        # Ages stay in this bucket while int(age) >= bucket.
+        m = min(n - k, int((age - bucket) // step_us) + 1) if step_us > 0 else n - k
+        out.append((bucket, max(1, m)))
+        k += max(1, m)
+    return out
 
 
 class TrafficClientWorker(ClientWorker):
@@ -93,12 +114,25 @@ class TrafficClientWorker(ClientWorker):
         self.by_source: dict[str, int] = {}
         self.conns: dict[int, Conn] = {}
         self.sent = 0
+        self.sent_in_window = 0
         self.replies = 0
         self.window_replies = 0
         self.window_bytes_in = 0
         self.window_bytes_out = 0
         self.unanswered = 0
         self.unsent = 0
+        self.unsent_sampled = 0  # of those, due inside the window: in the latency at their age at the end
+        # What the warm-up counted (errors, statuses, errors by source): the report's figures are the
+        # window's, so these are taken off when published (the time series adds them back).
+        self.warmup_errors: dict[str, int] = {}
+        self.warmup_statuses: dict[str, int] = {}
+        self.warmup_by_source: dict[str, int] = {}
+        # Latency interval histograms closed on the one-second grid of the shared monotonic clock
+        # (start, end, {us: count}), waiting for the next report: the parent writes the HdrHistogram
+        # log from these, so each interval holds what completed in it, not what reached the parent.
+        self.intervals: list[tuple[float, float, dict[int, int]]] = []
+        self._interval_start = 0.0
+        self._interval_base: dict[int, int] = {}
         self.phase = "connecting"
         self.window_s = 0.0
         self._ran = False
@@ -135,6 +169,7 @@ class TrafficClientWorker(ClientWorker):
             "phase": self.phase,
             "done": done or self.phase == "closed",
             "sent": self.sent,
+            "sent_in_window": self.sent_in_window,
             "replies": self.replies,
             "window_replies": self.window_replies,
             "window_bytes_in": self.window_bytes_in,
@@ -142,18 +177,40 @@ class TrafficClientWorker(ClientWorker):
             "window_s": self.window_s,
             "unanswered_at_end": self.unanswered,
             "unsent_at_end": self.unsent,
+            "unsent_sampled": self.unsent_sampled,
             "talking": len(self.conns) if self.phase != "closed" else self.talking_at_end,
             "talking_at_start": self.talking_at_start,
-            "errors": dict(self.tally.errors),
-            "statuses": dict(self.tally.statuses),
-            "errors_by_source": dict(self.by_source),
+            "errors": _minus(self.tally.errors, self.warmup_errors),
+            "statuses": _minus(self.tally.statuses, self.warmup_statuses),
+            "errors_by_source": _minus(self.by_source, self.warmup_by_source),
+            "warmup_errors": dict(self.warmup_errors),
+            "warmup_statuses": dict(self.warmup_statuses),
+            "awaits": self.traffic.awaits_reply,
             "latency_us": _merged(self.hist_latency, self.hist_whole),
             "ttfb_us": _merged(self.hist_ttfb, self.hist_whole),
         }
 
     def report(self) -> None:
         self._publish(done=self.phase == "done")
+        self.tsnap.intervals, self.intervals = self.intervals, []
         super().report()
+
+    def _end_warmup(self, before: tuple[dict[str, int], dict[str, int], dict[str, int]]) -> None:
+        """The warm-up is over: what it counted (the counts now less `before`, taken when it began,
+        after any WebSocket handshakes - those belong to the report) is kept apart from the window's."""
+        errors, statuses, by_source = before
+        self.warmup_errors = _minus(self.tally.errors, errors)
+        self.warmup_statuses = _minus(self.tally.statuses, statuses)
+        self.warmup_by_source = _minus(self.by_source, by_source)
+
+    def _close_interval(self, now: float) -> None:
+        """End the latency interval that began at _interval_start (a grid second, or the start)."""
+        cumulative = _merged(self.hist_latency, self.hist_whole)
+        delta = {us: n - self._interval_base.get(us, 0) for us, n in cumulative.items()
+                 if n != self._interval_base.get(us, 0)}
+        self.intervals.append((self._interval_start, now, delta))
+        self._interval_base = cumulative
+        self._interval_start = now
 
     def _codec(self) -> Any:
         tc = self.traffic
@@ -257,7 +314,22 @@ class TrafficClientWorker(ClientWorker):
             self.sent += 1
             if t_start >= warm_end:
                 self.window_bytes_out += len(data)
+                self.sent_in_window += 1
             self._write(c, data)
+
+        def send_due(c: Conn, due: float, now: float) -> None:
+            """Open model: send c's messages due by `now` from `due` on, as many as it has room for;
+            park it if some are left (busy), else hand it back to the schedule for its next one."""
+            assert schedule is not None
+            room = (pipeline - len(c.starts) if c.codec.ready else 0) if awaits else 1 << 30
+            times, following = schedule.send_times(due, now, room)
+            for t_start in times:
+                send_one(c, t_start)
+            if following <= now:
+                c.next_due = following
+            else:
+                c.next_due = 0.0
+                schedule.wait(c.idx, following)
 
         # The first messages of a closed loop (WebSocket handshakes are done by now).
         for c in list(conns.values()):
@@ -265,6 +337,14 @@ class TrafficClientWorker(ClientWorker):
                 for _ in range(pipeline if awaits else 1):
                     send_one(c, perf())
         next_scan = start + _SCAN_S
+        # The loop's clock work, each when due: settle the quick counters and report (every
+        # report_interval_s), end the warm-up, close a latency interval (grid seconds), expire.
+        self._interval_start = start
+        next_grid = math.floor(start) + 1.0
+        next_report = start
+        warm_over = False
+        before_warmup = (dict(tally.errors), dict(tally.statuses), dict(self.by_source))
+        next_tick = start
         timeout_s = tc.reply_timeout_s
         pipe_fd = self.pipe_fd
         # Steady state, the hot path: a closed loop with one message in flight, and a read that
@@ -287,17 +367,29 @@ class TrafficClientWorker(ClientWorker):
             now = perf()
             if now >= end:
                 break
-            wait = max(0.0, min(end - now, 0.05))
+            if now >= next_tick:
+                if learned is not None:
+                    self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
+                    quick_n = quick_win = quick_out = quick_out_win = 0
+                if not warm_over and now >= warm_end:
+                    warm_over = True
+                    self._end_warmup(before_warmup)
+                if now >= next_grid:
+                    self._close_interval(now)
+                    next_grid = math.floor(now) + 1.0
+                if now >= next_scan:
+                    next_scan = now + _SCAN_S
+                    self._expire(now, timeout_s)
+                if now >= next_report:
+                    next_report = now + self.report_interval_s
+                    self.report()
+                next_tick = min(next_grid, next_scan, next_report, end if warm_over else warm_end)
+            wait = max(0.0, min(end - now, 0.05, next_tick - now))
             if schedule is not None:
                 for due, i in schedule.take_due(now):
                     slot = by_idx[i]
-                    if slot is None or slot.fd not in conns:
-                        continue
-                    c = slot
-                    if not awaits or (c.codec.ready and len(c.starts) < pipeline and not c.queued):
-                        send_one(c, due)
-                    else:
-                        c.queued.append(due)
+                    if slot is not None and slot.fd in conns:
+                        send_due(slot, due, now)
                 nd = schedule.next_due_s()
                 if nd is not None:
                     wait = max(0.0, min(wait, nd - now))
@@ -365,11 +457,17 @@ class TrafficClientWorker(ClientWorker):
                 if t >= warm_end and t < end:
                     self.window_bytes_in += nbytes
                 if starts and not c.first:
-                    self._first_byte(c, t, warm_end)
+                    c.first = t
                 errors_before = tally.count
                 if steady:
                     tally.last_status = None
                 n = codec.feed(data)
+                if n > len(starts) and awaits:
+                    # More replies than messages in flight: not an answer to anything (raw: an
+                    # --expect-* that splits one reply in two; ws: a server talking on its own).
+                    # Counted, and not answered with more messages - that would snowball.
+                    tally.error("unexpected-reply", n - len(starts))
+                    n = len(starts)
                 if tally.count != errors_before:  # e.g. an HTTP 4xx: counted against this source too
                     self.by_source[c.src] = self.by_source.get(c.src, 0) + tally.count - errors_before
                 if not raw:
@@ -397,32 +495,21 @@ class TrafficClientWorker(ClientWorker):
                         learned_status = tally.last_status
                     for _ in range(min(n, len(starts))):
                         self._complete(c, t, warm_end, end, hl)
-                    c.first = bool(codec.partial)
+                    c.first = t if codec.partial else 0.0
                     if t < end:
                         if schedule is None:
                             for _ in range(n):
                                 send_one(c, t)
-                        else:
-                            q = c.queued
-                            while q and len(starts) < pipeline:
-                                send_one(c, q.pop(0))
+                        elif c.next_due:
+                            send_due(c, c.next_due, t)
                 elif not raw and codec.ready and not c.got_reply and not starts:
                     # The WebSocket handshake just completed: start this connection's messages.
                     c.got_reply = True
                     if schedule is None:
                         for _ in range(pipeline):
                             send_one(c, t)
-                    else:
-                        q = c.queued
-                        while q and len(starts) < pipeline:
-                            send_one(c, q.pop(0))
-            if now >= next_scan:
-                next_scan = now + _SCAN_S
-                if learned is not None:
-                    self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
-                    quick_n = quick_win = quick_out = quick_out_win = 0
-                self._expire(now, timeout_s)
-                self.maybe_report()
+                    elif c.next_due:
+                        send_due(c, c.next_due, t)
         if learned is not None:
             self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
         self.window_s = min(perf(), end) - warm_end if perf() > warm_end else 0.0
@@ -431,9 +518,10 @@ class TrafficClientWorker(ClientWorker):
     def _settle_quick(self, n: int, n_window: int, sent_bytes: int, sent_bytes_window: int, reply: bytes,
                       status: str | None) -> None:
         """Add what the quick path counted in locals (n replies of `reply`, each followed by one
-        message of the bytes given) to the worker's counts."""
+        message of the bytes given; n_window of each pair inside the window) to the worker's counts."""
         self.replies += n
         self.sent += n
+        self.sent_in_window += n_window
         self.window_replies += n_window
         self.snap.bytes_in += n * len(reply)
         self.window_bytes_in += n_window * len(reply)
@@ -501,16 +589,13 @@ class TrafficClientWorker(ClientWorker):
         self.conns.clear()
         super().close_all()
 
-    def _first_byte(self, c: Conn, t: float, warm_end: float) -> None:
-        """The first byte of the oldest reply in flight arrived at t: its time to first byte."""
-        c.first = True
-        t0 = c.starts[0]
-        if t0 >= warm_end:
-            us = hdr_round(int((t - t0) * 1e6))
-            self.hist_ttfb[us] = self.hist_ttfb.get(us, 0) + 1
-
     def _complete(self, c: Conn, t: float, warm_end: float, end: float, hl: dict[int, int]) -> None:
+        """The oldest reply in flight completed at t: its latency and time to first byte. Both are
+        taken here, for the same replies (a reply cut short has neither), so first byte can never
+        read later than the whole reply; the next reply's first byte is at t or later."""
         t0 = c.starts.pop(0)
+        first = c.first or t
+        c.first = 0.0
         c.got_reply = True
         self.replies += 1
         if t >= warm_end and t < end:
@@ -518,15 +603,29 @@ class TrafficClientWorker(ClientWorker):
         if t0 >= warm_end:
             us = hdr_round(int((t - t0) * 1e6))
             hl[us] = hl.get(us, 0) + 1
+            us = hdr_round(int((first - t0) * 1e6))
+            self.hist_ttfb[us] = self.hist_ttfb.get(us, 0) + 1
 
     def _expire(self, now: float, timeout_s: float) -> None:
         late = [c for c in self.conns.values() if (c.starts and now - c.starts[0] > timeout_s)
                 or (not c.codec.ready and now - self._phase_start > timeout_s)]
         for c in late:
-            if not c.codec.ready:
-                self._drop(c, "ws-handshake-timeout")
-            else:
-                self._drop(c, "reply-timeout" if c.got_reply else "no-reply-ever")
+            self._drop(c, "ws-handshake-timeout" if not c.codec.ready else _late_cause(c))
+
+    def _count_unsent(self, first_due: float, end: float, warm_end: float, hl: dict[int, int]) -> None:
+        """Open model: a parked connection's messages due from `first_due` until the end were never
+        sent. Each would have taken at least until the end - left out, the latency would read better
+        the further behind the server fell - so each due in the window goes into the latency and the
+        first byte at that age, a lower bound; the report says how many did."""
+        assert self._schedule is not None
+        interval = self._schedule.interval_s
+        n = self._schedule.count_between(first_due, end)
+        self.unsent += n
+        skip = self._schedule.count_between(first_due, warm_end)  # due in the warm-up: not sampled
+        for us, count in ages_by_bucket((end - first_due) * 1e6, interval * 1e6, skip, n):
+            hl[us] = hl.get(us, 0) + count
+            self.hist_ttfb[us] = self.hist_ttfb.get(us, 0) + count
+            self.unsent_sampled += count
 
     def _drain(self, end: float, warm_end: float, hl: dict[int, int]) -> None:
         """Stop sending; give the replies in flight a short while to arrive; count the rest."""
@@ -534,7 +633,11 @@ class TrafficClientWorker(ClientWorker):
         self.phase = "draining"
         deadline = perf() + self.traffic.reply_timeout_s
         conns = self.conns
+        next_grid = math.floor(perf()) + 1.0
         while any(c.starts for c in conns.values()) and perf() < deadline and not self.closing:
+            if perf() >= next_grid:
+                self._close_interval(perf())
+                next_grid = math.floor(perf()) + 1.0
             for fd, ev in self.epoll.poll(0.05, 4096):
                 if fd == self.pipe_fd:
                     self.read_control()
@@ -561,26 +664,43 @@ class TrafficClientWorker(ClientWorker):
                 self.snap.bytes_in += len(data)
                 starts = c.starts
                 if starts and not c.first:
-                    self._first_byte(c, t, warm_end)
+                    c.first = t
                 codec = c.codec
+                errors_before = self.tally.count
                 n = codec.feed(data)
+                if n > len(starts) and self.traffic.awaits_reply:
+                    self.tally.error("unexpected-reply", n - len(starts))
+                    n = len(starts)
+                if self.tally.count != errors_before:  # e.g. an HTTP 5xx: against this source too
+                    self.by_source[c.src] = self.by_source.get(c.src, 0) + self.tally.count - errors_before
                 for _ in range(min(n, len(starts))):
                     self._complete(c, t, warm_end, end, hl)
                 if n:
-                    c.first = bool(codec.partial)
+                    c.first = t if codec.partial else 0.0
                 if codec.out:  # e.g. the pong for a server's ping
                     out, codec.out = codec.out, b""
                     self._write(c, out)
                 if codec.dead is not None and fd in conns:
                     self._drop(c, codec.dead)
         for c in conns.values():
+            if c.starts and not self.closing:
+                # Still no reply after the drain's full --reply-timeout: a timeout like any other,
+                # counted (and so failing the run) - a server that never answers must not pass.
+                self.tally.error(_late_cause(c))
+                self.by_source[c.src] = self.by_source.get(c.src, 0) + 1
             self.unanswered += len(c.starts)
-            self.unsent += len(c.queued)
+            if c.next_due and self._schedule is not None:
+                self._count_unsent(c.next_due, end, warm_end, hl)
+                c.next_due = 0.0
             c.starts.clear()
-            c.queued.clear()
             self.epoll.modify(c.fd, _HOLD)  # back to holding: the hold loop only watches for closes
+        self._close_interval(perf())
         self.phase = "done"
         self.report()
+
+
+def _minus(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
 
 
 def _merged(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
@@ -588,6 +708,14 @@ def _merged(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
     for k, v in b.items():
         out[k] = out.get(k, 0) + v
     return out
+
+
+def _late_cause(c: Conn) -> str:
+    """Why the oldest reply in flight is overdue: part of it came (reply-incomplete), or none of it
+    on a connection that has had replies (reply-timeout), or never any reply (no-reply-ever)."""
+    if c.first or c.codec.partial:
+        return "reply-incomplete"
+    return "reply-timeout" if c.got_reply else "no-reply-ever"
 
 
 def _eof_cause(c: Conn) -> str:

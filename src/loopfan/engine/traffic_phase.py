@@ -7,17 +7,20 @@ worker's failure (the fleet notes those); the log file is opened and closed here
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from hdrh.log import HistogramLogWriter  # type: ignore[import-untyped]
 
 from loopfan.engine.fleet import Fleet, Worker
+from loopfan.engine.traffic_client import TRAFFIC
 from loopfan.traffic.config import TrafficConfig
-from loopfan.traffic.results import TrafficTotals, merge, new_histogram, record, subtract
+from loopfan.traffic.results import TrafficTotals, merge, new_histogram, record
 
-_LOG_INTERVAL_S = 1.0
+_LATE_S = 0.3  # how long after a grid second its intervals may still be on their way
 # Beyond its duration, a worker may need the reply timeout to drain, and a little to report.
 _GRACE_S = 10.0
 
@@ -27,35 +30,54 @@ def traffic_of(workers: list[Worker]) -> TrafficTotals:
 
 
 class HdrIntervalLog:
-    """Latency interval histograms in the HdrHistogram log format (values in microseconds)."""
+    """Latency interval histograms in the HdrHistogram log format (values in microseconds).
+
+    Each client worker closes its intervals itself, on whole seconds of the monotonic clock all
+    processes share (TrafficClientWorker._close_interval), so an interval holds the replies that
+    completed in it - not the ones that reached the parent then, up to a report late. Interval k
+    of every worker is merged into one line, written once every worker has moved past it.
+    """
 
     def __init__(self, path: str) -> None:
         self.fh: IO[str] = open(path, "w")  # noqa: SIM115 - closed by close()
         self.writer = HistogramLogWriter(self.fh)
         self.t0 = time.time()
-        self.last_t = self.t0
-        self.seen: dict[int, dict[int, int]] = {}  # worker pid -> its cumulative latency at the last write
+        self.t0_clock = time.perf_counter()  # the workers' clock at t0
+        self.pending: dict[int, tuple[float, float, HdrHistogram]] = {}  # second -> start, end, merged
+        self.written_upto = -1  # the last second written
         self.writer.output_comment("[Logged with loopfan: request/response latency, microseconds]")
         self.writer.output_log_format_version()
         iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.t0))
         self.fh.write(f"#[StartTime: {self.t0:.3f} (seconds since epoch), {iso}]\n")
         self.writer.output_legend()
 
-    def maybe_write(self, workers: list[Worker], force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self.last_t < _LOG_INTERVAL_S:
-            return
-        h = new_histogram()
+    def collect(self, workers: list[Worker]) -> None:
         for w in workers:
-            cum: dict[int, int] = (w.stats.get("traffic") or {}).get("latency_us", {})
-            record(h, subtract(cum, self.seen.get(w.pid, {})))
-            self.seen[w.pid] = cum
-        if h.get_total_count() or not force:
-            h.set_start_time_stamp(int(self.last_t * 1000))
-            h.set_end_time_stamp(int(now * 1000))
+            for start, end, samples in w.intervals:
+                second = math.floor(start)
+                if second <= self.written_upto:  # late for a line already written: into the next one
+                    second = self.written_upto + 1
+                lo, hi, h = self.pending.get(second) or (start, end, new_histogram())
+                record(h, {int(us): n for us, n in samples.items()})
+                self.pending[second] = (min(lo, start), max(hi, end), h)
+            w.intervals.clear()
+
+    def maybe_write(self, workers: list[Worker], force: bool = False) -> None:
+        self.collect(workers)
+        # Every worker still talking closes second k within a loop turn of k + 1; a little slack
+        # for its report to arrive, then the line is complete.
+        ready_upto = math.floor(time.perf_counter() - _LATE_S) - 1
+        for second in sorted(self.pending):
+            if not force and second > ready_upto:
+                break
+            start, end, h = self.pending.pop(second)
+            rel_start = max(0.0, start - self.t0_clock)
+            rel_end = max(rel_start, end - self.t0_clock)
+            h.set_start_time_stamp(int((self.t0 + rel_start) * 1000))
+            h.set_end_time_stamp(int((self.t0 + rel_end) * 1000))
             # Timestamps relative to the start time; the max column in milliseconds (us / 1000).
-            self.writer.output_interval_histogram(h, max(self.last_t - self.t0, 1e-6), now - self.t0, 1000.0)
-        self.last_t = now
+            self.writer.output_interval_histogram(h, max(rel_start, 1e-6), rel_end, 1000.0)
+            self.written_upto = second
 
     def close(self) -> None:
         self.fh.close()
@@ -63,8 +85,10 @@ class HdrIntervalLog:
 
 def await_traffic(fleet: Fleet, clients: list[Worker], tc: TrafficConfig, tick: Callable[[], None],
                   stopped: Callable[[], bool]) -> TrafficTotals:
-    """Pump the fleet until every client worker says its traffic phase is done (or died)."""
+    """Start the traffic phase on every client worker, then pump the fleet until each says it is
+    done (or died), writing the HdrHistogram log as intervals come in."""
     log = HdrIntervalLog(tc.hdr_log) if tc.hdr_log else None
+    fleet.send(clients, TRAFFIC)
     deadline = time.monotonic() + tc.warmup_s + tc.duration_s + tc.reply_timeout_s + _GRACE_S
     try:
         while not stopped() and time.monotonic() < deadline:

@@ -110,6 +110,9 @@ class WorkerBase:
         self.latency.clear()
         stats = self.snap.as_dict()
         stats["health"] = self.health()
+        # When these counts were true, on the clock every process shares: the parent's rates
+        # divide by the worker's own time between reports, not by when the pipe delivered them.
+        stats["t"] = time.monotonic()
         self.send(P.STATS, (stats, latency))
 
     def health(self) -> dict[str, float | int | None]:

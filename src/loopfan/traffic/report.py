@@ -26,6 +26,12 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one (the "
                       "kernel accepted it, the server never served it)",
                       "the server's accept loop is stuck - often at its open-file limit; " + _SERVER_LIMIT),
+    "unexpected-reply": ("more replies arrived than messages were sent",
+                         "raw: --expect-length / --expect-end split one reply into several - make them "
+                         "match the whole reply; ws: the server sends messages of its own"),
+    "reply-incomplete": ("part of a reply arrived, the rest never did within --reply-timeout",
+                         "raw: check --expect-length / --expect-end / --expect-contains match what the "
+                         "server sends; otherwise the server stalls mid-reply"),
     "reply-timeout": ("a reply did not complete within --reply-timeout", "a longer --reply-timeout, or a "
                       "lower rate; check the server is not overloaded"),
     "reply-mismatch": ("an echo reply differed from the message", "the server is not an echo server"),
@@ -60,10 +66,13 @@ def explain(cause: str) -> tuple[str, str]:
 
 
 def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
-                    hdr_log: str | None) -> dict[str, Any] | None:
+                    hdr_log: str | None, awaits_reply: bool = True,
+                    rate_per_conn_s: float = 0.0) -> dict[str, Any] | None:
     if t is None:
         return None
     window = t.window_s
+    # Send only (raw with nothing to expect): a message is done when it is written.
+    done_in_window = t.window_replies if awaits_reply else t.sent_in_window
     errors = [
         {"cause": c, "count": n, "meaning": explain(c)[0], "fix": explain(c)[1]}
         for c, n in sorted(t.errors.items(), key=lambda kv: -kv[1])
@@ -75,9 +84,12 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "warmup_s": warmup_s,
         "window_s": round(window, 3),
         "sent": t.sent,
+        "sent_in_window": t.sent_in_window,
         "replies": t.replies,
         "replies_in_window": t.window_replies,
-        "messages_per_s": round(t.window_replies / window, 1) if window > 0 else None,
+        "messages_per_s": round(done_in_window / window, 1) if window > 0 else None,
+        # Open model: what the schedule asked for, over the connections that began talking.
+        "requested_per_s": round(rate_per_conn_s * t.talking_at_start, 1) if open_model else None,
         "bytes_in_per_s": round(t.window_bytes_in / window, 1) if window > 0 else None,
         "bytes_out_per_s": round(t.window_bytes_out / window, 1) if window > 0 else None,
         "latency_ms": percentiles_ms(t.latency),
@@ -91,6 +103,9 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "sources_with_errors": len(sources),
         "unanswered_at_end": t.unanswered_at_end,
         "unsent_at_end": t.unsent_at_end,
+        "unsent_in_latency": t.unsent_sampled,
+        "warmup_errors": dict(sorted(t.warmup_errors.items(), key=lambda kv: -kv[1])),
+        "warmup_statuses": dict(sorted(t.warmup_statuses.items())),
         "connections_talking_at_start": t.talking_at_start,
         "connections_talking_at_end": t.talking,
         "hdr_log": hdr_log,
@@ -107,10 +122,11 @@ def _pct_line(p: dict[str, float | None]) -> str:
 
 
 def closed_loop_reading(tr: dict[str, Any]) -> str | None:
-    """How to read a closed loop's latency: by Little's law, throughput x mean latency is the number
-    of messages in flight, so with thousands of connections each message mostly waits its turn in
-    the client's and the server's queues. Said once, with the figure, so a 100 ms p50 over 10,000
-    connections is not read as a slow server."""
+    """How to read a closed loop's latency. By Little's law throughput x mean latency is the number
+    of messages in flight - one per connection, always - so once the server or this host is
+    saturated, more connections mean longer latency, not more messages/s. Said once, with the
+    figure, so a 100 ms p50 over 10,000 connections is not taken for a slow server, nor a fast one
+    for a fast server at any load."""
     mean_ms = tr["latency_ms"].get("mean")
     rate = tr["messages_per_s"]
     if tr["model"] != "closed loop" or not mean_ms or not rate:
@@ -118,8 +134,30 @@ def closed_loop_reading(tr: dict[str, Any]) -> str | None:
     in_flight = rate * mean_ms / 1000
     if in_flight < 2:
         return None
-    return (f"closed loop: ~{in_flight:,.0f} messages in flight on average (messages/s x mean latency), so "
-            "the latency is mostly each one waiting its turn; --rate R shows the latency at a load you choose")
+    return (f"closed loop: ~{in_flight:,.0f} messages always in flight (messages/s x mean latency); past "
+            "saturation more connections add latency, not throughput - --rate R measures the latency at a "
+            "load you choose")
+
+
+def client_cpu_pct(rep: dict[str, Any]) -> float | None:
+    """The busiest client process's median CPU % during the traffic phase (None if unknown)."""
+    series = rep.get("series") or {}
+    phases = dict(zip(series.get("t_s", []), series.get("phase", []), strict=False))
+    procs = series.get("processes") or {}
+    times = procs.get("t_s", [])
+    busiest: float | None = None
+    for item in procs.get("items", []):
+        if item.get("role") != "client":
+            continue
+        during = sorted(v for t, v in zip(times, item.get("cpu_pct", []), strict=False)
+                        if v is not None and phases.get(t) == "traffic")
+        if during:
+            median = during[len(during) // 2]
+            busiest = median if busiest is None else max(busiest, median)
+    return busiest
+
+
+_SATURATED_PCT = 90.0
 
 
 def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
@@ -134,8 +172,11 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
               + (f" after {tr['warmup_s']:g} s warm-up" if tr["warmup_s"] else ""))
     bps_in = tr["bytes_in_per_s"] or 0.0
     bps_out = tr["bytes_out_per_s"] or 0.0
-    t.add_row("throughput", f"{rate or 0:,.0f} messages/s, in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
-              f"({tr['replies_in_window']:,} replies of {tr['sent']:,} sent)")
+    asked = tr.get("requested_per_s")
+    t.add_row("throughput", f"{rate or 0:,.0f} messages/s" + (f" of {asked:,.0f} requested" if asked else "")
+              + f", in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
+              f"({tr['replies_in_window']:,} replies and {tr.get('sent_in_window', tr['sent']):,} messages sent "
+              "in the window)")
     t.add_row("latency", _pct_line(tr["latency_ms"]))
     t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
     note = closed_loop_reading(tr)
@@ -148,8 +189,19 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("lost before", f"{lost_before:,} of {rep['established']:,} connections were closed by the server "
                   f"before the traffic began: {_SERVER_LIMIT}")
     if tr["unanswered_at_end"] or tr["unsent_at_end"]:
+        sampled = tr.get("unsent_in_latency", 0)
+        lower = f"; {sampled:,} of those are in the latency at their age at the end (a lower bound)"
         t.add_row("at the end", f"{tr['unanswered_at_end']:,} unanswered, {tr['unsent_at_end']:,} due but not sent "
-                  "(the server was behind)")
+                  "(the server, or this host, was behind)" + (lower if sampled else ""))
+    cpu = client_cpu_pct(rep)
+    if cpu is not None and cpu >= _SATURATED_PCT:
+        t.add_row("generator", f"a loopfan client process was at {cpu:.0f} % CPU during the traffic: the load "
+                  "generator, not the server, may be what limits these figures - fewer connections, a lower "
+                  "--rate, or more cores (loopfan runs one client process per core)")
+    warm = tr.get("warmup_errors") or {}
+    if warm:
+        t.add_row("warm-up", f"{sum(warm.values()):,} errors during the warm-up, not counted above: "
+                  + ", ".join(f"{k} {v:,}" for k, v in warm.items()))
     if tr["hdr_log"]:
         t.add_row("hdr log", tr["hdr_log"])
     head = Text("Traffic: ", style="bold")
@@ -178,4 +230,5 @@ def report_traffic(result: Any) -> dict[str, Any] | None:
     tc = result.config.traffic
     if tc is None:
         return None
-    return traffic_section(result.traffic, tc.kind, tc.open_model, tc.warmup_s, tc.hdr_log)
+    return traffic_section(result.traffic, tc.label, tc.open_model, tc.warmup_s, tc.hdr_log, tc.awaits_reply,
+                           tc.rate_per_conn_s)

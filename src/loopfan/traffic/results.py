@@ -3,7 +3,9 @@
 Rules of this file: workers send cumulative counts and cumulative {microseconds: count} histograms,
 so merging is a sum over each worker's latest snapshot; a lost message loses nothing but freshness.
 Throughput counts only replies completed inside the measured window (after the warm-up, before the
-end); latency counts every message started inside it.
+end); latency counts every message started inside it (open model: one due in it but never sent goes
+in at its age at the end, a lower bound). Errors and statuses are those after the warm-up (the
+drain included); the warm-up's are kept apart.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class TrafficTotals:
     workers: int = 0
     workers_done: int = 0
     sent: int = 0
+    sent_in_window: int = 0
     replies: int = 0
     window_replies: int = 0
     window_bytes_in: int = 0
@@ -46,11 +49,14 @@ class TrafficTotals:
     window_s: float = 0.0  # the longest worker window (they run side by side)
     unanswered_at_end: int = 0
     unsent_at_end: int = 0
+    unsent_sampled: int = 0
     talking: int = 0
     talking_at_start: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     errors_by_source: dict[str, int] = field(default_factory=dict)
+    warmup_errors: dict[str, int] = field(default_factory=dict)
+    warmup_statuses: dict[str, int] = field(default_factory=dict)
     latency: HdrHistogram = field(default_factory=new_histogram)
     ttfb: HdrHistogram = field(default_factory=new_histogram)
 
@@ -72,13 +78,15 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
             continue
         t.workers += 1
         t.workers_done += 1 if s.get("done") else 0
-        for name in ("sent", "replies", "window_replies", "window_bytes_in", "window_bytes_out",
-                     "unanswered_at_end", "unsent_at_end", "talking", "talking_at_start"):
+        for name in ("sent", "sent_in_window", "replies", "window_replies", "window_bytes_in", "window_bytes_out",
+                     "unanswered_at_end", "unsent_at_end", "unsent_sampled", "talking", "talking_at_start"):
             setattr(t, name, getattr(t, name) + int(s.get(name, 0)))
         t.window_s = max(t.window_s, float(s.get("window_s", 0.0)))
         _add(t.errors, s.get("errors", {}))
         _add(t.statuses, s.get("statuses", {}))
         _add(t.errors_by_source, s.get("errors_by_source", {}))
+        _add(t.warmup_errors, s.get("warmup_errors", {}))
+        _add(t.warmup_statuses, s.get("warmup_statuses", {}))
         record(t.latency, s.get("latency_us", {}))
         record(t.ttfb, s.get("ttfb_us", {}))
     return t
