@@ -132,6 +132,16 @@ def serve(c):
                               b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nno")
                 else:
                     c.sendall(data if n < 50 else data[:-1] + b"?")
+            elif how == "http-keepalive-5":  # like nginx's keepalive_requests 5
+                last = n == 5
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                          + (b"Connection: close\r\n" if last else b"") + b"\r\nok")
+                if last:
+                    c.close(); return
+            elif how == "echo-5":  # echoes five messages, then closes
+                c.sendall(data)
+                if n == 5:
+                    c.close(); return
             elif how == "silent":  # reads, never answers
                 continue
             elif how == "partial":  # half of each reply, never the rest
@@ -210,6 +220,28 @@ def test_a_server_that_does_not_answer_fails_the_run(bad_server: Callable[[str],
     tr = rep["traffic"]
     assert tr["errors"] == {cause: 20} and tr["unanswered_at_end"] == 20, tr
     assert tr["samples"] == 0 and tr["ttfb_ms"]["p50"] is None  # a reply cut short has no first byte either
+
+
+def test_connections_the_server_closes_are_opened_again(bad_server: Callable[[str], str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A keep-alive limit (nginx keepalive_requests) must not end the load after N requests per
+    connection: the closed connection is replaced, and ending keep-alive is a status, not an error."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("http-keepalive-5"), "--traffic", "http",
+                                 "--duration", "1s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0, tr["errors"]
+    assert tr["replies"] > 10 * 50 and tr["statuses"]["http-connection-close"] >= tr["replies"] // 5 - 20
+    assert tr["connections_reopened"] >= tr["statuses"]["http-connection-close"] - 20
+    assert tr["connections_talking_at_end"] == 10 and tr["connections_reopening_at_end"] <= 10
+    assert "reopened" in text and "not reopened" not in text
+    # A raw server that closes after 5 echoes: the 6th message is lost (an error), the slot lives on.
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("echo-5"), "--traffic", "echo",
+                                 "--duration", "1s")
+    tr = rep["traffic"]
+    # (the close races the 6th message: an orderly close, or a reset when the message came first)
+    assert status == 1 and set(tr["errors"]) <= {"closed-awaiting-reply", "ECONNRESET"}, tr["errors"]
+    assert tr["replies"] > 10 * 25 and tr["connections_reopened"] >= tr["errors_total"] - 10
 
 
 def test_more_replies_than_messages_are_counted_not_answered(builtin_listen: tuple[str, int], tmp_path: Path,

@@ -187,7 +187,7 @@ class ClientWorker(WorkerBase):
         if waiting is not None:
             t0, dest = waiting
             if events & (_EPOLLERR | _EPOLLHUP):
-                err = _so_error(fd)
+                err = so_error(fd)
                 self.epoll.unregister(fd)
                 self.fail(cause_for(err or errno.ECONNREFUSED, "connect"), (*_local(fd, ""), *dest))
                 os.close(fd)
@@ -202,7 +202,7 @@ class ClientWorker(WorkerBase):
                 return
         # A held connection the peer closed (or reset).
         if events & (_EPOLLRDHUP | _EPOLLHUP | _EPOLLERR):
-            err = _so_error(fd) if events & _EPOLLERR else 0
+            err = so_error(fd) if events & _EPOLLERR else 0
             self.epoll.unregister(fd)
             self.lost(fd, "ECONNRESET" if err == errno.ECONNRESET else "closed-by-peer")
 
@@ -252,7 +252,7 @@ def _four_tuple(fd: int) -> tuple[str, int, str, int]:
         s.detach()
 
 
-def _so_error(fd: int) -> int:
+def so_error(fd: int) -> int:
     s = socket.socket(fileno=fd)
     try:
         return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -12,6 +12,7 @@ own precision (3 significant digits) so the dict stays small; the parent merges 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import socket
@@ -22,7 +23,7 @@ from typing import Any
 from loopfan.engine import poller
 from loopfan.engine import protocol as P
 from loopfan.engine.causes import cause_for
-from loopfan.engine.client import ClientWorker
+from loopfan.engine.client import ClientWorker, bind_socket, so_error
 from loopfan.planner import ClientShard
 from loopfan.traffic.config import TrafficConfig
 from loopfan.traffic.http import HttpClient, KnownHeads, request_template
@@ -41,13 +42,14 @@ _SCAN_S = 0.5  # how often in-flight messages are checked against the reply time
 
 
 class Conn:
-    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "next_due", "out", "src", "starts")
+    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "next_due", "out", "peer", "src", "starts")
 
-    def __init__(self, fd: int, idx: int, codec: Any, src: str) -> None:
+    def __init__(self, fd: int, idx: int, codec: Any, src: str, peer: tuple[str, int]) -> None:
         self.fd = fd
-        self.idx = idx
+        self.idx = idx  # the connection's slot: its place in the open schedule, kept across reopens
         self.codec = codec
         self.src = src
+        self.peer = peer
         self.starts: list[float] = []  # start time of each message in flight (sent or scheduled)
         # Open model, parked (busy when its time came): the scheduled time of its oldest message
         # not yet sent; the later ones follow every interval (OpenSchedule). 0.0: not parked.
@@ -81,6 +83,24 @@ def hdr_round(us: int) -> int:
         return us if us > 0 else 1
     s = us.bit_length() - 11
     return us >> s << s
+
+
+class Reopen:
+    """A slot whose connection the server closed, while its new connection is being made."""
+
+    __slots__ = ("idx", "next_due", "peer", "src")
+
+    def __init__(self, idx: int, src: str, peer: tuple[str, int], next_due: float) -> None:
+        self.idx = idx
+        self.src = src
+        self.peer = peer
+        self.next_due = next_due  # open model: the slot's oldest unsent message (0: none yet)
+
+
+# The server ended the connection (not a timeout: reconnecting to a stuck server makes it worse).
+_REOPEN_CAUSES = frozenset({"closed-by-peer", "closed-awaiting-reply", "closed-mid-reply", "ECONNRESET", "EPIPE",
+                            "http-connection-close"})
+_CONNECTING = poller.OUT | poller.RDHUP
 
 
 def ages_by_bucket(oldest_us: float, step_us: float, first: int, n: int) -> list[tuple[int, int]]:
@@ -144,6 +164,12 @@ class TrafficClientWorker(ClientWorker):
         self._phase_start = 0.0
         self.talking_at_start = 0
         self.talking_at_end = 0
+        # Connections the server closed during the traffic are opened again (as wrk does), from
+        # the same source to the same endpoint, in the same slot: fd -> the slot being reopened.
+        self.reopening: dict[int, Reopen] = {}
+        self.reopened = 0
+        self.reopening_at_end = 0  # still connecting when the traffic ended (closed then)
+        self._by_idx: list[Conn | None] = []
 
     # The connect loop announces CONNECTED through send(); from there this worker waits for the
     # parent's TRAFFIC (sent once every worker has connected, so all talk at the same time), then
@@ -178,7 +204,9 @@ class TrafficClientWorker(ClientWorker):
             "unanswered_at_end": self.unanswered,
             "unsent_at_end": self.unsent,
             "unsent_sampled": self.unsent_sampled,
-            "talking": len(self.conns) if self.phase != "closed" else self.talking_at_end,
+            "reopened": self.reopened,
+            "reopening_at_end": self.reopening_at_end,
+            "talking": len(self.conns) + len(self.reopening) if self.phase == "traffic" else self.talking_at_end,
             "talking_at_start": self.talking_at_start,
             "errors": _minus(self.tally.errors, self.warmup_errors),
             "statuses": _minus(self.tally.statuses, self.warmup_statuses),
@@ -229,10 +257,76 @@ class TrafficClientWorker(ClientWorker):
         os.close(fd)
         self.fds.discard(fd)
         self.snap.open -= 1
-        if self._schedule is not None:
+        if self._by_idx:
+            self._by_idx[conn.idx] = None
+        if cause == "" or (cause == "closed-by-peer" and self.phase == "draining"):
+            pass  # after the window, an idle connection the server closes is no failure of anything
+        elif cause == "http-connection-close":
+            # The server ended keep-alive after a complete response (e.g. nginx keepalive_requests):
+            # nothing failed; a status, and a new connection takes this one's place.
+            self.tally.status(cause)
+        else:
+            self.tally.error(cause)
+            self.by_source[conn.src] = self.by_source.get(conn.src, 0) + 1
+        if not self._reopen(conn, cause) and self._schedule is not None:
             self._schedule.remove(conn.idx)
-        self.tally.error(cause)
-        self.by_source[conn.src] = self.by_source.get(conn.src, 0) + 1
+
+    def _reopen(self, conn: Conn, cause: str) -> bool:
+        """Open a new connection in the place of one the server closed during the traffic, so a
+        keep-alive limit or a server restart does not silently end the load. Not for a connection
+        that never had a reply (a server refusing it would be hammered), nor after the window (the
+        drain), nor for WebSocket (a new handshake mid-run is not what a WebSocket test measures)."""
+        if (self.phase != "traffic" or not conn.got_reply or cause not in _REOPEN_CAUSES
+                or self.traffic.kind == "ws"):
+            return False
+        try:
+            s = bind_socket(conn.src, family=socket.AF_INET6 if ":" in conn.src else socket.AF_INET)
+        except OSError as exc:
+            self.tally.error(cause_for(exc.errno or 0, "reconnect"))
+            return False
+        err = s.connect_ex(conn.peer)
+        fd = s.detach()
+        if err not in (0, errno.EINPROGRESS):
+            os.close(fd)
+            self.tally.error(cause_for(err, "reconnect"))
+            return False
+        self.epoll.register(fd, _CONNECTING)
+        self.fds.add(fd)  # closed with the rest, whatever happens
+        self.reopening[fd] = Reopen(conn.idx, conn.src, conn.peer, conn.next_due)
+        return True
+
+    def _reopened(self, fd: int) -> Conn | None:
+        """The connect of a reopened slot finished: its new Conn, or None (counted) if it failed."""
+        r = self.reopening.pop(fd)
+        err = so_error(fd)
+        if err:
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+            os.close(fd)
+            self.fds.discard(fd)
+            self.tally.error(cause_for(err, "reconnect"))
+            self.by_source[r.src] = self.by_source.get(r.src, 0) + 1
+            if self._schedule is not None:
+                self._schedule.remove(r.idx)
+            return None
+        c = Conn(fd, r.idx, self._codec(), r.src, r.peer)
+        c.next_due = r.next_due
+        self.conns[fd] = c
+        self._by_idx[r.idx] = c
+        self.snap.open += 1
+        self.reopened += 1
+        self.epoll.modify(fd, _TALK)
+        return c
+
+    def _abandon_reopening(self) -> None:
+        """The traffic is over: connects still under way are closed, not handed to the hold."""
+        self.reopening_at_end = len(self.reopening)
+        for fd in self.reopening:
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+            os.close(fd)
+            self.fds.discard(fd)
+        self.reopening.clear()
 
     def _write(self, conn: Conn, data: bytes) -> None:
         if conn.out:
@@ -284,9 +378,10 @@ class TrafficClientWorker(ClientWorker):
             self._host = tc.host or (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
             if tc.kind == "http":
                 self._template = request_template(tc.method, tc.path, self._host, tc.headers, tc.body)
-            conns[fd] = Conn(fd, idx, self._codec(), src)
+            conns[fd] = Conn(fd, idx, self._codec(), src, (peer[0], peer[1]))
             ep.modify(fd, _TALK)
         by_idx: list[Conn | None] = [None] * len(conns)
+        self._by_idx = by_idx
         for c in conns.values():
             by_idx[c.idx] = c
 
@@ -390,6 +485,10 @@ class TrafficClientWorker(ClientWorker):
                     slot = by_idx[i]
                     if slot is not None and slot.fd in conns:
                         send_due(slot, due, now)
+                    else:  # being reopened: parked until its new connection is up
+                        for r in self.reopening.values():
+                            if r.idx == i and not r.next_due:
+                                r.next_due = due
                 nd = schedule.next_due_s()
                 if nd is not None:
                     wait = max(0.0, min(wait, nd - now))
@@ -398,6 +497,16 @@ class TrafficClientWorker(ClientWorker):
                 if found is None:
                     if fd == pipe_fd:
                         self.read_control()
+                    elif fd in self.reopening:
+                        fresh = self._reopened(fd)
+                        if fresh is not None and now < end:
+                            if schedule is None:
+                                for _ in range(pipeline if awaits else 1):
+                                    send_one(fresh, perf())
+                            elif fresh.next_due:
+                                send_due(fresh, fresh.next_due, perf())
+                            else:  # its slot's next send is still in the schedule's heap
+                                pass
                     continue
                 c = found
                 if ev & _EPOLLOUT and c.out:
@@ -513,6 +622,9 @@ class TrafficClientWorker(ClientWorker):
         if learned is not None:
             self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
         self.window_s = min(perf(), end) - warm_end if perf() > warm_end else 0.0
+        # Talking when the window closed (a slot being reopened counts): the drain and the hold
+        # after it may lose connections without the load having fallen.
+        self.talking_at_end = len(conns) + len(self.reopening)
         self._drain(end, warm_end, hl)
 
     def _settle_quick(self, n: int, n_window: int, sent_bytes: int, sent_bytes_window: int, reply: bytes,
@@ -584,7 +696,6 @@ class TrafficClientWorker(ClientWorker):
                 if c.codec.ready and c.codec.dead is None:
                     with contextlib.suppress(OSError):
                         os.write(c.fd, c.codec.goodbye())
-        self.talking_at_end = len(self.conns)
         self.phase = "closed"
         self.conns.clear()
         super().close_all()
@@ -631,6 +742,7 @@ class TrafficClientWorker(ClientWorker):
         """Stop sending; give the replies in flight a short while to arrive; count the rest."""
         perf = time.perf_counter
         self.phase = "draining"
+        self._abandon_reopening()
         deadline = perf() + self.traffic.reply_timeout_s
         conns = self.conns
         next_grid = math.floor(perf()) + 1.0

@@ -106,6 +106,8 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "unsent_in_latency": t.unsent_sampled,
         "warmup_errors": dict(sorted(t.warmup_errors.items(), key=lambda kv: -kv[1])),
         "warmup_statuses": dict(sorted(t.warmup_statuses.items())),
+        "connections_reopened": t.reopened,
+        "connections_reopening_at_end": t.reopening_at_end,
         "connections_talking_at_start": t.talking_at_start,
         "connections_talking_at_end": t.talking,
         "hdr_log": hdr_log,
@@ -184,6 +186,15 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("reading", note)
     if tr["statuses"]:
         t.add_row("statuses", "  ".join(f"{k} {v:,}" for k, v in tr["statuses"].items()))
+    reopened = tr.get("connections_reopened", 0)
+    if reopened:
+        t.add_row("reopened", f"{reopened:,} connections the server closed during the traffic were opened again "
+                  "(same source, same endpoint; as wrk does) - see statuses and errors for why it closed them")
+    talking_end = tr["connections_talking_at_end"]
+    lost = tr["connections_talking_at_start"] - talking_end
+    if lost > 0:
+        t.add_row("talking", f"{tr['connections_talking_at_start']:,} connections at the start, {talking_end:,} at the "
+                  f"end: {lost:,} were closed and not reopened (see the errors) - the load fell as they went")
     lost_before = rep["established"] - tr["connections_talking_at_start"]
     if lost_before > 0:
         t.add_row("lost before", f"{lost_before:,} of {rep['established']:,} connections were closed by the server "

@@ -50,6 +50,8 @@ class TrafficTotals:
     unanswered_at_end: int = 0
     unsent_at_end: int = 0
     unsent_sampled: int = 0
+    reopened: int = 0
+    reopening_at_end: int = 0
     talking: int = 0
     talking_at_start: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -79,7 +81,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
         t.workers += 1
         t.workers_done += 1 if s.get("done") else 0
         for name in ("sent", "sent_in_window", "replies", "window_replies", "window_bytes_in", "window_bytes_out",
-                     "unanswered_at_end", "unsent_at_end", "unsent_sampled", "talking", "talking_at_start"):
+                     "unanswered_at_end", "unsent_at_end", "unsent_sampled", "reopened", "reopening_at_end", "talking",
+                     "talking_at_start"):
             setattr(t, name, getattr(t, name) + int(s.get(name, 0)))
         t.window_s = max(t.window_s, float(s.get("window_s", 0.0)))
         _add(t.errors, s.get("errors", {}))
