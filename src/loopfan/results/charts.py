@@ -134,23 +134,67 @@ def rates(series: dict[str, Any]) -> str:
     return _svg(fig)
 
 
-def latency_over_time(series: dict[str, Any]) -> str:
+def has_data(*columns: Column | None) -> bool:
+    """True when some column holds a value other than None and 0: a chart of nothing but zeros (a
+    column an older engine wrote and never filled) says less than no chart."""
+    return any(v for col in columns for v in col or [])
+
+
+def _fit(col: Column | None, n: int) -> list[float | None]:
+    """A column cut or padded with None to n points: columns added to the series later may be missing
+    or shorter than t_s in a report written by another loopfan version, and one odd column must not
+    cost the whole page."""
+    values = list(col or [])[:n]
+    return values + [None] * (n - len(values))
+
+
+LATENCY_KEYS = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]
+
+
+def _percentiles_over_time(series: dict[str, Any], lat: dict[str, Column], ylabel: str, nothing: str) -> str:
+    """Per-interval percentiles on a log scale; `lat` holds a column per key of LATENCY_KEYS."""
     fig, axes = _figure()
     ax = axes[0][0]
-    lat = series["latency_ms"]
-    keys = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]
-    cols = thin(series["t_s"], *[lat[k] for k, _ in keys])
+    cols = thin(series["t_s"], *[lat[k] for k, _ in LATENCY_KEYS])
     t = cols[0]
     plotted = False
-    for (_, label), col, color in zip(keys, cols[1:], COLORS, strict=False):
+    for (_, label), col, color in zip(LATENCY_KEYS, cols[1:], COLORS, strict=False):
         if any(not math.isnan(v) and v > 0 for v in col):
             ax.plot(t, col, color=color, label=label, marker="." if len(t) < 30 else None)
             plotted = True
     if plotted:
         ax.set_yscale("log")
     else:
-        _empty(ax, "no connection was established")
-    _label(ax, "connect latency (ms, log)", span=series["t_s"])
+        _empty(ax, nothing)
+    _label(ax, ylabel, span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)
+
+
+def latency_over_time(series: dict[str, Any]) -> str:
+    return _percentiles_over_time(series, series["latency_ms"], "connect latency (ms, log)",
+                                  "no connection was established")
+
+
+def message_latency_over_time(series: dict[str, Any]) -> str:
+    """The traffic's request/response latency per interval (series["message_latency_ms"])."""
+    n = len(series["t_s"])
+    lat = series.get("message_latency_ms") or {}
+    return _percentiles_over_time(series, {k: _fit(lat.get(k), n) for k, _ in LATENCY_KEYS},
+                                  "message latency (ms, log)", "no reply was measured")
+
+
+def messages(series: dict[str, Any], window_mean_per_s: float | None = None) -> str:
+    """Replies per second over time, with the measured window's mean for scale."""
+    fig, axes = _figure()
+    ax = axes[0][0]
+    t, msg = thin(series["t_s"], _fit(series.get("messages_per_s"), len(series["t_s"])))
+    ax.plot(t, msg, color=COLORS[3], label="messages/s", marker="." if len(t) < 30 else None)
+    if window_mean_per_s:
+        ax.axhline(window_mean_per_s, color="#555555", linestyle=":", linewidth=1,
+                   label=f"measured window: {window_mean_per_s:,.0f}/s")
+    ax.set_ylim(bottom=0)
+    _label(ax, "messages per second", span=series["t_s"])
     _legend(ax)
     return _svg(fig)
 
@@ -210,6 +254,28 @@ def failures(series: dict[str, Any]) -> str:
     else:
         _empty(ax, "no failures")
     _label(ax, "failures per second", span=series["t_s"])
+    _legend(ax)
+    return _svg(fig)
+
+
+def traffic_errors(series: dict[str, Any]) -> str:
+    """Traffic errors per second by cause (series["errors_by_cause_per_s"]), as failures() draws
+    connection failures; the total (series["errors_per_s"]) when a report has no split by cause."""
+    fig, axes = _figure()
+    ax = axes[0][0]
+    n = len(series["t_s"])
+    by_cause = {c: _fit(col, n) for c, col in (series.get("errors_by_cause_per_s") or {}).items() if has_data(col)}
+    if not by_cause and has_data(series.get("errors_per_s")):
+        by_cause = {"traffic errors": _fit(series.get("errors_per_s"), n)}
+    if by_cause:
+        names = sorted(by_cause, key=lambda c: -sum(v or 0 for v in by_cause[c]))
+        cols = thin(series["t_s"], *[by_cause[c] for c in names])
+        for name, col, color in zip(names, cols[1:], COLORS[1:] + COLORS[:1], strict=False):
+            ax.plot(cols[0], col, color=color, label=name)
+        ax.set_ylim(bottom=0)
+    else:
+        _empty(ax, "no traffic errors")
+    _label(ax, "traffic errors per second", span=series["t_s"])
     _legend(ax)
     return _svg(fig)
 

@@ -3,8 +3,9 @@
 Rules of this file: the page makes no network request - no scripts, no web fonts, no external
 images or stylesheets - and says so to the browser with a Content-Security-Policy that forbids
 them (default-src 'none'), so a stray URL would be blocked rather than fetched. Sections come in
-a fixed order (SECTIONS, each an <h2 id=...>), which the tests and the screenshot rely on. Every
-value from a report is escaped. Pure: a report dict (and an optional baseline) in, a string out.
+a fixed order (SECTIONS, each an <h2 id=...>), which the tests and the screenshot rely on; a run
+that sent traffic adds TRAFFIC_SECTION after the connect latency. Every value from a report is
+escaped. Pure: a report dict (and an optional baseline) in, a string out.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import json
 from typing import Any
 
 from loopfan.results import charts
-from loopfan.results.checks import decode_histogram
-from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
+from loopfan.results.checks import Metric, decode_histogram
+from loopfan.results.compare import NOISE_PCT, Row, fmt, fmt_delta, rows
+from loopfan.traffic.report import closed_loop_reading
 
 SECTIONS = [
     ("run", "Run and checks"),
@@ -29,6 +31,8 @@ SECTIONS = [
     ("throughput", "Throughput"),
     ("configuration", "Configuration and environment"),
 ]
+# Only a run that sent traffic has this section (after "latency"): a run without keeps its page as it was.
+TRAFFIC_SECTION = ("traffic", "Traffic")
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -64,7 +68,27 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="sec-{sid}"><h2 id="{sid}">{_e(title)}</h2>\n{body}\n</section>'
 
 
+def page_sections(rep: dict[str, Any]) -> list[tuple[str, str]]:
+    """SECTIONS for this report: with Traffic after Connect latency when the run sent traffic."""
+    if not rep.get("traffic"):
+        return SECTIONS
+    at = [sid for sid, _ in SECTIONS].index("latency") + 1
+    return [*SECTIONS[:at], TRAFFIC_SECTION, *SECTIONS[at:]]
+
+
 def _verdict(rep: dict[str, Any]) -> tuple[str, str]:
+    cls, text = _connections_verdict(rep)
+    tr = rep.get("traffic")
+    if not tr:
+        return cls, text
+    # Traffic errors make `run` exit 1 just as failed connections do, so they turn a pass red too.
+    errors = tr.get("errors_total") or 0
+    rate = f"{tr['messages_per_s']:,.0f} messages/s, " if tr.get("messages_per_s") is not None else ""
+    text += f"; traffic {rate}" + (f"{errors:,} errors" if errors else "no errors")
+    return ("b-fail" if errors and cls == "b-pass" else cls), text
+
+
+def _connections_verdict(rep: dict[str, Any]) -> tuple[str, str]:
     checks = rep.get("checks") or []
     if rep.get("interrupted"):
         return "b-warn", f"interrupted ({rep['interrupted']}): partial"
@@ -108,6 +132,8 @@ def _run_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
                       f"+ {rep.get('server_processes', 0)} server processes, {rep.get('sources_used', 0):,} "
                       "source addresses")],
     ]
+    if rep.get("traffic"):
+        facts.append(["traffic", _e(_traffic_summary(rep["traffic"]))])
     if baseline is not None:
         facts.append(["baseline", _e(" ".join(baseline.get("command") or [])) + " - started " + _e(
             dt.datetime.fromtimestamp(baseline.get("started_at") or 0, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))])
@@ -120,9 +146,44 @@ def _run_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
             + _table(["", ""], facts) + extra + _checks_table(rep.get("checks") or []))
 
 
+# The traffic's headline figures in the key numbers, read from the report's "traffic" block by path:
+# compare.rows() gives the connection's figures only. Named as `traffic.<block key>` (unit suffix
+# dropped), the way the connection's rows are named after their metrics.
+TRAFFIC_KEY_METRICS: list[tuple[Metric, tuple[str, ...]]] = [
+    (Metric("traffic.messages_per_s", "/s", False, "replies per second in the measured window"),
+     ("messages_per_s",)),
+    *[(Metric(f"traffic.latency.{k}", "ms", True, f"request/response latency {label}"), ("latency_ms", k))
+      for k, label in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max"))],
+    (Metric("traffic.ttfb.p99", "ms", True, "time to first byte p99"), ("ttfb_ms", "p99")),
+    (Metric("traffic.errors", "", True, "traffic errors, every cause"), ("errors_total",)),
+]
+
+
+def _traffic_value(tr: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:
+    value: Any = tr
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) else None
+
+
+def _traffic_rows(rep: dict[str, Any], baseline: dict[str, Any] | None) -> list[Row]:
+    """Key-number rows for the traffic (none without it), then one per error cause, as failed.CAUSE."""
+    tr = rep.get("traffic")
+    if not tr:
+        return []
+    base = (baseline or {}).get("traffic")
+    out = [Row(m, _traffic_value(base, path), _traffic_value(tr, path)) for m, path in TRAFFIC_KEY_METRICS]
+    errors, base_errors = tr.get("errors") or {}, (base or {}).get("errors") or {}
+    for cause in sorted({*errors, *base_errors}):
+        m = Metric(f"traffic.errors.{cause}", "", True, f"traffic errors with cause {cause}")
+        # A run with traffic and no error of this cause had 0 of them, not an unknown number.
+        out.append(Row(m, base_errors.get(cause, 0) if base else None, errors.get(cause, 0)))
+    return out
+
+
 def _key_numbers(rep: dict[str, Any], baseline: dict[str, Any] | None, noise_pct: float) -> str:
     body = []
-    for r in rows(baseline, rep):
+    for r in [*rows(baseline, rep), *_traffic_rows(rep, baseline)]:
         cells = [_e(r.metric.name), _e(fmt(r.new, r.metric.unit))]
         if baseline is not None:
             verdict = r.verdict(noise_pct)
@@ -164,6 +225,213 @@ def _errors_table(rep: dict[str, Any]) -> str:
         return '<p class="pass">No connection failed.</p>'
     body = [[_e(f["cause"]), _e(f"{f['count']:,}"), _e(f["meaning"]), _e(f["fix"])] for f in failures]
     return _table(["cause", "count", "meaning", "fix"], body, {1})
+
+
+def _errors_section(rep: dict[str, Any], series: dict[str, Any] | None) -> str:
+    connections = (charts.failures(series) if series and rep.get("failed_total") else "")
+    tr = rep.get("traffic")
+    if not tr:
+        return connections + _errors_table(rep)
+    # Two kinds of error, said apart: a connection that failed to open or was lost, and an error in the
+    # traffic over an established one (a 5xx, a bad reply). "No connection failed" above 1,000 5xx
+    # errors would read as a clean run.
+    return ("<h3>Connection failures</h3>" + connections + _connection_failures(rep, tr)
+            + "<h3>Traffic errors</h3>" + _traffic_errors(rep, tr, series))
+
+
+def _connection_failures(rep: dict[str, Any], tr: dict[str, Any]) -> str:
+    if rep.get("failures"):
+        return _errors_table(rep)
+    css = "muted" if tr.get("errors_total") else "pass"
+    return f'<p class="{css}">None: every connection was established and none was lost.</p>'
+
+
+def _traffic_errors(rep: dict[str, Any], tr: dict[str, Any], series: dict[str, Any] | None) -> str:
+    total = tr.get("errors_total") or 0
+    causes = tr.get("error_causes") or [{"cause": c, "count": n, "meaning": "", "fix": ""}
+                                        for c, n in (tr.get("errors") or {}).items()]
+    warmup = f'<p class="muted">And {_e(_warmup_errors(tr))}.</p>' if tr.get("warmup_errors") else ""
+    if not total and not causes:
+        return '<p class="pass">None: every reply was complete and as expected.</p>' + warmup
+    chart = ""
+    if series and charts.has_data(series.get("errors_per_s"), *(series.get("errors_by_cause_per_s") or {}).values()):
+        chart = charts.traffic_errors(series)
+    body = [[_e(c["cause"]), _e(f"{c['count']:,}"), _e(c.get("meaning") or ""), _e(c.get("fix") or "")]
+            for c in causes]
+    return (f'<p class="fail">{total:,} errors in the traffic over established connections.</p>' + chart
+            + _table(["cause", "count", "meaning", "fix"], body, {1}) + warmup + _error_sources(rep, tr))
+
+
+def _error_sources(rep: dict[str, Any], tr: dict[str, Any], top: int = 10) -> str:
+    """The source addresses with the most traffic errors: a server refusing some clients shows here."""
+    by_source = sorted((tr.get("errors_by_source") or {}).items(), key=lambda kv: -kv[1])
+    if not by_source:
+        return ""
+    shown = by_source[:top]
+    n_sources = tr.get("sources_with_errors") or len(by_source)
+    body = [[f"<code>{_e(src)}</code>", _e(f"{n:,}")] for src, n in shown]
+    text = f"Errors came from {n_sources:,} source address{'es' if n_sources > 1 else ''}"
+    text += f"; the {len(shown)} with the most:" if n_sources > len(shown) else ":"
+    hint = ""
+    if n_sources < (rep.get("sources_used") or 0):
+        hint = (f'<p class="muted">{n_sources:,} of the run\'s {rep["sources_used"]:,} source addresses: errors on '
+                "only some of them point to a server that refuses those clients (an allow/deny list, a "
+                "per-address limit).</p>")
+    return f"<p>{_e(text)}</p>" + _table(["source address", "traffic errors"], body, {1}) + hint
+
+
+def _traffic_summary(tr: dict[str, Any]) -> str:
+    """One line: protocol, model, window - as the terminal report's first traffic line."""
+    window = tr.get("window_s") or 0.0
+    warmup = tr.get("warmup_s") or 0.0
+    return (f"{tr.get('kind', '-')}, {tr.get('model', '-')}, {window:.2f} s measured"
+            + (f" after {warmup:g} s warm-up" if warmup else ""))
+
+
+def _traffic_model(rep: dict[str, Any]) -> str:
+    """The load model in words; the open model's rate comes from the run's configuration, since the
+    traffic block names only the model."""
+    tr = rep["traffic"]
+    cfg = (((rep.get("identity") or {}).get("config") or {}).get("traffic")) or {}
+    rate = cfg.get("rate_per_conn_s") or 0.0
+    if rate > 0:
+        # requested_per_s counts the connections that began talking; older reports have only the plan's.
+        n = tr.get("connections_talking_at_start") if tr.get("requested_per_s") else rep.get("target_connections")
+        total = tr.get("requested_per_s") or rate * (n or 0)
+        return (f"open model: {rate:,.6g} messages/s per connection (~{total:,.0f}/s over {n or 0:,} connections); "
+                "latency from the scheduled send time, so time spent waiting to send counts")
+    if tr.get("model") != "closed loop":
+        return str(tr.get("model", "-"))
+    pipeline = cfg.get("pipeline") or 1
+    return ("closed loop: each connection sends its next message when a reply arrives"
+            + (f", {pipeline} in flight (--pipeline {pipeline})" if pipeline > 1 else "")
+            + "; latency from the send")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items())
+
+
+def _sends_only(rep: dict[str, Any]) -> bool:
+    """raw traffic with nothing to expect: a message is done when written, and messages/s counts sends."""
+    cfg = (((rep.get("identity") or {}).get("config") or {}).get("traffic")) or {}
+    return cfg.get("kind") == "raw" and cfg.get("expect") == "none"
+
+
+def _traffic_facts(rep: dict[str, Any]) -> str:
+    tr = rep["traffic"]
+    window = tr.get("window_s") or 0.0
+    warmup = tr.get("warmup_s") or 0.0
+    facts = [
+        ["protocol", _e(tr.get("kind", "-"))],
+        ["model", _e(_traffic_model(rep))],
+        ["measured", _e(f"{window:.2f} s window" + (f" after {warmup:g} s warm-up" if warmup else ", no warm-up"))],
+        *_traffic_volume_facts(rep),
+        *_traffic_health_facts(rep),
+    ]
+    reading = closed_loop_reading({"model": tr.get("model"), "latency_ms": tr.get("latency_ms") or {},
+                                   "messages_per_s": tr.get("messages_per_s")})
+    if reading:
+        facts.append(["reading", _e(reading)])
+    if tr.get("hdr_log"):
+        facts.append(["HDR log", f"<code>{_e(tr['hdr_log'])}</code>"])
+    return _table(["", ""], facts)
+
+
+def _traffic_volume_facts(rep: dict[str, Any]) -> list[list[str]]:
+    """Messages, bytes, replies and statuses: what went over the connections."""
+    tr = rep["traffic"]
+    bytes_in, bytes_out = tr.get("bytes_in_per_s"), tr.get("bytes_out_per_s")
+    done = "messages sent" if _sends_only(rep) else "replies completed"
+    # Older reports have no sent_in_window: they give the whole run's count instead.
+    replies = f"{tr.get('replies_in_window', 0):,} replies"
+    if "sent_in_window" in tr:
+        replies += f" and {tr['sent_in_window']:,} messages sent in the window"
+    replies += (f"; over the whole run (warm-up and drain included) {tr.get('sent', 0):,} sent, "
+                f"{tr.get('replies', 0):,} answered")
+    facts = [
+        ["messages", _e(f"{fmt(tr.get('messages_per_s'), '/s')} ({done} inside the window)")],
+        ["bytes", _e(f"in {fmt(bytes_in, 'B')}/s, out {fmt(bytes_out, 'B')}/s" if bytes_in is not None else "-")],
+        ["replies", _e(replies)],
+    ]
+    if tr.get("statuses"):
+        facts.append(["statuses", _e(_counts(tr["statuses"]) + (" (after the warm-up)" if tr.get("warmup_s") else ""))])
+    if tr.get("warmup_statuses"):
+        facts.append(["warm-up statuses", _e(_counts(tr["warmup_statuses"]))])
+    return facts
+
+
+def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
+    """Errors, what was left at the end and the connections still talking: how the traffic went."""
+    tr = rep["traffic"]
+    errors = tr.get("errors_total") or 0
+    facts = [["errors", f'<a href="#errors">{_e(f"{errors:,}")}</a>' if errors else "0"]]
+    if tr.get("warmup_errors"):
+        facts.append(["warm-up errors", _e(_warmup_errors(tr))])
+    unanswered, unsent = tr.get("unanswered_at_end", 0), tr.get("unsent_at_end", 0)
+    end_text = f"{unanswered:,} unanswered, {unsent:,} due but not sent"
+    if unanswered or unsent:
+        end_text += " (the server was behind)"
+    if tr.get("unsent_in_latency"):
+        end_text += f"; {tr['unsent_in_latency']:,} of those are in the latency at their age at the end (a lower bound)"
+    facts.append(["at the end", _e(end_text)])
+    established = rep.get("established", 0)
+    start, end = tr.get("connections_talking_at_start", 0), tr.get("connections_talking_at_end", 0)
+    talking = f"{start:,} at the start, {end:,} at the end (of {established:,} established)"
+    if established - start > 0:
+        talking += f"; {established - start:,} were closed by the server before the traffic began"
+    facts.append(["connections talking", _e(talking)])
+    return facts
+
+
+def _warmup_errors(tr: dict[str, Any]) -> str:
+    warm = tr.get("warmup_errors") or {}
+    return f"{sum(warm.values()):,} during the warm-up, not counted in the errors: {_counts(warm)}"
+
+
+_TRAFFIC_LEVELS = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"), ("p99.99", "p9999"),
+                   ("max", "max"), ("mean", "mean")]
+
+
+def _traffic_latency_table(tr: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """Request/response latency and time to first byte, with the baseline's beside them when it had
+    traffic too (as the connect latency table shows its baseline)."""
+    sources = [("latency", tr.get("latency_ms") or {}), ("first byte", tr.get("ttfb_ms") or {})]
+    if base is not None:
+        sources += [("baseline latency", base.get("latency_ms") or {}),
+                    ("baseline first byte", base.get("ttfb_ms") or {})]
+    body = [[_e(name)] + [_e(fmt(values.get(key), "ms")) for _, values in sources] for name, key in _TRAFFIC_LEVELS]
+    samples = tr.get("samples") or 0
+    return (_table(["percentile", *[head for head, _ in sources]], body, set(range(1, len(sources) + 1)))
+            + f'<p class="muted">{samples:,} messages measured (those started inside the window): latency until '
+              "the whole reply had arrived, first byte until its first byte had. HDR histograms merged over the "
+              "worker processes, 3 significant digits.</p>")
+
+
+# Per-interval traffic charts are drawn only from columns a report has and filled: older reports have
+# no message latency columns, and their messages_per_s column is all zeros.
+def _messages_chart(tr: dict[str, Any], series: dict[str, Any]) -> str:
+    if not charts.has_data(series.get("messages_per_s")):
+        return ""
+    return charts.messages(series, tr.get("messages_per_s"))
+
+
+def _message_latency_chart(series: dict[str, Any]) -> str:
+    lat = series.get("message_latency_ms") or {}
+    if not charts.has_data(*[lat.get(k) for k, _ in charts.LATENCY_KEYS]):
+        return ""
+    return charts.message_latency_over_time(series)
+
+
+def _traffic_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    tr = rep["traffic"]
+    series = rep.get("series") or {}
+    base = (baseline or {}).get("traffic") or None
+    messages, latency = _messages_chart(tr, series), _message_latency_chart(series)
+    note = "" if messages or latency else (
+        '<p class="muted">The time series of this report has no per-interval traffic figures.</p>')
+    return (_traffic_facts(rep) + messages + note + "<h3>Latency</h3>" + latency
+            + _traffic_latency_table(tr, base))
 
 
 def _last(col: list[Any]) -> Any:
@@ -233,7 +501,7 @@ def render(rep: dict[str, Any], baseline: dict[str, Any] | None = None, *, noise
                         + f'<p>Time to reach the target: {_e(reach_text)}.</p>') if series else no_series,
         "latency": ((charts.latency_over_time(series) if series else no_series)
                     + charts.hdr_percentiles(hist, base_hist) + _latency_table(rep, baseline)),
-        "errors": (charts.failures(series) if series and rep.get("failed_total") else "") + _errors_table(rep),
+        "errors": _errors_section(rep, series),
         "processes": ((charts.processes(series) + _processes_table(series)) if series else no_series)
         + '<p class="muted">Each client process owns a set of source addresses: a process whose failures climb '
           "with EADDRNOTAVAIL@connect has run its addresses out of ports.</p>",
@@ -241,9 +509,11 @@ def render(rep: dict[str, Any], baseline: dict[str, Any] | None = None, *, noise
         "throughput": charts.throughput(series) if series else no_series,
         "configuration": _config_section(rep),
     }
+    if rep.get("traffic"):
+        body["traffic"] = _traffic_section(rep, baseline)
     page_title = title or f"loopfan report: {rep.get('established', 0):,} of {rep.get('target_connections', 0):,}"
-    sections = "\n".join(_section(sid, name, body[sid]) for sid, name in SECTIONS)
-    nav = " · ".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in SECTIONS)
+    sections = "\n".join(_section(sid, name, body[sid]) for sid, name in page_sections(rep))
+    nav = " · ".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in page_sections(rep))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

@@ -1,0 +1,358 @@
+"""The HTML page of a run that sent traffic: the Traffic section, traffic errors told apart from
+connection failures, the traffic figures among the key numbers, and the per-interval traffic charts.
+
+One short real run (HTTP to the built-in server, moved to a block of this module's own) gives the
+report; the tests change copies of it - errors, the baseline, the open model, series columns present,
+absent or empty - and render them. A run without traffic must keep its page as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+import loopfan.commands.run as run_command
+from loopfan.cli import main
+from loopfan.pools import parse_pool
+from loopfan.results import charts
+from loopfan.results.compare import fmt
+from loopfan.results.html import SECTIONS, TRAFFIC_SECTION, render
+from loopfan.traffic.report import explain
+
+# Axis labels of the three traffic charts: text in the SVG (svg.fonttype none), so a page shows
+# whether a chart was drawn.
+MESSAGES_CHART = "messages per second"
+LATENCY_CHART = "message latency (ms, log)"
+ERRORS_CHART = "traffic errors per second"
+
+
+@pytest.fixture(scope="module")
+def traffic_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """report.json of `loopfan run -c 40 --traffic http` against the built-in server, as a dict."""
+    prefix = f"127.{random.randint(150, 250)}.{random.randint(0, 255)}."
+    src = f"127.{random.randint(150, 250)}.{random.randint(0, 255)}."
+    port = free_port(*(f"{prefix}{i}" for i in range(1, 5)))
+    out = tmp_path_factory.mktemp("traffic") / "run.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_command, "PlanRequest", functools.partial(
+            run_command.PlanRequest, listen_pool=parse_pool(f"{prefix}1-{prefix}4"), listen_port=port))
+        status = main(["run", "-c", "40", "--traffic", "http", "--duration", "0.5s", "--warmup", "0.2s",
+                       "--sources", f"{src}1-{src}4", "--progress", "none", "--json", str(out), "-q"])
+    assert status == 0
+    rep: dict[str, Any] = json.loads(out.read_text())
+    assert rep["traffic"]["kind"] == "http" and rep["traffic"]["replies_in_window"] > 0
+    yield rep
+
+
+def section(page: str, sid: str) -> str:
+    """The HTML of one section of a page, under its heading."""
+    m = re.search(rf'<section id="sec-{sid}"><h2 id="{sid}">[^<]*</h2>\n(.*?)\n</section>', page, re.S)
+    assert m, f"no section {sid}"
+    return m.group(1)
+
+
+def section_ids(page: str) -> list[str]:
+    return re.findall(r'<h2 id="([^"]+)">', page)
+
+
+def assert_self_contained(page: str) -> None:
+    assert "<script" not in page and "@import" not in page
+    assert re.findall(r"url\((?!#)", page) == []
+    assert "https://" not in page and "http://" not in page.replace("http://www.w3.org/", "")
+
+
+def with_traffic_errors(rep: dict[str, Any], by_source: dict[str, int]) -> dict[str, Any]:
+    """A copy of rep whose traffic had 1,145 HTTP 5xx errors, spread over by_source."""
+    rep = copy.deepcopy(rep)
+    tr = rep["traffic"]
+    meaning, fix = explain("http-5xx")
+    tr.update(errors={"http-5xx": 1145}, errors_total=1145,
+              error_causes=[{"cause": "http-5xx", "count": 1145, "meaning": meaning, "fix": fix}],
+              errors_by_source=by_source, sources_with_errors=len(by_source))
+    tr["statuses"]["http-5xx"] = 1145
+    return rep
+
+
+def with_traffic_series(rep: dict[str, Any], **columns: Any) -> dict[str, Any]:
+    """A copy of rep with the given series columns (None: the column removed)."""
+    rep = copy.deepcopy(rep)
+    for key, col in columns.items():
+        if col is None:
+            rep["series"].pop(key, None)
+        else:
+            rep["series"][key] = col
+    return rep
+
+
+def filled_series(rep: dict[str, Any]) -> dict[str, Any]:
+    """What the engine is to write: messages/s, message latency and traffic errors per interval."""
+    n = len(rep["series"]["t_s"])
+    lat = {k: [None] + [v] * (n - 1) for k, v in (("p50", 1.5), ("p90", 2.0), ("p99", 4.5), ("p999", 11.0),
+                                                   ("max", 16.6))}
+    return with_traffic_series(rep, messages_per_s=[0] + [120_000] * (n - 1),
+                               message_latency_ms={"count": [None] + [1000] * (n - 1), **lat},
+                               errors_per_s=[0] + [5] * (n - 1),
+                               errors_by_cause_per_s={"http-5xx": [0] + [5] * (n - 1), "reply-timeout": [0] * n})
+
+
+# --- a run without traffic ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_page(traffic_report: dict[str, Any]) -> str:
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"] = None
+    return render(rep)
+
+
+def test_a_run_without_traffic_keeps_its_page(traffic_report: dict[str, Any], plain_page: str) -> None:
+    assert section_ids(plain_page) == [sid for sid, _ in SECTIONS]
+    assert section(plain_page, "errors").strip() == '<p class="pass">No connection failed.</p>'
+    assert "traffic." not in section(plain_page, "key-numbers")
+    assert "; traffic" not in section(plain_page, "run")
+    absent = copy.deepcopy(traffic_report)
+    del absent["traffic"]
+    assert render(absent) == plain_page  # null and absent are the same
+
+
+# --- the Traffic section ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def traffic_page(traffic_report: dict[str, Any]) -> str:
+    return render(traffic_report)
+
+
+def test_traffic_section_comes_after_connect_latency(traffic_page: str) -> None:
+    ids = section_ids(traffic_page)
+    assert ids == [sid for sid, _ in SECTIONS[:4]] + [TRAFFIC_SECTION[0]] + [sid for sid, _ in SECTIONS[4:]]
+    assert f'<a href="#traffic">{TRAFFIC_SECTION[1]}</a>' in traffic_page
+    assert_self_contained(traffic_page)
+
+
+def test_traffic_section_shows_the_run_figures(traffic_report: dict[str, Any], traffic_page: str) -> None:
+    tr = traffic_report["traffic"]
+    body = section(traffic_page, "traffic")
+    assert "closed loop: each connection sends its next message when a reply arrives" in body
+    assert "s window after 0.2 s warm-up" in body
+    assert fmt(tr["messages_per_s"], "/s") in body
+    assert f"in {fmt(tr['bytes_in_per_s'], 'B')}/s, out {fmt(tr['bytes_out_per_s'], 'B')}/s" in body
+    assert f"{tr['replies_in_window']:,} replies and {tr['sent_in_window']:,} messages sent in the window" in body
+    assert f"{tr['sent']:,} sent, {tr['replies']:,} answered" in body
+    assert f"http-2xx {tr['statuses']['http-2xx']:,} (after the warm-up)" in body
+    assert f"warm-up statuses</td><td class=\"\">http-2xx {tr['warmup_statuses']['http-2xx']:,}" in body
+    assert "0 unanswered, 0 due but not sent" in body
+    talking = tr["connections_talking_at_start"], tr["connections_talking_at_end"]
+    assert f"{talking[0]:,} at the start, {talking[1]:,} at the end" in body
+    for key in ("p50", "p99", "p9999", "max", "mean"):
+        assert fmt(tr["latency_ms"][key], "ms") in body and fmt(tr["ttfb_ms"][key], "ms") in body
+    assert "<th class=\"n\">first byte</th>" in body and "baseline latency" not in body
+
+
+def test_traffic_headlines_are_among_the_key_numbers(traffic_report: dict[str, Any], traffic_page: str) -> None:
+    tr = traffic_report["traffic"]
+    keys = section(traffic_page, "key-numbers")
+    for name, value in (("traffic.messages_per_s", fmt(tr["messages_per_s"], "/s")),
+                        ("traffic.latency.p99", fmt(tr["latency_ms"]["p99"], "ms")),
+                        ("traffic.ttfb.p99", fmt(tr["ttfb_ms"]["p99"], "ms")), ("traffic.errors", "0")):
+        assert re.search(rf"<td[^>]*>{re.escape(name)}</td><td[^>]*>{re.escape(value)}</td>", keys), name
+    run = section(traffic_page, "run")
+    assert '<span class="badge b-pass">' in run and "traffic " + fmt(tr["messages_per_s"], "") in run
+    assert "no errors" in run
+    errors = section(traffic_page, "errors")
+    assert "<h3>Connection failures</h3>" in errors and "<h3>Traffic errors</h3>" in errors
+    assert "None: every reply was complete" in errors
+
+
+def test_open_model_names_its_rate(traffic_report: dict[str, Any]) -> None:
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"]["model"] = "open (latency from the scheduled send time)"
+    rep["identity"]["config"]["traffic"]["rate_per_conn_s"] = 20.0
+    body = section(render(rep), "traffic")
+    assert "open model: 20 messages/s per connection (~800/s over 40 connections)" in body
+    assert "latency from the scheduled send time" in body
+    assert "reading</td>" not in body  # the Little's law reading is for a closed loop
+    rep["traffic"]["requested_per_s"] = 780.0  # over the 39 connections that began talking
+    rep["traffic"]["connections_talking_at_start"] = 39
+    assert "(~780/s over 39 connections)" in section(render(rep), "traffic")
+
+
+# --- traffic errors ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def error_page(traffic_report: dict[str, Any]) -> str:
+    rep = with_traffic_errors(traffic_report, {"127.0.0.2": 1000, "127.0.0.3": 145})
+    rep["sources_used"] = 4
+    return render(rep)
+
+
+def test_traffic_errors_are_told_apart_from_connection_failures(error_page: str) -> None:
+    assert "No connection failed" not in error_page
+    errors = section(error_page, "errors")
+    assert "<h3>Connection failures</h3>" in errors and "None: every connection was established" in errors
+    assert '<p class="pass">' not in errors  # nothing green in a section with 1,145 errors
+    assert "1,145 errors in the traffic over established connections" in errors
+    assert "http-5xx</td>" in errors and "1,145</td>" in errors
+    assert "the server answered 5xx (server error)" in errors and "look at the server&#x27;s error log" in errors
+    assert "Errors came from 2 source addresses:" in errors
+    assert errors.index("127.0.0.2") < errors.index("127.0.0.3")
+    assert "2 of the run's 4 source addresses" in errors  # some addresses only: a hint at the server
+
+
+def test_traffic_errors_make_the_verdict_red(error_page: str) -> None:
+    run = section(error_page, "run")
+    assert '<span class="badge b-fail">all connections established; traffic ' in run and "1,145 errors" in run
+    keys = section(error_page, "key-numbers")
+    assert re.search(r"<td[^>]*>traffic\.errors</td><td[^>]*>1,145</td>", keys)
+    assert re.search(r"<td[^>]*>traffic\.errors\.http-5xx</td><td[^>]*>1,145</td>", keys)
+    assert '<a href="#errors">1,145</a>' in section(error_page, "traffic")
+
+
+def test_connection_failures_and_traffic_errors_both_listed(traffic_report: dict[str, Any]) -> None:
+    rep = with_traffic_errors(traffic_report, {"127.0.0.2": 1145})
+    rep["failures"] = [{"cause": "ECONNREFUSED", "count": 3, "meaning": "nobody listening", "fix": "start it"}]
+    rep["failed_total"] = 3
+    errors = section(render(rep), "errors")
+    assert errors.index("ECONNREFUSED") < errors.index("<h3>Traffic errors</h3>") < errors.index("http-5xx")
+    assert "None: every connection" not in errors and "No connection failed" not in errors
+
+
+def test_error_sources_show_the_top_ten(traffic_report: dict[str, Any]) -> None:
+    by_source = {f"127.1.0.{i}": 100 + i for i in range(1, 21)}
+    rep = with_traffic_errors(traffic_report, by_source)
+    rep["traffic"]["sources_with_errors"] = 37  # report.json keeps the 20 with the most
+    rep["sources_used"] = 100
+    errors = section(render(rep), "errors")
+    assert "Errors came from 37 source addresses; the 10 with the most:" in errors
+    assert "127.1.0.20" in errors and "127.1.0.11" in errors and "127.1.0.10<" not in errors
+
+
+def test_report_values_are_escaped(traffic_report: dict[str, Any]) -> None:
+    rep = with_traffic_errors(traffic_report, {"<img src=x>": 1145})
+    rep["traffic"]["error_causes"][0]["cause"] = "<b>bad</b>"
+    rep["traffic"]["statuses"] = {"<i>s</i>": 1}
+    page = render(rep)
+    assert "<img src=x>" not in page and "<b>bad</b>" not in page and "<i>s</i>" not in page
+    assert "&lt;img src=x&gt;" in page and "&lt;b&gt;bad&lt;/b&gt;" in page
+    assert_self_contained(page)
+
+
+def test_warmup_errors_are_shown_apart(traffic_report: dict[str, Any]) -> None:
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"]["warmup_errors"] = {"reply-timeout": 7}
+    page = render(rep)
+    line = "7 during the warm-up, not counted in the errors: reply-timeout 7"
+    assert line in section(page, "traffic")
+    errors = section(page, "errors")
+    assert "None: every reply was complete" in errors and line in errors
+    assert "no errors" in section(page, "run")  # the window's errors decide, as for the exit status
+
+
+def test_an_older_traffic_block_still_renders(traffic_report: dict[str, Any]) -> None:
+    """A report from before sent_in_window and the warm-up's own counts: the figures it has."""
+    rep = copy.deepcopy(traffic_report)
+    for key in ("sent_in_window", "warmup_errors", "warmup_statuses", "unsent_in_latency"):
+        del rep["traffic"][key]
+    body = section(render(rep), "traffic")
+    assert f"{rep['traffic']['replies_in_window']:,} replies; over the whole run" in body
+    assert "warm-up statuses" not in body
+
+
+# --- the baseline --------------------------------------------------------------------------------------
+
+
+def test_baseline_with_traffic_is_compared(traffic_report: dict[str, Any]) -> None:
+    base = copy.deepcopy(traffic_report)
+    base["traffic"]["latency_ms"]["p99"] = 987.0
+    base["traffic"]["messages_per_s"] = traffic_report["traffic"]["messages_per_s"] * 2
+    rep = with_traffic_errors(traffic_report, {"127.0.0.2": 1145})
+    page = render(rep, base)
+    body = section(page, "traffic")
+    assert "<th class=\"n\">baseline latency</th>" in body and "<th class=\"n\">baseline first byte</th>" in body
+    assert "987.0 ms" in body
+    keys = section(page, "key-numbers")
+    row = re.search(r"<td[^>]*>traffic\.messages_per_s</td>.*?</tr>", keys)
+    assert row and '<span class="worse">' in row.group(0) and "(-50.0%)" in row.group(0)
+    row = re.search(r"<td[^>]*>traffic\.errors\.http-5xx</td>.*?</tr>", keys)
+    assert row and "<td class=\"n\">0</td>" in row.group(0)  # the baseline talked: 0, not unknown
+
+
+def test_baseline_without_traffic_leaves_the_traffic_uncompared(traffic_report: dict[str, Any]) -> None:
+    base = copy.deepcopy(traffic_report)
+    base["traffic"] = None
+    page = render(traffic_report, base)
+    assert "baseline latency" not in section(page, "traffic")
+    row = re.search(r"<td[^>]*>traffic\.latency\.p50</td>.*?</tr>", section(page, "key-numbers"))
+    assert row and '<td class="n">-</td>' in row.group(0)
+
+
+# --- the per-interval traffic charts ----------------------------------------------------------------
+
+
+def test_traffic_charts_are_drawn_from_the_series(traffic_report: dict[str, Any]) -> None:
+    page = render(filled_series(with_traffic_errors(traffic_report, {"127.0.0.2": 1145})))
+    body, errors = section(page, "traffic"), section(page, "errors")
+    assert MESSAGES_CHART in body and LATENCY_CHART in body and "no per-interval traffic" not in body
+    assert body.index(MESSAGES_CHART) < body.index("<h3>Latency</h3>") < body.index(LATENCY_CHART)
+    assert ERRORS_CHART in errors and ">http-5xx<" in errors.split("<table>")[0]
+    assert ">reply-timeout<" not in errors  # a cause with nothing in it draws no line
+
+
+@pytest.mark.parametrize("how", ["absent", "empty"])
+def test_traffic_charts_need_data(traffic_report: dict[str, Any], how: str) -> None:
+    rep = with_traffic_errors(traffic_report, {"127.0.0.2": 1145})
+    n = len(rep["series"]["t_s"])
+    if how == "absent":  # a report of today: no such columns, messages_per_s never filled
+        rep = with_traffic_series(rep, messages_per_s=[0.0] * n, message_latency_ms=None, errors_per_s=None,
+                                  errors_by_cause_per_s=None)
+    else:
+        rep = with_traffic_series(rep, messages_per_s=[0.0] * n,
+                                  message_latency_ms={k: [None] * n for k in ("count", "p50", "p90", "p99", "p999",
+                                                                              "max")},
+                                  errors_per_s=[0] * n, errors_by_cause_per_s={"http-5xx": [0] * n})
+    page = render(rep)
+    body = section(page, "traffic")
+    assert MESSAGES_CHART not in page and LATENCY_CHART not in page and ERRORS_CHART not in page
+    assert "no per-interval traffic figures" in body
+    assert "1,145 errors in the traffic" in section(page, "errors")  # the table does not need the series
+
+
+def test_errors_chart_falls_back_to_the_total(traffic_report: dict[str, Any]) -> None:
+    n = len(traffic_report["series"]["t_s"])
+    rep = with_traffic_series(with_traffic_errors(traffic_report, {"127.0.0.2": 1145}),
+                              errors_per_s=[3] * n, errors_by_cause_per_s=None)
+    errors = section(render(rep), "errors")
+    assert ERRORS_CHART in errors and ">traffic errors<" in errors
+
+
+def test_a_report_without_series_still_renders_its_traffic(traffic_report: dict[str, Any]) -> None:
+    rep = with_traffic_errors(traffic_report, {"127.0.0.2": 1145})
+    rep["series"] = None
+    page = render(rep)
+    assert "no per-interval traffic figures" in section(page, "traffic")
+    assert "No connection failed" not in page and "1,145 errors in the traffic" in page
+
+
+def test_charts_take_columns_that_are_short_or_missing() -> None:
+    series = {"t_s": [0.0, 1.0, 2.0, 3.0], "messages_per_s": [10, 20],
+              "message_latency_ms": {"p50": [1.0, None, 2.0], "max": [3.0, 4.0, 5.0, 6.0, 7.0]},
+              "errors_by_cause_per_s": {"bad-reply": [0, 1]}}
+    assert "<svg" in charts.messages(series, 15.0)
+    assert "<svg" in charts.message_latency_over_time(series)
+    assert "<svg" in charts.traffic_errors(series)
+
+
+def test_has_data() -> None:
+    assert not charts.has_data()
+    assert not charts.has_data(None, [], [0, 0.0, None])
+    assert charts.has_data([None, 0, 0.5])
+    assert charts.has_data([0], [None, 2])
