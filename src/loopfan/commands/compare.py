@@ -35,7 +35,9 @@ _STYLE = {"better": "green", "worse": "bold red", "same": "dim", "": ""}
 @click.argument("new_json", metavar="NEW.json")
 @click.option("--gate", "gates", type=GateType(), multiple=True,
               help="Fail (exit 1) when NEW is worse than allowed: 'latency.p99:+10%', 'connect_rate.mean:-5%', "
-              "'failed:0', or a check like 'failed==0'. Repeatable.")
+              "'failed:0', 'traffic.messages_per_s:-5%', 'traffic.errors:0', or a check like 'failed==0'. "
+              "latency.X is request latency (traffic.latency.X) when either run has traffic, connect latency "
+              "otherwise. Repeatable.")
 @click.option("--format", "fmt_name", type=click.Choice(["text", "markdown", "html"]), default="text",
               show_default=True, help="markdown: a PR comment; html: NEW's full report with BASE overlaid.")
 @click.option("-o", "--output", metavar="FILE", default=None, help="Write to FILE instead of stdout (html: required).")
@@ -61,7 +63,7 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
         t = Table(title=f"{base_json} -> {new_json}", title_justify="left")
         for col, just in (("metric", "left"), ("baseline", "right"), ("new", "right"), ("change", "right")):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
-        for r in rows(base, new):
+        for r in rows(base, new, traffic=True):
             verdict = r.verdict(noise_pct)
             t.add_row(r.metric.name, fmt(r.base, r.metric.unit), fmt(r.new, r.metric.unit),
                       f"[{_STYLE[verdict]}]{fmt_delta(r)}[/]" if _STYLE[verdict] else fmt_delta(r))

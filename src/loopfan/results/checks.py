@@ -3,21 +3,32 @@
 Rules of this file: pure. A report dict (schema loopfan.report/1) goes in, numbers come out; an
 expression is parsed once at the CLI edge (a bad one is a UsageError: one line, exit 2) and
 evaluated later into a plain dict that the report, the HTML page and the exit status share.
-Latency percentiles come from the full-run HDR histogram when the report has one (exact), and
-from the rounded summary only for older reports.
+Connect latency percentiles come from the full-run HDR histogram when the report has one (exact),
+and from the rounded summary only for older reports. Traffic metrics (`traffic.*`) are read from
+the report's "traffic" block, whose percentiles the run computed from its merged full-run HDR
+histograms (report.json keeps no traffic histogram).
 
-  check:  METRIC OP VALUE[UNIT]     connect_latency.p99<50ms   failed==0   established>=1M
-  gate:   METRIC:[+|-]AMOUNT[%|UNIT] latency.p99:+10%  connect_rate.mean:-5%  failed:0
+  check:  METRIC OP VALUE[UNIT]     connect_latency.p99<50ms   failed==0   traffic.latency.p99<10ms
+  gate:   METRIC:[+|-]AMOUNT[%|UNIT] latency.p99:+10%  connect_rate.mean:-5%  failed:0  traffic.errors:0
           (also any check expression, judged on the new run alone)
 
 A gate without a sign allows that much change in the metric's *bad* direction (up for latency and
 failures, down for rates and counts of successes): `failed:0` means "no more failures than the
 baseline", `latency.p99:10%` "p99 at most 10 % worse".
+
+`latency.X` is the latency the run is about: request latency (`traffic.latency.X`) when the report
+has traffic (for a gate: when either report has), connect latency (`connect_latency.X`) otherwise.
+It is resolved when judged, against the report, and on a run with traffic the result's expression
+says so: "latency.p99 (request latency)<5ms". Before traffic existed it always meant connect
+latency, which on a traffic run judged the 0.4 ms connects and passed over 12 ms requests. (Refusing
+the alias instead would come too late for `run`: a check is parsed before the run, while whether
+the report has traffic is known after it, and an error then would lose the run's report.)
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
 import math
 import operator
 import re
@@ -39,13 +50,21 @@ _BYTES = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024.0, "MiB": 1024.
 @dataclass(frozen=True, slots=True)
 class Metric:
     name: str
-    unit: str  # "ms", "s", "", "/s", "B", "%"
+    unit: str  # "ms", "s", "", "/s", "B", "B/s", "%"
     lower_is_better: bool
     help: str
 
 
 _PCTS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
 _PCT_ALIASES = {"p99.9": "p999", "p99.99": "p9999", "median": "p50"}
+# The figures the traffic block gives for each of its two latency histograms (no min there).
+_TRAFFIC_LATENCY_KEYS = (*_PCTS, "max", "mean")
+# latency.X is an alias (resolved per report, see the module docstring) for these X only: the ones
+# both connect latency and request latency have.
+_ALIAS_KEYS = _TRAFFIC_LATENCY_KEYS
+# Statuses that are successes: more of them is better. Every other status (http-4xx, http-5xx,
+# ws-close-CODE, 1xx/3xx) is worse when it rises.
+_GOOD_STATUSES = ("http-2xx", "ws-handshake-ok")
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -67,30 +86,135 @@ METRICS: dict[str, Metric] = {
         Metric("listen_overflows", "", True, "SYNs dropped by full accept queues"),
         Metric("loop_lag.max", "ms", True, "worst worker event-loop lag"),
         Metric("fds.max_pct", "%", True, "fullest worker's open files, % of its limit"),
+        # Traffic (report.json "traffic"): the names are the block's keys without their unit suffix.
+        Metric("traffic.messages_per_s", "/s", False, "messages completed per second in the measured window"),
+        Metric("traffic.bytes_in_per_s", "B/s", False, "bytes received per second in the window"),
+        Metric("traffic.bytes_out_per_s", "B/s", False, "bytes sent per second in the window"),
+        *[Metric(f"traffic.latency.{k}", "ms", True, f"request latency {k}") for k in _TRAFFIC_LATENCY_KEYS],
+        *[Metric(f"traffic.ttfb.{k}", "ms", True, f"time to first byte {k}") for k in _TRAFFIC_LATENCY_KEYS],
+        Metric("traffic.errors", "", True, "traffic errors in the window, every cause"),
+        Metric("traffic.replies", "", False, "replies completed in the window"),
+        Metric("traffic.sent", "", False, "messages sent in the window"),
+        Metric("traffic.samples", "", False, "latency samples (messages started in the window)"),
+        Metric("traffic.unanswered", "", True, "messages still unanswered at the end"),
+        Metric("traffic.unsent", "", True, "messages due but never sent (open model)"),
+        Metric("traffic.talking.start", "", False, "connections talking at the start"),
+        Metric("traffic.talking.end", "", False, "connections talking at the end"),
     ]
 }
 
+# Families counted by cause or status: a member never seen happened zero times, in a report that
+# counted the family (the metric named here is measured there; statuses are counted wherever the
+# traffic errors are). A hold-only report counted no traffic: traffic.errors.X is "not measured"
+# there, not 0.
+_FAMILIES = {"failed.": "failed", "traffic.errors.": "traffic.errors", "traffic.statuses.": "traffic.errors"}
+
 
 def metric_for(name: str) -> Metric:
-    """The metric called `name` (aliases: latency.X, p99.9, failed.CAUSE)."""
+    """The metric called `name` (aliases: latency.X, p99.9; families: failed.CAUSE,
+    traffic.errors.CAUSE, traffic.statuses.NAME)."""
     key = canonical(name)
-    if key.startswith("failed."):
-        return Metric(key, "", True, f"failures with cause {key[7:]}")
-    m = METRICS.get(key)
+    m = _lookup(key)
     if m is None:
-        known = ", ".join(sorted(k for k in METRICS if not k.startswith(("duration.", "connect_latency.p9"))))
-        raise UsageError(f"unknown metric {name!r}; use one of {known}, connect_latency.pNN, failed.CAUSE")
+        hint = _suggest(key)
+        did_you_mean = f"did you mean {hint}? " if hint else ""
+        raise UsageError(f"unknown metric {name!r}; {did_you_mean}use one of {known_metrics()}")
     return m
+
+
+def _lookup(key: str) -> Metric | None:
+    if key.startswith("failed.") and len(key) > 7:
+        return Metric(key, "", True, f"failures with cause {key[7:]}")
+    if key.startswith("traffic.errors.") and len(key) > 15:
+        return Metric(key, "", True, f"traffic errors with cause {key[15:]}")
+    if key.startswith("traffic.statuses.") and len(key) > 17:
+        status = key[17:]
+        return Metric(key, "", status not in _GOOD_STATUSES, f"replies with status {status}")
+    if key.startswith("latency.") and key[8:] in _ALIAS_KEYS:
+        return Metric(key, "ms", True, f"request latency {key[8:]} on a run with traffic, connect latency otherwise")
+    return METRICS.get(key)
+
+
+# Names people try, from the report's keys or other tools, and the metric they mean.
+_GUESSES = (("request_latency.", "traffic.latency."), ("first_byte.", "traffic.ttfb."), ("ttfb.", "traffic.ttfb."),
+            ("traffic_errors", "traffic.errors"), ("errors", "traffic.errors"), ("status.", "traffic.statuses."),
+            ("statuses.", "traffic.statuses."), ("latency.", "connect_latency."))
+
+
+def _suggest(key: str) -> str | None:
+    """The one metric an unknown name most likely meant, or None."""
+    unsuffixed = key.replace("_ms.", ".").replace("_total", "").replace("_at_end", "")
+    tries = [unsuffixed, f"traffic.{unsuffixed}",
+             *(new + key[len(old):] for old, new in _GUESSES if key.startswith(old))]
+    for guess in tries:
+        m = _lookup(guess)
+        if m is not None and guess != key:
+            return m.name
+    close = difflib.get_close_matches(key, [*METRICS, *(f"latency.{k}" for k in _ALIAS_KEYS)], 1, 0.8)
+    return close[0] if close else None
+
+
+def known_metrics() -> str:
+    """Every metric name, families folded: 'connect_latency.{pNN,max,mean,min}', 'failed.CAUSE'."""
+    groups: dict[str, list[str]] = {}
+    for name in METRICS:
+        head, _, tail = name.rpartition(".")
+        if head and (head.endswith("latency") or head.endswith("ttfb") or head == "duration"):
+            groups.setdefault(head, [])
+            tail = "pNN" if tail in _PCTS else tail
+            if tail not in groups[head]:
+                groups[head].append(tail)
+        else:
+            groups[name] = []
+    names = [f"{head}.{{{','.join(tails)}}}" if tails else head for head, tails in groups.items()]
+    names.insert(names.index("failed") + 1, "failed.CAUSE")
+    names.insert(names.index("traffic.errors") + 1, "traffic.errors.CAUSE")
+    names.insert(names.index("traffic.errors") + 2, "traffic.statuses.NAME")
+    names.append("latency.{pNN,max,mean} (request latency with traffic, connect latency without)")
+    return ", ".join(names)
 
 
 def canonical(name: str) -> str:
     name = name.strip()
-    if name.startswith("latency."):
-        name = "connect_" + name
     for alias, key in _PCT_ALIASES.items():
         if name.endswith("." + alias):
             return name[: -len(alias)] + key
     return name
+
+
+def resolve(metric: Metric, traffic: bool) -> tuple[Metric, str]:
+    """The metric `metric` stands for in a report with (or without) traffic, and the label a result
+    carries: latency.X -> (traffic.latency.X, "request latency") with traffic, (connect_latency.X, "")
+    without - what it has always meant there, so those results read as before; any other metric ->
+    (itself, "")."""
+    if not metric.name.startswith("latency."):
+        return metric, ""
+    key = metric.name[8:]
+    if traffic:
+        return METRICS[f"traffic.latency.{key}"], "request latency"
+    return METRICS[f"connect_latency.{key}"], ""
+
+
+def _labelled(expression: str, label: str) -> str:
+    """'latency.p99<5ms' -> 'latency.p99 (request latency)<5ms': the alias's meaning, said where it is read."""
+    if not label:
+        return expression
+    m = _NAME.match(expression)
+    return expression if m is None else f"{expression[: m.end()]} ({label}){expression[m.end():]}"
+
+
+def value_of(metrics: dict[str, float | None], name: str) -> float | None:
+    """metrics[name], with a family member never seen as 0 where the family was counted."""
+    value = metrics.get(name)
+    if value is None:
+        for prefix, family in _FAMILIES.items():
+            if name.startswith(prefix) and metrics.get(family) is not None:
+                return 0
+    return value
+
+
+def has_traffic(rep: dict[str, Any] | None) -> bool:
+    return bool((rep or {}).get("traffic"))
 
 
 # -- reading metrics from a report ---------------------------------------------------------------
@@ -151,6 +275,37 @@ def report_metrics(rep: dict[str, Any]) -> dict[str, float | None]:
         for k in (*_PCTS, "max"):
             out[f"connect_latency.{k}"] = lat.get(k)
         out["connect_latency.min"] = out["connect_latency.mean"] = None
+    out.update(_traffic_metrics(rep.get("traffic")))
+    return out
+
+
+def _traffic_metrics(tr: dict[str, Any] | None) -> dict[str, float | None]:
+    """The traffic.* metrics of a report's "traffic" block; all None without one (a hold-only run).
+    Its percentiles are the merged full-run HDR histograms' values, unrounded, so deltas between
+    two reports are exact like connect latency's; the mean is rounded to the microsecond."""
+    tr = tr or {}
+    out: dict[str, float | None] = {
+        "traffic.messages_per_s": tr.get("messages_per_s"),
+        "traffic.bytes_in_per_s": tr.get("bytes_in_per_s"),
+        "traffic.bytes_out_per_s": tr.get("bytes_out_per_s"),
+        "traffic.errors": tr.get("errors_total"),
+        "traffic.replies": tr.get("replies_in_window"),
+        # Older traffic reports have no sent_in_window: their "sent" counted the warm-up too.
+        "traffic.sent": tr.get("sent_in_window"),
+        "traffic.samples": tr.get("samples"),
+        "traffic.unanswered": tr.get("unanswered_at_end"),
+        "traffic.unsent": tr.get("unsent_at_end"),
+        "traffic.talking.start": tr.get("connections_talking_at_start"),
+        "traffic.talking.end": tr.get("connections_talking_at_end"),
+    }
+    for name, block in (("latency", "latency_ms"), ("ttfb", "ttfb_ms")):
+        values = tr.get(block) or {}
+        for k in _TRAFFIC_LATENCY_KEYS:
+            out[f"traffic.{name}.{k}"] = values.get(k)
+    for cause, n in (tr.get("errors") or {}).items():
+        out[f"traffic.errors.{cause}"] = n
+    for status, n in (tr.get("statuses") or {}).items():
+        out[f"traffic.statuses.{status}"] = n
     return out
 
 
@@ -176,7 +331,8 @@ def parse_value(text: str, metric: Metric) -> float:
             return number
         if unit in _TIME_TO_MS:
             return number * _TIME_TO_MS[unit] / (1.0 if metric.unit == "ms" else 1000.0)
-    elif metric.unit == "B":
+    elif metric.unit in ("B", "B/s"):  # 512MB; a rate takes /s or not: 10MB/s, 10MB
+        unit = unit.removesuffix("/s") if metric.unit == "B/s" else unit
         if unit in _BYTES or unit in _COUNT:
             return number * _BYTES.get(unit, _COUNT.get(unit, 1.0))
     elif metric.unit == "%":
@@ -190,12 +346,12 @@ def parse_value(text: str, metric: Metric) -> float:
 
 def _unit_words(unit: str) -> str:
     return {"ms": "milliseconds", "s": "seconds", "": "a count", "/s": "per second", "B": "bytes",
-            "%": "percent"}[unit]
+            "B/s": "bytes per second", "%": "percent"}[unit]
 
 
 def _example(metric: Metric) -> str:
     return {"ms": "50ms or 2s", "s": "30s or 2m", "": "1000 or 1M", "/s": "5000 or 10k", "B": "512MB or 2GiB",
-            "%": "80"}[metric.unit]
+            "B/s": "10MB/s or 1GB/s", "%": "80"}[metric.unit]
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -203,7 +359,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
     "=": operator.eq,
 }
-_CHECK = re.compile(r"^\s*([A-Za-z_][\w.%]*)\s*(<=|>=|==|!=|<|>|=)\s*(.+?)\s*$")
+# Metric names hold dashes: failed.closed-by-peer, traffic.statuses.http-5xx.
+_NAME = re.compile(r"^\s*[A-Za-z_][\w.%-]*")
+_CHECK = re.compile(r"^\s*([A-Za-z_][\w.%-]*)\s*(<=|>=|==|!=|<|>|=)\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,16 +371,16 @@ class Check:
     op: str
     limit: float
 
-    def evaluate(self, metrics: dict[str, float | None]) -> dict[str, Any]:
-        actual = metrics.get(self.metric.name)
-        if actual is None and self.metric.name.startswith("failed."):
-            actual = 0  # a cause never seen happened zero times
+    def evaluate(self, metrics: dict[str, float | None], *, traffic: bool = False) -> dict[str, Any]:
+        """Judge the run whose metrics these are; `traffic`: it talked (latency.X is request latency)."""
+        metric, label = resolve(self.metric, traffic)
+        actual = value_of(metrics, metric.name)
         passed = actual is not None and _OPS[self.op](float(actual), self.limit)
         return {
-            "expression": self.expression,
+            "expression": _labelled(self.expression, label),
             "kind": "check",
-            "metric": self.metric.name,
-            "unit": self.metric.unit,
+            "metric": metric.name,
+            "unit": metric.unit,
             "op": self.op,
             "limit": self.limit,
             "actual": actual,
@@ -246,11 +404,11 @@ def parse_check(text: str) -> Check:
 
 def run_checks(checks: list[Check], rep: dict[str, Any]) -> list[dict[str, Any]]:
     metrics = report_metrics(rep)
-    return [c.evaluate(metrics) for c in checks]
+    return [c.evaluate(metrics, traffic=has_traffic(rep)) for c in checks]
 
 
 # -- gates (a baseline and a new run) ------------------------------------------------------------
-_GATE = re.compile(r"^\s*([A-Za-z_][\w.%]*)\s*:\s*([+-]?)\s*(.+?)\s*$")
+_GATE = re.compile(r"^\s*([A-Za-z_][\w.%-]*)\s*:\s*([+-]?)\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,17 +420,19 @@ class Gate:
     relative: bool  # amount is a percentage of the baseline
     check: Check | None = None  # a check expression given as a gate: judged on the new run
 
-    def evaluate(self, base: dict[str, float | None], new: dict[str, float | None]) -> dict[str, Any]:
+    def evaluate(self, base: dict[str, float | None], new: dict[str, float | None], *,
+                 traffic: bool = False) -> dict[str, Any]:
+        """Judge NEW against BASE; `traffic`: either run talked, so latency.X is request latency in
+        both (one meaning for the pair: a gate never compares connects with requests)."""
         if self.check is not None:
-            judged = self.check.evaluate(new)
+            judged = self.check.evaluate(new, traffic=traffic)
             judged["kind"] = "gate"
             return judged
-        b, n = base.get(self.metric.name), new.get(self.metric.name)
-        if self.metric.name.startswith("failed."):
-            b, n = b or 0, n or 0
+        metric, label = resolve(self.metric, traffic)
+        b, n = value_of(base, metric.name), value_of(new, metric.name)
         out: dict[str, Any] = {
-            "expression": self.expression, "kind": "gate", "metric": self.metric.name, "unit": self.metric.unit,
-            "baseline": b, "actual": n, "passed": False, "detail": "",
+            "expression": _labelled(self.expression, label), "kind": "gate", "metric": metric.name,
+            "unit": metric.unit, "baseline": b, "actual": n, "passed": False, "detail": "",
         }
         if b is None or n is None:
             out["detail"] = "not measured in " + ("the baseline" if b is None else "the new run")
@@ -310,4 +470,5 @@ def parse_gate(text: str) -> Gate:
 
 def run_gates(gates: list[Gate], base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     bm, nm = report_metrics(base), report_metrics(new)
-    return [g.evaluate(bm, nm) for g in gates]
+    traffic = has_traffic(base) or has_traffic(new)
+    return [g.evaluate(bm, nm, traffic=traffic) for g in gates]

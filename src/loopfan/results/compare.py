@@ -4,6 +4,9 @@ Rules of this file: pure. Numbers come from checks.report_metrics (latency perce
 full-run HDR histograms, not from rounded summaries); a delta is "noise" below NOISE_PCT and is
 then shown uncoloured; better/worse follows each metric's direction. Text, Markdown (for a PR
 comment) and the rows themselves are produced here; the HTML page lives in html.py.
+When either report has traffic, the table has the traffic's key numbers too, and a row for every
+traffic error cause and status either run saw (0 where a run with traffic saw none; "-" for a run
+without traffic: not measured, as for connect figures an older report lacks).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from loopfan.results.checks import METRICS, Metric, metric_for, report_metrics
+from loopfan.results.checks import METRICS, Metric, has_traffic, metric_for, report_metrics, value_of
 
 NOISE_PCT = 5.0
 
@@ -23,6 +26,15 @@ KEY_METRICS = [
     "connect_latency.p9999", "connect_latency.max", "duration.connect", "cpu", "memory.client", "memory.kernel",
     "loop_lag.max",
 ]
+# The traffic's key numbers, after the connection's, when either report has traffic.
+TRAFFIC_KEY_METRICS = [
+    "traffic.messages_per_s", "traffic.bytes_in_per_s", "traffic.bytes_out_per_s", "traffic.latency.p50",
+    "traffic.latency.p90", "traffic.latency.p99", "traffic.latency.p999", "traffic.latency.p9999",
+    "traffic.latency.max", "traffic.ttfb.p50", "traffic.ttfb.p99", "traffic.errors", "traffic.unanswered",
+    "traffic.talking.end",
+]
+# Families with a row per member seen in either report.
+_FAMILIES = ("failed.", "traffic.errors.", "traffic.statuses.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +67,21 @@ class Row:
         return "worse" if (pct > 0) == up_is_bad else "better"
 
 
-def rows(base: dict[str, Any] | None, new: dict[str, Any], names: list[str] | None = None) -> list[Row]:
+def rows(base: dict[str, Any] | None, new: dict[str, Any], names: list[str] | None = None, *,
+         traffic: bool = False) -> list[Row]:
+    """The comparison table: `names` (default KEY_METRICS), then a row per failure cause. `traffic`:
+    also the traffic's key numbers, error causes and statuses when either report has traffic (off by
+    default: the HTML page's key numbers add the traffic's their own way, html.TRAFFIC_KEY_METRICS)."""
     nm = report_metrics(new)
     bm = report_metrics(base) if base is not None else {}
-    names = names or KEY_METRICS
-    extra = sorted(k for k in {*nm, *bm} if k.startswith("failed."))
-    return [Row(metric_for(n), bm.get(n), nm.get(n)) for n in [*names, *extra]
-            if n in METRICS or n.startswith("failed.")]
+    names = list(names or KEY_METRICS)
+    families: tuple[str, ...] = ("failed.",)
+    if traffic and (has_traffic(base) or has_traffic(new)):
+        names += [n for n in TRAFFIC_KEY_METRICS if n not in names]
+        families = _FAMILIES
+    extra = [k for prefix in families for k in sorted(k for k in {*nm, *bm} if k.startswith(prefix))]
+    return [Row(metric_for(n), value_of(bm, n), value_of(nm, n))
+            for n in [*names, *extra] if n in METRICS or n.startswith(_FAMILIES)]
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -69,6 +89,8 @@ def fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit == "B":
         return f"{value / 1e6:,.1f} MB"
+    if unit == "B/s":
+        return f"{value / 1e6:,.1f} MB/s"
     if unit == "ms":
         return f"{value:.3f} ms" if value < 10 else f"{value:,.1f} ms"
     if unit == "s":
@@ -85,8 +107,8 @@ def fmt_delta(row: Row) -> str:
     if d is None or pct is None:
         return "-"
     sign = "+" if d > 0 else ""
-    if row.metric.unit == "B":
-        text = f"{sign}{d / 1e6:,.1f} MB"
+    if row.metric.unit in ("B", "B/s"):
+        text = f"{sign}{d / 1e6:,.1f} {'MB' if row.metric.unit == 'B' else 'MB/s'}"
     elif row.metric.unit in ("ms", "s", "%"):
         text = f"{sign}{d:,.3g} {row.metric.unit}"
     else:
@@ -110,7 +132,7 @@ def markdown(base: dict[str, Any], new: dict[str, Any], gates: list[dict[str, An
     lines.append(f"`{base_name}` (baseline) → `{new_name}`; changes under {noise_pct:g}% are marked ~ (noise).\n")
     lines.append("| metric | baseline | new | change | |")
     lines.append("|---|---:|---:|---:|---|")
-    for r in rows(base, new):
+    for r in rows(base, new, traffic=True):
         lines.append(f"| {r.metric.name} | {fmt(r.base, r.metric.unit)} | {fmt(r.new, r.metric.unit)} | "
                      f"{fmt_delta(r)} | {_MARK[r.verdict(noise_pct)]} |")
     if gates:

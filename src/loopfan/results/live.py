@@ -6,6 +6,12 @@ by rich's refresh thread (PANEL_REFRESH_PER_S) from that stored Progress; the th
 start(), after the runner's last fork (forking with a live thread is unsafe). Output goes to
 stderr, so stdout keeps the report (and `--json -`). The panel's cost is measured by
 bench/report_overhead.py (docs/benchmarks.md "Reporting overhead").
+
+What is shown follows the phase: connects, connect latency and failures while connecting (and
+holding); messages/s, request latency and traffic errors while the phase is "traffic", when the
+connect figures are all zero. Connection failures are shown in every phase. The refresh thread reads
+the sampler's columns while the runner appends to them: it reads each column's last element and
+copies dicts before iterating, so a row half appended shows at worst one column's previous value.
 """
 
 from __future__ import annotations
@@ -42,14 +48,46 @@ def last_row(p: Progress) -> dict[str, Any]:
     for key in ("connects_per_s", "closes_per_s", "failures_per_s", "bytes_in_per_s", "bytes_out_per_s",
                 "messages_per_s"):
         row[key] = s.cols[key][i]
-    row["failures_by_cause_per_s"] = {c: col[i] for c, col in s.by_cause.items() if col[i]}
+    row["failures_by_cause_per_s"] = {c: col[i] for c, col in dict(s.by_cause).items() if col[i]}
     row["latency_ms"] = {k: col[i] for k, col in s.latency.items()}
+    # Traffic: the interval's request latency, and errors (the warm-up's included) per second and
+    # so far. Hold-only runs carry them too, empty, as report.json's series does.
+    row["message_latency_ms"] = {k: col[i] for k, col in s.message_latency.items()}
+    row["errors_per_s"] = s.errors_per_s[i]
+    by_cause = dict(s.errors_by_cause)
+    row["errors_by_cause_per_s"] = {c: col[i] for c, col in by_cause.items() if col[i]}
+    t_s = s.cols["t_s"]
+    row["errors_so_far"] = _so_far(s.errors_per_s, t_s)
+    row["errors_by_cause_so_far"] = {c: n for c, col in by_cause.items() if (n := _so_far(col, t_s))}
     row["health"] = {k: col[i] for k, col in s.health.items()}
     return row
 
 
+def _so_far(per_s: list[float], t_s: list[float]) -> int:
+    """A count back from its per-interval rates: each rate x its interval, summed. Rates and times
+    are rounded (0.1/s, 1 ms), so a large count can be off by a few; the report has the exact one.
+    O(intervals): ~0.3 ms for an hour's column, at the panel's 4 refreshes a second."""
+    n = min(len(per_s), len(t_s))
+    return round(sum(per_s[j] * (t_s[j] - t_s[j - 1]) for j in range(1, n) if per_s[j]))
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:,.1f}")
+
+
+def _pcts(lat: dict[str, Any]) -> str:
+    return (f"p50 {_ms(lat.get('p50'))} ms  p99 {_ms(lat.get('p99'))}  p99.9 {_ms(lat.get('p999'))}  "
+            f"max {_ms(lat.get('max'))}")
+
+
+def _errors(row: dict[str, Any], top: int = 4) -> str:
+    """'12/s, 340 so far (http-5xx 300, reply-timeout 40)', or '' when there were none."""
+    rate, so_far = row.get("errors_per_s") or 0, row.get("errors_so_far") or 0
+    if not rate and not so_far:
+        return ""
+    causes = sorted((row.get("errors_by_cause_so_far") or {}).items(), key=lambda kv: -kv[1])[:top]
+    by_cause = " (" + ", ".join(f"{c} {n:,}" for c, n in causes) + ")" if causes else ""
+    return f"{rate:,.0f}/s, {so_far:,} so far{by_cause}"
 
 
 def panel(p: Progress) -> Group:
@@ -66,11 +104,16 @@ def panel(p: Progress) -> Group:
     bar.add_row(ProgressBar(total=max(1, p.target), completed=min(p.client.open, p.target), width=40),
                 f"{p.client.open:,} / {p.target:,} open")
     t.add_row("open", bar)
-    t.add_row("rates", f"{row.get('connects_per_s', p.rate_per_s):,.0f} connects/s  "
-              f"{row.get('closes_per_s', 0):,.0f} closes/s  {row.get('failures_per_s', 0):,.0f} failures/s")
-    lat = row.get("latency_ms") or {}
-    t.add_row("latency", f"last interval p50 {_ms(lat.get('p50'))} ms  p99 {_ms(lat.get('p99'))}  "
-              f"p99.9 {_ms(lat.get('p999'))}  max {_ms(lat.get('max'))}")
+    if p.phase == "traffic":
+        t.add_row("traffic", f"{row.get('messages_per_s') or 0:,.0f} messages/s  "
+                  f"in {(row.get('bytes_in_per_s') or 0) / 1e6:,.2f} MB/s  "
+                  f"out {(row.get('bytes_out_per_s') or 0) / 1e6:,.2f} MB/s")
+        t.add_row("latency", "request, last interval " + _pcts(row.get("message_latency_ms") or {}))
+        t.add_row("errors", _errors(row) or Text("none", style="green"))
+    else:
+        t.add_row("rates", f"{row.get('connects_per_s', p.rate_per_s):,.0f} connects/s  "
+                  f"{row.get('closes_per_s', 0):,.0f} closes/s  {row.get('failures_per_s', 0):,.0f} failures/s")
+        t.add_row("latency", "connect, last interval " + _pcts(row.get("latency_ms") or {}))
     failed = sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:4]
     t.add_row("failures", ", ".join(f"{k} {v:,}" for k, v in failed) if failed else Text("none", style="green"))
     h = row.get("health") or {}
@@ -145,7 +188,13 @@ class ProgressSink:
 def describe(p: Progress) -> str:
     row = last_row(p)
     failed = ", ".join(f"{k} {v:,}" for k, v in sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:3])
-    lat = (row.get("latency_ms") or {}).get("p99")
     left = "" if p.hold_left_s is None else f", {p.hold_left_s:.0f}s left"
+    if p.phase == "traffic":
+        lat = row.get("message_latency_ms") or {}
+        return (f"traffic: {p.client.open:,}/{p.target:,} open, {row.get('messages_per_s') or 0:,.0f} messages/s, "
+                f"request p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
+                f"errors {_errors(row, top=3) or 'none'}, {failed or 'no connection failures'}, "
+                f"{p.elapsed_s:.1f}s{left}")
+    lat_p99 = (row.get("latency_ms") or {}).get("p99")
     return (f"{p.phase}: {p.client.open:,}/{p.target:,} open, {row.get('connects_per_s', p.rate_per_s):,.0f} "
-            f"connects/s, p99 {_ms(lat)} ms, {failed or 'no failures'}, {p.elapsed_s:.1f}s{left}")
+            f"connects/s, p99 {_ms(lat_p99)} ms, {failed or 'no failures'}, {p.elapsed_s:.1f}s{left}")
