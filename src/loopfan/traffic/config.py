@@ -56,6 +56,11 @@ class TrafficConfig:
     def awaits_reply(self) -> bool:
         return not (self.kind == "raw" and self.expect == EXPECT_NONE)
 
+    @property
+    def label(self) -> str:
+        """The kind as the user chose it (--traffic echo is raw TCP expecting the echo): for reports."""
+        return "echo" if self.kind == "raw" and self.expect == EXPECT_ECHO else self.kind
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrafficServerConfig(ServerConfig):
