@@ -54,6 +54,8 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
     if kind == "ws":
         assert tr["statuses"]["ws-handshake-ok"] == 300
     assert "Traffic: no errors" in text and "messages/s" in text
+    from loopfan.results.schema import validation_errors
+    assert validation_errors(rep) == []
     # The HdrHistogram log is readable by hdrh's own reader and holds the samples.
     from hdrh.histogram import HdrHistogram
     from hdrh.log import HistogramLogReader

@@ -291,8 +291,7 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         agree = "agrees" if srv["agrees_with_client"] else "DISAGREES"
         t.add_row("server", f"accepted {srv['accepted']:,}: {agree} with the client's count")
     if rep.get("listen_overflows"):
-        t.add_row("listen overflows", f"{rep['listen_overflows']:,} SYNs dropped by full accept queues "
-                  "(raise somaxconn: loopfan doctor --fix)")
+        t.add_row("listen overflows", listen_overflow_advice(rep))
     parts: list[Any] = [head, t]
     if rep["failures"]:
         ft = Table(title="failures by cause", title_justify="left")
@@ -315,7 +314,10 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     failed_conns = rep.get("failed_connections") or []
     if failed_conns:
         first = failed_conns[0]
-        parts.append(Text(f"{len(failed_conns)} failed connections listed with their 4-tuple in the JSON report; "
+        total = rep.get("failed_total") or len(failed_conns)
+        listed = (f"the first {len(failed_conns):,} of {total:,} failed connections are" if total > len(failed_conns)
+                  else f"{len(failed_conns):,} failed connections are")
+        parts.append(Text(f"{listed} listed with their 4-tuple in the JSON report; "
                           f"first: {first['cause']}, Wireshark: {first['display_filter']}", style="yellow"))
     for chk in rep.get("checks") or []:
         mark, style = ("pass", "green") if chk["passed"] else ("FAIL", "bold red")
@@ -329,3 +331,15 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
                           style="yellow"))
     parts.extend(traffic_renderables(rep))
     return RichGroup(*parts)
+
+
+def listen_overflow_advice(rep: dict[str, Any]) -> str:
+    """Which queue overflowed is the server's: its backlog is min(the backlog it passes to listen(),
+    net.core.somaxconn). somaxconn is only the fix when it is the smaller one."""
+    somaxconn = (((rep.get("identity") or {}).get("host") or {}).get("facts") or {}).get("somaxconn")
+    text = f"{rep['listen_overflows']:,} SYNs dropped by full accept queues"
+    if isinstance(somaxconn, int) and somaxconn < 4096:
+        return text + f" (net.core.somaxconn is {somaxconn}: loopfan doctor --fix raises it)"
+    backlog = "" if somaxconn is None else f" - net.core.somaxconn is already {somaxconn:,}"
+    return (text + ": the server's own listen backlog is too small for this connect rate" + backlog
+            + " (e.g. nginx: listen ... backlog=65535; or a lower --connect-rate)")

@@ -462,6 +462,8 @@ class TrafficClientWorker(ClientWorker):
             now = perf()
             if now >= end:
                 break
+            if not conns and not self.reopening:
+                break  # nothing left to talk over (e.g. every WebSocket handshake refused): no use waiting
             if now >= next_tick:
                 if learned is not None:
                     self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)

@@ -19,8 +19,8 @@ _SERVER_LIMIT = ("the server's own connection limit is the usual cause: nginx wo
 
 MEANINGS: dict[str, tuple[str, str]] = {
     "closed-by-peer": ("the server closed an idle keep-alive connection", _SERVER_LIMIT),
-    "closed-awaiting-reply": ("the server closed the connection instead of answering",
-                              "look at the server's error log; " + _SERVER_LIMIT),
+    "closed-awaiting-reply": ("the server closed the connection instead of answering (or it stopped)",
+                              "look at the server's error log and whether it is still running; " + _SERVER_LIMIT),
     "closed-mid-reply": ("the server closed the connection in the middle of a reply",
                          "the server crashed or cut the reply short: look at its logs"),
     "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one (the "
@@ -195,7 +195,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     if lost > 0:
         t.add_row("talking", f"{tr['connections_talking_at_start']:,} connections at the start, {talking_end:,} at the "
                   f"end: {lost:,} were closed and not reopened (see the errors) - the load fell as they went")
-    lost_before = rep["established"] - tr["connections_talking_at_start"]
+    # Interrupted before the traffic began: loopfan closed them, not the server.
+    began = tr["window_s"] > 0 or tr["connections_talking_at_start"] > 0 or not rep.get("interrupted")
+    lost_before = rep["established"] - tr["connections_talking_at_start"] if began else 0
     if lost_before > 0:
         t.add_row("lost before", f"{lost_before:,} of {rep['established']:,} connections were closed by the server "
                   f"before the traffic began: {_SERVER_LIMIT}")
