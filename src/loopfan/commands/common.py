@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import sys
 from collections.abc import Callable
@@ -157,6 +159,22 @@ def build_targets(texts: tuple[str, ...], allow_non_loopback: bool) -> tuple[End
             note = ", ".join(outside)
             click.echo(f"loopfan: note: targeting non-loopback addresses of this host: {note}", err=True)
     return tuple(dict.fromkeys(out))
+
+
+def shown(text: str) -> str:
+    """User text in an error message as typed: quoted for the shell where needed (not repr, which
+    doubles every backslash), on one line (control characters escaped)."""
+    return shlex.quote("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
+
+
+def check_writable(path: str, what: str) -> None:
+    """Refuse, before any socket opens, an output file that could not be written at the end."""
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {what} to {path}: it is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {what} to {path}: {directory} is not a writable directory; "
+                         "give a path in one that is")
 
 
 def write_json(path: str, data: Any) -> None:

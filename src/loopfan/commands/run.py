@@ -16,12 +16,13 @@ from loopfan.commands.common import (
     allow_option,
     build_sources,
     build_targets,
+    check_writable,
     connections_option,
     sources_option,
     write_json,
 )
 from loopfan.commands.output_opts import OutputOptions, output_options
-from loopfan.commands.traffic_opts import traffic_options, traffic_setup
+from loopfan.commands.traffic_opts import builtin_server_only, traffic_options, traffic_setup
 from loopfan.engine import protocol as P
 from loopfan.engine.report import report_dict, report_renderable
 from loopfan.engine.runner import RunConfig, RunResult, run_plan
@@ -138,10 +139,13 @@ def command(
     """Open N connections over many loopback addresses, hold them, and report.
 
     With no TARGET, loopfan starts its built-in server (the embedded default) and stops it after.
-    TARGET is ADDRESS:PORT with ranges allowed, e.g. 127.0.0.1:8080 or 127.0.0.1-127.0.0.4:9000-9003.
+    TARGET is ADDRESS:PORT with ranges allowed, e.g. 127.0.0.1:8080 or 127.0.0.1-127.0.0.4:9000-9003,
+    or a URL for traffic: http://127.0.0.1:8080-8083/path, ws://127.0.0.1:9000/.
     """
     if json_path and json_path != "-":
-        _check_writable(json_path)
+        check_writable(json_path, "the report")
+    if listen is not None and targets:
+        raise builtin_server_only("--listen")
     ctx = click.get_current_context()
     if ctx.get_parameter_source("hold_s") is not click.core.ParameterSource.COMMANDLINE:
         # Interactive: hold until Ctrl-C. Otherwise do not wait for a Ctrl-C that will never come.
@@ -174,9 +178,3 @@ def command(
     console.print(report_renderable(rep))
     status = exit_status(result)
     return 1 if status == 0 and output.failed(rep) else status
-
-
-def _check_writable(path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise UsageError(f"cannot write the report to {path}: {directory} is not a writable directory")

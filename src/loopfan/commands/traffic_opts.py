@@ -1,13 +1,19 @@
 """The traffic options of `loopfan run` (issue 4) and their builders: argv text -> TrafficConfig.
 
 Rules of this file: every option is declared once here (one decorator, `traffic_options`) and turned
-into frozen values here; bad input becomes one UsageError line naming the option and the fix.
-URL targets (http://127.0.0.1:8080/path, ws://127.0.0.1:9000/) become ADDRESS:PORT text for the
-usual endpoint parser (which applies the loopback rules) plus the scheme and the path.
+into frozen values here; bad input becomes one UsageError line naming the option as the user types
+it (`flag`) and the fix. An option that would be ignored - one for another kind of traffic, for the
+built-in server when a TARGET is given, any of them without traffic - is refused, never dropped
+silently: options with a default take None here, so "given" is "not None", and the defaults are
+applied in the builder. URL targets (http://127.0.0.1:8080/path, ws://127.0.0.1:9000/, with ranges
+as in plain targets) become ADDRESS:PORT text for the usual endpoint parser (which applies the
+loopback rules) plus the scheme and the path.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -15,7 +21,7 @@ from urllib.parse import urlsplit
 import click
 import h11
 
-from loopfan.commands.common import DURATION
+from loopfan.commands.common import DurationType, check_writable, shown
 from loopfan.engine import protocol as P
 from loopfan.errors import UsageError
 from loopfan.traffic.config import (
@@ -33,11 +39,30 @@ from loopfan.traffic.http import request_template
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MESSAGE = b"loopfan " * 8  # 64 bytes
+DEFAULT_METHOD = "GET"
+DEFAULT_PIPELINE = 1
+DEFAULT_DURATION_S = 10.0
+DEFAULT_REPLY_TIMEOUT_S = 10.0
+DEFAULT_RESPONSE_BYTES = 128
 TRAFFIC_CHOICES = ("echo", "raw", "http", "ws")
 _SCHEMES = {"http": "http", "ws": "ws"}
 _DEFAULT_PORT = {"http": 80, "ws": 80}
+_PORTS = re.compile(r"\d+(-\d+)?")  # a URL's port: one, or a range as in plain targets
 # The built-in server mode that answers each traffic kind (with no TARGET).
 SERVER_MODE_FOR = {"echo": "echo", "raw": "echo", "http": "http", "ws": "ws"}
+
+
+
+class TrafficDuration(DurationType):
+    """A DURATION whose 'forever' stays visible (math.inf; the shared type makes it None, which
+    here would read as "not given"), so the builder can say a traffic time must be finite."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        seconds = super().convert(value, param, ctx)
+        return math.inf if seconds is None and value is not None else seconds
+
+
+TRAFFIC_DURATION = TrafficDuration()
 
 _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--traffic", "traffic", type=click.Choice(TRAFFIC_CHOICES), default=None,
@@ -45,7 +70,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                  "raw (raw TCP, see --expect-*), http (HTTP/1.1 keep-alive), ws (WebSocket). "
                  "Implied by an http:// or ws:// TARGET."),
     click.option("--message", "message", metavar="TEXT", default=None,
-                 help=r"The message (escapes: \n \r \t \0 \e \\ \xNN). Default: 64 bytes."),
+                 help=r"The message (escapes: \n \r \t \0 \e \\ \xNN; http: the body, if no --body). "
+                 "Default: 64 bytes."),
     click.option("--message-file", "message_file", metavar="FILE", default=None,
                  help="Read the message from FILE (bytes as they are)."),
     click.option("--expect-length", type=click.IntRange(min=1), default=None, metavar="N",
@@ -53,12 +79,14 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--expect-end", default=None, metavar="MARKER", help="raw: a reply ends with MARKER (escapes)."),
     click.option("--expect-contains", default=None, metavar="MARKER",
                  help="raw: a reply is complete when MARKER arrives (escapes)."),
-    click.option("--method", default="GET", show_default=True, help="http: the request method."),
+    click.option("--method", default=None, metavar="TEXT",
+                 help=f"http: the request method (default {DEFAULT_METHOD})."),
     click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
                  help="http: a request header (repeatable)."),
     click.option("--body", default=None, metavar="TEXT", help="http: the request body (escapes)."),
-    click.option("--pipeline", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-                 help="Messages in flight per connection (http: 1 = no pipelining)."),
+    click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",
+                 help=f"Messages in flight per connection, for traffic that awaits replies (default "
+                 f"{DEFAULT_PIPELINE}: no pipelining)."),
     click.option("--ws-binary", is_flag=True, help="ws: send binary messages (default: text)."),
     click.option("--ws-ping", is_flag=True, help="ws: send pings and time the pongs instead of messages."),
     click.option("--message-rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="R",
@@ -66,21 +94,50 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--rate", "total_rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="R",
                  help="Messages per second over the whole run (open model). "
                  "Without a rate: closed loop, the next message when the reply arrives."),
-    click.option("--duration", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
-                 help="How long the traffic phase lasts (after the warm-up)."),
-    click.option("--warmup", type=DURATION, default=0.0, metavar="DURATION",
-                 help="Talk this long first without counting it in the figures."),
-    click.option("--reply-timeout", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
-                 help="A reply not complete within this counts as a timeout (and ends the connection)."),
+    click.option("--duration", type=TRAFFIC_DURATION, default=None, metavar="DURATION",
+                 help=f"How long the traffic phase lasts (after the warm-up; default {DEFAULT_DURATION_S:g}s). "
+                 "To hold connections without traffic: --hold."),
+    click.option("--warmup", type=TRAFFIC_DURATION, default=None, metavar="DURATION",
+                 help="Talk this long first without counting it in the figures (default: no warm-up)."),
+    click.option("--reply-timeout", type=TRAFFIC_DURATION, default=None, metavar="DURATION",
+                 help="A reply not complete within this counts as a timeout (and ends the connection; "
+                 f"default {DEFAULT_REPLY_TIMEOUT_S:g}s)."),
     click.option("--hdr-log", default=None, metavar="FILE",
                  help="Write latency interval histograms in the HdrHistogram log format (microseconds)."),
-    click.option("--response-size", type=click.IntRange(min=0), default=128, show_default=True, metavar="BYTES",
-                 help="Built-in server, mode http: the response body size."),
+    click.option("--response-size", type=click.IntRange(min=0), default=None, metavar="BYTES",
+                 help="The built-in server's response body size in mode http (with no TARGET; default "
+                 f"{DEFAULT_RESPONSE_BYTES})."),
 ]
 
 TRAFFIC_PARAMS = ("traffic", "message", "message_file", "expect_length", "expect_end", "expect_contains",
                   "method", "headers", "body", "pipeline", "ws_binary", "ws_ping", "message_rate",
                   "total_rate", "duration", "warmup", "reply_timeout", "hdr_log", "response_size")
+# The option each parameter comes from, where click's name for it is not the option's.
+_FLAGS = {"total_rate": "--rate", "headers": "--header"}
+# What applies where. Every traffic option but --response-size (the built-in server's) needs traffic.
+_NEEDS_TRAFFIC = tuple(name for name in TRAFFIC_PARAMS if name not in ("traffic", "response_size"))
+_ONLY_FOR = {
+    "http": (("method", "headers", "body"), "HTTP traffic (an http:// TARGET or --traffic http)"),
+    "ws": (("ws_binary", "ws_ping"), "WebSocket traffic (a ws:// TARGET or --traffic ws)"),
+    "raw": (("expect_length", "expect_end", "expect_contains"),
+            "--traffic raw (echo, http and ws know where their replies end)"),
+}
+
+
+def flag(name: str) -> str:
+    """The option as the user types it, from click's parameter name: total_rate -> --rate."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _given(kw: dict[str, Any], name: str) -> bool:
+    value = kw.get(name)
+    return value is not None and value is not False and value != ()
+
+
+def builtin_server_only(option: str) -> UsageError:
+    """The error for an option of the built-in server given with a TARGET (the server does not run)."""
+    return UsageError(f"{option} configures the built-in server, which does not run when a TARGET is given; "
+                      f"drop {option} (or the TARGET)")
 
 
 def traffic_options(f: F) -> F:
@@ -108,9 +165,18 @@ def split_url_targets(targets: tuple[str, ...]) -> tuple[tuple[str, ...], str | 
         netloc = u.netloc
         if not netloc:
             raise UsageError(f"{text}: no address; write e.g. {scheme}://127.0.0.1:8080/")
-        host, _, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
-        if not host or not port.isdigit():
-            host, port = netloc, str(_DEFAULT_PORT[scheme])
+        host, sep, port = netloc.rpartition(":") if not netloc.endswith("]") else ("", "", "")
+        if not sep:
+            host = netloc
+        if ":" in host and not host.startswith("["):
+            raise UsageError(f"{text}: write an IPv6 address in brackets, e.g. {scheme}://[::1]:8080/")
+        if not host:
+            raise UsageError(f"{text}: no address; write e.g. {scheme}://127.0.0.1:8080/")
+        if not port:
+            port = str(_DEFAULT_PORT[scheme])
+        elif not _PORTS.fullmatch(port):
+            raise UsageError(f"{text}: the port {port} is not a number or a range; write e.g. "
+                             f"{scheme}://127.0.0.1:8080/ or {scheme}://127.0.0.1:8080-8083/")
         if host.lower() == "localhost":
             host = "127.0.0.1"
         plain.append(f"{host}:{port}")
@@ -125,7 +191,7 @@ def _escaped(option: str, text: str) -> bytes:
     try:
         return unescape(text)
     except ValueError as exc:
-        raise UsageError(f"{option} {text!r}: {exc}") from None
+        raise UsageError(f"{option} {shown(text)}: {exc}") from None
 
 
 def _message(message: str | None, message_file: str | None) -> bytes | None:
@@ -155,9 +221,31 @@ def _headers(texts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     for text in texts:
         name, colon, value = text.partition(":")
         if not colon or not name.strip():
-            raise UsageError(f"--header {text!r} is not 'Name: value'; write e.g. --header 'Accept: */*'")
+            raise UsageError(f"--header {shown(text)} is not 'Name: value'; write e.g. --header 'Accept: */*'")
         out.append((name.strip(), value.strip()))
     return tuple(out)
+
+
+def _check_applies(kind: str, kind_opt: str | None, kw: dict[str, Any]) -> None:
+    """Refuse an option meant for another kind of traffic (it would be ignored)."""
+    chosen = f"--traffic {kind_opt}" if kind_opt else {"http": "an http:// TARGET", "ws": "a ws:// TARGET"}[kind]
+    for owner, (names, where) in _ONLY_FOR.items():
+        if owner == kind:
+            continue
+        for name in names:
+            if _given(kw, name):
+                raise UsageError(f"{flag(name)} applies to {where}, not to {chosen}; drop {flag(name)}")
+
+
+def _seconds(kw: dict[str, Any], name: str, default: float) -> float:
+    """A traffic time in seconds: the default when not given; 'forever' is refused."""
+    value = kw.get(name)
+    if value is None:
+        return default
+    if math.isinf(value):
+        raise UsageError(f"{flag(name)} must be a finite time (e.g. 30s, 5m); "
+                         "'forever' is only for --hold")
+    return float(value)
 
 
 def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw: Any) -> TrafficConfig | None:
@@ -165,37 +253,44 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
     _, scheme, path = split_url_targets(targets)
     kind_opt: str | None = kw.get("traffic")
     if kind_opt is None and scheme is None:
-        given = [name for name in ("message", "message_file", "message_rate", "total_rate", "hdr_log")
-                 if kw.get(name) is not None]
+        given = [name for name in _NEEDS_TRAFFIC if _given(kw, name)]
         if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} needs traffic: add --traffic echo|raw|http|ws "
-                             "or an http:// / ws:// TARGET")
+            hint = "; --hold holds the connections without traffic" if given[0] == "duration" else ""
+            raise UsageError(f"{flag(given[0])} needs traffic: add --traffic echo|raw|http|ws or an http:// / "
+                             f"ws:// TARGET{hint}")
         return None
     if kind_opt is not None and scheme is not None and SERVER_MODE_FOR.get(kind_opt) != scheme:
         raise UsageError(f"--traffic {kind_opt} does not match a {scheme}:// target; drop one of them")
     kind_name = kind_opt or scheme or "echo"
+    _check_applies(kind_name, kind_opt, kw)
+    if kind_name == "http" and _given(kw, "body") and (_given(kw, "message") or _given(kw, "message_file")):
+        raise UsageError(f"give --body or {'--message' if _given(kw, 'message') else '--message-file'} "
+                         "(both set the HTTP request body), not both")
     message = _message(kw.get("message"), kw.get("message_file"))
     rate_conn, total = kw.get("message_rate"), kw.get("total_rate")
     if rate_conn is not None and total is not None:
         raise UsageError("give --message-rate (per connection) or --rate (whole run), not both")
     rate_per_conn = rate_conn if rate_conn is not None else (total / connections if total else 0.0)
-    expects = [(name, kw.get(name)) for name in ("expect_length", "expect_end", "expect_contains")
-               if kw.get(name) is not None]
-    if expects and kind_name != "raw":
-        raise UsageError(f"--{expects[0][0].replace('_', '-')} is for --traffic raw; echo, http and ws "
-                         "know where their replies end")
+    expects = [(name, kw.get(name)) for name in _ONLY_FOR["raw"][0] if kw.get(name) is not None]
     if len(expects) > 1:
         raise UsageError("give one of --expect-length, --expect-end, --expect-contains")
+    if kind_name == "raw" and not expects and _given(kw, "pipeline"):
+        raise UsageError("--pipeline sets the replies awaited at once, and --traffic raw with no --expect-* "
+                         "awaits none; drop --pipeline (or add --expect-length/--expect-end/--expect-contains)")
+    if kw.get("hdr_log"):
+        check_writable(str(kw["hdr_log"]), "the --hdr-log file")
     common: dict[str, Any] = {
         "rate_per_conn_s": rate_per_conn,
-        "duration_s": kw.get("duration") if kw.get("duration") is not None else 10.0,
-        "warmup_s": kw.get("warmup") or 0.0,
-        "reply_timeout_s": kw.get("reply_timeout") or 10.0,
+        "duration_s": _seconds(kw, "duration", DEFAULT_DURATION_S),
+        "warmup_s": _seconds(kw, "warmup", 0.0),
+        "reply_timeout_s": _seconds(kw, "reply_timeout", DEFAULT_REPLY_TIMEOUT_S),
         "hdr_log": kw.get("hdr_log"),
-        "pipeline": kw.get("pipeline") or 1,
+        "pipeline": kw.get("pipeline") or DEFAULT_PIPELINE,
     }
     if common["duration_s"] <= 0:
         raise UsageError("--duration must be more than 0 with traffic; write e.g. --duration 10s")
+    if common["reply_timeout_s"] <= 0:
+        raise UsageError("--reply-timeout must be more than 0; write e.g. --reply-timeout 10s")
     if kind_name in ("echo", "raw"):
         msg = message or DEFAULT_MESSAGE
         if kind_name == "echo":
@@ -217,7 +312,7 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
     if kind_name == "http":
         headers = _headers(tuple(kw.get("headers") or ()))
         body = _escaped("--body", kw["body"]) if kw.get("body") is not None else (message or b"")
-        method = str(kw.get("method") or "GET").upper()
+        method = str(kw.get("method") or DEFAULT_METHOD).upper()
         target = path or "/"
         try:
             request_template(method, target, "127.0.0.1", headers, body)
@@ -229,7 +324,7 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
     # WebSocket
     if kw.get("ws_binary") and kw.get("ws_ping"):
         raise UsageError("give --ws-binary or --ws-ping, not both")
-    if common["pipeline"] != 1 and kw.get("ws_ping"):
+    if common["pipeline"] > 1 and kw.get("ws_ping"):
         raise UsageError("--ws-ping times one ping at a time; drop --pipeline")
     opcode = "ping" if kw.get("ws_ping") else "binary" if kw.get("ws_binary") else "text"
     msg = message or DEFAULT_MESSAGE
@@ -243,7 +338,7 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
     return TrafficConfig(kind="ws", message=msg, path=path or "/", ws_opcode=opcode, **common)
 
 
-def server_config(mode: str, response_size: int = 128) -> P.ServerConfig:
+def server_config(mode: str, response_size: int = DEFAULT_RESPONSE_BYTES) -> P.ServerConfig:
     """The built-in server's config: its mode follows the traffic kind unless --mode was given."""
     return TrafficServerConfig(mode=mode, response_bytes=response_size)
 
@@ -263,12 +358,23 @@ def traffic_setup(
     """For `run`: (traffic config, plain ADDRESS:PORT targets, built-in server config, hold).
 
     With traffic, the hold after it defaults to none (not "until Ctrl-C"), and the built-in server
-    answers in the matching mode unless --mode was given.
+    answers in the matching mode unless --mode was given. The built-in server's options are refused
+    when it does not run (a TARGET) or does not use them (--response-size outside mode http).
     """
     ctx = click.get_current_context()
+    given = ctx.get_parameter_source("mode") is click.core.ParameterSource.COMMANDLINE
+    response_size: int | None = kw.get("response_size")
+    if targets and given:
+        raise builtin_server_only("--mode")
+    if targets and response_size is not None:
+        raise builtin_server_only("--response-size")
     tc = traffic_config(targets=targets, connections=connections, **kw)
     plain, _, _ = split_url_targets(targets)
-    given = ctx.get_parameter_source("mode") is click.core.ParameterSource.COMMANDLINE
+    server_mode = built_in_mode(mode, given, tc)
+    if response_size is not None and server_mode != "http":
+        raise UsageError(f"--response-size sets the built-in server's HTTP response, and it answers in mode "
+                         f"{server_mode} here; drop --response-size (or use --traffic http or --mode http)")
     if tc is not None and ctx.get_parameter_source("hold_s") is not click.core.ParameterSource.COMMANDLINE:
         hold_s = 0.0
-    return tc, plain, server_config(built_in_mode(mode, given, tc), int(kw.get("response_size") or 128)), hold_s
+    size = DEFAULT_RESPONSE_BYTES if response_size is None else response_size
+    return tc, plain, server_config(server_mode, size), hold_s

@@ -1,0 +1,260 @@
+"""`loopfan run`'s traffic options at the CLI edge: bad input is one line and exit 2 before any socket
+opens, an option that would be ignored is refused, and messages use the options the user types.
+
+Most tests go through `main(argv)` with the run itself replaced (`reached`): bad input must never get
+there, and good input is caught there so its frozen config can be looked at without opening a
+socket. One tiny real run checks the report's label for echo traffic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
+import pytest
+
+import loopfan.commands.run as run_command
+from loopfan.cli import main
+from loopfan.commands.traffic_opts import TRAFFIC_PARAMS, flag, split_url_targets
+from loopfan.traffic.config import EXPECT_ECHO, EXPECT_END, EXPECT_NONE, TrafficConfig
+from loopfan.traffic.report import report_traffic, traffic_renderables
+from loopfan.traffic.results import TrafficTotals
+
+
+class Reached(BaseException):
+    """Raised where the run would start (BaseException: main's catch-all must not swallow it)."""
+
+    def __init__(self, opts: run_command.RunOptions) -> None:
+        super().__init__("the run was reached")
+        self.opts = opts
+
+
+@pytest.fixture
+def reached(monkeypatch: pytest.MonkeyPatch) -> Callable[..., run_command.RunOptions]:
+    """reached(*argv) -> the RunOptions `loopfan run -c 10 *argv` would run with (nothing opens)."""
+
+    def execute(opts: run_command.RunOptions, *_: Any) -> Any:
+        raise Reached(opts)
+
+    monkeypatch.setattr(run_command, "execute", execute)
+
+    def parse(*argv: str) -> run_command.RunOptions:
+        with pytest.raises(Reached) as caught:
+            main(["run", "-c", "10", "-q", *argv])
+        return caught.value.opts
+
+    return parse
+
+
+@pytest.fixture
+def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """refused(*argv) -> the error line of `loopfan run -c 10 *argv`, asserting exit 2, one line, no
+    traceback, and that the run was never reached."""
+
+    def execute(*_: Any) -> Any:
+        pytest.fail("bad input reached the run")
+
+    monkeypatch.setattr(run_command, "execute", execute)
+
+    def parse(*argv: str) -> str:
+        status = main(["run", "-c", "10", "-q", *argv])
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("loopfan: error: ")
+        return err.strip()
+
+    return parse
+
+
+# --- 1. --hdr-log is checked up front, like --json ------------------------------------------------
+
+
+def test_an_unwritable_hdr_log_is_refused_before_the_run(refused: Callable[..., str], tmp_path: Path) -> None:
+    err = refused("--traffic", "echo", "--hdr-log", "/nonexistent/dir/x.hlog")
+    assert "cannot write the --hdr-log file to /nonexistent/dir/x.hlog" in err and "writable directory" in err
+    err = refused("--traffic", "echo", "--hdr-log", str(tmp_path))
+    assert "is a directory" in err and "give a file name" in err
+
+
+def test_hdr_log_and_json_share_one_check(refused: Callable[..., str]) -> None:
+    assert "cannot write the report to /nonexistent/dir/r.json" in refused("--json", "/nonexistent/dir/r.json")
+
+
+# --- 2. options that would be ignored are refused -------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    # WebSocket only
+    (["--traffic", "raw", "--rate", "10", "--ws-ping"], "--ws-ping applies to WebSocket traffic"),
+    (["--traffic", "echo", "--ws-binary"], "--ws-binary applies to WebSocket traffic"),
+    (["--traffic", "http", "--ws-ping"], "not to --traffic http; drop --ws-ping"),
+    (["http://127.0.0.1:8080/", "--ws-binary"], "not to an http:// TARGET; drop --ws-binary"),
+    # HTTP only
+    (["--traffic", "echo", "--method", "POST"], "--method applies to HTTP traffic"),
+    (["--traffic", "raw", "--rate", "10", "--header", "A: b"], "--header applies to HTTP traffic"),
+    (["ws://127.0.0.1:9000/", "--body", "x"], "not to a ws:// TARGET; drop --body"),
+    (["--traffic", "ws", "--method", "GET"], "--method applies to HTTP traffic"),
+    # raw only (as before, in the same words as the rest)
+    (["--traffic", "echo", "--expect-end", "x"], "--expect-end applies to --traffic raw"),
+    (["--traffic", "http", "--expect-length", "3"], "--expect-length applies to --traffic raw"),
+    # where they cannot apply
+    (["--traffic", "raw", "--rate", "10", "--pipeline", "2"], "drop --pipeline"),
+    (["--traffic", "ws", "--ws-ping", "--pipeline", "2"], "drop --pipeline"),
+    (["--traffic", "http", "--body", "x", "--message", "y"], "give --body or --message"),
+    (["--traffic", "http", "--body", "x", "--message-file", "/nonexistent/msg"], "give --body or --message-file"),
+    # the built-in server's options, when it does not run or does not use them
+    (["127.0.0.1:8080", "--traffic", "echo", "--response-size", "10"], "--response-size configures the built-in"),
+    (["http://127.0.0.1:8080/", "--response-size", "10"], "drop --response-size (or the TARGET)"),
+    (["127.0.0.1:8080", "--mode", "echo"], "--mode configures the built-in server"),
+    (["127.0.0.1:8080", "--listen", "127.101.0.0/16:9000"], "--listen configures the built-in server"),
+    (["--traffic", "echo", "--response-size", "10"], "answers in mode echo here; drop --response-size"),
+    (["--response-size", "10"], "answers in mode hold here"),
+    # every traffic option needs traffic
+    (["--ws-ping"], "--ws-ping needs traffic"),
+    (["--method", "POST"], "--method needs traffic"),
+    (["--header", "A: b"], "--header needs traffic"),
+    (["--pipeline", "2"], "--pipeline needs traffic"),
+    (["--expect-end", "x"], "--expect-end needs traffic"),
+    (["--warmup", "1s"], "--warmup needs traffic"),
+    (["--duration", "5s"], "--hold holds the connections without traffic"),
+    (["--hdr-log", "x.hlog"], "--hdr-log needs traffic"),
+])
+def test_an_option_that_does_not_apply_is_refused(refused: Callable[..., str], argv: list[str],
+                                                  needle: str) -> None:
+    assert needle in refused(*argv)
+
+
+@pytest.mark.parametrize("argv", [
+    # from the docs, README, tests and bench/
+    ["--traffic", "echo", "--pipeline", "4", "--duration", "8s", "--warmup", "2s"],
+    ["--traffic", "raw", "--mode", "discard", "--message-rate", "20", "--message", r"ping\n"],
+    ["--traffic", "ws", "--mode", "http"],
+    ["127.0.0.1:7000", "--traffic", "raw", "--message", r"PING\r\n", "--expect-end", r"\r\n"],
+    ["ws://127.0.0.1:9000/chat", "--rate", "50000"],
+    ["--traffic", "ws", "--reply-timeout", "60s"],
+    # each option where it applies
+    ["--traffic", "http", "--method", "POST", "--header", "A: b", "--body", "x", "--pipeline", "2"],
+    ["--traffic", "http", "--message", "a body"],
+    ["--traffic", "http", "--response-size", "1000"],
+    ["--traffic", "ws", "--ws-ping", "--message", "hi"],
+    ["--traffic", "ws", "--ws-binary", "--message", r"\xff", "--pipeline", "3"],
+    ["--traffic", "raw", "--expect-length", "5", "--pipeline", "2"],
+])
+def test_options_where_they_apply_are_accepted(reached: Callable[..., run_command.RunOptions],
+                                               argv: list[str]) -> None:
+    opts = reached(*argv)
+    assert opts.config.traffic is not None
+
+
+def test_what_the_accepted_options_become(reached: Callable[..., run_command.RunOptions], tmp_path: Path) -> None:
+    log = str(tmp_path / "lat.hlog")
+    tc = reached("http://127.0.0.1:8080/", "--duration", "30s", "--warmup", "5s", "--hdr-log", log).config.traffic
+    assert tc is not None and (tc.kind, tc.duration_s, tc.warmup_s, tc.hdr_log) == ("http", 30.0, 5.0, log)
+    assert (tc.method, tc.pipeline, tc.reply_timeout_s) == ("GET", 1, 10.0)  # the defaults, not given
+    opts = reached("--traffic", "http", "--response-size", "1000")
+    assert opts.config.server.mode == "http" and opts.config.server.response_bytes == 1000  # type: ignore[attr-defined]
+    opts = reached("--traffic", "echo")
+    assert opts.config.server.response_bytes == 128  # type: ignore[attr-defined]
+    opts = reached("--mode", "http", "--response-size", "10")  # the server in mode http, no traffic
+    assert opts.config.traffic is None and opts.config.server.response_bytes == 10  # type: ignore[attr-defined]
+
+
+def test_every_message_names_the_option_as_typed() -> None:
+    """3. `flag` gives each traffic parameter the option `loopfan run --help` lists (--rate, not --total-rate)."""
+    params = {p.name: p for p in run_command.command.params if isinstance(p, click.Option)}
+    for name in TRAFFIC_PARAMS:
+        assert flag(name) in params[name].opts, name
+
+
+# --- 3. the option the user typed -----------------------------------------------------------------
+
+
+def test_rate_without_traffic_says_rate(refused: Callable[..., str]) -> None:
+    err = refused("--rate", "100")
+    assert err.startswith("loopfan: error: --rate needs traffic") and "total" not in err
+
+
+# --- 4. port ranges in URLs -----------------------------------------------------------------------
+
+
+def test_url_targets_take_port_ranges_like_plain_ones(reached: Callable[..., run_command.RunOptions]) -> None:
+    assert split_url_targets(("http://127.0.0.1:18080-18081/x",)) == (("127.0.0.1:18080-18081",), "http", "/x")
+    assert split_url_targets(("ws://[::1]/",)) == (("[::1]:80",), "ws", "/")
+    assert split_url_targets(("http://127.0.0.1:/",)) == (("127.0.0.1:80",), "http", "/")
+    opts = reached("http://127.0.0.1-127.0.0.2:18080-18081/")
+    assert [str(e) for e in opts.request.targets] == [
+        "127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.2:18080", "127.0.0.2:18081"]
+    assert opts.config.traffic is not None and opts.config.traffic.kind == "http"
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("http://127.0.0.1:abc/", "the port abc is not a number or a range"),
+    ("http://127.0.0.1:80-/", "the port 80- is not a number or a range"),
+    ("ws://::1/", "write an IPv6 address in brackets"),
+])
+def test_a_bad_url_port_is_one_clear_line(refused: Callable[..., str], url: str, needle: str) -> None:
+    err = refused(url)
+    assert needle in err and "IPv6 loopback" not in err
+
+
+# --- 5. traffic times are finite ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--duration", "--warmup", "--reply-timeout"])
+def test_a_traffic_time_must_be_finite(refused: Callable[..., str], option: str) -> None:
+    err = refused("--traffic", "echo", option, "forever")
+    assert f"{option} must be a finite time (e.g. 30s, 5m)" in err and "--hold" in err
+
+
+def test_hold_forever_is_still_valid(reached: Callable[..., run_command.RunOptions]) -> None:
+    assert reached("--hold", "forever").config.hold_s is None
+
+
+def test_a_zero_reply_timeout_is_refused_not_replaced(refused: Callable[..., str]) -> None:
+    assert "--reply-timeout must be more than 0" in refused("--traffic", "echo", "--reply-timeout", "0")
+
+
+# --- 6. errors show the text as typed -------------------------------------------------------------
+
+
+def test_error_text_shows_what_was_typed(refused: Callable[..., str]) -> None:
+    err = refused("--traffic", "echo", "--message", "abc\\x")
+    assert "--message 'abc\\x':" in err and "\\\\" not in err
+    err = refused("--traffic", "http", "--header", "Bad\\Name")
+    assert "--header 'Bad\\Name' is not" in err
+    err = refused("--traffic", "echo", "--message", "a\nb\\q")  # a newline stays on the one line
+    assert "'a\\nb\\q'" in err
+
+
+# --- 7. echo is reported as echo ------------------------------------------------------------------
+
+
+def test_the_report_labels_echo_as_echo() -> None:
+    def section(tc: TrafficConfig) -> dict[str, Any]:
+        out = report_traffic(SimpleNamespace(config=SimpleNamespace(traffic=tc), traffic=TrafficTotals()))
+        assert out is not None
+        return out
+
+    echo = TrafficConfig(kind="raw", message=b"x", expect=EXPECT_ECHO)
+    assert echo.label == "echo" and section(echo)["kind"] == "echo"
+    assert section(TrafficConfig(kind="raw", message=b"x", expect=EXPECT_END, expect_marker=b"\n"))["kind"] == "raw"
+    assert section(TrafficConfig(kind="raw", message=b"x", expect=EXPECT_NONE, rate_per_conn_s=1))["kind"] == "raw"
+    assert section(TrafficConfig(kind="ws", message=b"x"))["kind"] == "ws"
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_real_echo_run_says_echo(builtin_listen: tuple[str, int], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run.json"
+    status = main(["run", "-c", "20", "--traffic", "echo", "--duration", "0.2s", "--json", str(out), "-q"])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    rep = json.loads(out.read_text())
+    assert rep["traffic"]["kind"] == "echo"
+    assert "echo, closed loop" in text and "raw, closed loop" not in text
+    assert traffic_renderables(rep)  # the JSON renders again (loopfan report) with the same label
