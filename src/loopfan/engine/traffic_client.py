@@ -416,6 +416,12 @@ class TrafficClientWorker(ClientWorker):
             """Open model: send c's messages due by `now` from `due` on, as many as it has room for;
             park it if some are left (busy), else hand it back to the schedule for its next one."""
             assert schedule is not None
+            following = due + schedule.interval_s
+            if following > now and (not awaits or (len(c.starts) < pipeline and c.codec.ready)):
+                send_one(c, due)  # the usual case, kept short: one message due, and room for it
+                c.next_due = 0.0
+                schedule.wait(c.idx, following)
+                return
             room = (pipeline - len(c.starts) if c.codec.ready else 0) if awaits else 1 << 30
             times, following = schedule.send_times(due, now, room)
             for t_start in times:
