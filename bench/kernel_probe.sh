@@ -4,8 +4,8 @@
 # "Echo at 10,000 connections: why C is the ceiling" in docs/benchmarks.md. Needs root, perf, nstat.
 #
 #   bench/kernel_probe.sh SECONDS_IN CMD...      e.g.
-#   bench/kernel_probe.sh 4 setsid /tmp/c_echo 10000 9        (gcc -O2 -o /tmp/c_echo bench/c_echo.c)
-#   bench/kernel_probe.sh 4 loopfan run -c 10000 --traffic echo --duration 8s --warmup 1s -q
+#   bench/kernel_probe.sh 4 setsid /tmp/c_echo 10000 12       (gcc -O2 -o /tmp/c_echo bench/c_echo.c)
+#   bench/kernel_probe.sh 4 loopfan run -c 10000 --traffic echo --duration 12s --warmup 1s -q
 #
 # Starts CMD, waits SECONDS_IN for the steady state, samples 3 s system-wide, waits for CMD to end.
 # Round trips in the sample = sys_enter_read / 2 (one read per round trip on each side).
