@@ -242,31 +242,23 @@ def hdr_percentiles(hist: Any, baseline: Any | None = None) -> str:
 
 
 def failures(series: dict[str, Any]) -> str:
-    fig, axes = _figure()
-    ax = axes[0][0]
-    by_cause = series.get("failures_by_cause_per_s") or {}
-    if by_cause:
-        names = sorted(by_cause, key=lambda c: -sum(by_cause[c]))
-        cols = thin(series["t_s"], *[by_cause[c] for c in names])
-        for name, col, color in zip(names, cols[1:], COLORS[1:] + COLORS[:1], strict=False):
-            ax.plot(cols[0], col, color=color, label=name)
-        ax.set_ylim(bottom=0)
-    else:
-        _empty(ax, "no failures")
-    _label(ax, "failures per second", span=series["t_s"])
-    _legend(ax)
-    return _svg(fig)
+    return _per_cause(series, series.get("failures_by_cause_per_s") or {}, "failures")
 
 
 def traffic_errors(series: dict[str, Any]) -> str:
     """Traffic errors per second by cause (series["errors_by_cause_per_s"]), as failures() draws
     connection failures; the total (series["errors_per_s"]) when a report has no split by cause."""
-    fig, axes = _figure()
-    ax = axes[0][0]
     n = len(series["t_s"])
     by_cause = {c: _fit(col, n) for c, col in (series.get("errors_by_cause_per_s") or {}).items() if has_data(col)}
     if not by_cause and has_data(series.get("errors_per_s")):
         by_cause = {"traffic errors": _fit(series.get("errors_per_s"), n)}
+    return _per_cause(series, by_cause, "traffic errors")
+
+
+def _per_cause(series: dict[str, Any], by_cause: dict[str, list[Any]], what: str) -> str:
+    """One line per cause, the largest first: '{what} per second'."""
+    fig, axes = _figure()
+    ax = axes[0][0]
     if by_cause:
         names = sorted(by_cause, key=lambda c: -sum(v or 0 for v in by_cause[c]))
         cols = thin(series["t_s"], *[by_cause[c] for c in names])
@@ -274,8 +266,8 @@ def traffic_errors(series: dict[str, Any]) -> str:
             ax.plot(cols[0], col, color=color, label=name)
         ax.set_ylim(bottom=0)
     else:
-        _empty(ax, "no traffic errors")
-    _label(ax, "traffic errors per second", span=series["t_s"])
+        _empty(ax, f"no {what}")
+    _label(ax, f"{what} per second", span=series["t_s"])
     _legend(ax)
     return _svg(fig)
 
