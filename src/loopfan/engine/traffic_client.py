@@ -511,10 +511,8 @@ class TrafficClientWorker(ClientWorker):
                             if schedule is None:
                                 for _ in range(pipeline if awaits else 1):
                                     send_one(fresh, perf())
-                            elif fresh.next_due:
+                            elif fresh.next_due:  # (else its next send is still in the schedule's heap)
                                 send_due(fresh, fresh.next_due, perf())
-                            else:  # its slot's next send is still in the schedule's heap
-                                pass
                     continue
                 c = found
                 if ev & _EPOLLOUT and c.out:
