@@ -75,8 +75,10 @@ class HdrIntervalLog:
             rel_end = max(rel_start, end - self.t0_clock)
             h.set_start_time_stamp(int((self.t0 + rel_start) * 1000))
             h.set_end_time_stamp(int((self.t0 + rel_end) * 1000))
-            # Timestamps relative to the start time; the max column in milliseconds (us / 1000).
-            self.writer.output_interval_histogram(h, max(rel_start, 1e-6), rel_end, 1000.0)
+            # The line as HdrHistogram's Java HistogramLogWriter writes it: start and length relative
+            # to StartTime, the max in milliseconds (us / 1000) - hdrh's writer floors it to whole ms.
+            self.fh.write(f"{rel_start:.3f},{rel_end - rel_start:.3f},{h.get_max_value() / 1000:.3f},"
+                          f"{h.encode().decode()}\n")
             self.written_upto = second
 
     def close(self) -> None:
