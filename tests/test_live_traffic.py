@@ -1,5 +1,6 @@
 """The live view during traffic: the panel, the plain lines and the NDJSON records show messages/s,
-request latency and traffic errors while the phase is "traffic", and connect figures before.
+request latency and traffic errors while the phase is "traffic", and connect figures before; the
+Prometheus exporter serves the same figures (scraped over loopback, text parsed).
 
 The series is a real SeriesSampler fed by fake workers (the cumulative STATS a client worker sends,
 with its "traffic" part), so the figures come out of the same code a run uses; no sockets, no sleeps.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from rich.console import Console
 from loopfan.engine.runner import Progress, Totals
 from loopfan.engine.timeseries import SeriesSampler
 from loopfan.results.live import ProgressSink, describe, last_row, panel
+from loopfan.results.prometheus import Exporter
 
 
 @dataclass
@@ -132,3 +135,73 @@ def test_a_hold_only_row_has_empty_traffic_columns() -> None:
     row = last_row(progress("holding", s))
     assert row["errors_per_s"] == 0 and row["errors_so_far"] == 0 and row["errors_by_cause_so_far"] == {}
     assert row["message_latency_ms"]["p99"] is None
+
+
+# --- the Prometheus exporter -------------------------------------------------------------------------
+
+
+def scrape(*updates: Progress) -> str:
+    """The exporter on a free loopback port, handed these Progress updates in turn, scraped once."""
+    pytest.importorskip("prometheus_client")
+    exporter = Exporter("127.0.0.1", 0)
+    exporter.start()
+    try:
+        for p in updates:
+            exporter.update(p)
+        with urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+    finally:
+        exporter.stop()
+
+
+def samples(text: str) -> tuple[dict[str, str], dict[str, float]]:
+    """({family: type}, {'name{label="value"}': value}) of a scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = list(text_string_to_metric_families(text))
+    values = {s.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items())) + "}" if s.labels else ""):
+              s.value for f in families for s in f.samples}
+    return {f.name: f.type for f in families}, values
+
+
+def test_prometheus_exports_the_traffic_figures() -> None:
+    types, values = samples(scrape(progress("traffic", traffic_series())))
+    assert {name: types[name] for name in types if name.startswith("loopfan_traffic_")} == {
+        "loopfan_traffic_messages": "counter", "loopfan_traffic_messages_per_second": "gauge",
+        "loopfan_traffic_received_bytes": "counter", "loopfan_traffic_received_bytes_per_second": "gauge",
+        "loopfan_traffic_sent_bytes": "counter", "loopfan_traffic_sent_bytes_per_second": "gauge",
+        "loopfan_traffic_latency_seconds": "gauge", "loopfan_traffic_errors": "counter",
+        "loopfan_traffic_errors_per_second": "gauge"}
+    # Two intervals of 50,000 replies (200 bytes in, 80 out each); counters summed over both.
+    assert values["loopfan_traffic_messages_total"] == 100_000
+    assert values["loopfan_traffic_messages_per_second"] == 50_000
+    assert values["loopfan_traffic_received_bytes_total"] == 20_000_000
+    assert values["loopfan_traffic_sent_bytes_total"] == 8_000_000
+    assert values["loopfan_traffic_received_bytes_per_second"] == 10_000_000
+    assert values["loopfan_traffic_sent_bytes_per_second"] == 4_000_000
+    # The last interval's latency in seconds: 49,000 at 1 ms, 1,000 (2 %) at 20 ms.
+    assert values['loopfan_traffic_latency_seconds{quantile="0.5"}'] == pytest.approx(0.001, rel=1e-2)
+    assert values['loopfan_traffic_latency_seconds{quantile="0.99"}'] == pytest.approx(0.020, rel=1e-2)
+    assert values['loopfan_traffic_latency_seconds{quantile="1"}'] == pytest.approx(0.020, rel=1e-2)
+    # Errors by cause: 30 and 5 so far; 20/s and 5/s in the last interval (the live view's figures).
+    assert values['loopfan_traffic_errors_total{cause="http-5xx"}'] == 30
+    assert values['loopfan_traffic_errors_total{cause="reply-timeout"}'] == 5
+    assert values['loopfan_traffic_errors_per_second{cause="http-5xx"}'] == 20
+    assert values['loopfan_traffic_errors_per_second{cause="reply-timeout"}'] == 5
+    assert values["loopfan_connections_open"] == 100  # the connection figures as before
+
+
+def test_prometheus_traffic_families_come_with_the_traffic_phase_and_stay() -> None:
+    series = traffic_series()
+    assert "loopfan_traffic_" not in scrape(progress("connecting", series))  # not talking yet
+    _, values = samples(scrape(progress("traffic", series), progress("closing", series)))
+    assert values["loopfan_traffic_messages_total"] == 100_000  # a counter does not vanish with its phase
+    assert values['loopfan_phase{phase="closing"}'] == 1
+
+
+def test_prometheus_exports_no_traffic_for_a_hold_only_run() -> None:
+    s = SeriesSampler(target=100, t0=0.0)
+    s.sample(0.5, "holding", [FakeWorker("client", 0, {"t": 0.5, "established": 100, "open": 100, "failed": {}})],
+             {}, 0.0)
+    text = scrape(progress("connecting", s), progress("holding", s))
+    assert "loopfan_connections_open 100" in text and "loopfan_traffic" not in text

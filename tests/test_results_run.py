@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,18 +184,15 @@ def test_ndjson_progress_is_one_object_per_interval(listen_and_sources: list[str
     assert len(lines) >= 2 and {"open", "target", "connects_per_s", "latency_ms", "health"} <= lines[-1].keys()
 
 
-def test_prometheus_is_scraped_during_a_run(listen_and_sources: list[str]) -> None:
+def scraped_during(argv: list[str], complete: Callable[[str], bool]) -> list[str]:
+    """Run with --prometheus on a free port, scraping /metrics until a scrape is `complete` (or
+    20 s): the scrapes, after checking that the run passed and took its exporter down with it."""
     pytest.importorskip("prometheus_client")
     port = free_port("127.0.0.1")
     scraped: list[str] = []
 
     def scrape() -> None:
         deadline = time.monotonic() + 20
-        # Until one scrape shows the held connections and an interval's latency (the first interval
-        # sample may come after the ramp is already done).
-        def complete(s: str) -> bool:
-            return "loopfan_connections_open 500" in s and "loopfan_connect_latency_seconds{quantile=" in s
-
         while time.monotonic() < deadline and not any(complete(s) for s in scraped):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
@@ -206,15 +203,49 @@ def test_prometheus_is_scraped_during_a_run(listen_and_sources: list[str]) -> No
     t = threading.Thread(target=scrape)
     t.start()
     try:
-        assert run(["-c", "500", "--hold", "2s", *listen_and_sources, "--prometheus", f"127.0.0.1:{port}"]) == 0
+        assert run([*argv, "--prometheus", f"127.0.0.1:{port}"]) == 0
     finally:
         t.join(25)
+    with pytest.raises(OSError):  # stopped with the run
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+    return scraped
+
+
+def test_prometheus_is_scraped_during_a_run(listen_and_sources: list[str]) -> None:
+    # Until one scrape shows the held connections and an interval's latency (the first interval
+    # sample may come after the ramp is already done).
+    def complete(s: str) -> bool:
+        return "loopfan_connections_open 500" in s and "loopfan_connect_latency_seconds{quantile=" in s
+
+    scraped = scraped_during(["-c", "500", "--hold", "2s", *listen_and_sources], complete)
     body = next((s for s in scraped if "loopfan_connect_latency_seconds{quantile=" in s), scraped[-1])
     assert "loopfan_connections_open 500.0" in body or "loopfan_connections_open 500" in body
     assert "loopfan_connections_target 3000" not in body and "loopfan_connections_target 500" in body
     assert 'loopfan_phase{phase="' in body and "loopfan_connect_latency_seconds{quantile=" in body
-    with pytest.raises(OSError):  # stopped with the run
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+    assert not any("loopfan_traffic_" in s for s in scraped)  # a hold-only run has no traffic families
+
+
+def test_prometheus_exports_the_traffic_of_a_run(listen_and_sources: list[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Echo over 100 connections for 1 s: the traffic families fill in while it talks."""
+    def value(s: str, name: str) -> float:
+        m = re.search(rf"^{re.escape(name)} (\S+)$", s, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    # Intervals of 0.25 s: a worker's rates start at its second sample, which 1 s intervals might
+    # place after a 1 s traffic phase (and the exporter) ended.
+    monkeypatch.setattr(run_command, "RunConfig", functools.partial(run_command.RunConfig, series_interval_s=0.25))
+    scraped = scraped_during(["-c", "100", "--traffic", "echo", "--duration", "1s", *listen_and_sources],
+                             lambda s: value(s, "loopfan_traffic_messages_total") > 0)
+    body = next(s for s in scraped if value(s, "loopfan_traffic_messages_total") > 0)
+    # prometheus_client writes the TYPE line of a counter with or without _total, by version.
+    assert re.search(r"^# TYPE loopfan_traffic_messages(_total)? counter$", body, re.M)
+    assert value(body, "loopfan_connections_target") == 100
+    for name in ("loopfan_traffic_received_bytes_total", "loopfan_traffic_sent_bytes_total"):
+        assert value(body, name) > 0, name
+    assert 'loopfan_traffic_latency_seconds{quantile="0.99"}' in body
+    assert re.search(r"^# TYPE loopfan_traffic_errors(_total)? counter$", body, re.M)
+    assert "loopfan_traffic_errors_total{" not in body  # an echo run has no error to count
 
 
 @pytest.mark.parametrize("addr", ["10.0.0.1:9464", "127.0.0.1:http"])

@@ -57,15 +57,17 @@ def last_row(p: Progress) -> dict[str, Any]:
     by_cause = dict(s.errors_by_cause)
     row["errors_by_cause_per_s"] = {c: col[i] for c, col in by_cause.items() if col[i]}
     t_s = s.cols["t_s"]
-    row["errors_so_far"] = _so_far(s.errors_per_s, t_s)
-    row["errors_by_cause_so_far"] = {c: n for c, col in by_cause.items() if (n := _so_far(col, t_s))}
+    row["errors_so_far"] = so_far(s.errors_per_s, t_s)
+    row["errors_by_cause_so_far"] = {c: n for c, col in by_cause.items() if (n := so_far(col, t_s))}
     row["health"] = {k: col[i] for k, col in s.health.items()}
     return row
 
 
-def _so_far(per_s: list[float], t_s: list[float]) -> int:
-    """A count back from its per-interval rates: each rate x its interval, summed. Rates and times
-    are rounded (0.1/s, 1 ms), so a large count can be off by a few; the report has the exact one.
+def so_far(per_s: list[float], t_s: list[float]) -> int:
+    """A count back from its per-interval rates: each rate x its interval, summed (the live error
+    counts, and the Prometheus exporter's traffic counters). Rates and times are rounded (0.1/s,
+    1 ms), and the message and byte rates are over each worker's own time between its reports, so
+    such a count is close, not exact (an error count may be off by a few); the report has the exact one.
     O(intervals): ~0.3 ms for an hour's column, at the panel's 4 refreshes a second."""
     n = min(len(per_s), len(t_s))
     return round(sum(per_s[j] * (t_s[j] - t_s[j - 1]) for j in range(1, n) if per_s[j]))

@@ -5,6 +5,16 @@ imported only here and only when asked for; a missing one is a UsageError naming
 The exporter listens on loopback only (loopfan's traffic and its telemetry stay on the host) in
 a private registry, and a scrape reads the latest Progress the runner handed over - no work at
 all between scrapes. start() runs after the last worker fork; stop() closes the socket.
+
+A run that talks adds the loopfan_traffic_* families once its traffic phase begins (update()
+notes that phase: O(1)) and keeps them to the end, since a series that vanished when the traffic
+ends would read as a counter reset. They are the figures the live view shows during traffic, from
+the same time series, named as Prometheus asks: base units (seconds, bytes), `_total` on counters,
+a `cause` label on errors, the last interval's latency percentiles as one gauge per `quantile`
+(max as quantile 1, as for the connect latency). Progress carries no traffic totals, so the
+traffic counters are summed from the series' per-interval rates, as the live view's error counts
+are (live.so_far): close, not exact; the report has the exact figures. A hold-only run exports no
+traffic family at all.
 """
 
 from __future__ import annotations
@@ -12,10 +22,16 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loopfan.engine.runner import Progress
 from loopfan.errors import UsageError
+
+if TYPE_CHECKING:
+    from loopfan.engine.timeseries import SeriesSampler
+
+# The series' latency keys (ms) and the quantile label each is exported under.
+_QUANTILES = (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"), ("p999", "0.999"), ("max", "1"))
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -64,13 +80,8 @@ class _Collector:
         yield failed
         yield GaugeMetricFamily("loopfan_connects_per_second", "Connects per second in the last interval",
                                 value=row.get("connects_per_s", p.rate_per_s))
-        lat = GaugeMetricFamily("loopfan_connect_latency_seconds", "Connect latency of the last interval",
-                                labels=["quantile"])
-        for key, q in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"), ("p999", "0.999"), ("max", "1")):
-            v = (row.get("latency_ms") or {}).get(key)
-            if v is not None:
-                lat.add_metric([q], v / 1000)
-        yield lat
+        yield _quantiles("loopfan_connect_latency_seconds", "Connect latency of the last interval",
+                         row.get("latency_ms") or {})
         health = row.get("health") or {}
         for key, name, text in (
             ("fds_used_max_pct", "loopfan_fds_used_max_percent", "Fullest worker's fds, % of limit"),
@@ -82,6 +93,53 @@ class _Collector:
         phase = GaugeMetricFamily("loopfan_phase", "The run's phase (1 for the current one)", labels=["phase"])
         phase.add_metric([p.phase], 1)
         yield phase
+        if self.exporter.talked and p.series is not None:
+            yield from _traffic(p.series, row)
+
+
+def _quantiles(name: str, text: str, latency_ms: dict[str, Any]) -> Any:
+    """A gauge family of an interval's latency percentiles, in seconds; none when it measured nothing."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, text, labels=["quantile"])
+    for key, q in _QUANTILES:
+        v = latency_ms.get(key)
+        if v is not None:
+            family.add_metric([q], v / 1000)
+    return family
+
+
+def _traffic(s: SeriesSampler, row: dict[str, Any]) -> Iterator[Any]:
+    """The loopfan_traffic_* families: counters summed from the per-interval rates, and the last
+    interval's rates and request latency (row: live.last_row of the same Progress)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from loopfan.results.live import so_far
+
+    t_s = s.cols["t_s"]
+    yield CounterMetricFamily("loopfan_traffic_messages", "Messages completed so far (replies; sends where no "
+                              "reply is awaited), warm-up included", value=so_far(s.cols["messages_per_s"], t_s))
+    yield GaugeMetricFamily("loopfan_traffic_messages_per_second", "Messages completed per second in the last "
+                            "interval", value=row.get("messages_per_s") or 0)
+    for way, verb in (("in", "received"), ("out", "sent")):
+        yield CounterMetricFamily(f"loopfan_traffic_{verb}_bytes", f"Bytes the clients {verb} so far",
+                                  value=so_far(s.cols[f"bytes_{way}_per_s"], t_s))
+        yield GaugeMetricFamily(f"loopfan_traffic_{verb}_bytes_per_second",
+                                f"Bytes the clients {verb} per second in the last interval",
+                                value=row.get(f"bytes_{way}_per_s") or 0)
+    yield _quantiles("loopfan_traffic_latency_seconds", "Request latency of the last interval (until the whole "
+                     "reply)", row.get("message_latency_ms") or {})
+    # Every cause seen so far, 0 where the last interval had none: a series per cause that stays.
+    errors = CounterMetricFamily("loopfan_traffic_errors", "Traffic errors so far by cause, warm-up included",
+                                 labels=["cause"])
+    rate = GaugeMetricFamily("loopfan_traffic_errors_per_second", "Traffic errors per second in the last interval "
+                             "by cause", labels=["cause"])
+    total, per_s = row.get("errors_by_cause_so_far") or {}, row.get("errors_by_cause_per_s") or {}
+    for cause in sorted(dict(s.errors_by_cause)):  # a copy: the runner may add a cause meanwhile
+        errors.add_metric([cause], total.get(cause, 0))
+        rate.add_metric([cause], per_s.get(cause, 0))
+    yield errors
+    yield rate
 
 
 class Exporter:
@@ -92,6 +150,7 @@ class Exporter:
             raise UsageError("--prometheus needs prometheus_client: pip install 'loopfan[prometheus]'") from None
         self.host, self.port = host, port
         self.latest: Progress | None = None
+        self.talked = False  # the run has been in its traffic phase: export the traffic families
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -109,6 +168,9 @@ class Exporter:
 
     def update(self, p: Progress) -> None:
         self.latest = p
+        # The series' rows alone cannot tell: a traffic phase shorter than an interval may have no
+        # row labelled "traffic", and its rates land in the next row.
+        self.talked = self.talked or p.phase == "traffic"
 
     def stop(self) -> None:
         if self._server is not None:
