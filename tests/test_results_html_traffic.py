@@ -23,7 +23,7 @@ import loopfan.commands.run as run_command
 from loopfan.cli import main
 from loopfan.pools import parse_pool
 from loopfan.results import charts
-from loopfan.results.compare import fmt
+from loopfan.results.compare import fmt, rows
 from loopfan.results.html import SECTIONS, TRAFFIC_SECTION, render
 from loopfan.traffic.report import explain
 
@@ -284,6 +284,23 @@ def test_baseline_with_traffic_is_compared(traffic_report: dict[str, Any]) -> No
     assert row and '<span class="worse">' in row.group(0) and "(-50.0%)" in row.group(0)
     row = re.search(r"<td[^>]*>traffic\.errors\.http-5xx</td>.*?</tr>", keys)
     assert row and "<td class=\"n\">0</td>" in row.group(0)  # the baseline talked: 0, not unknown
+
+
+def key_number_names(page: str) -> list[str]:
+    return re.findall(r"<tr><td[^>]*>([^<]+)</td>", section(page, "key-numbers"))
+
+
+def test_key_numbers_are_the_compare_table(traffic_report: dict[str, Any]) -> None:
+    """The page's key numbers are `loopfan compare`'s rows, in its order: one table, one vocabulary."""
+    rep = with_traffic_errors(traffic_report, {"127.0.0.2": 1145})
+    rep["failed"], rep["failed_total"] = {"ECONNREFUSED": 3}, 3
+    for base in (None, traffic_report):
+        assert key_number_names(render(rep, base)) == [r.metric.name for r in rows(base, rep, traffic=True)]
+    # A run that stopped talking, against a baseline that talked: the traffic rows say "not measured".
+    hold = copy.deepcopy(traffic_report)
+    hold["traffic"] = None
+    row = re.search(r"<td[^>]*>traffic\.messages_per_s</td><td[^>]*>-</td>", section(render(hold, rep), "key-numbers"))
+    assert row
 
 
 def test_baseline_without_traffic_leaves_the_traffic_uncompared(traffic_report: dict[str, Any]) -> None:

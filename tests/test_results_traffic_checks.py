@@ -288,8 +288,18 @@ def test_compare_against_a_hold_only_run_marks_the_traffic_not_measured() -> Non
 def test_compare_without_traffic_is_as_before() -> None:
     names = [r.metric.name for r in rows(hold_report(), hold_report(), traffic=True)]
     assert names == [n for n in KEY_METRICS if n in names] and not any(n.startswith("traffic.") for n in names)
-    # The default (the HTML page's key numbers, which show the traffic their own way) has none either.
+    # Without traffic=True the table has none either, traffic or not.
     assert not any(r.metric.name.startswith("traffic.") for r in rows(traffic_report(), traffic_report()))
+
+
+def test_compare_puts_each_family_after_the_figures_it_breaks_down() -> None:
+    """Connection failure causes after the connection's figures, traffic error causes and statuses
+    after the traffic's: a failed.CAUSE row among traffic rows would read as a traffic figure."""
+    rep = traffic_report(status="http-5xx")
+    rep["failed"], rep["failed_total"] = {"ECONNREFUSED": 3}, 3
+    names = [r.metric.name for r in rows(traffic_report(), rep, traffic=True)]
+    assert names == [*KEY_METRICS, "failed.ECONNREFUSED", *TRAFFIC_KEY_METRICS, "traffic.errors.http-5xx",
+                     "traffic.statuses.http-2xx", "traffic.statuses.http-5xx"]
 
 
 def test_compare_command_shows_traffic_rows_and_gates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,8 @@
 Rules of this file: pure. Numbers come from checks.report_metrics (latency percentiles from the
 full-run HDR histograms, not from rounded summaries); a delta is "noise" below NOISE_PCT and is
 then shown uncoloured; better/worse follows each metric's direction. Text, Markdown (for a PR
-comment) and the rows themselves are produced here; the HTML page lives in html.py.
+comment) and the rows themselves are produced here; the HTML page lives in html.py (its key
+numbers are these rows).
 When either report has traffic, the table has the traffic's key numbers too, and a row for every
 traffic error cause and status either run saw (0 where a run with traffic saw none; "-" for a run
 without traffic: not measured, as for connect figures an older report lacks).
@@ -69,19 +70,22 @@ class Row:
 
 def rows(base: dict[str, Any] | None, new: dict[str, Any], names: list[str] | None = None, *,
          traffic: bool = False) -> list[Row]:
-    """The comparison table: `names` (default KEY_METRICS), then a row per failure cause. `traffic`:
-    also the traffic's key numbers, error causes and statuses when either report has traffic (off by
-    default: the HTML page's key numbers add the traffic's their own way, html.TRAFFIC_KEY_METRICS)."""
+    """The comparison table (compare's text and Markdown, the HTML page's key numbers): `names`
+    (default KEY_METRICS), then a row per failure cause. `traffic`: when either report has traffic,
+    then the traffic's key numbers and a row per error cause and status - each family right after
+    the figures it breaks down, so a connection failure's cause is not read as a traffic figure."""
     nm = report_metrics(new)
     bm = report_metrics(base) if base is not None else {}
-    names = list(names or KEY_METRICS)
-    families: tuple[str, ...] = ("failed.",)
+
+    def members(prefix: str) -> list[str]:
+        return sorted(k for k in {*nm, *bm} if k.startswith(prefix))
+
+    order = [*(names or KEY_METRICS), *members("failed.")]
     if traffic and (has_traffic(base) or has_traffic(new)):
-        names += [n for n in TRAFFIC_KEY_METRICS if n not in names]
-        families = _FAMILIES
-    extra = [k for prefix in families for k in sorted(k for k in {*nm, *bm} if k.startswith(prefix))]
+        order += [n for n in TRAFFIC_KEY_METRICS if n not in order]
+        order += [*members("traffic.errors."), *members("traffic.statuses.")]
     return [Row(metric_for(n), value_of(bm, n), value_of(nm, n))
-            for n in [*names, *extra] if n in METRICS or n.startswith(_FAMILIES)]
+            for n in order if n in METRICS or n.startswith(_FAMILIES)]
 
 
 def fmt(value: float | None, unit: str) -> str:

@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from loopfan.results import charts
-from loopfan.results.checks import Metric, decode_histogram
-from loopfan.results.compare import NOISE_PCT, Row, fmt, fmt_delta, rows
+from loopfan.results.checks import decode_histogram
+from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
 from loopfan.traffic.report import closed_loop_reading
 
 SECTIONS = [
@@ -146,44 +146,11 @@ def _run_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
             + _table(["", ""], facts) + extra + _checks_table(rep.get("checks") or []))
 
 
-# The traffic's headline figures in the key numbers, read from the report's "traffic" block by path:
-# compare.rows() gives the connection's figures only. Named as `traffic.<block key>` (unit suffix
-# dropped), the way the connection's rows are named after their metrics.
-TRAFFIC_KEY_METRICS: list[tuple[Metric, tuple[str, ...]]] = [
-    (Metric("traffic.messages_per_s", "/s", False, "replies per second in the measured window"),
-     ("messages_per_s",)),
-    *[(Metric(f"traffic.latency.{k}", "ms", True, f"request/response latency {label}"), ("latency_ms", k))
-      for k, label in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max"))],
-    (Metric("traffic.ttfb.p99", "ms", True, "time to first byte p99"), ("ttfb_ms", "p99")),
-    (Metric("traffic.errors", "", True, "traffic errors, every cause"), ("errors_total",)),
-]
-
-
-def _traffic_value(tr: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:
-    value: Any = tr
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value if isinstance(value, int | float) else None
-
-
-def _traffic_rows(rep: dict[str, Any], baseline: dict[str, Any] | None) -> list[Row]:
-    """Key-number rows for the traffic (none without it), then one per error cause, as failed.CAUSE."""
-    tr = rep.get("traffic")
-    if not tr:
-        return []
-    base = (baseline or {}).get("traffic")
-    out = [Row(m, _traffic_value(base, path), _traffic_value(tr, path)) for m, path in TRAFFIC_KEY_METRICS]
-    errors, base_errors = tr.get("errors") or {}, (base or {}).get("errors") or {}
-    for cause in sorted({*errors, *base_errors}):
-        m = Metric(f"traffic.errors.{cause}", "", True, f"traffic errors with cause {cause}")
-        # A run with traffic and no error of this cause had 0 of them, not an unknown number.
-        out.append(Row(m, base_errors.get(cause, 0) if base else None, errors.get(cause, 0)))
-    return out
-
-
 def _key_numbers(rep: dict[str, Any], baseline: dict[str, Any] | None, noise_pct: float) -> str:
+    """compare's table (its traffic rows when either run talked): the page and `loopfan compare` show
+    the same rows, under the names --check and --gate take."""
     body = []
-    for r in [*rows(baseline, rep), *_traffic_rows(rep, baseline)]:
+    for r in rows(baseline, rep, traffic=True):
         cells = [_e(r.metric.name), _e(fmt(r.new, r.metric.unit))]
         if baseline is not None:
             verdict = r.verdict(noise_pct)
