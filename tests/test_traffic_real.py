@@ -196,9 +196,14 @@ def test_nginx_out_of_connections_is_obvious(nginx: Callable[..., str], tmp_path
 WS_SERVER = r"""
 import asyncio, sys
 from websockets.asyncio.server import serve
+close_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 async def echo(ws):
+    n = 0
     async for message in ws:
         await ws.send(message)
+        n += 1
+        if n == close_after:  # a server that drops its clients now and then
+            await ws.close(1011, "enough")
 async def main():
     # backlog: asyncio's default of 100 overflows under a fast ramp (SYNs dropped, 1-3 s retries,
     # a few handshakes past the reply timeout: loopfan reports it as listen overflows); 4096 is
@@ -210,12 +215,13 @@ asyncio.run(main())
 """
 
 
-@pytest.fixture
-def ws_server(loopback_block: Block) -> Iterator[str]:
+def _ws_server(loopback_block: Block, *extra: str) -> Iterator[str]:
     pytest.importorskip("websockets")
     address = f"{loopback_block()}1"
     port = free_port(address)
-    proc = subprocess.Popen([sys.executable, "-c", WS_SERVER, address, str(port)], stdout=subprocess.PIPE)
+    # (the closing variant logs every close it initiates as a failed handler: not worth showing)
+    proc = subprocess.Popen([sys.executable, "-c", WS_SERVER, address, str(port), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL if extra else None)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         yield f"ws://{address}:{port}/"
@@ -223,6 +229,30 @@ def ws_server(loopback_block: Block) -> Iterator[str]:
         _stop(proc)
         if proc.stdout:
             proc.stdout.close()
+
+
+@pytest.fixture
+def ws_server(loopback_block: Block) -> Iterator[str]:
+    yield from _ws_server(loopback_block)
+
+
+@pytest.fixture
+def ws_server_closing(loopback_block: Block) -> Iterator[str]:
+    yield from _ws_server(loopback_block, "5")
+
+
+def test_websocket_slots_the_server_closes_are_reopened(ws_server_closing: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # The server closes every connection with 1011 after 5 messages: each close is counted, and the
+    # slot makes a new handshake and goes on, so the load does not fall away with the connections.
+    status, rep, text = run_json(tmp_path, capsys, "-c", "50", ws_server_closing, "--duration", "1s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert set(tr["errors"]) == {"ws-close-1011"}, tr["errors"]
+    assert tr["connections_reopened"] >= tr["errors"]["ws-close-1011"] - 50 > 0
+    # (a slot reopened just before the end may not have finished its handshake)
+    assert 50 + tr["connections_reopened"] - 50 <= tr["statuses"]["ws-handshake-ok"] <= 50 + tr["connections_reopened"]
+    assert tr["replies"] > 50 * 5 * 2 and tr["connections_talking_at_end"] == 50
 
 
 def test_websockets_library_echo_server(ws_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,7 @@ _SCAN_S = 0.5  # how often in-flight messages are checked against the reply time
 
 
 class Conn:
-    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "next_due", "out", "peer", "src", "starts")
+    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "next_due", "opened", "out", "peer", "src", "starts")
 
     def __init__(self, fd: int, idx: int, codec: Any, src: str, peer: tuple[str, int]) -> None:
         self.fd = fd
@@ -50,6 +50,7 @@ class Conn:
         self.codec = codec
         self.src = src
         self.peer = peer
+        self.opened = 0.0  # a reopened WebSocket: when its handshake began (0: the phase's handshakes)
         self.starts: list[float] = []  # start time of each message in flight (sent or scheduled)
         # Open model, parked (busy when its time came): the scheduled time of its oldest message
         # not yet sent; the later ones follow every interval (OpenSchedule). 0.0: not parked.
@@ -275,9 +276,9 @@ class TrafficClientWorker(ClientWorker):
         """Open a new connection in the place of one the server closed during the traffic, so a
         keep-alive limit or a server restart does not silently end the load. Not for a connection
         that never had a reply (a server refusing it would be hammered), nor after the window (the
-        drain), nor for WebSocket (a new handshake mid-run is not what a WebSocket test measures)."""
-        if (self.phase != "traffic" or not conn.got_reply or cause not in _REOPEN_CAUSES
-                or self.traffic.kind == "ws"):
+        drain). A WebSocket slot makes its opening handshake again (counted in its statuses)."""
+        if (self.phase != "traffic" or not conn.got_reply
+                or not (cause in _REOPEN_CAUSES or cause.startswith("ws-close-"))):
             return False
         try:
             s = bind_socket(conn.src, family=socket.AF_INET6 if ":" in conn.src else socket.AF_INET)
@@ -507,7 +508,11 @@ class TrafficClientWorker(ClientWorker):
                         self.read_control()
                     elif fd in self.reopening:
                         fresh = self._reopened(fd)
-                        if fresh is not None and now < end:
+                        if fresh is not None and tc.kind == "ws":
+                            # Its messages start when the handshake completes (the branch below).
+                            fresh.opened = perf()
+                            self._write(fresh, fresh.codec.opening())
+                        elif fresh is not None and now < end:
                             if schedule is None:
                                 for _ in range(pipeline if awaits else 1):
                                     send_one(fresh, perf())
@@ -620,7 +625,9 @@ class TrafficClientWorker(ClientWorker):
                 elif not raw and codec.ready and not c.got_reply and not starts:
                     # The WebSocket handshake just completed: start this connection's messages.
                     c.got_reply = True
-                    if schedule is None:
+                    if t >= end:
+                        pass
+                    elif schedule is None:
                         for _ in range(pipeline):
                             send_one(c, t)
                     elif c.next_due:
@@ -725,7 +732,7 @@ class TrafficClientWorker(ClientWorker):
 
     def _expire(self, now: float, timeout_s: float) -> None:
         late = [c for c in self.conns.values() if (c.starts and now - c.starts[0] > timeout_s)
-                or (not c.codec.ready and now - self._phase_start > timeout_s)]
+                or (not c.codec.ready and now - (c.opened or self._phase_start) > timeout_s)]
         for c in late:
             self._drop(c, "ws-handshake-timeout" if not c.codec.ready else _late_cause(c))
 
