@@ -134,8 +134,11 @@ def serve(c):
                               b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nno")
                 else:
                     c.sendall(data if n < 50 else data[:-1] + b"?")
-            elif how == "http-keepalive-5":  # like nginx's keepalive_requests 5
+            elif how == "http-keepalive-5":  # like nginx's keepalive_requests 5 (400 if Host is not ours)
                 last = n == 5
+                if f"Host: {addr}:{port}".encode() not in data:
+                    c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    continue
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                           + (b"Connection: close\r\n" if last else b"") + b"\r\nok")
                 if last:
@@ -237,6 +240,11 @@ def test_connections_the_server_closes_are_opened_again(bad_server: Callable[[st
     assert tr["connections_reopened"] >= tr["statuses"]["http-connection-close"] - 20
     assert tr["connections_talking_at_end"] == 10 and tr["connections_reopening_at_end"] <= 10
     assert "reopened" in text and "not reopened" not in text
+    # Two endpoints: each reopened connection asks for the Host it reached (a wrong one is a 400).
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20", bad_server("http-keepalive-5"),
+                                 bad_server("http-keepalive-5"), "--traffic", "http", "--duration", "0.5s")
+    assert status == 0 and rep["traffic"]["errors_total"] == 0, text
+    assert rep["traffic"]["connections_reopened"] > 20
     # A raw server that closes after 5 echoes: the 6th message is lost (an error), the slot lives on.
     status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("echo-5"), "--traffic", "echo",
                                  "--duration", "1s")

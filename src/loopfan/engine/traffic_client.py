@@ -159,9 +159,8 @@ class TrafficClientWorker(ClientWorker):
         self._ran = False
         self.go_traffic = False
         self._schedule: OpenSchedule | None = None
-        self._template: Any = None
+        self._templates: dict[str, Any] = {}  # Host -> the HTTP request for it (one per endpoint)
         self._known = KnownHeads()  # response heads h11 accepted, shared by this worker's connections
-        self._host = ""
         self._phase_start = 0.0
         self.talking_at_start = 0
         self.talking_at_end = 0
@@ -241,13 +240,19 @@ class TrafficClientWorker(ClientWorker):
         self._interval_base = cumulative
         self._interval_start = now
 
-    def _codec(self) -> Any:
+    def _codec(self, peer: tuple[str, int]) -> Any:
+        """The protocol state of a new connection to `peer`: the Host header and the WebSocket
+        handshake name the endpoint each connection actually reached (a TARGET may be several)."""
         tc = self.traffic
         if tc.kind == "raw":
             return RawReplies(tc.message, tc.expect, tc.expect_length, tc.expect_marker)
+        host = tc.host or (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
         if tc.kind == "http":
-            return HttpClient(self._template, self.tally, self._known)
-        return WsClient(self._host, tc.path, tc.message, tc.ws_opcode, self.tally)
+            template = self._templates.get(host)
+            if template is None:
+                template = self._templates[host] = request_template(tc.method, tc.path, host, tc.headers, tc.body)
+            return HttpClient(template, self.tally, self._known)
+        return WsClient(host, tc.path, tc.message, tc.ws_opcode, self.tally)
 
     def _drop(self, conn: Conn, cause: str) -> None:
         fd = conn.fd
@@ -310,7 +315,7 @@ class TrafficClientWorker(ClientWorker):
             if self._schedule is not None:
                 self._schedule.remove(r.idx)
             return None
-        c = Conn(fd, r.idx, self._codec(), r.src, r.peer)
+        c = Conn(fd, r.idx, self._codec(r.peer), r.src, r.peer)
         c.next_due = r.next_due
         self.conns[fd] = c
         self._by_idx[r.idx] = c
@@ -376,10 +381,7 @@ class TrafficClientWorker(ClientWorker):
                 src, peer = "?", ("127.0.0.1", 0)
             finally:
                 s.detach()
-            self._host = tc.host or (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
-            if tc.kind == "http":
-                self._template = request_template(tc.method, tc.path, self._host, tc.headers, tc.body)
-            conns[fd] = Conn(fd, idx, self._codec(), src, (peer[0], peer[1]))
+            conns[fd] = Conn(fd, idx, self._codec(peer), src, (peer[0], peer[1]))
             ep.modify(fd, _TALK)
         by_idx: list[Conn | None] = [None] * len(conns)
         self._by_idx = by_idx
