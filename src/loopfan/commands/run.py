@@ -85,8 +85,14 @@ def exit_status(result: RunResult) -> int:
         return 1
     if status == 0 and result.client.failed_total:
         return 1  # held connections lost (closed or reset by the server) count as failures too
-    if status == 0 and result.traffic is not None and result.traffic.errors_total:
-        return 1
+    t = result.traffic
+    if status == 0 and t is not None:
+        if t.errors_total:
+            return 1
+        if t.talking < t.talking_at_start:
+            return 1  # connections stopped talking and were not replaced: the load fell
+        if not t.window_replies and t.replies + t.lost_in_flight + t.unanswered_at_end:
+            return 1  # replies were awaited and none came in the window (e.g. the server died in the warm-up)
     return status
 
 

@@ -42,7 +42,8 @@ _SCAN_S = 0.5  # how often in-flight messages are checked against the reply time
 
 
 class Conn:
-    __slots__ = ("codec", "fd", "first", "got_reply", "idx", "next_due", "opened", "out", "peer", "src", "starts")
+    __slots__ = ("closed", "codec", "fails", "fd", "first", "got_reply", "idx", "next_due", "opened", "out", "peer",
+                 "served", "src", "starts")
 
     def __init__(self, fd: int, idx: int, codec: Any, src: str, peer: tuple[str, int]) -> None:
         self.fd = fd
@@ -51,6 +52,9 @@ class Conn:
         self.src = src
         self.peer = peer
         self.opened = 0.0  # a reopened WebSocket: when its handshake began (0: the phase's handshakes)
+        self.closed = False  # dropped: nothing more is written on its (maybe reused) fd number
+        self.served = False  # the slot has had a reply, on this connection or an earlier one
+        self.fails = 0  # connections of this slot in a row that ended without a reply
         self.starts: list[float] = []  # start time of each message in flight (sent or scheduled)
         # Open model, parked (busy when its time came): the scheduled time of its oldest message
         # not yet sent; the later ones follow every interval (OpenSchedule). 0.0: not parked.
@@ -87,21 +91,23 @@ def hdr_round(us: int) -> int:
 
 
 class Reopen:
-    """A slot whose connection the server closed, while its new connection is being made."""
+    """A slot whose connection the server closed, until its new connection is up."""
 
-    __slots__ = ("idx", "next_due", "peer", "src")
+    __slots__ = ("conn", "retry_at", "tries")
 
-    def __init__(self, idx: int, src: str, peer: tuple[str, int], next_due: float) -> None:
-        self.idx = idx
-        self.src = src
-        self.peer = peer
-        self.next_due = next_due  # open model: the slot's oldest unsent message (0: none yet)
+    def __init__(self, conn: Conn, retry_at: float) -> None:
+        self.conn = conn  # the closed one: its slot, source, endpoint and (open model) next send
+        self.retry_at = retry_at
+        self.tries = 0
 
 
 # The server ended the connection (not a timeout: reconnecting to a stuck server makes it worse).
 _REOPEN_CAUSES = frozenset({"closed-by-peer", "closed-awaiting-reply", "closed-mid-reply", "ECONNRESET", "EPIPE",
                             "http-connection-close"})
 _CONNECTING = poller.OUT | poller.RDHUP
+_REOPEN_TRIES = 3  # connections in a row that end without a reply before a slot is given up
+_REOPEN_BACKOFF_S = 0.025  # a failed connect is retried after 50 ms, 100 ms, ... at most:
+_REOPEN_BACKOFF_MAX_S = 1.0
 
 
 def ages_by_bucket(oldest_us: float, step_us: float, first: int, n: int) -> list[tuple[int, int]]:
@@ -167,6 +173,9 @@ class TrafficClientWorker(ClientWorker):
         # Connections the server closed during the traffic are opened again (as wrk does), from
         # the same source to the same endpoint, in the same slot: fd -> the slot being reopened.
         self.reopening: dict[int, Reopen] = {}
+        self.to_reopen: list[Reopen] = []  # waiting for their (next) connect attempt
+        self.lost_in_flight = 0  # messages in flight on connections that ended: never answered
+        self.reopen_failures: dict[str, int] = {}  # connect attempts that failed, by cause (retried)
         self.reopened = 0
         self.reopening_at_end = 0  # still connecting when the traffic ended (closed then)
         self._by_idx: list[Conn | None] = []
@@ -206,7 +215,9 @@ class TrafficClientWorker(ClientWorker):
             "unsent_sampled": self.unsent_sampled,
             "reopened": self.reopened,
             "reopening_at_end": self.reopening_at_end,
-            "talking": len(self.conns) + len(self.reopening) if self.phase == "traffic" else self.talking_at_end,
+            "reopen_failures": dict(self.reopen_failures),
+            "lost_in_flight": self.lost_in_flight,
+            "talking": self._talking() if self.phase == "traffic" else self.talking_at_end,
             "talking_at_start": self.talking_at_start,
             "errors": _minus(self.tally.errors, self.warmup_errors),
             "statuses": _minus(self.tally.statuses, self.warmup_statuses),
@@ -258,6 +269,7 @@ class TrafficClientWorker(ClientWorker):
         fd = conn.fd
         if self.conns.pop(fd, None) is None:
             return
+        conn.closed = True
         with contextlib.suppress(OSError):
             self.epoll.unregister(fd)
         os.close(fd)
@@ -265,44 +277,72 @@ class TrafficClientWorker(ClientWorker):
         self.snap.open -= 1
         if self._by_idx:
             self._by_idx[conn.idx] = None
+        self.lost_in_flight += len(conn.starts)
         if cause == "" or (cause == "closed-by-peer" and self.phase == "draining"):
             pass  # after the window, an idle connection the server closes is no failure of anything
-        elif cause == "http-connection-close":
+        elif cause == "http-connection-close" and not conn.starts:
             # The server ended keep-alive after a complete response (e.g. nginx keepalive_requests):
             # nothing failed; a status, and a new connection takes this one's place.
             self.tally.status(cause)
         else:
+            if cause == "http-connection-close":  # ... with pipelined requests still unanswered
+                self.tally.status(cause)
+                cause = "closed-awaiting-reply"
             self.tally.error(cause)
             self.by_source[conn.src] = self.by_source.get(conn.src, 0) + 1
-        if not self._reopen(conn, cause) and self._schedule is not None:
+        if self._should_reopen(conn, cause):
+            # Not here: the caller may still hold `conn` and the fd number, which a new socket
+            # would reuse at once. The connect starts at the loop's next turn.
+            self.to_reopen.append(Reopen(conn, 0.0))
+        elif self._schedule is not None:
             self._schedule.remove(conn.idx)
 
-    def _reopen(self, conn: Conn, cause: str) -> bool:
+    def _should_reopen(self, conn: Conn, cause: str) -> bool:
         """Open a new connection in the place of one the server closed during the traffic, so a
-        keep-alive limit or a server restart does not silently end the load. Not for a connection
-        that never had a reply (a server refusing it would be hammered), nor after the window (the
-        drain). A WebSocket slot makes its opening handshake again (counted in its statuses)."""
-        if (self.phase != "traffic" or not conn.got_reply
-                or not (cause in _REOPEN_CAUSES or cause.startswith("ws-close-"))):
-            return False
-        try:
-            s = bind_socket(conn.src, family=socket.AF_INET6 if ":" in conn.src else socket.AF_INET)
-        except OSError as exc:
-            self.tally.error(cause_for(exc.errno or 0, "reconnect"))
-            return False
-        err = s.connect_ex(conn.peer)
-        fd = s.detach()
-        if err not in (0, errno.EINPROGRESS):
-            os.close(fd)
-            self.tally.error(cause_for(err, "reconnect"))
-            return False
-        self.epoll.register(fd, _CONNECTING)
-        self.fds.add(fd)  # closed with the rest, whatever happens
-        self.reopening[fd] = Reopen(conn.idx, conn.src, conn.peer, conn.next_due)
-        return True
+        keep-alive limit or a server restart does not silently end the load. Not after the window
+        (the drain); not for a slot whose last connections ended without a reply (a server
+        refusing it would be hammered); not after a timeout (more connects make a stuck server
+        worse). A WebSocket slot makes its opening handshake again (counted in its statuses)."""
+        if conn.got_reply:
+            conn.fails = 0
+        else:
+            conn.fails += 1
+        return (self.phase == "traffic" and (conn.got_reply or conn.served) and conn.fails <= _REOPEN_TRIES
+                and (cause in _REOPEN_CAUSES or cause.startswith("ws-close-")))
 
-    def _reopened(self, fd: int) -> Conn | None:
-        """The connect of a reopened slot finished: its new Conn, or None (counted) if it failed."""
+    def _start_reopens(self, now: float) -> None:
+        """Start the connects that are due: from the slot's source to its endpoint. A refused or
+        failed one is counted and retried with backoff (a server restarting comes back)."""
+        later: list[Reopen] = []
+        for r in self.to_reopen:
+            if r.retry_at > now:
+                later.append(r)
+                continue
+            old = r.conn
+            try:
+                s = bind_socket(old.src, family=socket.AF_INET6 if ":" in old.src else socket.AF_INET)
+            except OSError as exc:
+                self._reopen_failed(r, cause_for(exc.errno or 0, "reconnect"), now, later)
+                continue
+            err = s.connect_ex(old.peer)
+            fd = s.detach()
+            if err not in (0, errno.EINPROGRESS):
+                os.close(fd)
+                self._reopen_failed(r, cause_for(err, "reconnect"), now, later)
+                continue
+            self.epoll.register(fd, _CONNECTING)
+            self.fds.add(fd)  # closed with the rest, whatever happens
+            self.reopening[fd] = r
+        self.to_reopen = later
+
+    def _reopen_failed(self, r: Reopen, cause: str, now: float, later: list[Reopen]) -> None:
+        self.reopen_failures[cause] = self.reopen_failures.get(cause, 0) + 1
+        r.tries += 1
+        r.retry_at = now + min(_REOPEN_BACKOFF_MAX_S, _REOPEN_BACKOFF_S * 2 ** min(r.tries, 10))
+        later.append(r)
+
+    def _reopened(self, fd: int, now: float) -> Conn | None:
+        """The connect of a reopened slot finished: its new Conn, or None if it failed (retried)."""
         r = self.reopening.pop(fd)
         err = so_error(fd)
         if err:
@@ -310,31 +350,40 @@ class TrafficClientWorker(ClientWorker):
                 self.epoll.unregister(fd)
             os.close(fd)
             self.fds.discard(fd)
-            self.tally.error(cause_for(err, "reconnect"))
-            self.by_source[r.src] = self.by_source.get(r.src, 0) + 1
-            if self._schedule is not None:
-                self._schedule.remove(r.idx)
+            later: list[Reopen] = []
+            self._reopen_failed(r, cause_for(err, "reconnect"), now, later)
+            self.to_reopen += later
             return None
-        c = Conn(fd, r.idx, self._codec(r.peer), r.src, r.peer)
-        c.next_due = r.next_due
+        old = r.conn
+        c = Conn(fd, old.idx, self._codec(old.peer), old.src, old.peer)
+        c.next_due = old.next_due  # read now: whatever the loop did with the old one is done
+        c.served = old.served or old.got_reply
+        c.fails = old.fails
         self.conns[fd] = c
-        self._by_idx[r.idx] = c
+        self._by_idx[old.idx] = c
         self.snap.open += 1
         self.reopened += 1
         self.epoll.modify(fd, _TALK)
         return c
 
+    def _talking(self) -> int:
+        """Slots with a connection, or on their way to one."""
+        return len(self.conns) + len(self.reopening) + len(self.to_reopen)
+
     def _abandon_reopening(self) -> None:
-        """The traffic is over: connects still under way are closed, not handed to the hold."""
-        self.reopening_at_end = len(self.reopening)
+        """The traffic is over: connects still under way or waiting are given up, not handed to the hold."""
+        self.reopening_at_end = len(self.reopening) + len(self.to_reopen)
         for fd in self.reopening:
             with contextlib.suppress(OSError):
                 self.epoll.unregister(fd)
             os.close(fd)
             self.fds.discard(fd)
         self.reopening.clear()
+        self.to_reopen.clear()
 
     def _write(self, conn: Conn, data: bytes) -> None:
+        if conn.closed:
+            return
         if conn.out:
             conn.out += data
             return
@@ -406,11 +455,16 @@ class TrafficClientWorker(ClientWorker):
         snap = self.snap
 
         def send_one(c: Conn, t_start: float) -> None:
+            """Send one message that started (closed loop) or was due (open model) at t_start."""
+            if c.closed:  # dropped earlier in the same turn (e.g. a failed write in a burst)
+                return
             data = message if raw else c.codec.message()
             if awaits:
                 c.starts.append(t_start)
             self.sent += 1
-            if t_start >= warm_end:
+            # In the window by when it goes out (open model: a message due in the warm-up may go
+            # out in the window; its latency still counts from when it was due, and only if due in it).
+            if (t_start if schedule is None else perf()) >= warm_end:
                 self.window_bytes_out += len(data)
                 self.sent_in_window += 1
             self._write(c, data)
@@ -447,6 +501,7 @@ class TrafficClientWorker(ClientWorker):
         next_grid = math.floor(start) + 1.0
         next_report = start
         warm_over = False
+        ended_early = False
         before_warmup = (dict(tally.errors), dict(tally.statuses), dict(self.by_source))
         next_tick = start
         timeout_s = tc.reply_timeout_s
@@ -471,7 +526,10 @@ class TrafficClientWorker(ClientWorker):
             now = perf()
             if now >= end:
                 break
-            if not conns and not self.reopening:
+            if self.to_reopen:
+                self._start_reopens(now)
+            if not conns and not self.reopening and not self.to_reopen:
+                ended_early = True
                 break  # nothing left to talk over (e.g. every WebSocket handshake refused): no use waiting
             if now >= next_tick:
                 if learned is not None:
@@ -497,9 +555,9 @@ class TrafficClientWorker(ClientWorker):
                     if slot is not None and slot.fd in conns:
                         send_due(slot, due, now)
                     else:  # being reopened: parked until its new connection is up
-                        for r in self.reopening.values():
-                            if r.idx == i and not r.next_due:
-                                r.next_due = due
+                        for r in (*self.reopening.values(), *self.to_reopen):
+                            if r.conn.idx == i and not r.conn.next_due:
+                                r.conn.next_due = due
                 nd = schedule.next_due_s()
                 if nd is not None:
                     wait = max(0.0, min(wait, nd - now))
@@ -509,7 +567,7 @@ class TrafficClientWorker(ClientWorker):
                     if fd == pipe_fd:
                         self.read_control()
                     elif fd in self.reopening:
-                        fresh = self._reopened(fd)
+                        fresh = self._reopened(fd, now)
                         if fresh is not None and tc.kind == "ws":
                             # Its messages start when the handshake completes (the branch below).
                             fresh.opened = perf()
@@ -636,10 +694,14 @@ class TrafficClientWorker(ClientWorker):
                         send_due(c, c.next_due, t)
         if learned is not None:
             self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
-        self.window_s = min(perf(), end) - warm_end if perf() > warm_end else 0.0
+        if not warm_over:  # ended during the warm-up: everything so far was the warm-up's
+            self._end_warmup(before_warmup)
+        # The window is the one asked for even when every connection went before its end: a rate
+        # over the part that had connections would read better than what happened.
+        self.window_s = tc.duration_s if ended_early else (min(perf(), end) - warm_end if perf() > warm_end else 0.0)
         # Talking when the window closed (a slot being reopened counts): the drain and the hold
         # after it may lose connections without the load having fallen.
-        self.talking_at_end = len(conns) + len(self.reopening)
+        self.talking_at_end = self._talking()
         self._drain(end, warm_end, hl)
 
     def _settle_quick(self, n: int, n_window: int, sent_bytes: int, sent_bytes_window: int, reply: bytes,

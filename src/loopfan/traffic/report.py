@@ -106,7 +106,9 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "unsent_in_latency": t.unsent_sampled,
         "warmup_errors": dict(sorted(t.warmup_errors.items(), key=lambda kv: -kv[1])),
         "warmup_statuses": dict(sorted(t.warmup_statuses.items())),
+        "lost_in_flight": t.lost_in_flight,
         "connections_reopened": t.reopened,
+        "reopen_failures": dict(sorted(t.reopen_failures.items(), key=lambda kv: -kv[1])),
         "connections_reopening_at_end": t.reopening_at_end,
         "connections_talking_at_start": t.talking_at_start,
         "connections_talking_at_end": t.talking,
@@ -187,14 +189,24 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     if tr["statuses"]:
         t.add_row("statuses", "  ".join(f"{k} {v:,}" for k, v in tr["statuses"].items()))
     reopened = tr.get("connections_reopened", 0)
-    if reopened:
-        t.add_row("reopened", f"{reopened:,} connections the server closed during the traffic were opened again "
-                  "(same source, same endpoint; as wrk does) - see statuses and errors for why it closed them")
+    refused = tr.get("reopen_failures") or {}
+    if reopened or refused:
+        line = (f"{reopened:,} connections the server closed during the traffic were opened again (same source, "
+                "same endpoint; as wrk does) - see statuses and errors for why it closed them")
+        if refused:
+            line += ("; connect attempts that failed and were retried with backoff: "
+                     + ", ".join(f"{k} {v:,}" for k, v in refused.items())
+                     + " (the server stopped or restarted, or refuses new connections)")
+        t.add_row("reopened", line)
+    in_flight = tr.get("lost_in_flight", 0)
+    if in_flight:
+        t.add_row("lost", f"{in_flight:,} messages were in flight on connections that ended: never answered "
+                  "(why those connections ended: the errors)")
     talking_end = tr["connections_talking_at_end"]
-    lost = tr["connections_talking_at_start"] - talking_end
-    if lost > 0:
+    gone = tr["connections_talking_at_start"] - talking_end
+    if gone > 0:
         t.add_row("talking", f"{tr['connections_talking_at_start']:,} connections at the start, {talking_end:,} at the "
-                  f"end: {lost:,} were closed and not reopened (see the errors) - the load fell as they went")
+                  f"end: {gone:,} were closed and not reopened (see the errors) - the load fell as they went")
     # Interrupted before the traffic began: loopfan closed them, not the server.
     began = tr["window_s"] > 0 or tr["connections_talking_at_start"] > 0 or not rep.get("interrupted")
     lost_before = rep["established"] - tr["connections_talking_at_start"] if began else 0
@@ -220,8 +232,11 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     head = Text("Traffic: ", style="bold")
     if lost_before > 0:
         head.append(f"{lost_before:,} connections lost before it began; ", style="bold red")
+    awaited = tr["replies"] + tr.get("lost_in_flight", 0) + tr["unanswered_at_end"]
     if tr["errors_total"]:
         head.append(f"{tr['errors_total']:,} errors", style="bold red")
+    elif not tr["replies_in_window"] and awaited:
+        head.append("no reply in the measured window", style="bold red")
     else:
         head.append("no errors", style="bold green")
     parts: list[Any] = [head, t]

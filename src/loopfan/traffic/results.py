@@ -52,6 +52,8 @@ class TrafficTotals:
     unsent_sampled: int = 0
     reopened: int = 0
     reopening_at_end: int = 0
+    lost_in_flight: int = 0
+    reopen_failures: dict[str, int] = field(default_factory=dict)
     talking: int = 0
     talking_at_start: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -81,8 +83,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
         t.workers += 1
         t.workers_done += 1 if s.get("done") else 0
         for name in ("sent", "sent_in_window", "replies", "window_replies", "window_bytes_in", "window_bytes_out",
-                     "unanswered_at_end", "unsent_at_end", "unsent_sampled", "reopened", "reopening_at_end", "talking",
-                     "talking_at_start"):
+                     "unanswered_at_end", "unsent_at_end", "unsent_sampled", "reopened", "reopening_at_end",
+                     "lost_in_flight", "talking", "talking_at_start"):
             setattr(t, name, getattr(t, name) + int(s.get(name, 0)))
         t.window_s = max(t.window_s, float(s.get("window_s", 0.0)))
         _add(t.errors, s.get("errors", {}))
@@ -90,6 +92,7 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
         _add(t.errors_by_source, s.get("errors_by_source", {}))
         _add(t.warmup_errors, s.get("warmup_errors", {}))
         _add(t.warmup_statuses, s.get("warmup_statuses", {}))
+        _add(t.reopen_failures, s.get("reopen_failures", {}))
         record(t.latency, s.get("latency_us", {}))
         record(t.ttfb, s.get("ttfb_us", {}))
     return t
