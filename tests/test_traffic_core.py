@@ -198,18 +198,28 @@ def test_closed_loop_reading_names_the_messages_in_flight() -> None:
     assert closed_loop_reading({**tr, "messages_per_s": 1000.0, "latency_ms": {"mean": 1.0}}) is None  # ~1 in flight
 
 
-@given(st.floats(1, 5e6), st.floats(1, 5e4), st.integers(0, 3000), st.integers(0, 3000))
-def test_ages_by_bucket_equals_one_by_one(oldest_us: float, step_us: float, first: int, n: int) -> None:
-    from loopfan.engine.traffic_client import ages_by_bucket, hdr_round
+@given(st.lists(st.tuples(st.floats(0, 3e6), st.integers(0, 400)), max_size=30), st.floats(1, 5e4))
+def test_unsent_ages_are_exact_on_the_step_grid(parked: list[tuple[float, int]], step_us: float) -> None:
+    from loopfan.traffic.schedule import unsent_ages
 
+    # Ages >= 0, and few enough points that the grid is the step's own (max_points).
+    parked = [(min(oldest, step_us * 5000), n) for oldest, n in parked]
+    parked = [(oldest, min(n, int(oldest // step_us) + 1)) for oldest, n in parked]
     one_by_one: dict[int, int] = {}
-    for k in range(first, n):
-        age = oldest_us - k * step_us
-        if age < 0:
-            return  # (never in use: the ages of messages due before the end are positive)
-        us = hdr_round(int(age))
-        one_by_one[us] = one_by_one.get(us, 0) + 1
-    grouped: dict[int, int] = {}
-    for us, count in ages_by_bucket(oldest_us, step_us, first, n):
-        grouped[us] = grouped.get(us, 0) + count
-    assert grouped == one_by_one
+    for oldest, n in parked:
+        for k in range(n):
+            us = int((int(oldest // step_us) - k) * step_us)  # floored onto the step's grid
+            one_by_one[us] = one_by_one.get(us, 0) + 1
+    assert unsent_ages(parked, step_us, max_points=10_000) == one_by_one
+
+
+@given(st.lists(st.tuples(st.floats(1e3, 3e6), st.integers(1, 5000)), min_size=1, max_size=30),
+       st.floats(1, 100), st.integers(10, 1000))
+def test_unsent_ages_on_a_coarse_grid_keep_the_total_and_stay_lower_bounds(
+        parked: list[tuple[float, int]], step_us: float, max_points: int) -> None:
+    from loopfan.traffic.schedule import unsent_ages
+
+    parked = [(oldest, min(n, int(oldest // step_us) + 1)) for oldest, n in parked]
+    out = unsent_ages(parked, step_us, max_points)
+    assert sum(out.values()) == sum(n for _, n in parked)
+    assert max(out) <= max(oldest for oldest, _ in parked) and len(out) <= max_points + 2

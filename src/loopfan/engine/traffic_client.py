@@ -28,7 +28,7 @@ from loopfan.planner import ClientShard
 from loopfan.traffic.config import TrafficConfig
 from loopfan.traffic.http import HttpClient, KnownHeads, request_template
 from loopfan.traffic.raw import RawReplies
-from loopfan.traffic.schedule import OpenSchedule
+from loopfan.traffic.schedule import OpenSchedule, unsent_ages
 from loopfan.traffic.tally import Tally
 from loopfan.traffic.ws import WsClient
 
@@ -108,21 +108,6 @@ _CONNECTING = poller.OUT | poller.RDHUP
 _REOPEN_TRIES = 3  # connections in a row that end without a reply before a slot is given up
 _REOPEN_BACKOFF_S = 0.025  # a failed connect is retried after 50 ms, 100 ms, ... at most:
 _REOPEN_BACKOFF_MAX_S = 1.0
-
-
-def ages_by_bucket(oldest_us: float, step_us: float, first: int, n: int) -> list[tuple[int, int]]:
-    """The ages oldest_us - k * step_us for k in [first, n), counted per HDR bucket (hdr_round):
-    one step per bucket rather than per age, so millions of unsent messages cost a few thousand."""
-    out: list[tuple[int, int]] = []
-    k = first
-    while k < n:
-        age = oldest_us - k * step_us
-        bucket = hdr_round(int(age))
-        # Ages stay in this bucket while int(age) >= bucket.
-        m = min(n - k, int((age - bucket) // step_us) + 1) if step_us > 0 else n - k
-        out.append((bucket, max(1, m)))
-        k += max(1, m)
-    return out
 
 
 class TrafficClientWorker(ClientWorker):
@@ -800,19 +785,23 @@ class TrafficClientWorker(ClientWorker):
         for c in late:
             self._drop(c, "ws-handshake-timeout" if not c.codec.ready else _late_cause(c))
 
-    def _count_unsent(self, first_due: float, end: float, warm_end: float, hl: dict[int, int]) -> None:
-        """Open model: a parked connection's messages due from `first_due` until the end were never
-        sent. Each would have taken at least until the end - left out, the latency would read better
-        the further behind the server fell - so each due in the window goes into the latency and the
-        first byte at that age, a lower bound; the report says how many did."""
+    def _count_unsent(self, parked: list[tuple[float, int]], end: float, warm_end: float,
+                      hl: dict[int, int]) -> None:
+        """Open model: the parked connections' messages due from their oldest unsent time until the
+        end were never sent. Each would have taken at least until the end - left out, the latency
+        would read better the further behind the server fell - so each due in the window goes into
+        the latency and the first byte at that age, a lower bound; the report says how many did."""
         assert self._schedule is not None
-        interval = self._schedule.interval_s
-        n = self._schedule.count_between(first_due, end)
-        self.unsent += n
-        skip = self._schedule.count_between(first_due, warm_end)  # due in the warm-up: not sampled
-        for us, count in ages_by_bucket((end - first_due) * 1e6, interval * 1e6, skip, n):
-            hl[us] = hl.get(us, 0) + count
-            self.hist_ttfb[us] = self.hist_ttfb.get(us, 0) + count
+        sched = self._schedule
+        runs: list[tuple[float, int]] = []
+        for first_due, n_unsent in ((d, sched.count_between(d, end)) for d, _ in parked):
+            self.unsent += n_unsent
+            skip = sched.count_between(first_due, warm_end)  # due in the warm-up: not sampled
+            runs.append(((end - (first_due + skip * sched.interval_s)) * 1e6, n_unsent - skip))
+        for us, count in unsent_ages(runs, sched.interval_s * 1e6).items():
+            bucket = hdr_round(us)
+            hl[bucket] = hl.get(bucket, 0) + count
+            self.hist_ttfb[bucket] = self.hist_ttfb.get(bucket, 0) + count
             self.unsent_sampled += count
 
     def _drain(self, end: float, warm_end: float, hl: dict[int, int]) -> None:
@@ -871,6 +860,7 @@ class TrafficClientWorker(ClientWorker):
                     self._write(c, out)
                 if codec.dead is not None and fd in conns:
                     self._drop(c, codec.dead)
+        parked: list[tuple[float, int]] = []
         for c in conns.values():
             if c.starts and not self.closing:
                 # Still no reply after the drain's full --reply-timeout: a timeout like any other,
@@ -878,11 +868,13 @@ class TrafficClientWorker(ClientWorker):
                 self.tally.error(_late_cause(c))
                 self.by_source[c.src] = self.by_source.get(c.src, 0) + 1
             self.unanswered += len(c.starts)
-            if c.next_due and self._schedule is not None:
-                self._count_unsent(c.next_due, end, warm_end, hl)
+            if c.next_due:
+                parked.append((c.next_due, 0))
                 c.next_due = 0.0
             c.starts.clear()
             self.epoll.modify(c.fd, _HOLD)  # back to holding: the hold loop only watches for closes
+        if parked:
+            self._count_unsent(parked, end, warm_end, hl)
         self._close_interval(perf())
         self.phase = "done"
         self.report()
