@@ -49,6 +49,7 @@ def traffic_report(*, status: str = "http-2xx", p99_ms: float = 12.7, rate: floa
         "ttfb_ms": {"p50": 1.6, "p90": 2.0, "p99": 6.9, "p999": 11.8, "p9999": 15.2, "max": 15.3, "mean": 1.8},
         "samples": n, "statuses": {status: n}, "errors": errors, "errors_total": sum(errors.values()),
         "unanswered_at_end": 3, "unsent_at_end": 0, "connections_talking_at_start": 1000,
+        "lost_in_flight": 2, "connections_reopened": 5,
         "connections_talking_at_end": 998,
     }
     return rep
@@ -64,6 +65,7 @@ EXPECTED = {
     "traffic.ttfb.p999": 11.8, "traffic.ttfb.p9999": 15.2, "traffic.ttfb.max": 15.3, "traffic.ttfb.mean": 1.8,
     "traffic.errors": 0, "traffic.replies": 49_800, "traffic.sent": 50_000, "traffic.samples": 50_000,
     "traffic.unanswered": 3, "traffic.unsent": 0, "traffic.talking.start": 1000, "traffic.talking.end": 998,
+    "traffic.lost": 2, "traffic.reopened": 5,
     "traffic.statuses.http-2xx": 50_000,
 }
 

@@ -252,7 +252,9 @@ class SeriesSampler:
             span = stamp - last[0]
             rates = {k: max(0, values[k] - last[1][k]) / span for k in _RATED}
         else:
-            rates = dict.fromkeys(_RATED, 0.0) if w.finished else last[2]
+            # (none once it has finished, or its traffic phase has: QA saw a stalled worker's
+            # traffic rate repeated for two rows after the window had closed)
+            rates = dict.fromkeys(_RATED, 0.0) if w.finished or traffic.get("done") else last[2]
             self._last_w[key] = (last[0], last[1], rates)
             return rates
         self._last_w[key] = (stamp, values, rates)

@@ -98,6 +98,8 @@ METRICS: dict[str, Metric] = {
         Metric("traffic.samples", "", False, "latency samples (messages started in the window)"),
         Metric("traffic.unanswered", "", True, "messages still unanswered at the end"),
         Metric("traffic.unsent", "", True, "messages due but never sent (open model)"),
+        Metric("traffic.lost", "", True, "messages in flight on connections that ended (never answered)"),
+        Metric("traffic.reopened", "", True, "connections the server closed during the traffic, reopened"),
         Metric("traffic.talking.start", "", False, "connections talking at the start"),
         Metric("traffic.talking.end", "", False, "connections talking at the end"),
     ]
@@ -295,6 +297,9 @@ def _traffic_metrics(tr: dict[str, Any] | None) -> dict[str, float | None]:
         "traffic.samples": tr.get("samples"),
         "traffic.unanswered": tr.get("unanswered_at_end"),
         "traffic.unsent": tr.get("unsent_at_end"),
+        # (a traffic report from before these were counted had none)
+        "traffic.lost": tr.get("lost_in_flight", 0) if tr else None,
+        "traffic.reopened": tr.get("connections_reopened", 0) if tr else None,
         "traffic.talking.start": tr.get("connections_talking_at_start"),
         "traffic.talking.end": tr.get("connections_talking_at_end"),
     }

@@ -338,10 +338,19 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
     unanswered, unsent = tr.get("unanswered_at_end", 0), tr.get("unsent_at_end", 0)
     end_text = f"{unanswered:,} unanswered, {unsent:,} due but not sent"
     if unanswered or unsent:
-        end_text += " (the server was behind)"
+        end_text += " (the server, or this host, was behind)"
     if tr.get("unsent_in_latency"):
         end_text += f"; {tr['unsent_in_latency']:,} of those are in the latency at their age at the end (a lower bound)"
     facts.append(["at the end", _e(end_text)])
+    if tr.get("lost_in_flight"):
+        facts.append(["lost", _e(f"{tr['lost_in_flight']:,} messages in flight on connections that ended, "
+                                 "never answered")])
+    reopened, refused = tr.get("connections_reopened", 0), tr.get("reopen_failures") or {}
+    if reopened or refused:
+        text = f"{reopened:,} connections the server closed during the traffic were opened again"
+        if refused:
+            text += f"; failed connect attempts (retried with backoff): {_counts(refused)}"
+        facts.append(["reopened", _e(text)])
     established = rep.get("established", 0)
     start, end = tr.get("connections_talking_at_start", 0), tr.get("connections_talking_at_end", 0)
     talking = f"{start:,} at the start, {end:,} at the end (of {established:,} established)"
