@@ -71,6 +71,11 @@ class HdrIntervalLog:
             if not force and second > ready_upto:
                 break
             start, end, h = self.pending.pop(second)
+            # Lines tile the time: a middle second is [k, k + 1) whatever each worker's loop turn
+            # added (1-10 ms of overlap otherwise); the first and the last keep their true edges.
+            start = max(start, float(second))
+            if self.pending or not force:
+                end = min(end, second + 1.0)
             rel_start = max(0.0, start - self.t0_clock)
             rel_end = max(rel_start, end - self.t0_clock)
             h.set_start_time_stamp(int((self.t0 + rel_start) * 1000))
