@@ -42,8 +42,8 @@ _SCAN_S = 0.5  # how often in-flight messages are checked against the reply time
 
 
 class Conn:
-    __slots__ = ("closed", "codec", "fails", "fd", "first", "got_reply", "idx", "next_due", "opened", "out", "peer",
-                 "served", "src", "starts")
+    __slots__ = ("closed", "codec", "fails", "fd", "first", "got_reply", "idx", "mute", "next_due", "opened", "out",
+                 "peer", "served", "src", "started", "starts")
 
     def __init__(self, fd: int, idx: int, codec: Any, src: str, peer: tuple[str, int]) -> None:
         self.fd = fd
@@ -53,6 +53,8 @@ class Conn:
         self.peer = peer
         self.opened = 0.0  # a reopened WebSocket: when its handshake began (0: the phase's handshakes)
         self.closed = False  # dropped: nothing more is written on its (maybe reused) fd number
+        self.mute = False  # the peer closed (EPIPE): nothing more is written, what it sent is still read
+        self.started = False  # WebSocket: its messages have started (the handshake is done)
         self.served = False  # the slot has had a reply, on this connection or an earlier one
         self.fails = 0  # connections of this slot in a row that ended without a reply
         self.starts: list[float] = []  # start time of each message in flight (sent or scheduled)
@@ -93,21 +95,28 @@ def hdr_round(us: int) -> int:
 class Reopen:
     """A slot whose connection the server closed, until its new connection is up."""
 
-    __slots__ = ("conn", "retry_at", "tries")
+    __slots__ = ("conn", "down", "retry_at", "tries")
 
     def __init__(self, conn: Conn, retry_at: float) -> None:
         self.conn = conn  # the closed one: its slot, source, endpoint and (open model) next send
         self.retry_at = retry_at
-        self.tries = 0
+        self.tries = 0  # failed connects in a row
+        self.down = False  # the last one was refused (or unreachable): the server is not there
 
 
 # The server ended the connection (not a timeout: reconnecting to a stuck server makes it worse).
 _REOPEN_CAUSES = frozenset({"closed-by-peer", "closed-awaiting-reply", "closed-mid-reply", "ECONNRESET", "EPIPE",
                             "http-connection-close"})
 _CONNECTING = poller.OUT | poller.RDHUP
-_REOPEN_TRIES = 3  # connections in a row that end without a reply before a slot is given up
 _REOPEN_BACKOFF_S = 0.025  # a failed connect is retried after 50 ms, 100 ms, ... at most:
 _REOPEN_BACKOFF_MAX_S = 1.0
+# A connect that fails with these means the server is not there (stopped, restarting).
+_DOWN_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def _backoff(tries: int, now: float) -> float:
+    """When to try again after `tries` failures in a row: 50 ms, 100 ms, ... at most 1 s later."""
+    return now + min(_REOPEN_BACKOFF_MAX_S, _REOPEN_BACKOFF_S * (1 << min(tries, 10)))
 
 
 class TrafficClientWorker(ClientWorker):
@@ -159,6 +168,7 @@ class TrafficClientWorker(ClientWorker):
         # the same source to the same endpoint, in the same slot: fd -> the slot being reopened.
         self.reopening: dict[int, Reopen] = {}
         self.to_reopen: list[Reopen] = []  # waiting for their (next) connect attempt
+        self._abandoned_due: list[float] = []  # open model: oldest unsent times of slots given up at the end
         self.lost_in_flight = 0  # messages in flight on connections that ended: never answered
         self.reopen_failures: dict[str, int] = {}  # connect attempts that failed, by cause (retried)
         self.reopened = 0
@@ -277,22 +287,23 @@ class TrafficClientWorker(ClientWorker):
             self.by_source[conn.src] = self.by_source.get(conn.src, 0) + 1
         if self._should_reopen(conn, cause):
             # Not here: the caller may still hold `conn` and the fd number, which a new socket
-            # would reuse at once. The connect starts at the loop's next turn.
-            self.to_reopen.append(Reopen(conn, 0.0))
+            # would reuse at once. The connect starts at the loop's next turn - or, after
+            # connections that ended without a reply, after a backoff (50 ms doubling to 1 s), so a
+            # server that takes connections only to end them is not hammered.
+            self.to_reopen.append(Reopen(conn, _backoff(conn.fails, time.perf_counter()) if conn.fails else 0.0))
         elif self._schedule is not None:
             self._schedule.remove(conn.idx)
 
     def _should_reopen(self, conn: Conn, cause: str) -> bool:
         """Open a new connection in the place of one the server closed during the traffic, so a
         keep-alive limit or a server restart does not silently end the load. Not after the window
-        (the drain); not for a slot whose last connections ended without a reply (a server
-        refusing it would be hammered); not after a timeout (more connects make a stuck server
-        worse). A WebSocket slot makes its opening handshake again (counted in its statuses)."""
-        if conn.got_reply:
-            conn.fails = 0
-        else:
-            conn.fails += 1
-        return (self.phase == "traffic" and (conn.got_reply or conn.served) and conn.fails <= _REOPEN_TRIES
+        (the drain); not for a slot that never had a reply (a server refusing it); not after a
+        timeout (more connects make a stuck server worse). A WebSocket slot makes its opening
+        handshake again (counted in its statuses). (Giving a slot up after three reply-less
+        connections in a row lost 1-3 of 50 slots against nginx keepalive_requests 1 with
+        pipelining, where a reset now and then beats the response: a backoff instead.)"""
+        conn.fails = 0 if conn.got_reply else conn.fails + 1
+        return (self.phase == "traffic" and (conn.got_reply or conn.served)
                 and (cause in _REOPEN_CAUSES or cause.startswith("ws-close-")))
 
     def _start_reopens(self, now: float) -> None:
@@ -307,23 +318,26 @@ class TrafficClientWorker(ClientWorker):
             try:
                 s = bind_socket(old.src, family=socket.AF_INET6 if ":" in old.src else socket.AF_INET)
             except OSError as exc:
-                self._reopen_failed(r, cause_for(exc.errno or 0, "reconnect"), now, later)
+                self._reopen_failed(r, exc.errno or 0, now, later)
                 continue
             err = s.connect_ex(old.peer)
             fd = s.detach()
             if err not in (0, errno.EINPROGRESS):
                 os.close(fd)
-                self._reopen_failed(r, cause_for(err, "reconnect"), now, later)
+                self._reopen_failed(r, err, now, later)
                 continue
             self.epoll.register(fd, _CONNECTING)
             self.fds.add(fd)  # closed with the rest, whatever happens
             self.reopening[fd] = r
         self.to_reopen = later
 
-    def _reopen_failed(self, r: Reopen, cause: str, now: float, later: list[Reopen]) -> None:
+    def _reopen_failed(self, r: Reopen, err: int, now: float, later: list[Reopen]) -> None:
+        """Count a failed connect and retry it with backoff; the slot is not talking meanwhile."""
+        cause = cause_for(err, "reconnect")
         self.reopen_failures[cause] = self.reopen_failures.get(cause, 0) + 1
         r.tries += 1
-        r.retry_at = now + min(_REOPEN_BACKOFF_MAX_S, _REOPEN_BACKOFF_S * 2 ** min(r.tries, 10))
+        r.down = err in _DOWN_ERRNOS
+        r.retry_at = _backoff(r.tries, now)
         later.append(r)
 
     def _reopened(self, fd: int, now: float) -> Conn | None:
@@ -336,7 +350,7 @@ class TrafficClientWorker(ClientWorker):
             os.close(fd)
             self.fds.discard(fd)
             later: list[Reopen] = []
-            self._reopen_failed(r, cause_for(err, "reconnect"), now, later)
+            self._reopen_failed(r, err, now, later)
             self.to_reopen += later
             return None
         old = r.conn
@@ -352,12 +366,17 @@ class TrafficClientWorker(ClientWorker):
         return c
 
     def _talking(self) -> int:
-        """Slots with a connection, or on their way to one."""
-        return len(self.conns) + len(self.reopening) + len(self.to_reopen)
+        """Slots with a connection, or on their way to one: a slot whose last connect was refused (a
+        server gone) is not talking - counted so, a dead server fails the run."""
+        down = sum(1 for r in self.reopening.values() if r.down) + sum(1 for r in self.to_reopen if r.down)
+        return len(self.conns) + len(self.reopening) + len(self.to_reopen) - down
 
     def _abandon_reopening(self) -> None:
         """The traffic is over: connects still under way or waiting are given up, not handed to the hold."""
         self.reopening_at_end = len(self.reopening) + len(self.to_reopen)
+        # Open model: what these slots owed since their oldest unsent message goes in as unsent.
+        self._abandoned_due = [r.conn.next_due for r in (*self.reopening.values(), *self.to_reopen)
+                               if r.conn.next_due]
         for fd in self.reopening:
             with contextlib.suppress(OSError):
                 self.epoll.unregister(fd)
@@ -366,8 +385,19 @@ class TrafficClientWorker(ClientWorker):
         self.reopening.clear()
         self.to_reopen.clear()
 
+    def _send_failed(self, conn: Conn, err: int) -> None:
+        """A write failed. EPIPE: the peer has closed, but replies it sent before may still wait to be
+        read - stop writing and let the reads take them, then the end (counted there, with its
+        cause). Dropping at once turned answered requests into lost ones (pipelining against
+        keepalive_requests 1 gave up slots). Anything else ends the connection now."""
+        if err == errno.EPIPE:
+            conn.mute = True
+            conn.out = b""
+        else:
+            self._drop(conn, cause_for(err, "send"))
+
     def _write(self, conn: Conn, data: bytes) -> None:
-        if conn.closed:
+        if conn.closed or conn.mute:
             return
         if conn.out:
             conn.out += data
@@ -377,7 +407,7 @@ class TrafficClientWorker(ClientWorker):
         except BlockingIOError:
             n = 0
         except OSError as exc:
-            self._drop(conn, cause_for(exc.errno or 0, "send"))
+            self._send_failed(conn, exc.errno or 0)
             return
         self.snap.bytes_out += n
         if n < len(data):
@@ -390,7 +420,7 @@ class TrafficClientWorker(ClientWorker):
         except BlockingIOError:
             return
         except OSError as exc:
-            self._drop(conn, cause_for(exc.errno or 0, "send"))
+            self._send_failed(conn, exc.errno or 0)
             return
         self.snap.bytes_out += n
         conn.out = conn.out[n:]
@@ -425,6 +455,8 @@ class TrafficClientWorker(ClientWorker):
         self.talking_at_start = len(conns)
         if tc.kind == "ws":
             self._handshakes(tc.reply_timeout_s)
+        for c in conns.values():
+            c.started = True  # their messages start below (a reopened WebSocket's when its handshake is done)
         awaits = tc.awaits_reply
         pipeline = max(1, tc.pipeline)
         message = tc.message
@@ -596,7 +628,7 @@ class TrafficClientWorker(ClientWorker):
                         ep.modify(fd, _TALK_OUT)
                     except OSError as exc:
                         k = 0
-                        self._drop(c, cause_for(exc.errno or 0, "send"))
+                        self._send_failed(c, exc.errno or 0)
                     quick_n += 1
                     quick_out += k
                     if t0 >= warm_end:  # (then t is in the window too)
@@ -667,9 +699,10 @@ class TrafficClientWorker(ClientWorker):
                                 send_one(c, t)
                         elif c.next_due:
                             send_due(c, c.next_due, t)
-                elif not raw and codec.ready and not c.got_reply and not starts:
+                elif not raw and codec.ready and not c.started and not starts:
                     # The WebSocket handshake just completed: start this connection's messages.
-                    c.got_reply = True
+                    # (Not a reply: a slot is kept for replies to messages, not for handshakes.)
+                    c.started = True
                     if t >= end:
                         pass
                     elif schedule is None:
@@ -860,7 +893,7 @@ class TrafficClientWorker(ClientWorker):
                     self._write(c, out)
                 if codec.dead is not None and fd in conns:
                     self._drop(c, codec.dead)
-        parked: list[tuple[float, int]] = []
+        parked: list[tuple[float, int]] = [(due, 0) for due in self._abandoned_due]
         for c in conns.values():
             if c.starts and not self.closing:
                 # Still no reply after the drain's full --reply-timeout: a timeout like any other,

@@ -206,7 +206,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     gone = tr["connections_talking_at_start"] - talking_end
     if gone > 0:
         t.add_row("talking", f"{tr['connections_talking_at_start']:,} connections at the start, {talking_end:,} at the "
-                  f"end: {gone:,} were closed and not reopened (see the errors) - the load fell as they went")
+                  f"end: {gone:,} were closed and not reopened, or their reconnects were failing (see errors and "
+                  "'reopened') - the load fell as they went")
     # Interrupted before the traffic began: loopfan closed them, not the server.
     began = tr["window_s"] > 0 or tr["connections_talking_at_start"] > 0 or not rep.get("interrupted")
     lost_before = rep["established"] - tr["connections_talking_at_start"] if began else 0
@@ -237,6 +238,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         head.append(f"{tr['errors_total']:,} errors", style="bold red")
     elif not tr["replies_in_window"] and awaited:
         head.append("no reply in the measured window", style="bold red")
+    elif gone > 0:
+        head.append(f"{gone:,} connections stopped talking", style="bold red")
     else:
         head.append("no errors", style="bold green")
     parts: list[Any] = [head, t]

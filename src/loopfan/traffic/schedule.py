@@ -95,7 +95,7 @@ def unsent_ages(parked: list[tuple[float, int]], step_us: float, max_points: int
     diff = [0.0] * (size + 1)
     for oldest, n in runs:
         hi = int(oldest // grid)
-        lo = max(0, int((oldest - (n - 1) * step_us) // grid))
+        lo = max(0, hi - round((n - 1) * step_us / grid))  # (exactly n - 1 points back on the step's grid)
         share = n / (hi - lo + 1)  # 1.0 on the step's own grid: one age per point
         diff[lo] += share
         diff[hi + 1] -= share
