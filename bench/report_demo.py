@@ -102,8 +102,8 @@ def sampler_cost() -> None:
     class W:
         def __init__(self, role: str, index: int) -> None:
             self.role, self.index, self.pid, self.finished = role, index, 10_000 + index, False
-            self.stats: dict[str, Any] = {"open": 10_000, "established": 10_000, "closed": 0, "failed": {"ETIMEDOUT": 1},
-                                          "bytes_in": 0, "bytes_out": 0,
+            self.stats: dict[str, Any] = {"open": 10_000, "established": 10_000, "closed": 0,
+                                          "failed": {"ETIMEDOUT": 1}, "bytes_in": 0, "bytes_out": 0,
                                           "health": {"fds": 10_010, "fd_limit": 20_000, "loop_lag_ms": 0.4}}
 
     workers = [W("client", i) for i in range(100)] + [W("server", i) for i in range(100)]
@@ -139,7 +139,7 @@ def panel_cost(out: Path, seconds: int) -> None:
         original = live.Console
         if mode == "panel":
             devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-            live.Console = lambda **_: Console(file=devnull, force_terminal=True, width=100)  # type: ignore[assignment,misc]
+            live.Console = lambda _to=devnull, **_: Console(file=_to, force_terminal=True, width=100)  # type: ignore[assignment,misc]
         try:
             path = out / f"overhead-{mode}.json"
             loopfan("run", "-c", "20000", "--connect-rate", "4000", "--hold", f"{seconds}s", "--progress", mode,
