@@ -28,6 +28,7 @@ from loopfan.planner import ClientShard
 from loopfan.traffic.config import TrafficConfig
 from loopfan.traffic.http import HttpClient, KnownHeads, request_template
 from loopfan.traffic.raw import RawReplies
+from loopfan.traffic.results import subtract
 from loopfan.traffic.schedule import OpenSchedule, unsent_ages
 from loopfan.traffic.tally import Tally
 from loopfan.traffic.ws import WsClient
@@ -240,9 +241,7 @@ class TrafficClientWorker(ClientWorker):
     def _close_interval(self, now: float) -> None:
         """End the latency interval that began at _interval_start (a grid second, or the start)."""
         cumulative = _merged(self.hist_latency, self.hist_whole)
-        delta = {us: n - self._interval_base.get(us, 0) for us, n in cumulative.items()
-                 if n != self._interval_base.get(us, 0)}
-        self.intervals.append((self._interval_start, now, delta))
+        self.intervals.append((self._interval_start, now, subtract(cumulative, self._interval_base)))
         self._interval_base = cumulative
         self._interval_start = now
 
@@ -818,7 +817,7 @@ class TrafficClientWorker(ClientWorker):
         for c in late:
             self._drop(c, "ws-handshake-timeout" if not c.codec.ready else _late_cause(c))
 
-    def _count_unsent(self, parked: list[tuple[float, int]], end: float, warm_end: float,
+    def _count_unsent(self, parked: list[float], end: float, warm_end: float,
                       hl: dict[int, int]) -> None:
         """Open model: the parked connections' messages due from their oldest unsent time until the
         end were never sent. Each would have taken at least until the end - left out, the latency
@@ -827,7 +826,8 @@ class TrafficClientWorker(ClientWorker):
         assert self._schedule is not None
         sched = self._schedule
         runs: list[tuple[float, int]] = []
-        for first_due, n_unsent in ((d, sched.count_between(d, end)) for d, _ in parked):
+        for first_due in parked:
+            n_unsent = sched.count_between(first_due, end)
             self.unsent += n_unsent
             skip = sched.count_between(first_due, warm_end)  # due in the warm-up: not sampled
             runs.append(((end - (first_due + skip * sched.interval_s)) * 1e6, n_unsent - skip))
@@ -893,7 +893,7 @@ class TrafficClientWorker(ClientWorker):
                     self._write(c, out)
                 if codec.dead is not None and fd in conns:
                     self._drop(c, codec.dead)
-        parked: list[tuple[float, int]] = [(due, 0) for due in self._abandoned_due]
+        parked = list(self._abandoned_due)  # each parked slot's oldest unsent time
         for c in conns.values():
             if c.starts and not self.closing:
                 # Still no reply after the drain's full --reply-timeout: a timeout like any other,
@@ -902,7 +902,7 @@ class TrafficClientWorker(ClientWorker):
                 self.by_source[c.src] = self.by_source.get(c.src, 0) + 1
             self.unanswered += len(c.starts)
             if c.next_due:
-                parked.append((c.next_due, 0))
+                parked.append(c.next_due)
                 c.next_due = 0.0
             c.starts.clear()
             self.epoll.modify(c.fd, _HOLD)  # back to holding: the hold loop only watches for closes
