@@ -344,3 +344,36 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_kernel_count_of_sockets_the_server_just_closed() -> None:
+    """A connection the server closed is CLOSE-WAIT on the client until read: `ss` counts it apart,
+    and the report's cross-check takes it as open-but-closing, not as a disagreement."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from loopfan.engine.report import _kernel_check
+
+    port = free_port("127.0.0.1")
+    with socket.create_server(("127.0.0.1", port)) as listener:
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()
+        try:
+            for _ in range(50):
+                if measure.count_established([port], "dport", state="close-wait") == 1:
+                    break
+            assert measure.count_established([port], "dport", state="close-wait") == 1
+            assert measure.count_established([port], "dport") == 0
+        finally:
+            client.close()
+
+    def check(open_: int, established: int, closing: int | None) -> Any:
+        fake = SimpleNamespace(open_at_peak=open_, kernel_client_side=established, kernel_client_closing=closing,
+                               kernel_server_side=None)
+        return _kernel_check(cast(RunResult, fake))
+
+    assert check(2, 0, 2)["agrees"] is True
+    assert check(3, 0, 2)["agrees"] is False  # one connection is neither established nor closing
+    assert check(2, 2, None)["agrees"] is True
+    assert check(2, 3, None)["agrees"] is False

@@ -78,11 +78,12 @@ def established_tcp() -> list[tuple[tuple[str, int], tuple[str, int]]]:
     return list(out)
 
 
-def count_established(ports: Iterable[int], side: str = "sport") -> int | None:
+def count_established(ports: Iterable[int], side: str = "sport", state: str = "established") -> int | None:
     """ESTABLISHED TCP sockets whose local ('sport') or remote ('dport') port is one of `ports`,
     counted by the kernel's own socket table via `ss` (iproute2). With side='sport' on the
     built-in server's ports that is the server side of a run, accept queues included; with
-    'dport', the client side. None when `ss` is missing.
+    'dport', the client side. `state` counts another TCP state instead (ss's names:
+    'close-wait'). None when `ss` is missing.
 
     ss filters in the kernel (inet_diag bytecode) and we only count lines, so a million sockets
     take a few seconds.
@@ -93,7 +94,7 @@ def count_established(ports: Iterable[int], side: str = "sport") -> int | None:
     expr = " or ".join(f"{side} = :{p}" for p in ports)
     try:
         proc = subprocess.Popen(
-            ["ss", "-Htn", "state", "established", f"( {expr} )"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            ["ss", "-Htn", "state", state, f"( {expr} )"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
     except OSError:
         return None

@@ -140,6 +140,9 @@ class RunResult:
     # the kernel's own count, to check the report against (2 per connection + the listeners).
     kernel_client_side: int | None = None  # ESTABLISHED to the targets' ports, per the kernel
     kernel_server_side: int | None = None  # ESTABLISHED on the built-in server's ports
+    # Client sockets in CLOSE-WAIT when the kernel's count fell short of ours: closed by the
+    # server moments before, not yet read by our workers (their open count is a moment old).
+    kernel_client_closing: int | None = None
     open_at_peak: int | None = None  # our clients' open count when the kernel was asked
     started_at: float = 0.0
     server_pids: list[int] = field(default_factory=list)
@@ -299,6 +302,8 @@ def run_plan(
             result.open_at_peak = Totals.of(clients).open
             ports = {t.port for t in plan.targets}
             result.kernel_client_side = measure.count_established(ports, "dport")
+            if result.kernel_client_side is not None and result.kernel_client_side < result.open_at_peak:
+                result.kernel_client_closing = measure.count_established(ports, "dport", state="close-wait")
             if n_servers:
                 result.kernel_server_side = measure.count_established(ports, "sport")
 
