@@ -7,6 +7,8 @@
  * processes each open CONNECTIONS/PROCS connections bound to 127.96.i.{1,2} (NO_PORT), send 64 B
  * on each, and send again as soon as the 64 B come back (one in flight per connection), for
  * SECONDS. Prints round trips per second. Everything it started is killed before it exits.
+ * With C_ECHO_NO_SERVER=1 in the environment it starts no server: the clients talk to whatever
+ * listens on 127.97.i.1:7321 (bench/sockmap_echo.py's in-kernel echo).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -100,7 +102,8 @@ int main(int argc, char **argv) {
     int pipefd[2];
     if (pipe(pipefd)) return 1;
     setpgid(0, 0);
-    for (int s = 0; s < procs; s++) {
+    int servers = getenv("C_ECHO_NO_SERVER") ? 0 : procs;
+    for (int s = 0; s < servers; s++) {
         char a[32];
         snprintf(a, sizeof a, "127.97.%d.1", s);
         int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
