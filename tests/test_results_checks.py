@@ -6,6 +6,7 @@ Reports here are synthetic dicts with real HDR histograms, so percentiles are ex
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -131,3 +132,40 @@ def test_trend_is_oldest_first_with_the_last_run_against_the_others() -> None:
     assert [r["name"] for r in table] == ["run2", "run1", "run0", "run3"]
     change = trend_summary(table)["connect_latency.p50"]["last_vs_median_pct"]
     assert change == pytest.approx(200.0, rel=0.02)
+
+
+@pytest.mark.parametrize("expr, fragment", [
+    ("failed=0", "write 'failed==0'"),  # a lone '=' was taken as == without a word in the docs
+    ("failed.TYPO==0", "known causes: EADDRNOTAVAIL@connect"),  # would always pass: never counted
+    ("failed.etimedout==0", "did you mean failed.ETIMEDOUT?"),
+    ("failed.EADDRNOTAVAIL==0", "did you mean failed.EADDRNOTAVAIL@"),  # counted with where it happened
+    ("traffic.statuses.http-200==0", "statuses are http-1xx"),
+])
+def test_checks_that_could_never_judge_anything_are_refused(expr: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        parse_check(expr)
+
+
+@pytest.mark.parametrize("expr", ["failed.ETIMEDOUT==0", "failed.closed-by-peer==0", "failed.EHOSTUNREACH==0",
+                                  "failed.errno200==0"])
+def test_a_cause_that_did_not_occur_in_this_run_is_still_valid(expr: str) -> None:
+    [result] = run_checks([parse_check(expr)], fake_report([100] * 10))
+    assert result["passed"], result
+    parse_check("traffic.statuses.ws-close-1011==0")  # (a hold-only report measures no statuses)
+
+
+@pytest.mark.parametrize("expr, fragment", [
+    ("latency.p99:+abc%", "'abc%' is not a percentage; write e.g. 10%"),
+    ("latency.p99:+%", "is not a percentage"),
+])
+def test_bad_gate_percentages_are_said_in_words(expr: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        parse_gate(expr)
+
+
+def test_memory_client_is_the_figure_the_run_report_shows_incl_the_parent() -> None:
+    rep = fake_report([100])
+    rep["memory_bytes"] = {"user_client": 7_800_000, "user_parent": 4_200_000, "user_server": 1, "kernel": 2}
+    assert report_metrics(rep)["memory.client"] == 12_000_000
+    rep["memory_bytes"] = {"user_client": 7_800_000}  # an older report: the workers alone
+    assert report_metrics(rep)["memory.client"] == 7_800_000

@@ -18,7 +18,16 @@ from loopfan.cli import main
 from loopfan.engine.report import histogram_dict
 from loopfan.engine.runner import new_histogram
 from loopfan.errors import UsageError
-from loopfan.results.checks import METRICS, metric_for, parse_check, parse_gate, report_metrics, run_checks, run_gates
+from loopfan.results.checks import (
+    METRICS,
+    described,
+    metric_for,
+    parse_check,
+    parse_gate,
+    report_metrics,
+    run_checks,
+    run_gates,
+)
 from loopfan.results.compare import KEY_METRICS, TRAFFIC_KEY_METRICS, markdown, rows
 
 
@@ -125,9 +134,11 @@ def test_latency_alias_is_the_request_latency_on_a_traffic_run_and_says_so() -> 
     """QA's run: connects 0.4 ms, requests p99 12.7 ms; 'latency.p99<5ms' passed on the connects."""
     [c] = run_checks([parse_check("latency.p99<5ms")], traffic_report())
     assert c["passed"] is False and c["actual"] == 12.7
-    assert c["metric"] == "traffic.latency.p99" and c["expression"] == "latency.p99 (request latency)<5ms"
+    # The expression stays as typed (report.json's schema); the meaning is beside it, and joined for people.
+    assert c["metric"] == "traffic.latency.p99" and c["expression"] == "latency.p99<5ms"
+    assert c["label"] == "request latency" and described(c) == "latency.p99 (request latency)<5ms"
     [c] = run_checks([parse_check("latency.p99.9 <= 20ms")], traffic_report())
-    assert c["passed"] and c["expression"] == "latency.p99.9 (request latency) <= 20ms"
+    assert c["passed"] and described(c) == "latency.p99.9 (request latency) <= 20ms"
     # Connect latency stays reachable by its own name.
     [c] = run_checks([parse_check("connect_latency.p99<5ms")], traffic_report())
     assert c["passed"] and c["actual"] == pytest.approx(0.4, rel=1e-2)
@@ -136,6 +147,7 @@ def test_latency_alias_is_the_request_latency_on_a_traffic_run_and_says_so() -> 
 def test_latency_alias_on_a_hold_only_run_is_the_connect_latency_as_before() -> None:
     [c] = run_checks([parse_check("latency.p99<5ms")], hold_report())
     assert c["passed"] and c["metric"] == "connect_latency.p99" and c["expression"] == "latency.p99<5ms"
+    assert "label" not in c and described(c) == "latency.p99<5ms"
     assert c["actual"] == pytest.approx(0.4, rel=1e-2)
 
 
@@ -144,13 +156,14 @@ def test_a_gate_gives_latency_one_meaning_for_both_reports() -> None:
     with - never 0.4 ms connects against 12.7 ms requests."""
     [g] = run_gates([parse_gate("latency.p99:+10%")], hold_report(), traffic_report())
     assert g["passed"] is False and g["detail"] == "not measured in the baseline"
-    assert g["expression"] == "latency.p99 (request latency):+10%" and g["metric"] == "traffic.latency.p99"
+    assert g["expression"] == "latency.p99:+10%" and g["metric"] == "traffic.latency.p99"
+    assert described(g) == "latency.p99 (request latency):+10%"
     [g] = run_gates([parse_gate("latency.p99:+10%")], traffic_report(p99_ms=10.0), traffic_report(p99_ms=12.0))
     assert g["passed"] is False and g["baseline"] == 10.0 and g["actual"] == 12.0
     [g] = run_gates([parse_gate("latency.p99:+10%")], hold_report(400), hold_report(420))
     assert g["passed"] and g["metric"] == "connect_latency.p99" and g["expression"] == "latency.p99:+10%"
     [g] = run_gates([parse_gate("latency.max<=15.4ms")], hold_report(), traffic_report())  # a check as a gate
-    assert g["passed"] and g["expression"] == "latency.max (request latency)<=15.4ms"
+    assert g["passed"] and described(g) == "latency.max (request latency)<=15.4ms"
 
 
 # --- gate directions ------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ baseline", `latency.p99:10%` "p99 at most 10 % worse".
 
 `latency.X` is the latency the run is about: request latency (`traffic.latency.X`) when the report
 has traffic (for a gate: when either report has), connect latency (`connect_latency.X`) otherwise.
-It is resolved when judged, against the report, and on a run with traffic the result's expression
-says so: "latency.p99 (request latency)<5ms". Before traffic existed it always meant connect
+It is resolved when judged, against the report; a result keeps the expression exactly as typed and,
+on a run with traffic, says what it meant in "label" ("request latency"; `described` puts the two
+together for people: "latency.p99 (request latency)<5ms"). Before traffic existed it always meant connect
 latency, which on a traffic run judged the 0.4 ms connects and passed over 12 ms requests. (Refusing
 the alias instead would come too late for `run`: a check is parsed before the run, while whether
 the report has traffic is known after it, and an error then would lose the run's report.)
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import errno
 import math
 import operator
 import re
@@ -80,7 +82,8 @@ METRICS: dict[str, Metric] = {
         Metric("time_to_target", "s", True, "time until every connection was established"),
         Metric("time_to_half", "s", True, "time until half the connections were established"),
         Metric("cpu", "s", True, "CPU seconds of the worker processes"),
-        Metric("memory.client", "B", True, "client workers' unique memory at peak"),
+        # The client side as the run report shows it: the workers and the parent that ran them.
+        Metric("memory.client", "B", True, "client workers' and the parent's unique memory at peak"),
         Metric("memory.server", "B", True, "server workers' unique memory at peak"),
         Metric("memory.kernel", "B", True, "kernel slab growth at peak"),
         Metric("listen_overflows", "", True, "SYNs dropped by full accept queues"),
@@ -122,6 +125,41 @@ def metric_for(name: str) -> Metric:
         did_you_mean = f"did you mean {hint}? " if hint else ""
         raise UsageError(f"unknown metric {name!r}; {did_you_mean}use one of {known_metrics()}")
     return m
+
+
+def expression_metric(name: str) -> Metric:
+    """metric_for, for a name the user typed: also refuses a cause or status no run can count.
+    (Reports are read with metric_for alone: a name a report holds was counted by some run.)"""
+    metric = metric_for(name)
+    _refuse_unknown_member(name, metric.name)
+    return metric
+
+
+def _refuse_unknown_member(name: str, key: str) -> None:
+    """A cause or status no run can count makes a check that always passes (its count stays 0):
+    refuse it. One that can happen but did not in this run stays valid (it is 0, and passes).
+    Connection failure causes are a closed set (engine.causes: the named ones and errno names);
+    statuses have a fixed shape. Traffic error causes are open-ended (server close codes, errnos,
+    new protocol causes): not judged here."""
+    if key.startswith("failed."):
+        from loopfan.engine.causes import CAUSES
+
+        cause = key[7:]
+        if cause in CAUSES or cause in _ERRNO_NAMES or re.fullmatch(r"errno\d+", cause):
+            return
+        hint = difflib.get_close_matches(cause, [*CAUSES, *_ERRNO_NAMES], 1, 0.6) or \
+            [c for c in (*CAUSES, *_ERRNO_NAMES) if c.lower() == cause.lower()]
+        did_you_mean = f"did you mean failed.{hint[0]}? " if hint else ""
+        raise UsageError(f"unknown failure cause in {name!r}; {did_you_mean}known causes: {', '.join(CAUSES)} "
+                         "(or any errno name, e.g. failed.EHOSTUNREACH)")
+    if key.startswith("traffic.statuses.") and not _STATUS.fullmatch(key[17:]):
+        raise UsageError(f"unknown status in {name!r}; statuses are http-1xx ... http-5xx, "
+                         "http-connection-close, ws-handshake-ok and ws-close-CODE (e.g. ws-close-1011)")
+
+
+# EADDRNOTAVAIL is counted by where it happened (EADDRNOTAVAIL@connect, @bind), never bare.
+_ERRNO_NAMES = frozenset(errno.errorcode.values()) - {"EADDRNOTAVAIL"}
+_STATUS = re.compile(r"http-[1-5]xx|http-connection-close|ws-handshake-ok|ws-close-\d+")
 
 
 def _lookup(key: str) -> Metric | None:
@@ -197,12 +235,20 @@ def resolve(metric: Metric, traffic: bool) -> tuple[Metric, str]:
     return METRICS[f"connect_latency.{key}"], ""
 
 
-def _labelled(expression: str, label: str) -> str:
-    """'latency.p99<5ms' -> 'latency.p99 (request latency)<5ms': the alias's meaning, said where it is read."""
+def described(result: dict[str, Any]) -> str:
+    """A judged check or gate for people: 'latency.p99<5ms' with label 'request latency' ->
+    'latency.p99 (request latency)<5ms' - the alias's meaning, said where it is read."""
+    expression, label = str(result["expression"]), result.get("label") or ""
     if not label:
         return expression
     m = _NAME.match(expression)
     return expression if m is None else f"{expression[: m.end()]} ({label}){expression[m.end():]}"
+
+
+def with_described_checks(rep: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the report for the terminal, each check's expression `described` (report.json keeps
+    the expression as typed)."""
+    return {**rep, "checks": [{**c, "expression": described(c)} for c in rep.get("checks") or []]}
 
 
 def value_of(metrics: dict[str, float | None], name: str) -> float | None:
@@ -256,8 +302,9 @@ def report_metrics(rep: dict[str, Any]) -> dict[str, float | None]:
     for k in ("start", "connect", "hold", "close", "total"):
         out[f"duration.{k}"] = (rep.get("duration_s") or {}).get(k)
     mem = rep.get("memory_bytes") or {}
-    for k in ("client", "server", "kernel"):
-        out[f"memory.{k}"] = mem.get(f"user_{k}" if k != "kernel" else "kernel")
+    out["memory.client"] = _client_memory(mem)
+    out["memory.server"] = mem.get("user_server")
+    out["memory.kernel"] = mem.get("kernel")
     reach = rep.get("time_to_target_s") or {}
     out["time_to_target"] = reach.get("100%")
     out["time_to_half"] = reach.get("50%")
@@ -314,6 +361,16 @@ def _traffic_metrics(tr: dict[str, Any] | None) -> dict[str, float | None]:
     return out
 
 
+def _client_memory(mem: dict[str, Any]) -> float | None:
+    """The client side's memory as the run report states it ("incl. the parent"): the workers plus
+    the parent process, so `compare` shows the figure the run showed (reports from before the parent
+    was measured have no user_parent: the workers alone)."""
+    workers = mem.get("user_client")
+    if workers is None:
+        return None
+    return float(workers + (mem.get("user_parent") or 0))
+
+
 def _max(values: list[float | None] | None) -> float | None:
     known = [v for v in values or [] if v is not None]
     return max(known) if known else None
@@ -362,7 +419,6 @@ def _example(metric: Metric) -> str:
 # -- checks --------------------------------------------------------------------------------------
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
-    "=": operator.eq,
 }
 # Metric names hold dashes: failed.closed-by-peer, traffic.statuses.http-5xx.
 _NAME = re.compile(r"^\s*[A-Za-z_][\w.%-]*")
@@ -382,7 +438,8 @@ class Check:
         actual = value_of(metrics, metric.name)
         passed = actual is not None and _OPS[self.op](float(actual), self.limit)
         return {
-            "expression": _labelled(self.expression, label),
+            "expression": self.expression,
+            **({"label": label} if label else {}),
             "kind": "check",
             "metric": metric.name,
             "unit": metric.unit,
@@ -396,10 +453,15 @@ class Check:
 
 def parse_check(text: str) -> Check:
     m = _CHECK.match(text)
+    if m and m.group(2) == "=":
+        # A lone '=' reads as assignment in most languages and as equality in SQL: refused rather
+        # than guessed (it was accepted as == but documented nowhere).
+        fixed = f"{m.group(1)}=={m.group(3)}"
+        raise UsageError(f"check {text!r}: '=' is not an operator here; write {fixed!r} (== for equality)")
     if not m:
         raise UsageError(f"check {text!r} is not METRIC OP VALUE; write e.g. 'connect_latency.p99<50ms' or "
                          "'failed==0'")
-    metric = metric_for(m.group(1))
+    metric = expression_metric(m.group(1))
     try:
         limit = parse_value(m.group(3), metric)
     except UsageError as exc:
@@ -436,7 +498,8 @@ class Gate:
         metric, label = resolve(self.metric, traffic)
         b, n = value_of(base, metric.name), value_of(new, metric.name)
         out: dict[str, Any] = {
-            "expression": _labelled(self.expression, label), "kind": "gate", "metric": metric.name,
+            "expression": self.expression, **({"label": label} if label else {}), "kind": "gate",
+            "metric": metric.name,
             "unit": metric.unit, "baseline": b, "actual": n, "passed": False, "detail": "",
         }
         if b is None or n is None:
@@ -459,21 +522,38 @@ def parse_gate(text: str) -> Gate:
     if not m:
         raise UsageError(f"gate {text!r} is not METRIC:[+|-]AMOUNT[%]; write e.g. 'latency.p99:+10%', "
                          "'connect_rate.mean:-5%' or 'failed:0'")
-    metric = metric_for(m.group(1))
+    metric = expression_metric(m.group(1))
     sign, amount_text = m.group(2), m.group(3)
     up = sign == "+" if sign else metric.lower_is_better
     direction = "up" if up else "down"
     relative = amount_text.endswith("%") and metric.unit != "%"
     try:
-        amount = float(amount_text[:-1].replace("_", "")) if relative else parse_value(amount_text, metric)
-    except (UsageError, ValueError) as exc:
+        amount = _percent(amount_text) if relative else parse_value(amount_text, metric)
+    except UsageError as exc:
         raise UsageError(f"gate {text!r}: {exc}") from None
     if amount < 0:
         raise UsageError(f"gate {text!r}: the allowance must not be negative; put the direction in the sign")
     return Gate(text.strip(), metric, direction, amount, relative)
 
 
+def _percent(text: str) -> float:
+    """'10%' -> 10.0; anything else before the % is refused in words (not float()'s message)."""
+    number = text[:-1].strip().replace("_", "")
+    if not re.fullmatch(_NUMBER, number):
+        raise UsageError(f"{text!r} is not a percentage; write e.g. 10% or 2.5%")
+    return float(number.replace(",", ""))
+
+
 def run_gates(gates: list[Gate], base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Judge every gate. An interrupted run (a partial report: SIGTERM from a CI timeout still writes
+    it) fails every gate, whatever its numbers: fewer connections and a shorter run can look as good
+    as or better than the baseline, and a CI job killed half-way must not go green."""
     bm, nm = report_metrics(base), report_metrics(new)
     traffic = has_traffic(base) or has_traffic(new)
-    return [g.evaluate(bm, nm, traffic=traffic) for g in gates]
+    results = [g.evaluate(bm, nm, traffic=traffic) for g in gates]
+    partial = [f"the {which} run was interrupted ({rep['interrupted']}): partial, not comparable"
+               for which, rep in (("new", new), ("baseline", base)) if rep.get("interrupted")]
+    for result in results if partial else []:
+        result["passed"] = False
+        result["detail"] = "; ".join(partial)
+    return results

@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from loopfan.results.checks import METRICS, Metric, has_traffic, metric_for, report_metrics, value_of
+from loopfan.results.checks import METRICS, Metric, described, has_traffic, metric_for, report_metrics, value_of
 
 NOISE_PCT = 5.0
 
@@ -121,6 +121,53 @@ def fmt_delta(row: Row) -> str:
     return f"{text} ({pct_text})"
 
 
+# -- what makes two runs not comparable ---------------------------------------------------------
+def interrupted(rep: dict[str, Any]) -> str | None:
+    """'SIGINT' / 'SIGTERM' for a run stopped before its end (a partial report), else None."""
+    value = rep.get("interrupted")
+    return str(value) if value else None
+
+
+def partial_note(name: str, rep: dict[str, Any]) -> str:
+    """'new.json was interrupted (SIGINT): a partial run, 40,372 of 100,000 connections'."""
+    return (f"{name} was interrupted ({interrupted(rep)}): a partial run, {rep.get('established') or 0:,} of "
+            f"{rep.get('target_connections') or 0:,} connections")
+
+
+def traffic_mode(rep: dict[str, Any]) -> str:
+    """'hold' for a run without traffic, else the traffic's kind and model: 'http, closed loop'."""
+    tr = rep.get("traffic")
+    if not tr:
+        return "hold"
+    return ", ".join(str(v) for v in (tr.get("kind"), tr.get("model")) if v)
+
+
+def _targets(rep: dict[str, Any]) -> list[str]:
+    return sorted((rep.get("plan") or {}).get("targets") or [])
+
+
+def _some(targets: list[str]) -> str:
+    return ", ".join(targets[:2]) + (f" ... ({len(targets):,})" if len(targets) > 2 else "")
+
+
+def caveats(base: dict[str, Any], new: dict[str, Any], base_name: str = "baseline",
+            new_name: str = "new") -> list[str]:
+    """Why the two runs may not compare like for like, one line each: an interrupted (partial) run,
+    and a different connection count, target set or traffic mode. Said, not refused: comparing a
+    20k run with a 100k one can be the point, but it must never happen silently."""
+    out = [partial_note(name, rep) for name, rep in ((base_name, base), (new_name, new)) if interrupted(rep)]
+    b, n = base.get("target_connections"), new.get("target_connections")
+    if b is not None and n is not None and b != n:
+        out.append(f"the runs asked for different numbers of connections: {b:,} in {base_name}, {n:,} in {new_name}")
+    bt, nt = _targets(base), _targets(new)
+    if bt and nt and bt != nt:
+        out.append(f"the runs had different targets: {_some(bt)} in {base_name}, {_some(nt)} in {new_name}")
+    bm, nm = traffic_mode(base), traffic_mode(new)
+    if bm != nm:
+        out.append(f"the runs differ in traffic: {bm} in {base_name}, {nm} in {new_name}")
+    return out
+
+
 _MARK = {"better": "better", "worse": "**worse**", "same": "~", "": ""}
 
 
@@ -134,6 +181,7 @@ def markdown(base: dict[str, Any], new: dict[str, Any], gates: list[dict[str, An
     else:
         lines.append("### loopfan compare\n")
     lines.append(f"`{base_name}` (baseline) → `{new_name}`; changes under {noise_pct:g}% are marked ~ (noise).\n")
+    lines += [f"> **warning:** {c}\n" for c in caveats(base, new, base_name, new_name)]
     lines.append("| metric | baseline | new | change | |")
     lines.append("|---|---:|---:|---:|---|")
     for r in rows(base, new, traffic=True):
@@ -144,7 +192,7 @@ def markdown(base: dict[str, Any], new: dict[str, Any], gates: list[dict[str, An
         lines.append("|---|---:|---:|---:|---|")
         for g in gates:
             unit = g.get("unit") or ""
-            lines.append(f"| `{g['expression']}` | {fmt(g.get('baseline'), unit)} | {fmt(g.get('actual'), unit)} | "
+            lines.append(f"| `{described(g)}` | {fmt(g.get('baseline'), unit)} | {fmt(g.get('actual'), unit)} | "
                          f"{fmt(g.get('limit'), unit)} | {'pass' if g['passed'] else '**FAIL**'} "
                          f"{g.get('detail') or ''} |")
     return "\n".join(lines) + "\n"
@@ -155,7 +203,7 @@ def trend_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
     out = []
     for name, rep in sorted(reports, key=lambda nr: nr[1].get("started_at") or 0):
         m = report_metrics(rep)
-        out.append({"name": name, "started_at": rep.get("started_at"), **m})
+        out.append({"name": name, "started_at": rep.get("started_at"), "interrupted": interrupted(rep), **m})
     return out
 
 
@@ -164,7 +212,10 @@ TREND_COLUMNS = ["established", "failed", "connect_rate.mean", "connect_latency.
 
 
 def trend_summary(table: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per metric: min, median, max and the last run's change against the median of the others."""
+    """Per metric: min, median, max and the last run's change against the median of the others.
+    Interrupted runs are left out: a partial run's counts and rates would drag the median (they are
+    listed, marked, in the table)."""
+    table = [r for r in table if not r.get("interrupted")]
     out: dict[str, dict[str, float | None]] = {}
     for col in TREND_COLUMNS:
         vals = [r[col] for r in table if r.get(col) is not None]

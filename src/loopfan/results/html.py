@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from loopfan.results import charts
-from loopfan.results.checks import decode_histogram
+from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
 from loopfan.traffic.report import closed_loop_reading
 
@@ -107,7 +107,7 @@ def _checks_table(checks: list[dict[str, Any]]) -> str:
     for c in checks:
         unit = c.get("unit") or ""
         body.append([
-            f"<code>{_e(c['expression'])}</code>",
+            f"<code>{_e(described(c))}</code>",
             _e(fmt(c.get("actual"), unit)),
             _e(fmt(c.get("limit"), unit)) if c.get("limit") is not None else "-",
             f'<span class="{"pass" if c["passed"] else "fail"}">{"pass" if c["passed"] else "FAIL"}</span> '
