@@ -125,10 +125,11 @@ def test_json_to_stdout(loopback_block: Block, capsys: pytest.CaptureFixture[str
     eps = endpoints(loopback_block, 1)
     with BuiltinServer.on(eps, capacity=100):
         status = main(["run", "-c", "100", target_text(eps), "--json", "-", "-q"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert status == 0
-    rep = json.loads(out[: out.index("\n}\n") + 2])
+    rep = json.loads(captured.out)  # stdout holds the JSON alone (jq, json.load) ...
     assert rep["established"] == 100
+    assert "Run report: all connections established" in captured.err  # ... the report went to stderr
 
 
 def test_nothing_listening_is_counted_not_raised(loopback_block: Block, tmp_path: Path,

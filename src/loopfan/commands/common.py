@@ -167,8 +167,15 @@ def shown(text: str) -> str:
     return shlex.quote("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
 
 
-def check_writable(path: str, what: str) -> None:
-    """Refuse, before any socket opens, an output file that could not be written at the end."""
+def check_writable(path: str, what: str, *, stdout: bool = False) -> None:
+    """Refuse, before the work starts, an output file that could not be written at the end (every
+    command's output path goes through here, so a typo costs seconds, not a 100k run). '-' is stdout
+    where the option supports it (`stdout`), and refused where it does not, rather than written to
+    a file named '-'."""
+    if path == "-":
+        if stdout:
+            return
+        raise UsageError(f"cannot write {what} to stdout ('-'); give a file name")
     if os.path.isdir(path):
         raise UsageError(f"cannot write {what} to {path}: it is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))

@@ -8,8 +8,20 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from loopfan.results.checks import Gate, parse_gate, run_gates
-from loopfan.results.compare import NOISE_PCT, TREND_COLUMNS, fmt, fmt_delta, markdown, rows, trend_rows, trend_summary
+from loopfan.commands.common import check_writable
+from loopfan.errors import UsageError
+from loopfan.results.checks import Gate, described, parse_gate, run_gates
+from loopfan.results.compare import (
+    NOISE_PCT,
+    TREND_COLUMNS,
+    caveats,
+    fmt,
+    fmt_delta,
+    markdown,
+    rows,
+    trend_rows,
+    trend_summary,
+)
 from loopfan.results.schema import load_report
 
 
@@ -19,8 +31,6 @@ class GateType(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Gate:
         if isinstance(value, Gate):
             return value
-        from loopfan.errors import UsageError
-
         try:
             return parse_gate(str(value))
         except UsageError as exc:
@@ -40,21 +50,35 @@ _STYLE = {"better": "green", "worse": "bold red", "same": "dim", "": ""}
               "otherwise. Repeatable.")
 @click.option("--format", "fmt_name", type=click.Choice(["text", "markdown", "html"]), default="text",
               show_default=True, help="markdown: a PR comment; html: NEW's full report with BASE overlaid.")
-@click.option("-o", "--output", metavar="FILE", default=None, help="Write to FILE instead of stdout (html: required).")
+@click.option("-o", "--output", metavar="FILE", default=None,
+              help="Write to FILE instead of stdout ('-': stdout; html: required, a file).")
 @click.option("--noise", "noise_pct", type=click.FloatRange(min=0), default=NOISE_PCT, show_default=True,
               metavar="PCT", help="Changes smaller than this many percent are shown as noise.")
 def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: str, output: str | None,
             noise_pct: float) -> int:
-    """Compare two runs: deltas computed from the HDR histograms, and gates for CI (exit 1 when one fails)."""
+    """Compare two runs: deltas computed from the HDR histograms, and gates for CI (exit 1 when one fails).
+
+    An interrupted (partial) run fails every gate; runs that differ in connections, targets or
+    traffic are compared with a warning.
+    """
+    if fmt_name == "html" and output is None:
+        raise UsageError("--format html writes a page: give -o FILE (e.g. -o compare.html)")
+    if output is not None:
+        check_writable(output, "the comparison", stdout=fmt_name != "html")
     base, new = load_report(base_json), load_report(new_json)
     results = run_gates(list(gates), base, new)
     new["checks"] = [*(new.get("checks") or []), *results]
+    warnings = caveats(base, new, base_json, new_json)
+    for line in warnings:  # on stderr too, where CI logs show it whatever the format and -o
+        click.echo(f"loopfan: warning: {line}", err=True)
+    if output == "-":
+        output = None
     if fmt_name == "html":
         from loopfan.commands.report import write_html
 
-        path = output or "compare.html"
-        size = write_html(path, new, base)
-        click.echo(f"wrote {path} ({size / 1024:,.0f} KB)")
+        assert output is not None
+        size = write_html(output, new, base)
+        click.echo(f"wrote {output} ({size / 1024:,.0f} KB)")
     elif fmt_name == "markdown":
         text = markdown(base, new, results, base_json, new_json, noise_pct)
         _emit(text, output)
@@ -68,10 +92,12 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
             t.add_row(r.metric.name, fmt(r.base, r.metric.unit), fmt(r.new, r.metric.unit),
                       f"[{_STYLE[verdict]}]{fmt_delta(r)}[/]" if _STYLE[verdict] else fmt_delta(r))
         console.print(t)
+        for line in warnings:
+            console.print(f"[bold yellow]warning[/]: {line}", highlight=False)
         for g in results:
             style = "green" if g["passed"] else "bold red"
             unit = g.get("unit") or ""
-            console.print(f"[{style}]gate {'pass' if g['passed'] else 'FAIL'}[/]: {g['expression']}  "
+            console.print(f"[{style}]gate {'pass' if g['passed'] else 'FAIL'}[/]: {described(g)}  "
                           f"(baseline {fmt(g.get('baseline'), unit)}, new {fmt(g.get('actual'), unit)}, "
                           f"limit {fmt(g.get('limit'), unit)}) {g.get('detail') or ''}", highlight=False)
         if output:
@@ -83,8 +109,6 @@ def _emit(text: str, output: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    from loopfan.errors import UsageError
-
     try:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -106,7 +130,8 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
         when = dt.datetime.fromtimestamp(float(started), dt.UTC).strftime("%Y-%m-%d %H:%M") \
             if isinstance(started, (int, float)) else "-"
         vals = [fmt(r.get(c), units.get(c, "ms")) for c in TREND_COLUMNS]  # type: ignore[arg-type]
-        return [str(r["name"]), when, *vals]
+        mark = f" (interrupted {r['interrupted']}: partial)" if r.get("interrupted") else ""
+        return [f"{r['name']}{mark}", when, *vals]
 
     summary = trend_summary(table)
     if fmt_name == "markdown":
@@ -120,6 +145,9 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
         for r in table:
             t.add_row(*cells(r))
         Console(width=160).print(t)
+    left_out = sum(1 for r in table if r.get("interrupted"))
+    if left_out:
+        click.echo(f"{left_out} interrupted (partial) run{'s' if left_out > 1 else ''} left out of the summary")
     for col, s in summary.items():
         unit = units.get(col, "ms")
         change = s["last_vs_median_pct"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
 from rich.panel import Panel
 
-from loopfan.commands.run import RunOptions, execute, exit_status
+from loopfan.commands.common import check_writable
+from loopfan.commands.run import RunOptions, deliver, execute, exit_status, report_console
 from loopfan.engine.report import report_renderable
 from loopfan.engine.runner import RunConfig
 from loopfan.planner import PlanRequest
@@ -38,11 +38,14 @@ def explanation(rep: dict[str, object]) -> str:
 
 @click.command()
 @click.option("-c", "--connections", type=int, default=DEMO_CONNECTIONS, show_default=True, hidden=True)
-@click.option("--json", "json_path", metavar="FILE", help="Also write the report as JSON.")
+@click.option("--json", "json_path", metavar="FILE",
+              help="Also write the report as JSON ('-': to stdout, the report then goes to stderr).")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
 def command(connections: int, json_path: str | None, quiet: bool) -> int:
     """Hold 100,000 loopback connections against the built-in server, and explain how."""
-    console = Console()
+    if json_path:
+        check_writable(json_path, "the report", stdout=True)  # before the 10 s of work, not after
+    console = report_console(json_path)
     console.print(f"loopfan demo: {connections:,} connections to the built-in server, held {DEMO_HOLD_S:.0f} s ...")
     opts = RunOptions(
         request=PlanRequest(connections=connections),
@@ -50,7 +53,11 @@ def command(connections: int, json_path: str | None, quiet: bool) -> int:
         json_path=json_path,
         quiet=quiet,
     )
-    result, rep = execute(opts, console, ["loopfan", *sys.argv[1:]])
-    console.print(report_renderable(rep))
-    console.print(Panel(explanation(rep), border_style="cyan"))
+    result, rep = execute(opts, ["loopfan", *sys.argv[1:]])
+
+    def show() -> None:
+        console.print(report_renderable(rep))
+        console.print(Panel(explanation(rep), border_style="cyan"))
+
+    deliver(opts, rep, show)
     return exit_status(result)

@@ -4,18 +4,19 @@ Rules of this file: CLI edge only. Every value is checked when argv is parsed (a
 one line and exit 2, before any socket opens); the result is one frozen OutputOptions handed to
 the command as `output`, which builds the progress sink and, once the report dict exists, judges
 the checks (into rep["checks"], so report.json and the HTML page show them) and writes the page.
+Output paths are checked here too (common.check_writable), before any socket opens.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
+from loopfan.commands.common import check_writable
 from loopfan.errors import UsageError
 from loopfan.results.checks import Check, parse_check, run_checks
 
@@ -66,9 +67,12 @@ class OutputOptions:
             exporter = Exporter(*self.prometheus)
         return ProgressSink(self.progress, quiet=quiet, exporter=exporter)
 
-    def finish(self, rep: dict[str, Any]) -> None:
-        """Judge the checks into the report, then write the HTML page if asked (before --json is written)."""
+    def judge(self, rep: dict[str, Any]) -> None:
+        """Judge the checks into the report (so report.json and the HTML page show them)."""
         rep["checks"] = run_checks(list(self.checks), rep)
+
+    def write_page(self, rep: dict[str, Any]) -> None:
+        """Write the HTML page if asked (after the report was shown: see run.deliver)."""
         if self.html_path:
             from loopfan.commands.report import write_html
 
@@ -86,10 +90,7 @@ def output_options(f: F) -> F:
     def wrapper(*args: Any, html_path: str | None, checks: tuple[Check, ...], progress: str,
                 prometheus: tuple[str, int] | None, **kwargs: Any) -> Any:
         if html_path:
-            directory = os.path.dirname(os.path.abspath(html_path))
-            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-                raise UsageError(f"cannot write the HTML report to {html_path}: {directory} is not a writable "
-                                 "directory")
+            check_writable(html_path, "the HTML report")  # a page is a file: '-' is refused
         output = OutputOptions(html_path=html_path, checks=checks, progress=progress, prometheus=prometheus)
         return f(*args, output=output, **kwargs)
 

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from loopfan.commands.common import check_writable
 from loopfan.errors import UsageError
 from loopfan.results.schema import load_report
 
@@ -31,9 +32,10 @@ def write_html(path: str, rep: dict[str, object], baseline: dict[str, object] | 
               help="Another run to compare against: deltas in the key numbers, its percentile curve overlaid.")
 def command(run_json: str, output: str | None, baseline: str | None) -> int:
     """Write a self-contained HTML report (opens offline, no network requests) for a run's JSON report."""
+    path = output or os.path.splitext(run_json)[0] + ".html"
+    check_writable(path, "the HTML report")
     rep = load_report(run_json)
     base = load_report(baseline) if baseline else None
-    path = output or os.path.splitext(run_json)[0] + ".html"
     size = write_html(path, rep, base)
     click.echo(f"wrote {path} ({size / 1024:,.0f} KB)")
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ from loopfan.errors import HostError, UsageError
 from loopfan.hostfacts import HostFacts, facts_for_workers
 from loopfan.planner import Plan, PlanRequest, plan
 from loopfan.pools import parse_pool
+from loopfan.results.checks import with_described_checks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,17 +59,40 @@ def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
         )
 
 
-def execute(opts: RunOptions, console: Console, argv: list[str]) -> tuple[RunResult, dict[str, object]]:
+def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any]]:
+    """Plan, run, and build the report with its checks judged; nothing is shown or written yet."""
     facts = facts_for_workers()
     p = plan(opts.request, facts)
     preflight(p, facts, opts.force)
     with opts.output.progress_sink(quiet=opts.quiet) as live:
         result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
     rep = report_dict(result, argv=argv, facts=facts)
-    opts.output.finish(rep)  # checks into the report, then the HTML page
-    if opts.json_path:
-        write_json(opts.json_path, rep)
+    opts.output.judge(rep)
     return result, rep
+
+
+def report_console(json_path: str | None) -> Console:
+    """Where the human report goes: stdout, or stderr when stdout carries the JSON (`--json -`), so
+    `loopfan run ... --json - | jq` reads JSON alone and the report still shows on the terminal."""
+    return Console(stderr=json_path == "-")
+
+
+def deliver(opts: RunOptions, rep: dict[str, Any], show: Callable[[], None]) -> None:
+    """Show the report, then write the HTML page and the JSON. The paths were checked before the
+    run; one that fails anyway (disk full, directory removed meanwhile) must not cost the report
+    that was shown already, nor the other file: both are attempted, then the first error raised."""
+    show()
+    writes: list[Callable[[], None]] = [functools.partial(opts.output.write_page, rep)]
+    if opts.json_path:
+        writes.append(functools.partial(write_json, opts.json_path, rep))
+    errors: list[UsageError] = []
+    for write in writes:
+        try:
+            write()
+        except UsageError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def parse_listen(text: str | None) -> dict[str, Any]:
@@ -115,7 +141,9 @@ def exit_status(result: RunResult) -> int:
 @click.option("--mode", type=click.Choice(["hold", "echo", "discard", "http", "ws"]), default="hold",
               show_default=True,
               help="Built-in server mode (with no TARGET).")
-@click.option("--json", "json_path", metavar="FILE", help="Write the report as JSON (schema loopfan.report/1).")
+@click.option("--json", "json_path", metavar="FILE",
+              help="Write the report as JSON (schema loopfan.report/1); '-': to stdout, and the report "
+              "then goes to stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; only the report.")
 @click.option("--force", is_flag=True, help="Run even if the plan says this host cannot hold N.")
 @click.option("--isolate", type=click.IntRange(min=0), default=0, metavar="K",
@@ -148,8 +176,8 @@ def command(
     TARGET is ADDRESS:PORT with ranges allowed, e.g. 127.0.0.1:8080 or 127.0.0.1-127.0.0.4:9000-9003,
     or a URL for traffic: http://127.0.0.1:8080-8083/path, ws://127.0.0.1:9000/.
     """
-    if json_path and json_path != "-":
-        check_writable(json_path, "the report")
+    if json_path:
+        check_writable(json_path, "the report", stdout=True)
     if listen is not None and targets:
         raise builtin_server_only("--listen")
     ctx = click.get_current_context()
@@ -179,8 +207,8 @@ def command(
     )
     opts = RunOptions(request=request, config=config, json_path=json_path, quiet=quiet, force=force,
                       output=output)
-    console = Console()
-    result, rep = execute(opts, console, ["loopfan", *sys.argv[1:]])
-    console.print(report_renderable(rep))
+    console = report_console(json_path)
+    result, rep = execute(opts, ["loopfan", *sys.argv[1:]])
+    deliver(opts, rep, lambda: console.print(report_renderable(with_described_checks(rep))))
     status = exit_status(result)
     return 1 if status == 0 and output.failed(rep) else status

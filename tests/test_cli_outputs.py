@@ -1,0 +1,177 @@
+"""Output paths of every command: checked before the work, '-' for stdout where it is offered (and
+then stdout holds that alone), refused where it is not, and a write that fails after the work never
+costs the report. Runs here are small in-process runs against the built-in server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_results_checks import fake_report
+
+import loopfan.commands.demo as demo_command
+import loopfan.commands.run as run_command
+from loopfan.cli import main
+from loopfan.errors import UsageError
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any run reaching the engine fails the test: the refusal must come first."""
+
+    def execute(*_: Any) -> Any:
+        pytest.fail("bad output path reached the run")
+
+    monkeypatch.setattr(run_command, "execute", execute)
+    monkeypatch.setattr(demo_command, "execute", execute)
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    return captured.err
+
+
+@pytest.mark.usefixtures("no_work")
+@pytest.mark.parametrize("argv, fragment", [
+    (["demo", "--json", "/nonexistent/x.json"], "cannot write the report to /nonexistent/x.json"),
+    (["run", "-c", "10", "--json", "/nonexistent/x.json"], "cannot write the report to /nonexistent/x.json"),
+    (["run", "-c", "10", "--html", "/nonexistent/x.html"], "cannot write the HTML report to /nonexistent/x.html"),
+    (["run", "-c", "10", "--html", "-"], "cannot write the HTML report to stdout ('-'); give a file name"),
+])
+def test_output_paths_are_refused_before_the_work(argv: list[str], fragment: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert fragment in one_line_error(capsys)
+
+
+@pytest.fixture
+def two_reports(tmp_path: Path) -> tuple[str, str]:
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(fake_report([100] * 100)))
+    new.write_text(json.dumps(fake_report([110] * 100)))
+    return str(base), str(new)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["-o", "/nonexistent/x.md"], "cannot write the comparison to /nonexistent/x.md"),
+    (["--format", "html"], "--format html writes a page: give -o FILE"),
+    (["--format", "html", "-o", "-"], "cannot write the comparison to stdout ('-')"),
+])
+def test_compare_refuses_its_output_before_printing_anything(
+        two_reports: tuple[str, str], extra: list[str], fragment: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", *two_reports, *extra]) == 2
+    out_before = capsys.readouterr()
+    assert out_before.out == "", "the table was printed before the refusal"
+    assert fragment in out_before.err and len(out_before.err.strip().splitlines()) == 1
+    assert not Path("compare.html").exists()
+
+
+def test_compare_dash_is_stdout(two_reports: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", *two_reports, "--format", "markdown", "-o", "-"]) == 0
+    assert capsys.readouterr().out.startswith("### loopfan compare")
+    assert not Path("-").exists()
+
+
+def test_report_refuses_dash_and_unwritable_paths(two_reports: tuple[str, str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", two_reports[0], "-o", "-"]) == 2
+    assert "cannot write the HTML report to stdout" in one_line_error(capsys)
+    assert main(["report", two_reports[0], "-o", "/nonexistent/r.html"]) == 2
+    assert "cannot write the HTML report to /nonexistent/r.html" in one_line_error(capsys)
+
+
+@pytest.fixture
+def fonts_loaded(tmp_path: Path) -> None:
+    """Draw one page first: matplotlib keeps its font files open once loaded, which no_leaks would
+    take for the run's leak."""
+    from loopfan.commands.report import write_html
+
+    write_html(str(tmp_path / "warm.html"), fake_report([100] * 10))
+
+
+@pytest.mark.usefixtures("fonts_loaded", "no_leaks", "builtin_listen")
+def test_a_write_failing_after_the_run_still_shows_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The path was fine at the start and the disk filled up meanwhile: the report is shown, the
+    HTML page is still written, and the JSON's error is the one line (exit 2)."""
+
+    def disk_full(path: str, data: Any) -> None:
+        raise UsageError(f"cannot write {path}: No space left on device; give a writable path")
+
+    monkeypatch.setattr(run_command, "write_json", disk_full)
+    page = tmp_path / "r.html"
+    status = main(["run", "-c", "20", "--hold", "0", "-q", "--json", str(tmp_path / "r.json"), "--html", str(page)])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "Run report: all connections established" in captured.out
+    assert "No space left on device" in captured.err
+    assert page.stat().st_size > 0
+
+
+# --- compare and trend: interrupted and unlike runs ----------------------------------------------------
+
+
+def interrupted_report(signal_name: str = "SIGINT") -> dict[str, Any]:
+    """QA's int1.json: stopped by a signal after 40,372 of 100,000 connections, the numbers looking fine."""
+    rep = fake_report([100] * 100, established=40_372)
+    rep.update(interrupted=signal_name, target_connections=100_000)
+    return rep
+
+
+def test_an_interrupted_run_fails_every_gate_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, partial = tmp_path / "r30k.json", tmp_path / "int1.json"
+    full = fake_report([100] * 100)
+    full["target_connections"] = 100_000
+    base.write_text(json.dumps(full))
+    partial.write_text(json.dumps(interrupted_report("SIGTERM")))
+    status = main(["compare", str(base), str(partial), "--gate", "failed:0", "--gate", "latency.p99:+10%"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert f"{partial} was interrupted (SIGTERM): a partial run, 40,372 of 100,000 connections" in captured.err
+    out = " ".join(captured.out.split())  # the table's console wraps long lines
+    assert out.count("gate FAIL") == 2
+    assert out.count("the new run was interrupted (SIGTERM): partial, not comparable") == 2
+    assert main(["compare", str(base), str(partial)]) == 0  # no gate: shown, warned, not judged
+    assert "was interrupted" in capsys.readouterr().err
+    assert main(["compare", str(base), str(partial), "--format", "markdown", "--gate", "failed:0"]) == 1
+    assert "> **warning:** " in capsys.readouterr().out
+
+
+def test_compare_warns_when_the_runs_differ_in_what_they_asked(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    small, big = fake_report([100] * 10), fake_report([100] * 10)
+    big["target_connections"] = 30_000
+    small["plan"], big["plan"] = {"targets": ["127.0.0.1:80"]}, {"targets": ["127.0.0.1:8080", "127.0.0.2:8080"]}
+    big["traffic"] = {"kind": "http", "model": "closed loop"}
+    paths = []
+    for name, rep in (("a.json", small), ("b.json", big)):
+        (tmp_path / name).write_text(json.dumps(rep))
+        paths.append(str(tmp_path / name))
+    assert main(["compare", *paths]) == 0
+    err = capsys.readouterr().err
+    assert f"different numbers of connections: 1,000 in {paths[0]}, 30,000 in {paths[1]}" in err
+    assert "different targets: 127.0.0.1:80 in" in err
+    assert f"differ in traffic: hold in {paths[0]}, http, closed loop in {paths[1]}" in err
+    assert main(["compare", paths[0], paths[0]]) == 0
+    assert capsys.readouterr().err == ""  # like for like: nothing to say
+
+
+def test_trend_marks_interrupted_runs_and_leaves_them_out_of_the_summary(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for i, rep in enumerate([fake_report([100] * 10), fake_report([100] * 10), interrupted_report()]):
+        rep["started_at"] = float(i)
+        (tmp_path / f"r{i}.json").write_text(json.dumps(rep))
+        paths.append(str(tmp_path / f"r{i}.json"))
+    assert main(["trend", *paths, "--format", "markdown"]) == 0  # (the text table wraps long names)
+    out = capsys.readouterr().out
+    assert f"| {paths[2]} (interrupted SIGINT: partial) |" in out
+    assert "1 interrupted (partial) run left out of the summary" in out
+    assert "established: min 1,000, median 1,000, max 1,000" in out
