@@ -175,3 +175,25 @@ def test_trend_marks_interrupted_runs_and_leaves_them_out_of_the_summary(
     assert f"| {paths[2]} (interrupted SIGINT: partial) |" in out
     assert "1 interrupted (partial) run left out of the summary" in out
     assert "established: min 1,000, median 1,000, max 1,000" in out
+
+
+# --- small input gaps ----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_work")
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "-c", "10", "--connect-timeout", "0"], "--connect-timeout must be a duration above 0 (got 0)"),
+    (["run", "-c", "10", "--connect-timeout", "forever"], "(got forever); write e.g. --connect-timeout 10s"),
+    (["run", "-c", "10", "::1:80"], "write [::1]:80"),
+    (["run", "-c", "10", "--check", "failed=0"], "write 'failed==0'"),
+    (["run", "-c", "10", "--check", "failed.TYPO==0"], "known causes: "),
+])
+def test_small_input_gaps_are_one_line_and_exit_2(argv: list[str], fragment: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert fragment in one_line_error(capsys)
+
+
+def test_a_bad_gate_percentage_is_one_line(two_reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", *two_reports, "--gate", "latency.p99:+abc%"]) == 2
+    assert "'abc%' is not a percentage; write e.g. 10%" in one_line_error(capsys)

@@ -241,6 +241,7 @@ def test_ipv6_endpoint_is_ipv6() -> None:
         ("127.0.0.1:80,", PoolSyntaxError, "extra comma"),
         ("", PoolSyntaxError, "empty endpoint"),
         ("[::1]8080", PoolSyntaxError, "[::1]:PORT"),
+        ("::1:80", PoolSyntaxError, "ambiguous: an IPv6 address has colons of its own; write [::1]:80"),
         ("[fe80::1]:80", PoolSyntaxError, "only IPv6 loopback"),
         ("127.0.0.300:80", PoolSyntaxError, "not an IPv4 address"),
         ("127.0.0.0/8:80", PoolSyntaxError, "at most 1,000,000"),

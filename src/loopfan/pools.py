@@ -378,6 +378,11 @@ def parse_endpoints(text: str, *, allow_non_loopback: bool = False) -> tuple[End
                 )
             if not addr_text.strip():
                 raise PoolSyntaxError(f"{item!r} has no address; write ADDRESS:PORT, e.g. 127.0.0.1:8080")
+            if ":" in addr_text:
+                # '::1:80' is itself an IPv6 address (and '::1:8080-8081' could be a range of them):
+                # which colon starts the port is a guess, so the bracket form is asked for.
+                raise PoolSyntaxError(f"{item!r} is ambiguous: an IPv6 address has colons of its own; "
+                                      f"write [{addr_text.strip()}]:{port_text.strip()}")
         ports = _parse_ports(port_text, whole)
         pool = _parse_item(addr_text, whole)
         check_loopback(pool, allow_non_loopback=allow_non_loopback, what=item)

@@ -47,16 +47,27 @@ class RunOptions:
     output: OutputOptions = field(default_factory=OutputOptions)  # --html, --check, --progress, --prometheus
 
 
+# Limits set by what was asked (the --sources pool and the targets given), not by the host: a plan
+# stopped by one is bad input (exit 2), like a --listen pool too small for the server; the others
+# (memory, open files, conntrack, the loopback route) are the host's (exit 1, as `doctor` says).
+_LIMITS_OF_THE_REQUEST = frozenset({"ephemeral ports"})
+
+
 def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
     """Refuse, before any socket opens, a plan this host cannot hold (unless forced)."""
     aliases.preflight(p, facts)  # macOS/BSD: missing lo0 aliases -> the one `loopfan alias add` line
     if not p.feasible and not force:
         lim = p.first_limit
         assert lim is not None
-        raise HostError(
-            f"this host cannot hold {p.request.connections:,} connections: {lim.resource} stops at "
-            f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - or pass --force to try anyway"
-        )
+        n = p.request.connections
+        # Say what --force does: the plan places only what its ports allow, so forcing runs fewer.
+        forced = (f"or pass --force to open only the {p.connections:,} the plan can place" if p.connections < n
+                  else f"or pass --force to try all {n:,} anyway")
+        if lim.resource in _LIMITS_OF_THE_REQUEST:
+            raise UsageError(f"{n:,} connections do not fit these addresses: {lim.resource} stops at "
+                             f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
+        raise HostError(f"this host cannot hold {n:,} connections: {lim.resource} stops at "
+                        f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
 
 
 def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any]]:
@@ -145,7 +156,9 @@ def exit_status(result: RunResult) -> int:
               help="Write the report as JSON (schema loopfan.report/1); '-': to stdout, and the report "
               "then goes to stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; only the report.")
-@click.option("--force", is_flag=True, help="Run even if the plan says this host cannot hold N.")
+@click.option("--force", is_flag=True,
+              help="Run even if the plan cannot hold N: what the plan can place (fewer than N when the "
+              "addresses run out of ports; the report shows the shortfall, exit 1).")
 @click.option("--isolate", type=click.IntRange(min=0), default=0, metavar="K",
               help="Give K of the connections a source address of their own (listed in the report with "
               "their Wireshark display filter).")
@@ -178,6 +191,10 @@ def command(
     """
     if json_path:
         check_writable(json_path, "the report", stdout=True)
+    if not connect_timeout:  # 0 or 'forever' were taken as 10 s without a word
+        given = "forever" if connect_timeout is None else "0"
+        raise UsageError(f"--connect-timeout must be a duration above 0 (got {given}); write e.g. "
+                         "--connect-timeout 10s")
     if listen is not None and targets:
         raise builtin_server_only("--listen")
     ctx = click.get_current_context()
@@ -201,7 +218,7 @@ def command(
     config = RunConfig(
         hold_s=hold_s,
         connect_rate_per_s=connect_rate,
-        client=P.ClientConfig(connect_timeout_s=connect_timeout if connect_timeout else 10.0),
+        client=P.ClientConfig(connect_timeout_s=connect_timeout),
         server=server,
         traffic=traffic,
     )
