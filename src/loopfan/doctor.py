@@ -56,9 +56,9 @@ def check_fds(facts: HostFacts, plan: Plan) -> Finding:
         found += " (raisable: this process may raise its hard limit)"
     else:
         found += " (the hard limit cannot be raised here: no CAP_SYS_RESOURCE)"
-    side = f"{procs} client process{'es' if procs != 1 else ''}"
+    side = f"{procs:,} client process{'es' if procs != 1 else ''}"
     if servers:
-        side += f" and {servers} server process{'es' if servers != 1 else ''}"
+        side += f" and {servers:,} server process{'es' if servers != 1 else ''}"
     needed = (
         f"{plan.request.connections:,} connections at {plan.per_process:,} per process: {side}; "
         "loopfan shards across processes by itself"

@@ -18,6 +18,16 @@ PLAN_SCHEMA = "loopfan.plan/1"
 DOCTOR_SCHEMA = "loopfan.doctor/1"
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """'1 source address', '2 source addresses', '5,129 client processes': the number with
+    thousands separators and the noun agreeing with it."""
+    return f"{n:,} {singular if n == 1 else plural or _plural(singular)}"
+
+
+def _plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
@@ -89,9 +99,9 @@ def plan_table(plan: Plan) -> Table:
     t.add_column(style="bold")
     t.add_column()
     srcs = list(plan.sources)
-    t.add_row("sources", f"{len(srcs):,} address{'es' if len(srcs) != 1 else ''}: {_abbrev(srcs)}")
-    who = "built-in server listen endpoints" if req.builtin_server else "target endpoints"
-    t.add_row("targets", f"{len(plan.targets):,} {who}: {_endpoint_summary(plan.targets)}")
+    t.add_row("sources", f"{counted(len(srcs), 'address')}: {_abbrev(srcs)}")
+    who = "built-in server listen endpoint" if req.builtin_server else "target endpoint"
+    t.add_row("targets", f"{counted(len(plan.targets), who)}: {_endpoint_summary(plan.targets)}")
     biggest = max((g.connections for g in plan.groups), default=0)
     scope = "source x endpoint" if plan.budget_scope == "group" else "source address"
     t.add_row(
@@ -119,7 +129,7 @@ def plan_table(plan: Plan) -> Table:
 
 def plan_headline(plan: Plan) -> Text:
     req = plan.request
-    target = "the built-in server" if req.builtin_server else f"{len(plan.targets):,} endpoint(s)"
+    target = "the built-in server" if req.builtin_server else counted(len(plan.targets), "endpoint")
     head = Text(f"Plan: {req.connections:,} connections to {target} - ", style="bold")
     if plan.feasible:
         head.append("feasible", style="bold green")

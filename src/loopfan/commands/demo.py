@@ -12,6 +12,7 @@ from loopfan.commands.run import RunOptions, deliver, execute, exit_status, repo
 from loopfan.engine.report import report_renderable
 from loopfan.engine.runner import RunConfig
 from loopfan.planner import PlanRequest
+from loopfan.render import counted
 
 DEMO_CONNECTIONS = 100_000
 DEMO_HOLD_S = 3.0
@@ -27,11 +28,12 @@ def explanation(rep: dict[str, object]) -> str:
         f"{established / budget['ports']:.1f} times what one client address can open to one server address "
         f"({budget['ports']:,} ephemeral ports, then 'Cannot assign requested address'). "
         f"Every 127.x.y.z address is loopback on Linux, so the client side was spread over "
-        f"{plan['source_addresses']} source addresses and the server over {len(plan['targets'])} listen "
-        f"addresses (127.100.0.x), each (source, server) pair using at most {budget['budget']:,} ports "
+        f"{counted(plan['source_addresses'], 'source address')} and the server over "
+        f"{counted(len(plan['targets']), 'listen address')} (127.100.0.x), each (source, server) pair using "
+        f"at most {budget['budget']:,} ports "
         f"({budget['fill_ratio']:.0%} of the range, where connect() stays fast). Each process may open only "
-        f"{plan['connections_per_process']:,} files here, so {plan['client_processes']} client and "
-        f"{plan['server_processes']} server processes shared the work. Next: `loopfan plan -c 1M`, "
+        f"{plan['connections_per_process']:,} files here, so {counted(plan['client_processes'], 'client process')} "
+        f"and {counted(plan['server_processes'], 'server process')} shared the work. Next: `loopfan plan -c 1M`, "
         f"`loopfan doctor -c 1M`, or `loopfan run -c 50k 127.0.0.1:YOUR_PORT` against your own server."
     )
 
