@@ -45,3 +45,11 @@ def test_demo_explanation_agrees_with_its_numbers() -> None:
     text = explanation(rep)
     assert "over 1 source address and the server over 1 listen address " in text
     assert "so 1 client process and 1 server process shared the work" in text
+
+
+def test_the_ports_limit_of_one_source_reads_in_the_singular(dev_facts: Callable[..., HostFacts]) -> None:
+    from loopfan.pools import parse_pool
+
+    facts = dev_facts()
+    lim = plan(PlanRequest(connections=30_000, sources=parse_pool("127.212.0.5")), facts).first_limit
+    assert lim is not None and lim.detail.startswith("1 source address x "), lim

@@ -449,7 +449,9 @@ def _ports_limit(
                 "loopback aliases",
                 capacity,
                 add,
-                f"{pool_size:,} source addresses of the pool are lo0 aliases, x {budget:,} ports each "
+                f"{pool_size:,} source address"
+                f"{'es of the pool are lo0 aliases' if pool_size != 1 else ' of the pool is a lo0 alias'}, "
+                f"x {budget:,} ports each "
                 f"({request.fill_ratio:.0%} of {facts.port_count:,}, for all destinations together); "
                 "macOS and BSD bind only aliased addresses",
             )
@@ -463,7 +465,7 @@ def _ports_limit(
         "ephemeral ports",
         capacity,
         fix,
-        f"{pool_size:,} source addresses x {budget:,} ports per {scope} "
+        f"{pool_size:,} source address{'es' if pool_size != 1 else ''} x {budget:,} ports per {scope} "
         f"({request.fill_ratio:.0%} of the {facts.port_count:,}-port range)",
     )
 
