@@ -87,32 +87,24 @@ def test_report_refuses_dash_and_unwritable_paths(two_reports: tuple[str, str],
     assert "cannot write the HTML report to /nonexistent/r.html" in one_line_error(capsys)
 
 
-@pytest.fixture
-def fonts_loaded(tmp_path: Path) -> None:
-    """Draw one page first: matplotlib keeps its font files open once loaded, which no_leaks would
-    take for the run's leak."""
-    from loopfan.commands.report import write_html
-
-    write_html(str(tmp_path / "warm.html"), fake_report([100] * 10))
-
-
-@pytest.mark.usefixtures("fonts_loaded", "no_leaks", "builtin_listen")
+@pytest.mark.usefixtures("no_leaks", "builtin_listen")
 def test_a_write_failing_after_the_run_still_shows_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """The path was fine at the start and the disk filled up meanwhile: the report is shown, the
-    HTML page is still written, and the JSON's error is the one line (exit 2)."""
+    """The paths were fine at the start and the disk filled up meanwhile: the report is shown, the
+    JSON is still written, and the page's error is the one line (exit 2)."""
+    from loopfan.commands.output_opts import OutputOptions
 
-    def disk_full(path: str, data: Any) -> None:
-        raise UsageError(f"cannot write {path}: No space left on device; give a writable path")
+    def disk_full(self: OutputOptions, rep: dict[str, Any]) -> None:
+        raise UsageError(f"cannot write {self.html_path}: No space left on device; give a writable path")
 
-    monkeypatch.setattr(run_command, "write_json", disk_full)
-    page = tmp_path / "r.html"
-    status = main(["run", "-c", "20", "--hold", "0", "-q", "--json", str(tmp_path / "r.json"), "--html", str(page)])
+    monkeypatch.setattr(OutputOptions, "write_page", disk_full)
+    out = tmp_path / "r.json"
+    status = main(["run", "-c", "20", "--hold", "0", "-q", "--json", str(out), "--html", str(tmp_path / "r.html")])
     captured = capsys.readouterr()
     assert status == 2
     assert "Run report: all connections established" in captured.out
-    assert "No space left on device" in captured.err
-    assert page.stat().st_size > 0
+    assert "No space left on device" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert json.loads(out.read_text())["established"] == 20
 
 
 # --- compare and trend: interrupted and unlike runs ----------------------------------------------------
