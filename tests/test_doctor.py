@@ -249,6 +249,17 @@ def test_doctor_fix_then_undo(
     assert sysctl.read_setting("net.ipv4.tcp_max_syn_backlog", proc_sys) == "2048"
 
 
+def test_doctor_fix_with_json_keeps_stdout_json_alone(
+    wired: Callable[[bool], None], proc_sys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wired(True)
+    assert main(["doctor", "-c", "1000000", "--fix", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["schema"] == "loopfan.doctor/1"  # what --fix did went to stderr
+    assert "set net.core.somaxconn: 4096 -> 65535" in captured.err
+    assert main(["doctor", "--undo"]) == 0
+
+
 def test_doctor_fix_without_root_prints_commands(
     wired: Callable[[bool], None], proc_sys: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -29,7 +29,8 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
 
     Exit status: 0 when a run of N would work, 1 when it would not, 2 on bad input.
     """
-    console = Console()
+    # With --json, stdout is the JSON alone (for jq): what --fix says it applies goes to stderr.
+    console = Console(stderr=as_json)
     if fix and undo:
         raise UsageError("--fix and --undo contradict each other; give one")
     if widen_ports and not fix:
