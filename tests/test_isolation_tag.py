@@ -151,7 +151,7 @@ def test_curl_is_tagged(http_server: tuple[str, list[str]], capsys: pytest.Captu
     )
     assert status == 0
     assert peers == ["127.0.0.61"]
-    assert "all 1 connection tagged" in capsys.readouterr().err
+    assert "the 1 connection tagged" in capsys.readouterr().err
 
 
 def test_python_client_ipv4_and_v4_mapped(
@@ -186,7 +186,7 @@ def test_udp_client_is_tagged(udp_server: tuple[int, list[str]], capsys: pytest.
     _wait_for(lambda: len(peers) == 2)
     assert sorted(peers) == ["127.0.0.63", "127.0.0.63"]
     err = capsys.readouterr().err
-    assert "all 1 connection tagged" in err and "all 1 UDP datagram tagged" in err
+    assert "the 1 connection tagged" in err and "the 1 UDP datagram tagged" in err
 
 
 def test_child_process_connection_is_tagged(http_server: tuple[str, list[str]]) -> None:
@@ -213,6 +213,59 @@ def test_program_bound_socket_is_left_alone(
     assert "bound itself" in capsys.readouterr().err
 
 
+def test_udp_server_bound_to_the_wildcard_answers_from_its_own_address(udp_server: tuple[int, list[str]]) -> None:
+    """A tagged UDP server on 0.0.0.0 answers from the address it was reached on (it bound itself),
+    while an unbound socket of the same program is still tagged - on every send, not only the
+    first (inet_sendmsg autobinds it to a port before the hook sees it)."""
+    sink_port, peers = udp_server
+    code = (
+        "import socket, sys\n"
+        "srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(('0.0.0.0', 0))\n"
+        "print(srv.getsockname()[1], flush=True)\n"
+        "data, peer = srv.recvfrom(100); srv.sendto(data, peer)\n"
+        "out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(2): out.sendto(b'x', ('127.0.0.1', int(sys.argv[1])))\n"
+    )
+    argv = ["tag", "--source", "127.0.0.75", "--", sys.executable, "-c", code, str(sink_port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(10)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        client.connect(("127.0.0.1", port))  # a connected client accepts replies from 127.0.0.1 only
+        client.send(b"ping")
+        assert client.recv(100) == b"ping"
+    finally:
+        client.close()
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    _wait_for(lambda: len(peers) == 2)
+    assert peers == ["127.0.0.75", "127.0.0.75"]
+    assert "2 of 3 UDP datagrams tagged" in err and "with a source the program chose" in err, err
+
+
+def test_connect_to_0_0_0_0_is_left_alone_and_reported(
+    http_server: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.0.0.0 means "this host": Linux routes it to the socket's source, 127.0.0.1 untagged - and
+    the tag address once tagged, where nothing listens. So it is left alone, and said so."""
+    url, peers = http_server
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    code = (
+        "import socket\n"
+        f"s = socket.create_connection(('0.0.0.0', {port}), timeout=5)\n"
+        "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); s.recv(100)\n"
+    )
+    assert main(["tag", "--source", "127.0.0.76", "--", sys.executable, "-c", code]) == 0
+    _wait_for(lambda: len(peers) == 1)
+    assert peers == ["127.0.0.1"]
+    err = capsys.readouterr().err
+    assert "0 of 1 loopback connection tagged" in err and "to 0.0.0.0 left alone" in err
+
+
 def test_ipv6_loopback_is_reported_or_refused(capsys: pytest.CaptureFixture[str]) -> None:
     try:
         listener = socket.socket(socket.AF_INET6)
@@ -230,7 +283,8 @@ def test_ipv6_loopback_is_reported_or_refused(capsys: pytest.CaptureFixture[str]
         assert main(["tag", "--source", "127.0.0.66", "--", sys.executable, "-c", code]) == 0
         assert "to ::1 went out UNTAGGED" in capsys.readouterr().err
         assert main(["tag", "--source", "127.0.0.66", "--ipv6", "refuse", "--", sys.executable, "-c", code]) == 11
-        assert "refused 1 connection" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "refused 1 connection" in err and "no loopback connections seen" in err
 
 
 @pytest.mark.parametrize(

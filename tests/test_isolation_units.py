@@ -80,7 +80,8 @@ def test_programs_are_small_and_end_with_exit() -> None:
     for code in (
         programs.connect4("127.0.0.5", 3),
         programs.connect6("127.0.0.5", 3, refuse_ipv6_loopback=True),
-        programs.sendmsg4("127.0.0.5", 3),
+        programs.sendmsg4("127.0.0.5", 3, 4),
+        programs.post_bind(4),
         programs.sendmsg6(3, refuse_ipv6_loopback=False),
     ):
         assert len(code) % 8 == 0 and len(code) // 8 < 200
@@ -114,11 +115,11 @@ def test_cgroup_names_carry_the_owner() -> None:
 # --- coverage -----------------------------------------------------------------------------------
 
 
-def _cov(**kw: int) -> Coverage:
+def _cov(ipv6_refused: bool = False, **kw: int) -> Coverage:
     counts = [0] * len(Counter)
     for name, value in kw.items():
         counts[Counter[name]] = value
-    return Coverage(tuple(counts))
+    return Coverage(tuple(counts), ipv6_refused)
 
 
 def test_coverage_all_tagged() -> None:
@@ -134,6 +135,22 @@ def test_coverage_names_every_exception_and_warns_about_ipv6() -> None:
     assert "UNTAGGED" in text and "::1" in text and "bound itself" in text and "non-loopback" in text
     assert "refused" in "\n".join(c.exceptions(ipv6_policy="refuse"))
     assert _cov().summary() == "no loopback connections seen"
+
+
+def test_coverage_one_connection_reads_naturally() -> None:
+    assert _cov(CONNECT_TAGGED=1, DGRAM_TAGGED=1).summary() == "the 1 connection tagged, the 1 UDP datagram tagged"
+
+
+def test_coverage_refused_ipv6_attempts_are_not_connections() -> None:
+    c = _cov(ipv6_refused=True, CONNECT_TAGGED=1, CONNECT_IPV6_LOOPBACK=1)
+    assert c.summary() == "the 1 connection tagged"
+    assert "refused 1" in "\n".join(c.exceptions(ipv6_policy="refuse"))
+
+
+def test_coverage_names_0_0_0_0_as_left_alone() -> None:
+    c = _cov(CONNECT_TAGGED=1, CONNECT_TO_ANY=1, DGRAM_TO_ANY=1)
+    assert c.summary() == "1 of 2 loopback connections tagged, 0 of 1 UDP datagram tagged"
+    assert "to 0.0.0.0 left alone" in "\n".join(c.exceptions())
 
 
 def test_coverage_decodes_the_map_value() -> None:

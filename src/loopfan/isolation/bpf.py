@@ -36,16 +36,22 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_PROG_TYPE_CGROUP_SOCK = 9
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 
 # enum bpf_attach_type
 BPF_CGROUP_INET4_CONNECT = 10
 BPF_CGROUP_INET6_CONNECT = 11
+BPF_CGROUP_INET4_POST_BIND = 12
+BPF_CGROUP_INET6_POST_BIND = 13
 BPF_CGROUP_UDP4_SENDMSG = 14
 BPF_CGROUP_UDP6_SENDMSG = 15
 
 # Helpers (enum bpf_func_id).
 HELPER_MAP_LOOKUP_ELEM = 1
+HELPER_MAP_UPDATE_ELEM = 2
+HELPER_GET_SOCKET_COOKIE = 46  # sock_addr programs >= 4.19, cgroup sock (post_bind) programs >= 5.10
 HELPER_BIND = 64  # bpf_bind(ctx, addr, addr_len), kernel >= 4.17, connect hooks only
 
 BPF_PSEUDO_MAP_FD = 1
@@ -254,6 +260,14 @@ def create_array_map(*, value_size: int, max_entries: int, name: str) -> int:
     """BPF_MAP_TYPE_ARRAY with u32 keys; returns the map fd. Array entries start zeroed."""
     attr = struct.pack("<IIIIIII16s", BPF_MAP_TYPE_ARRAY, 4, value_size, max_entries, 0, 0, 0, _name(name))
     return bpf(BPF_MAP_CREATE, attr.ljust(72, b"\0"), "creating a BPF array map")
+
+
+def create_lru_hash_map(*, key_size: int, value_size: int, max_entries: int, name: str) -> int:
+    """BPF_MAP_TYPE_LRU_HASH: the kernel evicts the oldest entries when full, so nothing must delete."""
+    attr = struct.pack(
+        "<IIIIIII16s", BPF_MAP_TYPE_LRU_HASH, key_size, value_size, max_entries, 0, 0, 0, _name(name)
+    )
+    return bpf(BPF_MAP_CREATE, attr.ljust(72, b"\0"), "creating a BPF hash map")
 
 
 def lookup_array(map_fd: int, key: int, value_size: int) -> bytes:

@@ -19,8 +19,16 @@ Kernel facts (net/core/filter.c, checked on 6.x):
   so non-zero means the program chose a source itself. The hook runs for unconnected sends only
   (connected UDP sockets were tagged at connect()). An IPv6 socket sending to ::ffff:127.x goes
   through the IPv4 path and so through sendmsg4.
-- connect() to 0.0.0.0 reaches this host over lo (Linux treats INADDR_ANY as a local
-  destination), so it is tagged like 127/8.
+- A UDP socket the program bound to the wildcard (a server on 0.0.0.0:PORT) also has
+  msg_src_ip4 == 0, and so has every unbound socket. The socket's port cannot tell them apart:
+  inet_sendmsg autobinds an unbound UDP socket to an ephemeral port *before* the sendmsg4 hook
+  runs, so sk->src_port is set in both cases. What does tell them apart is bind(): the post_bind4/6
+  hooks run for the program's own bind() calls only (not for autobind, not for bpf_bind), so
+  `post_bind` records the socket's cookie in an LRU hash map and sendmsg4 leaves those sockets
+  alone. (bpf_get_socket_cookie: sock_addr programs >= 4.19, cgroup sock programs >= 5.10.)
+- connect() to 0.0.0.0 means "this host": the kernel routes it to the socket's source address,
+  127.0.0.1 for an unbound socket - but the tag address once bpf_bind has run, where nothing
+  listens. So 0.0.0.0 (and ::ffff:0.0.0.0) destinations are left alone and counted apart.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from enum import IntEnum
 
 from loopfan.isolation.bpf import (
     HELPER_BIND,
+    HELPER_GET_SOCKET_COOKIE,
     HELPER_MAP_LOOKUP_ELEM,
+    HELPER_MAP_UPDATE_ELEM,
     R0,
     R1,
     R2,
@@ -79,6 +89,8 @@ class Counter(IntEnum):
     DGRAM_SOURCE_SET = 7  # the program chose the datagram's source itself: left alone
     DGRAM_NOT_LOOPBACK = 8
     DGRAM_IPV6_LOOPBACK = 9
+    CONNECT_TO_ANY = 10  # connect() to 0.0.0.0: left alone (after tagging it would reach the tag address)
+    DGRAM_TO_ANY = 11  # the same for unconnected datagrams
 
 
 COUNTERS_SIZE_BYTES = 8 * len(Counter)
@@ -92,6 +104,11 @@ EINVAL = 22
 # Stack slots (r10 is the read-only frame pointer; 512 bytes below it are ours).
 _KEY = -8  # u32 map key (always 0)
 _SOCKADDR = -48  # 32 bytes: room for a sockaddr_in6 (28)
+_COOKIE = -16  # u64 socket cookie: the key of the bound-sockets map
+_ONE = -20  # u32 value stored in the bound-sockets map
+
+BOUND_SOCKETS_MAX = 65536  # LRU: the oldest entries go first, closed sockets' entries among them
+SOCK_DGRAM = 2
 
 _V4MAPPED_WORD = 0xFFFF0000  # bytes 00 00 ff ff, loaded little-endian
 _V6_LOOPBACK_WORD = 0x01000000  # bytes 00 00 00 01
@@ -144,7 +161,7 @@ def connect4(source: str, map_fd: int) -> bytes:
         [
             mov64_reg(R6, R1),  # r6 = ctx (r1-r5 die at every call)
             load(4, R7, R6, 4),  # user_ip4
-            jeq_imm(R7, 0, "loopback"),
+            jeq_imm(R7, 0, "any_address"),
             mov64_reg(R8, R7),
             and64_imm(R8, 0xFF),
             jne_imm(R8, 127, "not_loopback"),
@@ -169,6 +186,9 @@ def connect4(source: str, map_fd: int) -> bytes:
             mov64_imm(R3, 16),
             call(HELPER_BIND),
             *_finish(map_fd, tagged=Counter.CONNECT_TAGGED, already=Counter.CONNECT_ALREADY_BOUND),
+            Label("any_address"),
+            *_count(Counter.CONNECT_TO_ANY, map_fd),
+            ja("out"),
             Label("not_loopback"),
             *_count(Counter.CONNECT_NOT_LOOPBACK, map_fd),
             Label("out"),
@@ -198,7 +218,7 @@ def connect6(source: str, map_fd: int, *, refuse_ipv6_loopback: bool) -> bytes:
             Label("mapped"),
             mov32_imm(R7, _V4MAPPED_WORD),
             jne_reg(R4, R7, "not_loopback"),
-            jeq_imm(R5, 0, "loopback"),  # ::ffff:0.0.0.0
+            jeq_imm(R5, 0, "any_address"),  # ::ffff:0.0.0.0
             mov64_reg(R8, R5),
             and64_imm(R8, 0xFF),
             jne_imm(R8, 127, "not_loopback"),
@@ -230,6 +250,9 @@ def connect6(source: str, map_fd: int, *, refuse_ipv6_loopback: bool) -> bytes:
             mov64_imm(R3, 28),
             call(HELPER_BIND),
             *_finish(map_fd, tagged=Counter.CONNECT_TAGGED_MAPPED, already=Counter.CONNECT_ALREADY_BOUND),
+            Label("any_address"),
+            *_count(Counter.CONNECT_TO_ANY, map_fd),
+            ja("out"),
             Label("v6_loopback"),
             *_count(Counter.CONNECT_IPV6_LOOPBACK, map_fd),
             *([mov64_imm(R0, REFUSE), exit_()] if refuse_ipv6_loopback else [ja("out")]),
@@ -242,22 +265,32 @@ def connect6(source: str, map_fd: int, *, refuse_ipv6_loopback: bool) -> bytes:
     )
 
 
-def sendmsg4(source: str, map_fd: int) -> bytes:
-    """BPF_CGROUP_UDP4_SENDMSG: give unconnected datagrams to 127/8 the tag source."""
+def sendmsg4(source: str, map_fd: int, bound_fd: int) -> bytes:
+    """BPF_CGROUP_UDP4_SENDMSG: give unconnected datagrams to 127/8 the tag source - unless the
+    program chose the source itself (a bound address, IP_PKTINFO, or a bind() to 0.0.0.0)."""
     src = address_word(source)
     return assemble(
         [
             mov64_reg(R6, R1),
             load(4, R7, R6, 4),
-            jeq_imm(R7, 0, "loopback"),
+            jeq_imm(R7, 0, "any_address"),
             mov64_reg(R8, R7),
             and64_imm(R8, 0xFF),
             jne_imm(R8, 127, "not_loopback"),
-            Label("loopback"),
             load(4, R2, R6, 40),  # msg_src_ip4: the source already chosen, if any
             mov32_imm(R3, src),
             jeq_reg(R2, R3, "tagged"),  # a socket we bound at an earlier connect()
             jne_imm(R2, 0, "source_set"),
+            # Wildcard source: bound by the program to 0.0.0.0 (see post_bind), or not bound at all?
+            mov64_reg(R1, R6),
+            call(HELPER_GET_SOCKET_COOKIE),
+            store_reg(8, R10, _COOKIE, R0),
+            ld_map_fd(R1, bound_fd),
+            mov64_reg(R2, R10),
+            add64_imm(R2, _COOKIE),
+            call(HELPER_MAP_LOOKUP_ELEM),
+            jne_imm(R0, 0, "source_set"),
+            mov32_imm(R3, src),
             store_reg(4, R6, 40, R3),  # (BPF_ST into the context is refused; BPF_STX is fine)
             Label("tagged"),
             *_count(Counter.DGRAM_TAGGED, map_fd),
@@ -265,8 +298,40 @@ def sendmsg4(source: str, map_fd: int) -> bytes:
             Label("source_set"),
             *_count(Counter.DGRAM_SOURCE_SET, map_fd),
             ja("out"),
+            Label("any_address"),
+            *_count(Counter.DGRAM_TO_ANY, map_fd),
+            ja("out"),
             Label("not_loopback"),
             *_count(Counter.DGRAM_NOT_LOOPBACK, map_fd),
+            Label("out"),
+            mov64_imm(R0, ALLOW),
+            exit_(),
+        ]
+    )
+
+
+def post_bind(bound_fd: int) -> bytes:
+    """BPF_CGROUP_INET4/6_POST_BIND: remember UDP sockets the program bound itself (by cookie).
+
+    Runs after the program's own bind() only - never for autobind or bpf_bind - so a socket found
+    in the map was bound by the program, even when to the wildcard address.
+    """
+    return assemble(
+        [
+            mov64_reg(R6, R1),  # ctx: struct bpf_sock
+            load(4, R2, R6, 8),  # type
+            jne_imm(R2, SOCK_DGRAM, "out"),
+            mov64_reg(R1, R6),
+            call(HELPER_GET_SOCKET_COOKIE),
+            store_reg(8, R10, _COOKIE, R0),
+            store_imm(4, R10, _ONE, 1),
+            ld_map_fd(R1, bound_fd),
+            mov64_reg(R2, R10),
+            add64_imm(R2, _COOKIE),
+            mov64_reg(R3, R10),
+            add64_imm(R3, _ONE),
+            mov64_imm(R4, 0),  # BPF_ANY
+            call(HELPER_MAP_UPDATE_ELEM),
             Label("out"),
             mov64_imm(R0, ALLOW),
             exit_(),

@@ -54,13 +54,18 @@ class Coverage:
     """The counters of one tag (see programs.Counter), and what they mean for the user."""
 
     counts: tuple[int, ...] = (0,) * len(Counter)
+    # With --ipv6 refuse, attempts to reach ::1 failed (EPERM): they are not connections at all.
+    ipv6_refused: bool = False
 
     def __getitem__(self, counter: Counter) -> int:
         return self.counts[counter]
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Coverage:
-        return cls(struct.unpack(f"<{len(Counter)}Q", raw[: programs.COUNTERS_SIZE_BYTES]))
+    def from_bytes(cls, raw: bytes, *, ipv6_refused: bool = False) -> Coverage:
+        return cls(struct.unpack(f"<{len(Counter)}Q", raw[: programs.COUNTERS_SIZE_BYTES]), ipv6_refused)
+
+    def _ipv6(self, counter: Counter) -> int:
+        return 0 if self.ipv6_refused else self[counter]
 
     @property
     def connections_tagged(self) -> int:
@@ -72,12 +77,13 @@ class Coverage:
         return (
             self[Counter.CONNECT_ALREADY_BOUND]
             + self[Counter.CONNECT_BIND_ERROR]
-            + self[Counter.CONNECT_IPV6_LOOPBACK]
+            + self[Counter.CONNECT_TO_ANY]
+            + self._ipv6(Counter.CONNECT_IPV6_LOOPBACK)
         )
 
     @property
     def datagrams_untagged(self) -> int:
-        return self[Counter.DGRAM_SOURCE_SET] + self[Counter.DGRAM_IPV6_LOOPBACK]
+        return self[Counter.DGRAM_SOURCE_SET] + self[Counter.DGRAM_TO_ANY] + self._ipv6(Counter.DGRAM_IPV6_LOOPBACK)
 
     @property
     def complete(self) -> bool:
@@ -90,13 +96,13 @@ class Coverage:
         if c_all == 0:
             parts.append("no loopback connections seen")
         elif self.connections_untagged == 0:
-            parts.append(f"all {_n(c_all, 'connection')} tagged")
+            parts.append("the 1 connection tagged" if c_all == 1 else f"all {c_all} connections tagged")
         else:
             parts.append(f"{self.connections_tagged} of {_n(c_all, 'loopback connection')} tagged")
         d_all = self[Counter.DGRAM_TAGGED] + self.datagrams_untagged
         if d_all:
             if self.datagrams_untagged == 0:
-                parts.append(f"all {_n(d_all, 'UDP datagram')} tagged")
+                parts.append("the 1 UDP datagram tagged" if d_all == 1 else f"all {d_all} UDP datagrams tagged")
             else:
                 parts.append(f"{self[Counter.DGRAM_TAGGED]} of {_n(d_all, 'UDP datagram')} tagged")
         return ", ".join(parts)
@@ -125,7 +131,13 @@ class Coverage:
         if self[Counter.DGRAM_SOURCE_SET]:
             out.append(
                 f"note: {_n(self[Counter.DGRAM_SOURCE_SET], 'UDP datagram')} with a source the program chose "
-                "(bound socket or IP_PKTINFO) left alone"
+                "(bound socket, also to 0.0.0.0, or IP_PKTINFO) left alone"
+            )
+        to_any = self[Counter.CONNECT_TO_ANY] + self[Counter.DGRAM_TO_ANY]
+        if to_any:
+            out.append(
+                f"note: {_n(to_any, 'connection/datagram')} to 0.0.0.0 left alone, untagged (Linux sends it to the "
+                "socket's own source address, which tagging would make the tag address); use 127.0.0.1 to be tagged"
             )
         if self[Counter.CONNECT_BIND_ERROR]:
             out.append(
@@ -215,7 +227,8 @@ class Tag:
         self.cgroup.add(pid)
 
     def coverage(self) -> Coverage:
-        return Coverage.from_bytes(bpf.lookup_array(self._map_fd, 0, programs.COUNTERS_SIZE_BYTES))
+        raw = bpf.lookup_array(self._map_fd, 0, programs.COUNTERS_SIZE_BYTES)
+        return Coverage.from_bytes(raw, ipv6_refused=self.spec.ipv6 == "refuse")
 
     def _close_programs(self) -> None:
         for fd in reversed(self._fds):
@@ -252,24 +265,33 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
     fds: list[int] = []
     cgroup: Cgroup | None = None
     try:
+        try:
+            bound_fd = bpf.create_lru_hash_map(
+                key_size=8, value_size=4, max_entries=programs.BOUND_SOCKETS_MAX, name="lf_bound"
+            )
+        except bpf.BpfError as exc:
+            raise _explain(exc, "creating a BPF map") from None
+        fds.append(bound_fd)  # the programs hold their own reference; ours goes with the others
+        sock_addr, sock = bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, bpf.BPF_PROG_TYPE_CGROUP_SOCK
         to_load = [
-            ("lfc4", programs.connect4(spec.source, map_fd), bpf.BPF_CGROUP_INET4_CONNECT),
+            ("lfc4", programs.connect4(spec.source, map_fd), sock_addr, bpf.BPF_CGROUP_INET4_CONNECT),
             (
                 "lfc6",
                 programs.connect6(spec.source, map_fd, refuse_ipv6_loopback=refuse),
+                sock_addr,
                 bpf.BPF_CGROUP_INET6_CONNECT,
             ),
-            ("lfs4", programs.sendmsg4(spec.source, map_fd), bpf.BPF_CGROUP_UDP4_SENDMSG),
-            ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_UDP6_SENDMSG),
+            ("lfs4", programs.sendmsg4(spec.source, map_fd, bound_fd), sock_addr, bpf.BPF_CGROUP_UDP4_SENDMSG),
+            ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), sock_addr, bpf.BPF_CGROUP_UDP6_SENDMSG),
+            ("lfb4", programs.post_bind(bound_fd), sock, bpf.BPF_CGROUP_INET4_POST_BIND),
+            ("lfb6", programs.post_bind(bound_fd), sock, bpf.BPF_CGROUP_INET6_POST_BIND),
         ]
         loaded = []
-        for short, code, attach in to_load:
+        for short, code, prog_type, attach in to_load:
             # Program names carry the owner pid so leak checks can find exactly ours.
             name = f"{short}_{owner}"
             try:
-                fd = bpf.load_program(
-                    code, prog_type=bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, expected_attach_type=attach, name=name
-                )
+                fd = bpf.load_program(code, prog_type=prog_type, expected_attach_type=attach, name=name)
             except bpf.BpfError as exc:
                 raise _explain(exc, f"loading the {short} BPF program") from None
             fds.append(fd)
