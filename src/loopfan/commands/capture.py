@@ -21,6 +21,7 @@ from loopfan.isolation.capture import (
     CaptureSession,
     Target,
     display_filter,
+    dropped_note,
     name_filter,
     parse_duration,
     parse_target,
@@ -77,7 +78,7 @@ def command(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    dropped = f", {stats.dropped} dropped by the kernel" if stats.dropped else ""
+    dropped = dropped_note(stats.dropped)
     say(
         f"{output}: {stats.packets} packets, {stats.connections} TCP connections, "
         f"{stats.datagrams} UDP datagrams{dropped}"

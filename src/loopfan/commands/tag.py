@@ -27,6 +27,7 @@ from loopfan.isolation.capture import (
     check_tag_address,
     check_writable,
     display_filter,
+    dropped_note,
     name_filter,
     parse_target,
 )
@@ -170,7 +171,7 @@ def _run(
         if session is not None:
             detail = _detail(records[0]) if records else f"command={shlex.join(argv)!r}"
             stats = session.stop([Target(spec.source, spec.label, detail), *others])
-            dropped = f", {stats.dropped} dropped by the kernel" if stats.dropped else ""
+            dropped = dropped_note(stats.dropped)
             say(
                 f"capture {output}: {stats.packets} packets, {stats.connections} TCP connections seen"
                 f"{dropped}; {coverage.summary()}"

@@ -45,7 +45,8 @@ from loopfan.isolation.pcapng import (
 
 FORMATS = ("pcapng", "pcap")
 BACKENDS = ("auto", "tcpdump", "dumpcap", "builtin")
-SNAPLEN = 262144
+SNAPLEN = 262144  # libpcap's default; TPACKET_V3 rings store packets at their real size, so it costs nothing
+BUFFER_MIB = 64  # the kernel ring each backend captures into
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,18 @@ class CaptureStats:
     connections: int = 0  # TCP SYNs (without ACK): connection attempts seen
     datagrams: int = 0  # UDP packets
     dropped: int | None = None
+
+
+def dropped_note(dropped: int | None) -> str:
+    """', N dropped ...' for the summary line, saying what the number counts; '' when none."""
+    if not dropped:
+        return ""
+    # PACKET_STATISTICS counts the capture socket's drops since it was opened: a full buffer, but also
+    # packets of any address that arrived before the filter was attached (libpcap sets it late).
+    return (
+        f", {dropped} dropped by the kernel (the capture socket's count: packets that did not fit its "
+        "buffer, possibly of other addresses before the filter was in place)"
+    )
 
 
 def _tcp_udp_kind(frame: bytes, linktype: int) -> str:
@@ -261,7 +274,10 @@ class _External(_Backend):
 
 
 def tcpdump_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
-    argv = [tool, "-i", interface, "-n", "-U", "--immediate-mode", "-s", "0", "-w", str(out)]
+    # -B is in KiB. The default (2 MiB) fills within a burst of a few hundred connections on lo and
+    # the kernel drops the rest; 64 MiB rides out thousands.
+    buffer_kib = str(BUFFER_MIB * 1024)
+    argv = [tool, "-i", interface, "-n", "-U", "--immediate-mode", "-B", buffer_kib, "-s", str(SNAPLEN), "-w", str(out)]
     if os.geteuid() == 0:
         argv += ["-Z", "root"]  # Debian's tcpdump would otherwise drop to user tcpdump before opening -w
     if count:
@@ -270,7 +286,9 @@ def tcpdump_backend(tool: str, interface: str, addresses: Sequence[str], out: Pa
 
 
 def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
-    argv = [tool, "-i", interface, "-P", "-s", str(SNAPLEN), "-w", str(out), "-f", capture_filter(addresses)]
+    # dumpcap's -B is in MiB (its default, 2, drops packets in bursts like tcpdump's).
+    argv = [tool, "-i", interface, "-P", "-B", str(BUFFER_MIB), "-s", str(SNAPLEN), "-w", str(out)]
+    argv += ["-f", capture_filter(addresses)]
     if count:
         argv += ["-c", str(count)]
     return _External(argv, "Capturing on")
