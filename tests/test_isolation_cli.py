@@ -38,6 +38,15 @@ def _one_error_line(err: str) -> str:
         (["capture", "--source", "nonsense"], "not an IPv4 address"),
         (["capture", "--source", "127.0.0.5", "-w", "/nonexistent-dir/x.pcapng"], "cannot write"),
         (["capture", "--source", "127.0.0.5", "--duration", "soon"], "not a time"),
+        (["capture", "--source", "127.0.0.5", "--duration", "nan"], "not a finite time"),
+        (["capture", "--source", "127.0.0.5", "--duration", "inf"], "not a finite time"),
+        (["capture", "--source", "127.0.0.5", "--duration", "1e400"], "not a finite time"),
+        (["tag", "--source", "127.255.255.255", "--", "true"], "broadcast address"),
+        (["capture", "--source", "127.255.255.255"], "broadcast address"),
+        (["tag", "--name", "127.0.0.1", "--", "true"], "is an IP address"),
+        (["tag", "--", "/etc/passwd"], "is not executable"),
+        (["alias", "add", "127.255.255.255", "--dry-run", "--platform", "macos"], "broadcast address"),
+        (["alias", "add", "127.255.255.0/24", "--dry-run", "--platform", "macos"], "broadcast address"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,3 +104,9 @@ def test_macos_explains_and_advises(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     err = capsys.readouterr().err
     assert "macOS has no cgroups" in _one_error_line(err)
     assert "lo0 alias 127.0.0.5" in err
+
+
+def test_alias_of_127_0_0_1_alone_suggests_a_pool_that_works(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["alias", "add", "127.0.0.1", "--dry-run", "--platform", "macos"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "127.0.0.2-127.0.0.20" in line and "!127.0.0.1" not in line

@@ -113,6 +113,9 @@ def lo0_aliases(addresses: Iterable[str]) -> set[int]:
     return out
 
 
+LOOPBACK_BROADCAST_V4 = 0x7FFFFFFF  # 127.255.255.255
+
+
 def parse_alias_pool(text: str) -> AddressPool:
     """A pool for `alias add/remove`: 127/8 only, never 127.0.0.1, at most MAX_ALIASES addresses."""
     pool = parse_pool(text, allow_non_loopback=True)  # our own message below names the alias rules
@@ -133,9 +136,14 @@ def parse_alias_pool(text: str) -> AddressPool:
             "(a /16), each one kernel state and an ifconfig call; give a smaller pool, e.g. 127.0.0.0/20"
         )
     if LOCALHOST_V4 in pool:
+        # Suggesting '127.0.0.1,!127.0.0.1' for 127.0.0.1 alone would only give an empty pool.
+        alone = pool.ipv4_count == 1
+        fix = "give other addresses, e.g. 127.0.0.2-127.0.0.20" if alone else f"leave it out, e.g. '{text},!127.0.0.1'"
+        raise UsageError(f"{text!r} includes 127.0.0.1, lo0's own address, which loopfan never touches; {fix}")
+    if LOOPBACK_BROADCAST_V4 in pool:
         raise UsageError(
-            f"{text!r} includes 127.0.0.1, lo0's own address, which loopfan never touches; leave it "
-            f"out, e.g. '{text},!127.0.0.1'"
+            f"{text!r} includes 127.255.255.255, the broadcast address of 127.0.0.0/8, which cannot be a "
+            "source address; stop at 127.255.255.254"
         )
     return pool
 

@@ -9,6 +9,7 @@ clean for pipes.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import shutil
 import sys
@@ -94,6 +95,8 @@ def command(
         raise UsageError("no command given; write: loopfan tag [--source 127.0.0.5] -- COMMAND [ARGS...]")
     program = shutil.which(argv[0])
     if program is None:
+        if shutil.which(argv[0], mode=os.F_OK) is not None:
+            raise UsageError(f"{argv[0]!r} is not executable; give a program, or chmod +x it if it is a script")
         raise UsageError(f"command {argv[0]!r} not found; check its name or give its path")
     tags_now = active_tags()
     if source is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import os
 import shutil
 import signal
@@ -546,12 +547,24 @@ def check_tag_address(text: str, *, what: str = "--source") -> str:
         raise NotLoopbackError(
             f"{what} {text} is not a loopback address; tags come from 127.0.0.0/8, e.g. 127.0.0.5"
         )
+    if ip == ipaddress.IPv4Address("127.255.255.255"):
+        # lo's broadcast address (`ip route show table local`): bind() takes it, but nothing can be
+        # sent from it - UDP fails with ENETUNREACH, TCP never connects.
+        raise UsageError(
+            f"{what} {text} is the broadcast address of 127.0.0.0/8 and cannot be a source; pick e.g. 127.0.0.5"
+        )
     return str(ip)
 
 
 def check_label(text: str) -> str:
+    import ipaddress
     import re
 
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(text)
+        # The file's name block would map the tag address to this "name": Wireshark would then show
+        # the tagged traffic as coming from that other address.
+        raise UsageError(f"label {text!r} is an IP address, which would mislead in a capture; use a name, e.g. client")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
         raise UsageError(
             f"label {text!r} is not usable as a name in a capture; use letters, digits, '.', '_' or '-' "
@@ -573,6 +586,8 @@ def parse_duration(text: str) -> float:
         value = float(t) * mult
     except ValueError:
         raise UsageError(f"duration {text!r} is not a time; write e.g. 30s, 500ms or 2m") from None
+    if not math.isfinite(value):  # nan, inf, 1e400: a capture that would never stop
+        raise UsageError(f"duration {text!r} is not a finite time; write e.g. 30s, 500ms or 2m")
     if value <= 0:
         raise UsageError(f"duration {text!r} must be positive")
     return value
