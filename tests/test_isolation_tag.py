@@ -332,6 +332,53 @@ def test_interrupted_loopfan_cleans_up_and_stops_the_command() -> None:
     assert_no_leftovers(proc.pid)
 
 
+def test_sigkilled_loopfan_leaves_no_untagged_process_behind(tmp_path: Path) -> None:
+    """kill -KILL <loopfan>: PR_SET_PDEATHSIG reaches only the direct child, and a command may ignore
+    SIGTERM; the watchdog must still end the grandchild and the SIGTERM-ignoring command, and
+    remove the cgroup."""
+    pidfile = tmp_path / "grandchild.pid"
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "g = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(g.pid))\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", "tag", "--source", "127.0.0.78", "--", sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    grandchild = 0
+    try:
+        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10)
+        grandchild = int(pidfile.read_text())
+        group = next(p for p in tag_cgroups(find_cgroup2_root()) if owner_of(p.name) == proc.pid)
+        assert str(grandchild) in (group / "cgroup.procs").read_text().split()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _wait_for(lambda: not Path(f"/proc/{grandchild}").exists() or _zombie(grandchild), 15)
+        assert not Path(f"/proc/{grandchild}").exists() or _zombie(grandchild), "the grandchild outlived loopfan"
+        _wait_for(lambda: not group.exists(), 10)
+        assert not group.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if grandchild:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
+    assert_no_leftovers(proc.pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_leftover_background_process_is_waited_for_or_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tag", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 0.5 &"]) == 0
     assert "waiting for 1 process" in capsys.readouterr().err

@@ -315,13 +315,125 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         raise
     tag = Tag(spec, cgroup, map_fd, fds)
     try:
+        watchdog = Watchdog.start(cgroup.path, fds)
+    except BaseException:
+        tag._close_programs()
+        cgroup.remove(attempts=1)
+        raise
+    try:
         yield tag
     finally:
         # Links first (detaches), then the cgroup: a cgroup with live processes cannot go, so
         # whoever is left is moved out to the parent first (the caller has said so to the user).
+        # The watchdog holds the links too: it is told to stand down first, so they really close.
+        watchdog.stand_down()
         tag._close_programs()
         tag.cgroup.release(tag.cgroup.pids())
         tag.cgroup.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# The watchdog: what a SIGKILLed loopfan cannot do itself
+
+# Runs with -I -S (no site, no PYTHONPATH): starts in milliseconds and imports nothing of ours.
+# argv: pipe read fd, cgroup directory, grace seconds. The BPF link fds are inherited and simply
+# held open: while the watchdog lives, the programs stay attached and the group stays tagged.
+_WATCHDOG_CODE = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+fd, group, grace = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+said = b""
+while chunk := os.read(fd, 64):
+    said += chunk
+if b"done" in said:
+    sys.exit(0)
+def pids():
+    try:
+        with open(group + "/cgroup.procs") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+def kill_all(sig):
+    for pid in pids():
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+def wait_empty(seconds):
+    deadline = time.monotonic() + seconds
+    while pids() and time.monotonic() < deadline:
+        time.sleep(0.02)
+kill_all(signal.SIGTERM)
+wait_empty(grace)
+if pids():
+    try:
+        with open(group + "/cgroup.kill", "w") as fh:
+            fh.write("1")
+    except OSError:
+        for _ in range(100):
+            kill_all(signal.SIGKILL)
+            if not pids():
+                break
+            time.sleep(0.02)
+    wait_empty(5)
+for _ in range(40):
+    try:
+        os.rmdir(group)
+        break
+    except FileNotFoundError:
+        break
+    except OSError:
+        time.sleep(0.025)
+"""
+
+
+@dataclass
+class Watchdog:
+    """A tiny process outside the tag that ends the tag's processes if loopfan dies (even SIGKILL).
+
+    Why: PR_SET_PDEATHSIG reaches the direct child only, and a signal can be ignored; without
+    loopfan the BPF links close and whatever the command started would go on running untagged in
+    the cgroup. The watchdog notices loopfan's death as EOF on a pipe only loopfan writes to, and
+    holds dups of the link fds, so the group stays tagged until it has stopped every process
+    (SIGTERM, a short grace, then cgroup.kill) and removed the cgroup. On a normal end loopfan
+    writes "done" first and the watchdog exits at once.
+    """
+
+    proc: subprocess.Popen[bytes]
+    write_fd: int
+
+    @classmethod
+    def start(cls, group: Path, link_fds: Sequence[int], grace_s: float = 2.0) -> Watchdog:
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG_CODE, str(read_fd), str(group), str(grace_s)],
+                pass_fds=(read_fd, *link_fds),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # a signal to loopfan's process group must not reach it
+            )
+        except OSError as exc:
+            os.close(write_fd)
+            raise HostError(f"could not start the tag's watchdog ({exc.strerror})") from None
+        finally:
+            os.close(read_fd)
+        os.set_inheritable(write_fd, False)  # the tagged command must not keep the pipe open
+        return cls(proc, write_fd)
+
+    def stand_down(self) -> None:
+        if self.write_fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.write_fd, b"done")
+        os.close(self.write_fd)
+        self.write_fd = -1
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------
