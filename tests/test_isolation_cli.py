@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,26 @@ def test_alias_of_127_0_0_1_alone_suggests_a_pool_that_works(capsys: pytest.Capt
     assert main(["alias", "add", "127.0.0.1", "--dry-run", "--platform", "macos"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "127.0.0.2-127.0.0.20" in line and "!127.0.0.1" not in line
+
+
+@pytest.fixture
+def listener_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+def test_run_isolate_prints_a_filter_for_every_isolated_client(
+    listener_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "-c", "6", f"127.0.0.1:{listener_port}", "--isolate", "3", "--hold", "0"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "ip.addr==127.0.0.2 || ip.addr==127.0.0.3 || ip.addr==127.0.0.4" in out, out
+
+
+def test_run_isolate_refuses_ipv6_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-c", "10", "[::1]:21001", "--isolate", "2", "--hold", "0"]) == 2
+    assert "::1 is IPv6's one loopback address" in _one_error_line(capsys.readouterr().err)

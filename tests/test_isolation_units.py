@@ -174,7 +174,7 @@ def test_exit_status_of_signals() -> None:
 def test_filters() -> None:
     assert capture_filter(["127.0.0.5", "127.0.0.6"]) == "host 127.0.0.5 or host 127.0.0.6"
     assert display_filter(["127.0.0.5"]) == "ip.addr==127.0.0.5"
-    assert display_filter(["127.0.0.5", "127.0.0.6"]) == "ip.addr in {127.0.0.5 127.0.0.6}"
+    assert display_filter(["127.0.0.5", "127.0.0.6"]) == "ip.addr==127.0.0.5 || ip.addr==127.0.0.6"
     assert name_filter(["a", "b"]) == 'ip.host=="a" || ip.host=="b"'
 
 
@@ -293,3 +293,20 @@ def test_pcapng_is_read_by_tshark_with_names(tmp_path: Path) -> None:
     info = subprocess.run(["capinfos", str(path)], capture_output=True, text=True, timeout=60).stdout
     if info:
         assert "label=client" in info
+
+
+def test_display_filter_for_several_addresses_matches_each_in_tshark(tmp_path: Path) -> None:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed (apt-get install tshark)")
+    path = tmp_path / "three.pcap"
+    with open(path, "wb") as fh:
+        writer = PcapWriter(fh, linktype=1)
+        for last in (5, 6, 7, 8):
+            frame = SYN[:26] + bytes([127, 0, 0, last]) + SYN[30:]
+            writer.write(Packet(1_700_000_000_000_000_000, frame, len(frame)))
+        writer.flush()
+    display = display_filter(["127.0.0.5", "127.0.0.6", "127.0.0.7"])
+    argv = [tshark, "-r", str(path), "-Y", display, "-T", "fields", "-e", "ip.src"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["127.0.0.5", "127.0.0.6", "127.0.0.7"], run.stderr

@@ -332,7 +332,12 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
     # Isolated clients take the pool's first addresses in plain order (127.0.0.2, .3, ...: easy to
     # type into a capture filter); nothing else leaves from them.
     isolated: list[Group] = []
-    if request.isolate and not ipv6:
+    if request.isolate and ipv6:
+        raise UsageError(
+            "--isolate needs 127.x targets: ::1 is IPv6's one loopback address, so isolated clients "
+            "cannot have addresses of their own; use a 127.x.y.z target or leave --isolate out"
+        )
+    if request.isolate:
         iso_ips = sources_pool.take(request.isolate, spread=False)
         if len(iso_ips) < request.isolate or len(iso_ips) >= sources_pool.ipv4_count:
             raise UsageError(

@@ -316,7 +316,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     iso = rep.get("isolated_clients") or []
     if iso:
         shown = ", ".join(c["source"] for c in iso[:8]) + (f", ... ({len(iso) - 8} more)" if len(iso) > 8 else "")
-        parts.append(Text(f"isolated clients ({len(iso)}): {shown}; in Wireshark: {iso[0]['display_filter']}",
+        every = " || ".join(c["display_filter"] for c in iso)  # all of them, not only the first
+        parts.append(Text(f"isolated clients ({len(iso)}): {shown}; in Wireshark: {every}",
                           style="cyan"))
     failed_conns = rep.get("failed_connections") or []
     if failed_conns:

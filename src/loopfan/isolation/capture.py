@@ -67,10 +67,12 @@ def capture_filter(addresses: Sequence[str]) -> str:
 
 
 def display_filter(addresses: Sequence[str]) -> str:
-    """Wireshark display filter matching those addresses in either direction."""
-    if len(addresses) == 1:
-        return f"ip.addr=={addresses[0]}"
-    return "ip.addr in {" + " ".join(addresses) + "}"
+    """Wireshark display filter matching those addresses in either direction.
+
+    An `||` chain, not a set: `ip.addr in {A B}` (the space-separated set of Wireshark 3.x) matches
+    almost nothing in Wireshark 4.0 - its sets want commas, which 3.x in turn refuses.
+    """
+    return " || ".join(f"ip.addr=={a}" for a in addresses)
 
 
 def name_filter(labels: Sequence[str]) -> str:
