@@ -412,6 +412,36 @@ def test_list_shows_an_active_tag(capsys: pytest.CaptureFixture[str]) -> None:
     assert_no_leftovers(proc.pid)
 
 
+def test_tags_started_together_get_different_addresses(tmp_path: Path) -> None:
+    # Each command lives until all three run (at most 20 s): a tag that ended may rightly give
+    # its address to the next, and starting Python takes a while on a loaded machine.
+    barrier = tmp_path / "started"
+    wait_all = f"echo x >> {barrier}; for _ in $(seq 400); do [ $(wc -l < {barrier}) -ge 3 ] && break; sleep 0.05; done"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "loopfan", "tag", "--name", f"auto{i}", "--", "sh", "-c", wait_all],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    errs = []
+    for proc in procs:
+        try:
+            errs.append(proc.communicate(timeout=30)[1])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    chosen = [re.search(r"tagging with (\S+)", err) for err in errs]
+    assert all(chosen), errs
+    assert len({m.group(1) for m in chosen if m}) == 3, errs
+    for proc in procs:
+        assert proc.returncode == 0
+        assert_no_leftovers(proc.pid)
+
+
 # --- capture ------------------------------------------------------------------------------------
 
 

@@ -226,6 +226,13 @@ def test_proc_net_addresses_and_free_pick() -> None:
     used = parse_proc_net_addresses(text)
     assert used == {0x7F000002, 0x7F000001, 0}
     assert pick_free_address(used) == "127.0.0.3"
+    # /proc/net/tcp6: a v4-mapped ::ffff:127.0.0.9 socket uses 127.0.0.9; a real IPv6 address adds nothing.
+    text6 = (
+        "  sl  local_address                         remote_address                        st\n"
+        "   0: 0000000000000000FFFF00000900007F:9997 00000000000000000000000000000000:0000 0A\n"
+        "   1: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:C350 01\n"
+    )
+    assert parse_proc_net_addresses(text6) == {0x7F000009}
 
 
 # --- formats ------------------------------------------------------------------------------------

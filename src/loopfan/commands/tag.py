@@ -9,6 +9,7 @@ clean for pipes.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shlex
 import shutil
@@ -36,6 +37,7 @@ from loopfan.isolation.registry import (
     TagRecord,
     active_tags,
     addresses_in_use,
+    locked,
     pick_free_address,
     remove_record,
     write_record,
@@ -103,12 +105,7 @@ def command(
         source = check_tag_address(source)
         if source == "127.0.0.1":
             raise UsageError("--source 127.0.0.1 is what untagged programs use already; pick e.g. 127.0.0.5")
-        clash = next((t for t in tags_now if t.address == source), None)
-        if clash is not None:
-            raise UsageError(
-                f"--source {source} is already the tag {clash.label!r} (loopfan pid {clash.loopfan_pid}); "
-                "pick another address or leave --source out"
-            )
+        _check_not_taken(source, tags_now)
     label = check_label(label if label is not None else _default_label(argv[0]))
     extra = _also_targets(also, tags_now)
     if also and not capture_path:
@@ -117,16 +114,36 @@ def command(
     if output is not None:
         check_writable(output)
     # --- host ---------------------------------------------------------------------------------
+    # Choosing the address and recording it happen under the registry's lock: checked-then-used
+    # without it, tags started together all took the same "free" address.
+    chosen = source
+    with locked():
+        tags_now = active_tags()
+        if chosen is not None:
+            _check_not_taken(chosen, tags_now)
+        else:
+            used = addresses_in_use() | {int(ipaddress.IPv4Address(t.address)) for t in tags_now}
+            chosen = pick_free_address(used)
+        spec = TagSpec(source=chosen, label=label, ipv6=ipv6)
+        reservation = write_record(tag_record(spec, None, argv, 0))  # completed once the command runs
     if source is None:
-        used = addresses_in_use() | {int.from_bytes(bytes(map(int, t.address.split("."))), "big") for t in tags_now}
-        source = pick_free_address(used)
-        say(f"tagging with {source} (free; choose with --source)")
-    spec = TagSpec(source=source, label=label, ipv6=ipv6)
+        say(f"tagging with {chosen} (free; choose with --source)")
     try:
         return _run(spec, argv, output, extra, fmt=fmt, backend=backend, wait=not no_wait)
     except HostError:
-        click.echo(advice_text(argv[0], source, macos=sys.platform == "darwin"), err=True)
+        click.echo(advice_text(argv[0], chosen, macos=sys.platform == "darwin"), err=True)
         raise
+    finally:
+        remove_record(reservation)
+
+
+def _check_not_taken(source: str, tags: list[TagRecord]) -> None:
+    clash = next((t for t in tags if t.address == source), None)
+    if clash is not None:
+        raise UsageError(
+            f"--source {source} is already the tag {clash.label!r} (loopfan pid {clash.loopfan_pid}); "
+            "pick another address or leave --source out"
+        )
 
 
 def _run(
@@ -217,6 +234,7 @@ def _list() -> int:
         return 0
     click.echo(f"{'ADDRESS':<16}{'LABEL':<20}{'PID':>8}  {'STARTED':<26}COMMAND")
     for t in tags:
-        click.echo(f"{t.address:<16}{t.label:<20}{t.pid:>8}  {t.started:<26}{t.command}")
+        pid = str(t.pid) if t.pid else "-"  # 0: the command is being started
+        click.echo(f"{t.address:<16}{t.label:<20}{pid:>8}  {t.started:<26}{t.command}")
     return 0
 

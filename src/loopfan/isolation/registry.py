@@ -9,10 +9,11 @@ the addresses in use) and reading which loopback addresses sockets use now (/pro
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def registry_dir() -> Path:
     if runtime and os.access(runtime, os.W_OK):
         return Path(runtime) / "loopfan" / "tags"
     return Path(tempfile.gettempdir()) / f"loopfan-{os.geteuid()}" / "tags"
+
+
+@contextlib.contextmanager
+def locked(directory: Path | None = None) -> Iterator[None]:
+    """An exclusive flock on the registry: choosing a tag address and writing its record happen
+    under it, so two `loopfan tag` started together cannot both take the same address."""
+    directory = directory or registry_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_record(record: TagRecord, directory: Path | None = None) -> Path:
@@ -81,19 +96,34 @@ def active_tags(directory: Path | None = None) -> list[TagRecord]:
 
 
 def parse_proc_net_addresses(text: str) -> set[int]:
-    """Local and remote IPv4 addresses in /proc/net/tcp or /proc/net/udp text.
+    """Local and remote IPv4 addresses in /proc/net/{tcp,udp} text - and, in /proc/net/{tcp6,udp6}
+    text, the v4-mapped ones (::ffff:127.x: a Java or dual-stack socket uses 127.x too).
 
-    Addresses there are the kernel's u32 printed in hex in host byte order ("0100007F" is
-    127.0.0.1 on little-endian machines).
+    Addresses there are the kernel's u32 words printed in hex in host byte order ("0100007F" is
+    127.0.0.1 on little-endian machines; IPv6 addresses are four such words).
     """
     out: set[int] = set()
     for line in text.splitlines()[1:]:
         fields = line.split()
         for field in fields[1:3]:
             hex_addr = field.split(":")[0]
-            if len(hex_addr) == 8:
-                out.add(int.from_bytes(bytes.fromhex(hex_addr)[::-1] if _LITTLE else bytes.fromhex(hex_addr), "big"))
+            if len(hex_addr) not in (8, 32):
+                continue
+            raw = b"".join(_word(hex_addr[i : i + 8]) for i in range(0, len(hex_addr), 8))
+            if len(raw) == 4:
+                out.add(int.from_bytes(raw, "big"))
+            elif raw[:12] == _V4MAPPED_PREFIX:
+                out.add(int.from_bytes(raw[12:], "big"))
     return out
+
+
+def _word(hex_word: str) -> bytes:
+    """One /proc/net word (host byte order) as network-order bytes."""
+    raw = bytes.fromhex(hex_word)
+    return raw[::-1] if _LITTLE else raw
+
+
+_V4MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
 
 _LITTLE = __import__("sys").byteorder == "little"
@@ -101,7 +131,7 @@ _LITTLE = __import__("sys").byteorder == "little"
 
 def addresses_in_use() -> set[int]:
     used: set[int] = set()
-    for name in ("tcp", "udp"):
+    for name in ("tcp", "udp", "tcp6", "udp6"):
         with contextlib.suppress(OSError):
             used |= parse_proc_net_addresses(Path(f"/proc/net/{name}").read_text())
     return used

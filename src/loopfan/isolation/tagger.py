@@ -565,7 +565,8 @@ def _terminal_sent_it() -> bool:
         return False
 
 
-def tag_record(spec: TagSpec, tag: Tag, argv: Sequence[str], pid: int) -> TagRecord:
+def tag_record(spec: TagSpec, tag: Tag | None, argv: Sequence[str], pid: int) -> TagRecord:
+    """The registry's record of a tag; before the tag exists (tag None, pid 0) it reserves the address."""
     return TagRecord(
         address=spec.source,
         label=spec.label,
@@ -573,5 +574,5 @@ def tag_record(spec: TagSpec, tag: Tag, argv: Sequence[str], pid: int) -> TagRec
         pid=pid,
         loopfan_pid=os.getpid(),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
-        cgroup=str(tag.cgroup.path),
+        cgroup=str(tag.cgroup.path) if tag is not None else "",
     )
