@@ -672,3 +672,20 @@ def test_capture_keeps_every_packet_of_a_burst(
     assert main([*argv, sys.executable, "-c", code, str(echo_server)]) == 0
     err = capsys.readouterr().err
     assert "300 TCP connections seen;" in err, err  # and no "dropped" between them
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop capabilities")
+@pytest.mark.parametrize("backend", ["tcpdump", "dumpcap", "builtin"])
+def test_capture_without_privileges_says_so_and_how_to_fix_it(backend: str, tmp_path: Path) -> None:
+    """dumpcap prints its ready line before its permission error, and a 'try --backend builtin'
+    hint is wrong (builtin needs CAP_NET_RAW too): the real reason and fix must be said."""
+    if backend != "builtin" and shutil.which(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", sys.executable, "-m", "loopfan", "capture",
+            "--source", "127.0.0.79", "--duration", "1", "--backend", backend, "-w", str(tmp_path / "x.pcapng")]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1, run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert "CAP_NET_RAW" in line and "run as root" in line, line
+    assert "--backend builtin" not in line and "wrote no file" not in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -151,6 +151,11 @@ def _sock_filter(code: int, jt: int, jf: int, k: int) -> bytes:
 _SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE: the packet's direction
 _PACKET_OUTGOING = 4
 
+# The tools' libpcap read timeouts (tcpdump.c: pcap_set_timeout 1000 ms; dumpcap: 250 ms): how long
+# a packet may sit in the kernel ring's current block before the tool sees it.
+_TCPDUMP_TIMEOUT_S = 1.0
+_DUMPCAP_TIMEOUT_S = 0.25
+
 
 def classic_filter(addresses: Sequence[str], snaplen: int = SNAPLEN) -> bytes:
     """Accept IPv4 frames from or to any of `addresses` that are not lo's outgoing copy."""
@@ -210,13 +215,15 @@ def _pdeathsig(sig: int) -> None:
 class _External(_Backend):
     """tcpdump or dumpcap, started in its own session (the terminal's Ctrl-C is ours to relay)."""
 
-    def __init__(self, argv: list[str], ready_marker: str) -> None:
+    def __init__(self, argv: list[str], ready_marker: str, flush_s: float) -> None:
         self.argv = argv
+        self._flush_s = flush_s
         self.name = Path(argv[0]).name
         self._ready_marker = ready_marker
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: list[str] = []
         self._ready = threading.Event()
+        self._started_ok = False
 
     def _drain(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -238,13 +245,31 @@ class _External(_Backend):
         )
         threading.Thread(target=self._drain, daemon=True).start()
         self._ready.wait(timeout=10)
+        # The marker is printed just before the capture loop; a packet sent in that instant could
+        # be missed. A few milliseconds make the start deterministic in practice - and let a tool
+        # that fails right after the marker (dumpcap prints "Capturing on 'lo'" before its
+        # permission error) be seen failing here.
+        time.sleep(0.05)
         if self._proc.poll() is not None or not any(self._ready_marker in line for line in self._stderr):
             self.stop()
-            why = self._stderr[-1] if self._stderr else "no output"
-            raise HostError(f"{self.name} did not start capturing on lo: {why}; try --backend builtin")
-        # The marker is printed just before the capture loop; a packet sent in that instant could
-        # be missed. A few milliseconds make the start deterministic in practice.
-        time.sleep(0.05)
+            raise self._failure()
+        self._started_ok = True
+
+    def _failure(self) -> HostError:
+        """Why the tool stopped, from its own words, with the fix that fits."""
+        time.sleep(0.02)  # let the drain thread read the last lines
+        said = [line for line in self._stderr if line and self._ready_marker not in line]
+        denied = next((line for line in said if "permission" in line.lower()), None)
+        denied = denied or next((line for line in said if "not permitted" in line), None)
+        if denied is not None:
+            # Every backend, the built-in one included, needs CAP_NET_RAW: another backend won't help.
+            return HostError(
+                f"{self.name} may not capture on lo ({denied.removeprefix(f'{self.name}: ')}); capturing needs "
+                f"CAP_NET_RAW (and CAP_NET_ADMIN for {self.name}), whatever the backend: run as root (sudo loopfan ...)"
+            )
+        why = said[-1] if said else "no output"
+        others = "dumpcap or builtin" if self.name == "tcpdump" else "tcpdump or builtin"
+        return HostError(f"{self.name} did not start capturing on lo: {why}; try --backend {others}")
 
     def finished(self) -> bool:
         return self._proc is not None and self._proc.poll() is not None
@@ -253,10 +278,15 @@ class _External(_Backend):
         proc = self._proc
         if proc is None:
             return None
+        if proc.poll() not in (None, 0) and self._ready.is_set() and self._started_ok:
+            # It died by itself while capturing: say why instead of "the capture wrote no file".
+            self._started_ok = False
+            raise self._failure()
         if proc.poll() is None:
-            # A moment for the last packets in flight to reach the tool's buffer, then SIGINT,
-            # on which both tools flush their file and print their statistics.
-            time.sleep(0.1)
+            # Wait for the kernel to hand over the last packets, then SIGINT, on which both tools
+            # flush their file and print their statistics. The ring's current block is handed over
+            # only when full or after the tool's read timeout: packets still in it at SIGINT are lost.
+            time.sleep(self._flush_s)
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGINT)
             try:
@@ -278,14 +308,17 @@ class _External(_Backend):
 
 def tcpdump_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
     # -B is in KiB. The default (2 MiB) fills within a burst of a few hundred connections on lo and
-    # the kernel drops the rest; 64 MiB rides out thousands.
+    # the kernel drops the rest; 64 MiB rides out thousands. No --immediate-mode: it makes libpcap
+    # use a TPACKET_V2 ring of fixed frames sized for lo's 64 KiB MTU, one frame per 128 KiB block,
+    # so even 64 MiB holds only ~500 packets. TPACKET_V3 blocks store packets at their real size;
+    # the price is the read timeout before the last packets reach the file (see _External.stop).
     buffer_kib = str(BUFFER_MIB * 1024)
-    argv = [tool, "-i", interface, "-n", "-U", "--immediate-mode", "-B", buffer_kib, "-s", str(SNAPLEN), "-w", str(out)]
+    argv = [tool, "-i", interface, "-n", "-U", "-B", buffer_kib, "-s", str(SNAPLEN), "-w", str(out)]
     if os.geteuid() == 0:
         argv += ["-Z", "root"]  # Debian's tcpdump would otherwise drop to user tcpdump before opening -w
     if count:
         argv += ["-c", str(count)]
-    return _External([*argv, capture_filter(addresses)], "listening on")
+    return _External([*argv, capture_filter(addresses)], "listening on", flush_s=_TCPDUMP_TIMEOUT_S + 0.2)
 
 
 def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
@@ -294,7 +327,7 @@ def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Pa
     argv += ["-f", capture_filter(addresses)]
     if count:
         argv += ["-c", str(count)]
-    return _External(argv, "Capturing on")
+    return _External(argv, "Capturing on", flush_s=_DUMPCAP_TIMEOUT_S + 0.2)
 
 
 class _Builtin(_Backend):
@@ -317,7 +350,7 @@ class _Builtin(_Backend):
             # Protocol 0 receives nothing until bind(): the filter is in place before any packet.
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
-            raise HostError("capturing needs CAP_NET_RAW; run as root (sudo loopfan capture ...)") from None
+            raise HostError("capturing needs CAP_NET_RAW; run as root (sudo loopfan ...)") from None
         fprog_filter = classic_filter(self.addresses)
         buf = ctypes.create_string_buffer(fprog_filter, len(fprog_filter))
         fprog = struct.pack("HL", len(fprog_filter) // 8, ctypes.addressof(buf))
