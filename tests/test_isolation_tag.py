@@ -689,3 +689,38 @@ def test_capture_without_privileges_says_so_and_how_to_fix_it(backend: str, tmp_
     assert "CAP_NET_RAW" in line and "run as root" in line, line
     assert "--backend builtin" not in line and "wrote no file" not in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkilled_capture_leaves_its_packets_where_it_said(tmp_path: Path) -> None:
+    out = tmp_path / "k.pcapng"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", "capture", "--source", "127.0.0.81", "-w", str(out), "--duration", "20"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        said = ""
+        deadline = time.monotonic() + 15
+        while "packets go to" not in said and time.monotonic() < deadline and proc.poll() is None:
+            said += proc.stderr.readline()
+        match = re.search(r"packets go to (\S+) \(kept there if loopfan is killed\)", said)
+        assert match, said
+        partial = Path(match.group(1))
+        assert partial.parent == tmp_path and not partial.name.startswith(".")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _wait_for(lambda: partial.exists() and partial.stat().st_size >= 24, 5)
+        assert partial.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\xc3\xd4")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_capture_as_pcap_prints_the_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "l.pcap"
+    argv = ["capture", "--source", "127.0.0.82=lab", "--format", "pcap", "--duration", "0.2", "--backend", "builtin"]
+    assert main([*argv, "-w", str(out)]) == 0
+    assert "labels (pcap has no room for them): 127.0.0.82=lab" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from loopfan.isolation.capture import (
     Target,
     display_filter,
     dropped_note,
+    labels_text,
     name_filter,
     parse_duration,
     parse_target,
@@ -69,6 +70,7 @@ def command(
             session.start()
             limit = f" for {duration}" if duration else ""
             say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend}){limit}; Ctrl-C stops")
+            say(f"until it stops, packets go to {session.partial} (kept there if loopfan is killed)")
             deadline = time.monotonic() + seconds if seconds else None
             while not stop_signals and not session.finished():
                 if deadline is not None and time.monotonic() >= deadline:
@@ -87,6 +89,8 @@ def command(
     labels = [t.label for t in targets if t.label]
     if labels and fmt == "pcapng":
         click.echo(f"by name (with name resolution on, e.g. tshark -N n): {name_filter(labels)}")
+    elif labels:
+        click.echo(f"labels (pcap has no room for them): {labels_text(targets)}")
     return 0
 
 

@@ -30,6 +30,7 @@ from loopfan.isolation.capture import (
     check_writable,
     display_filter,
     dropped_note,
+    labels_text,
     name_filter,
     parse_target,
 )
@@ -167,6 +168,7 @@ def _run(
             session = stack.enter_context(CaptureSession(output, addresses, fmt=fmt, backend_name=backend))
             session.start()
             say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend})")
+            say(f"until it stops, packets go to {session.partial} (kept there if loopfan is killed)")
 
         def on_start(pid: int) -> None:
             record = tag_record(spec, tag, argv, pid)
@@ -200,6 +202,8 @@ def _run(
             if fmt == "pcapng":
                 labels = [spec.label, *(t.label for t in others if t.label)]
                 say(f"by name (name resolution on, e.g. tshark -N n): {name_filter(labels)}")
+            else:
+                say(f"labels (pcap has no room for them): {labels_text([Target(spec.source, spec.label), *others])}")
     return result.exit_status
 
 

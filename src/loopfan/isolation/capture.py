@@ -75,6 +75,11 @@ def display_filter(addresses: Sequence[str]) -> str:
     return " || ".join(f"ip.addr=={a}" for a in addresses)
 
 
+def labels_text(targets: Sequence[Target]) -> str:
+    """'127.0.0.5=client 127.0.0.6=server': the labels a pcap file has no room for."""
+    return " ".join(f"{t.address}={t.label}" for t in targets if t.label)
+
+
 def name_filter(labels: Sequence[str]) -> str:
     """The same by label: works when name resolution is on, thanks to the file's NRB."""
     return " || ".join(f'ip.host=="{label}"' for label in labels)
@@ -453,6 +458,12 @@ def check_writable(path: Path) -> None:
         path.unlink()  # only a probe: a failed start must not leave an empty file behind
 
 
+def partial_path(output: Path) -> Path:
+    """The backend's plain pcap, next to the output and visible: if loopfan is killed before it
+    can finish the output, this is where the packets are (loopfan names it when it starts)."""
+    return output.with_name(f"{output.name}.partial-{os.getpid()}.pcap")
+
+
 @dataclass
 class CaptureSession:
     """Start with `start()`, end with `stop(targets)`; use as a context manager to never leak one."""
@@ -471,9 +482,14 @@ class CaptureSession:
     def backend(self) -> str:
         return self._backend.name if self._backend else self.backend_name
 
+    @property
+    def partial(self) -> Path:
+        """Where the packets go until stop() writes the output (left there if loopfan is killed)."""
+        return self._tmp or partial_path(self.output)
+
     def start(self) -> None:
         check_writable(self.output)
-        self._tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.pcap")
+        self._tmp = partial_path(self.output)
         self._backend = choose_backend(self.backend_name, self.interface, self.addresses, self._tmp, self.count)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
