@@ -10,7 +10,8 @@ Privileges and kernel features, checked by doing (the honest probe):
 - BPF_MAP_CREATE / BPF_PROG_LOAD need CAP_BPF (or CAP_SYS_ADMIN); attaching cgroup programs needs
   CAP_NET_ADMIN too (or CAP_SYS_ADMIN).
 - cgroup sock_addr hooks: connect4/6 kernel >= 4.17, UDP sendmsg4/6 >= 4.18, bpf_bind >= 4.17,
-  BPF links on cgroups >= 5.7, ctx->sk in sock_addr programs >= 5.3.
+  BPF links on cgroups >= 5.7, ctx->sk in sock_addr programs >= 5.3, bpf_get_socket_cookie in
+  post_bind (cgroup sock) programs >= 5.10: so Linux >= 5.10 in all.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def _explain(exc: bpf.BpfError, step: str) -> HostError:
         detail = f" (verifier: {last[0]})" if last else ""
         return HostError(
             f"{step} failed: this kernel ({os.uname().release}) lacks a needed feature{detail}; loopfan tag "
-            "needs Linux >= 5.7 (cgroup sock_addr hooks, bpf_bind, BPF links)"
+            "needs Linux >= 5.10 (cgroup sock_addr and post_bind hooks, bpf_bind, socket cookies, BPF links)"
         )
     if exc.errno == 38:  # ENOSYS
         return HostError(f"{step} failed: the bpf() syscall is not available here (kernel built without BPF)")
