@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
@@ -99,8 +100,8 @@ class _ProcessSeries:
         }
 
 
-_RATED = ("established", "closed", "failed", "bytes_in", "bytes_out", "messages")
-_AHEAD_S = 0.5  # how far past a worker's last report its count is carried at its recent rate
+_FAILED, _ERROR = "failed:", "error:"  # the per-cause counters' keys, beside the totals' ("failed")
+_STALE_S = 0.5  # a running worker whose last report is older than this does not hold the row's edge back
 
 
 def _failed(stats: dict[str, Any]) -> int:
@@ -109,6 +110,52 @@ def _failed(stats: dict[str, Any]) -> int:
 
 def _r(v: float, nd: int = 1) -> float:
     return round(v, nd)
+
+
+def _counters(stats: dict[str, Any]) -> dict[str, float]:
+    """A client worker's cumulative counters that the rows are rates of, per-cause ones included."""
+    traffic = stats.get("traffic") or {}
+    out: dict[str, float] = {
+        "established": stats.get("established", 0),
+        "closed": stats.get("closed", 0) + stats.get("peer_closed", 0),
+        "failed": _failed(stats),
+        "bytes_in": stats.get("bytes_in", 0),
+        "bytes_out": stats.get("bytes_out", 0),
+        "messages": traffic.get("replies", 0) if traffic.get("awaits", True) else traffic.get("sent", 0),
+    }
+    for cause, n in stats.get("failed", {}).items():
+        out[_FAILED + cause] = n
+    for part in ("errors", "warmup_errors"):
+        for cause, n in traffic.get(part, {}).items():
+            out[_ERROR + cause] = out.get(_ERROR + cause, 0) + n
+    return out
+
+
+Knot = tuple[float, dict[str, float]]  # a worker's counters at one moment
+
+
+def value_at(knots: Sequence[Knot], t: float) -> dict[str, float]:
+    """The counters at time t, on the straight lines between the knots (times ascending): exact at
+    a knot, never above the next knot (counters only grow), and the last knot's past the last -
+    a count is never guessed ahead of what the worker reported, so no row can overshoot and have
+    to be taken back later (QA: extrapolating a worker's rate past its last report overstated the
+    end of every ramp by up to 10 %, and the rows no longer added up to the totals)."""
+    if t <= knots[0][0]:
+        return dict(knots[0][1])
+    for (ta, a), (tb, b) in pairwise(knots):
+        if t <= tb:
+            f = (t - ta) / (tb - ta)
+            return {k: a.get(k, 0) + (b.get(k, 0) - a.get(k, 0)) * f for k in a.keys() | b.keys()}
+    return dict(knots[-1][1])
+
+
+def edge_time(last_edge: float, now: float, stamps: Sequence[float]) -> float:
+    """Where the row that ends now puts its edge: the latest moment every running worker has
+    reported past (the earliest of their last reports), so each worker's count there is known, not
+    guessed. Workers silent for over _STALE_S (a stalled loop) do not hold it back: they count what
+    they last reported and catch up in a later row. Always after last_edge, at most now."""
+    fresh = [s for s in stamps if last_edge < s <= now and s >= now - _STALE_S]
+    return min(fresh) if fresh else now
 
 
 class SeriesSampler:
@@ -149,12 +196,13 @@ class SeriesSampler:
         self.process_stride = 1
         self._n = 0
         self._last_t: float | None = None
-        # Per worker: (its stamp, its counters, its last rates) at the previous sample.
-        self._last_w: dict[tuple[str, int], tuple[float, dict[str, int], dict[str, float]]] = {}
-        self._edge_w: dict[tuple[str, int], dict[str, float]] = {}  # per worker: its counts at the last row's end
+        # Per client worker: its counters at the last row's edge, then at each report seen since.
+        self._knots: dict[tuple[str, int], list[Knot]] = {}
+        # The last row's edge (t_s) and the workers' summed counters there; before the first row,
+        # the run's start, where every count is zero.
+        self._edge: tuple[float, dict[str, float]] = (0.0, {})
+        self._running: dict[tuple[str, int], bool] = {}
         self._last_latency_w: dict[tuple[str, int], dict[int, int]] = {}
-        self._last_causes: dict[str, int] = {}
-        self._last_errors: dict[str, int] = {}
         self._last_parent_cpu: float | None = None
 
     # -- cheap, per tick -------------------------------------------------------------------------
@@ -177,14 +225,11 @@ class SeriesSampler:
                procs: dict[int, ProcReading | None], parent_cpu_s: float) -> None:
         while self.next_due <= now:
             self.next_due += self.interval_s
-        t = now - self.t0
-        dt = None if self._last_t is None else t - self._last_t
-        self._last_t = t
+        t_now = now - self.t0
+        dt_now = None if self._last_t is None else t_now - self._last_t  # for CPU: /proc is read now
+        self._last_t = t_now
 
-        opened = established = server_open = 0
-        rates = dict.fromkeys(_RATED, 0.0)
-        causes: dict[str, int] = {}
-        errors: dict[str, int] = {}
+        opened = server_open = 0
         has_server = False
         for w in workers:
             s = w.stats
@@ -197,74 +242,69 @@ class SeriesSampler:
                 continue
             if not w.finished:
                 opened += s.get("open", 0)
-            established += s.get("established", 0)
-            for cause, n in s.get("failed", {}).items():
-                causes[cause] = causes.get(cause, 0) + n
-            traffic = s.get("traffic") or {}
-            for part in ("errors", "warmup_errors"):
-                for cause, n in traffic.get(part, {}).items():
-                    errors[cause] = errors.get(cause, 0) + n
-            self._note_message_latency((w.role, w.index), traffic.get("latency_us"))
-            for key, r in self._worker_rates(w, now, dt).items():
-                rates[key] += r
+            self._note_report(w, now)
+            self._note_message_latency((w.role, w.index), (s.get("traffic") or {}).get("latency_us"))
+        t, counts, rates = self._row_counts(now)
 
         c = self.cols
-        c["t_s"].append(_r(t, 3))
+        c["t_s"].append(t)
         c["phase"].append(phase)
         c["open"].append(opened)
-        c["established"].append(established)
+        c["established"].append(round(counts.get("established", 0)))
         c["server_open"].append(server_open if has_server else None)
-        c["connects_per_s"].append(_r(rates["established"]))
-        c["closes_per_s"].append(_r(rates["closed"]))
-        c["failures_per_s"].append(_r(rates["failed"]))
-        c["bytes_in_per_s"].append(_r(rates["bytes_in"]))
-        c["bytes_out_per_s"].append(_r(rates["bytes_out"]))
-        c["messages_per_s"].append(_r(rates["messages"]))
-        self._per_cause(self.by_cause, causes, self._last_causes, dt)
-        self._last_causes = causes
-        self.errors_per_s.append(_r(max(0, sum(errors.values()) - sum(self._last_errors.values())) / dt) if dt else 0.0)
-        self._per_cause(self.errors_by_cause, errors, self._last_errors, dt)
-        self._last_errors = errors
+        for col, key in (("connects_per_s", "established"), ("closes_per_s", "closed"), ("failures_per_s", "failed"),
+                         ("bytes_in_per_s", "bytes_in"), ("bytes_out_per_s", "bytes_out"),
+                         ("messages_per_s", "messages")):
+            c[col].append(_r(rates.get(key, 0.0)))
+        self._per_cause(self.by_cause, _FAILED, rates)
+        self._per_cause(self.errors_by_cause, _ERROR, rates)
+        self.errors_per_s.append(_r(sum(v for k, v in rates.items() if k.startswith(_ERROR))))
 
         self._sample_latency(self.hist, self.latency)
         self._sample_latency(self.message_hist, self.message_latency)
-        self._sample_health(dt, workers, procs, parent_cpu_s)
+        self._sample_health(dt_now, workers, procs, parent_cpu_s)
         self._n += 1
 
-    def _worker_rates(self, w: WorkerLike, now: float, dt: float | None) -> dict[str, float]:
-        """This worker's rates over the row that ends now. Its counts are known at its reports
-        (stamped with its own clock, every 0.25 s); the row's edges fall between reports, so the
-        count at each edge is the last report's plus its recent rate for the time since (at most
-        _AHEAD_S; none once the worker or its traffic phase is done), and never less than the
-        estimate at the previous edge. Each edge is estimated once, so the rows add up to the
-        worker's totals; a late report shifts counts by a fraction of a row, not the whole report
-        (dividing each report's delta by the row made rows swing; dividing by the report's own
-        span undercounted a first traffic row by ~40 %, QA)."""
-        s = w.stats
-        traffic = s.get("traffic") or {}
-        values = {
-            "established": s.get("established", 0),
-            "closed": s.get("closed", 0) + s.get("peer_closed", 0),
-            "failed": _failed(s),
-            "bytes_in": s.get("bytes_in", 0),
-            "bytes_out": s.get("bytes_out", 0),
-            "messages": traffic.get("replies", 0) if traffic.get("awaits", True) else traffic.get("sent", 0),
-        }
-        stamp = float(s.get("t", now))
+    def _note_report(self, w: WorkerLike, now: float) -> None:
+        """Keep this client worker's latest report as a knot (stamped with its own monotonic clock,
+        the parent's too: CLOCK_MONOTONIC is system-wide), if it is news."""
         key = (w.role, w.index)
-        last = self._last_w.get(key)
-        if last is None or stamp > last[0]:
-            recent = ({k: max(0, values[k] - last[1][k]) / (stamp - last[0]) for k in _RATED} if last is not None
-                      else dict.fromkeys(_RATED, 0.0))
-            last = self._last_w[key] = (stamp, values, recent)
-        ended = w.finished or bool(traffic.get("done"))
-        ahead = 0.0 if ended else min(max(0.0, now - last[0]), _AHEAD_S)
-        before = self._edge_w.get(key) or dict.fromkeys(_RATED, 0.0)  # (a worker starts from zero)
-        if not dt:  # the first row: no interval yet to spread counts over
-            return dict.fromkeys(_RATED, 0.0)
-        edge = {k: max(last[1][k] + last[2][k] * ahead, before[k]) for k in _RATED}
-        self._edge_w[key] = edge
-        return {k: (edge[k] - before[k]) / dt for k in _RATED}
+        self._running[key] = not w.finished
+        counters = _counters(w.stats)
+        knots = self._knots.get(key)
+        if knots is None:  # a worker starts from zero, at the last edge
+            knots = self._knots[key] = [(self.t0 + self._edge[0], {})]
+        stamp = float(w.stats.get("t", now))
+        if knots and stamp <= knots[-1][0]:
+            if counters == knots[-1][1]:
+                return
+            # Counts newer than a knot but stamped at or before it (a report that arrived after the
+            # edge it belongs before): they land just after it, in the next row, never lost.
+            stamp = knots[-1][0] + 1e-6
+        knots.append((stamp, counters))
+
+    def _row_counts(self, now: float) -> tuple[float, dict[str, float], dict[str, float]]:
+        """The row's time (its edge), the workers' summed counters there, and the rates since the
+        last edge: the same counts, so every rate column integrates over t_s to its total and the
+        per-cause columns sum to their row's total (both within the rounding to 0.1/s)."""
+        last_t = self.t0 + self._edge[0]
+        stamps = [k[-1][0] for key, k in self._knots.items() if k and self._running.get(key)]
+        edge_t = edge_time(last_t, now, stamps)
+        counts: dict[str, float] = {}
+        for knots in self._knots.values():
+            if not knots:
+                continue
+            at = value_at(knots, edge_t)
+            for k, v in at.items():
+                counts[k] = counts.get(k, 0) + v
+            knots[:] = [(edge_t, at)] + [kn for kn in knots if kn[0] > edge_t]
+        t = _r(edge_t - self.t0, 3)
+        before = self._edge
+        if t <= before[0]:  # no span (a row at the start, or within 1 ms): its counts go to the next row
+            return t, counts, {}
+        span = t - before[0]
+        self._edge = (t, counts)
+        return t, counts, {k: max(0.0, v - before[1].get(k, 0)) / span for k, v in counts.items()}
 
     def _note_message_latency(self, key: tuple[str, int], cumulative: dict[int, int] | None) -> None:
         if not cumulative:
@@ -278,12 +318,12 @@ class SeriesSampler:
                 rec(lo if us < lo else hi if us > hi else us, d)
         self._last_latency_w[key] = cumulative
 
-    def _per_cause(self, cols: dict[str, list[float]], now: dict[str, int], before: dict[str, int],
-                   dt: float | None) -> None:
-        for cause in now.keys() - cols.keys():
-            cols[cause] = [0.0] * self._n
+    def _per_cause(self, cols: dict[str, list[float]], prefix: str, rates: dict[str, float]) -> None:
+        for key in rates:
+            if key.startswith(prefix) and key[len(prefix):] not in cols:
+                cols[key[len(prefix):]] = [0.0] * self._n
         for cause, col in cols.items():
-            col.append(_r(max(0, now.get(cause, 0) - before.get(cause, 0)) / dt) if dt else 0.0)
+            col.append(_r(rates.get(prefix + cause, 0.0)))
 
     @staticmethod
     def _sample_latency(h: HdrHistogram, lat: dict[str, list[float | None]]) -> None:
