@@ -75,6 +75,11 @@ class ClientWorker(WorkerBase):
         self.pending: dict[int, tuple[int, tuple[str, int]]] = {}
         self.closing = False
         self.go = not config.gated
+        # fd -> the (source, destination, family) it was opened with, for a failure's 4-tuple: once
+        # the peer resets a connection getpeername() fails (ENOTCONN), and the report had an empty
+        # Wireshark filter for every reset (QA). A list indexed by fd, one store per connect: fds are
+        # the lowest free numbers, so it stays about the shard's size.
+        self.opened_as: list[tuple[tuple[str, int], tuple[str, int], int] | None] = [None] * (shard.connections + 256)
 
     def _plan(self) -> Iterator[tuple[tuple[str, int], tuple[str, int], int]]:
         # One (source, 0) and one destination tuple per group, shared by its connections.
@@ -105,6 +110,7 @@ class ClientWorker(WorkerBase):
         EINPROGRESS = errno.EINPROGRESS
         # The C socket type: socket.socket's Python-level __init__ is pure overhead here.
         new_socket = _socket.socket
+        opened_as = self.opened_as
         while not exhausted or pending:
             if self.closing:
                 return
@@ -144,6 +150,10 @@ class ClientWorker(WorkerBase):
                     except OSError:
                         pass
                 fd = s.detach()
+                try:
+                    opened_as[fd] = item
+                except IndexError:
+                    self._remember(fd, item)
                 if err == 0:
                     us = (perf_ns() - t0) // 1000
                     lat[us] = lat.get(us, 0) + 1
@@ -179,7 +189,7 @@ class ClientWorker(WorkerBase):
         for fd in expired:
             _, dest = self.pending.pop(fd)
             self.epoll.unregister(fd)
-            self.fail("ETIMEDOUT", (*_local(fd, ""), *dest))
+            self.fail("ETIMEDOUT", self.four_tuple(fd, dest))
             os.close(fd)
 
     def on_event(self, fd: int, events: int) -> None:
@@ -189,7 +199,7 @@ class ClientWorker(WorkerBase):
             if events & (_EPOLLERR | _EPOLLHUP):
                 err = so_error(fd)
                 self.epoll.unregister(fd)
-                self.fail(cause_for(err or errno.ECONNREFUSED, "connect"), (*_local(fd, ""), *dest))
+                self.fail(cause_for(err or errno.ECONNREFUSED, "connect"), self.four_tuple(fd, dest))
                 os.close(fd)
                 return
             us = (time.perf_counter_ns() - t0) // 1000
@@ -207,7 +217,7 @@ class ClientWorker(WorkerBase):
             self.lost(fd, "ECONNRESET" if err == errno.ECONNRESET else "closed-by-peer")
 
     def lost(self, fd: int, cause: str) -> None:
-        self.fail(cause, _four_tuple(fd))
+        self.fail(cause, self.four_tuple(fd))
         os.close(fd)
         self.fds.discard(fd)
         self.snap.open -= 1
@@ -217,6 +227,22 @@ class ClientWorker(WorkerBase):
             self.go = True
         elif message in (P.CLOSE, P.STOP):
             self.closing = True
+
+    def _remember(self, fd: int, item: tuple[tuple[str, int], tuple[str, int], int]) -> None:
+        self.opened_as.extend([None] * (fd + 1 - len(self.opened_as)))
+        self.opened_as[fd] = item
+
+    def four_tuple(self, fd: int, dest: tuple[str, int] | None = None) -> tuple[str, int, str, int]:
+        """(source, sport, destination, dport) of a connection that failed (not on the hot path).
+        The local end from getsockname() (it survives a reset); the remote end from the kernel
+        while it still knows it, else the destination this fd was opened to."""
+        item = self.opened_as[fd] if fd < len(self.opened_as) else None
+        source, sport = _local(fd, item[0][0] if item else "")
+        if dest is None:
+            dest = _peer(fd)
+        if dest is None and item is not None and item[0][0] == source:  # (not an fd reused since)
+            dest = item[1]
+        return (source, sport, *(dest or ("", 0)))
 
     def close_all(self) -> None:
         for fd in self.pending:
@@ -241,13 +267,14 @@ def _local(fd: int, fallback: str) -> tuple[str, int]:
         s.detach()
 
 
-def _four_tuple(fd: int) -> tuple[str, int, str, int]:
+def _peer(fd: int) -> tuple[str, int] | None:
+    """(address, port) of the peer while the kernel still has it (not after a reset: ENOTCONN)."""
     s = socket.socket(fileno=fd)
     try:
-        local, peer = s.getsockname(), s.getpeername()
-        return str(local[0]), int(local[1]), str(peer[0]), int(peer[1])
+        addr = s.getpeername()
+        return str(addr[0]), int(addr[1])
     except OSError:
-        return "", 0, "", 0
+        return None
     finally:
         s.detach()
 
