@@ -10,7 +10,9 @@ from rich.console import Console
 
 from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, write_json
 from loopfan.commands.traffic_opts import server_config
-from loopfan.engine.serve import BuiltinServer, shard_endpoints
+from loopfan.engine.causes import explain
+from loopfan.engine.runner import Totals
+from loopfan.engine.serve import BuiltinServer, process_capacity, shard_endpoints
 from loopfan.hostfacts import facts_for_workers
 from loopfan.planner import PlanRequest, plan
 
@@ -33,6 +35,7 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
             json_path: str | None, per_process: int | None, allow_non_loopback: bool) -> int:
     """Run loopfan's built-in server on many loopback addresses (hold, echo or discard)."""
     facts = facts_for_workers()
+    per_process_ = process_capacity(facts, per_process)
     if listen:
         endpoints = build_targets(listen, allow_non_loopback)
         shards = shard_endpoints(endpoints, connections, facts, per_process)
@@ -53,6 +56,10 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
             shown = ", ".join(str(e) for e in eps[:4]) + (f", ... ({len(eps) - 4} more)" if len(eps) > 4 else "")
             console.print(f"listening on {len(eps)} endpoint(s) in {len(shards)} process(es), mode {mode}: {shown}",
                           highlight=False)
+            shared = len(shards) // len(eps) if server.config.reuse_port else 1
+            console.print(f"ready for {connections:,} connections (-c), up to {per_process_:,} per process"
+                          + (f"; each endpoint shared by {shared} processes (SO_REUSEPORT)" if shared > 1 else ""),
+                          highlight=False)
             deadline = None if duration is None else time.monotonic() + duration
             next_line = 0.0
             while not stop["signal"] and (deadline is None or time.monotonic() < deadline):
@@ -63,14 +70,40 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
                 if now >= next_line:
                     next_line = now + 2.0
                     console.print(f"open {totals.open:,}  accepted {totals.established:,}  "
-                                  f"closed by clients {totals.peer_closed:,}", highlight=False)
+                                  f"closed by clients {totals.peer_closed:,}{_failed_brief(totals)}", highlight=False)
             totals = server.stop()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     console.print(f"stopped: accepted {totals.established:,}, peak open {totals.peak_open:,}", highlight=False)
+    for line in failure_lines(totals.failed, connections, per_process_, len(shards)):
+        console.print(line, style="red", highlight=False)
     if json_path:
         write_json(json_path, {"schema": "loopfan.serve/1", "listen": [str(e) for e in server.endpoints],
                                "accepted": totals.established, "peak_open": totals.peak_open,
                                "failed": totals.failed, "mode": mode})
     return {"SIGINT": 130, "SIGTERM": 143}.get(stop["signal"], 0)
+
+
+def _failed_brief(totals: Totals) -> str:
+    if not totals.failed:
+        return ""
+    return "  failed " + ", ".join(f"{c} {n:,}" for c, n in sorted(totals.failed.items(), key=lambda kv: -kv[1]))
+
+
+def failure_lines(failed: dict[str, int], connections: int, per_process: int, processes: int) -> list[str]:
+    """The server's failures by cause, each with what it means here and the knob that fixes it."""
+    lines = []
+    for cause, n in sorted(failed.items(), key=lambda kv: -kv[1]):
+        if cause == "EMFILE":
+            # The client's view of the same event is a connect timeout or reset: say it here, where
+            # the cause is known.
+            meaning = (f"a server process reached its open-file limit (each of the {processes} holds up to "
+                       f"{per_process:,} connections; serve was started for -c {connections:,}, and the "
+                       "clients' connects queued or timed out meanwhile)")
+            fix = ("start serve with -c at least the connections the clients open, so it starts enough "
+                   "processes (the clients must spread them evenly over the --listen endpoints)")
+        else:
+            meaning, fix = explain(cause).meaning, explain(cause).fix
+        lines.append(f"failed {cause} {n:,}: {meaning}; fix: {fix}")
+    return lines

@@ -51,9 +51,11 @@ CAUSES: dict[str, Cause] = {
         ),
         Cause(
             "ETIMEDOUT",
-            "the connection was not established within the connect timeout (SYNs dropped: accept queue full)",
-            "raise somaxconn/tcp_max_syn_backlog (loopfan doctor --fix), pace with --connect-rate, or a "
-            "longer --connect-timeout",
+            "the connection was not established within the connect timeout (SYNs dropped: the server's accept "
+            "queue is full - it accepts too slowly, or has stopped accepting at its open-file limit)",
+            "check the server's open-file limit and its failures (`loopfan serve` prints them), raise "
+            "somaxconn/tcp_max_syn_backlog (loopfan doctor --fix), pace with --connect-rate, or a longer "
+            "--connect-timeout",
         ),
         Cause("ENOBUFS", "the kernel is out of socket buffer memory", "fewer connections, or more memory"),
         Cause("ENOMEM", "the kernel is out of memory", "fewer connections, or more memory"),

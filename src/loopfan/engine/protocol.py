@@ -46,6 +46,7 @@ class ServerConfig:
     backlog: int = 65535  # the kernel caps it at net.core.somaxconn
     accept_coalesce_s: float = 0.002  # hold mode: pause after an accept burst (see server.py)
     report_interval_s: float = 0.25
+    reuse_port: bool = False  # SO_REUSEPORT: endpoints shared by several processes (engine/serve.py)
 
 
 @dataclass(slots=True)

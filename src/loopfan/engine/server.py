@@ -29,11 +29,13 @@ _TALK_EVENTS = poller.IN | poller.RDHUP
 READ_SIZE = 65536
 
 
-def open_listener(address: str, port: int, backlog: int) -> socket.socket:
+def open_listener(address: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several processes on this endpoint: the kernel spreads its connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
         sock.listen(backlog)
     except OSError as exc:
@@ -57,7 +59,7 @@ class ServerWorker(WorkerBase):
 
     def run(self) -> None:
         for ep in self.shard.listen:
-            sock = open_listener(ep.address, ep.port, self.config.backlog)
+            sock = open_listener(ep.address, ep.port, self.config.backlog, reuse_port=self.config.reuse_port)
             self.listeners[sock.fileno()] = sock
             self.epoll.register(sock.fileno(), poller.IN)
         self.send(P.READY, {"listen": [str(e) for e in self.shard.listen], "pid": os.getpid()})
