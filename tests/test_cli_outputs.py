@@ -40,6 +40,9 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     (["run", "-c", "10", "--json", "/nonexistent/x.json"], "cannot write the report to /nonexistent/x.json"),
     (["run", "-c", "10", "--html", "/nonexistent/x.html"], "cannot write the HTML report to /nonexistent/x.html"),
     (["run", "-c", "10", "--html", "-"], "cannot write the HTML report to stdout ('-'); give a file name"),
+    # (--duration bounds it, should the check come too late)
+    (["serve", "--listen", "127.43.0.1:7070", "--duration", "1s", "--json", "/nonexistent/s.json"],
+     "cannot write the counts to /nonexistent/s.json"),
 ])
 def test_output_paths_are_refused_before_the_work(argv: list[str], fragment: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

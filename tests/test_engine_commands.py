@@ -73,7 +73,7 @@ def test_serve_listens_on_every_endpoint_for_its_duration(
     assert not errors, errors
     assert status == 0
     err = capsys.readouterr().err
-    assert "listening on 4 endpoint(s)" in err and f"{prefix}1:{port}" in err
+    assert "listening on 4 endpoints" in err and f"{prefix}1:{port}" in err
     rep = json.loads(out.read_text())
     assert rep["schema"] == "loopfan.serve/1"
     assert sorted(rep["listen"]) == sorted(f"{a}:{port}" for a in addresses)

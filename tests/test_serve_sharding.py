@@ -132,7 +132,7 @@ def test_serve_prints_emfile_live_and_at_the_end(loopback_block: object, tmp_pat
             serve.wait()
         for c in conns:
             c.close()
-    assert "listening on 1 endpoint(s) in 1 process(es)" in err and "ready for 700 connections (-c)" in err
+    assert "listening on 1 endpoint in 1 process" in err and "ready for 700 connections (-c)" in err
     assert "  failed EMFILE " in err  # the live line
     assert "failed EMFILE" in err.split("stopped:")[1] and "fix: start serve with -c" in err
     assert json.loads((tmp_path / "serve.json").read_text())["failed"]["EMFILE"] > 0

@@ -8,13 +8,14 @@ import time
 import click
 from rich.console import Console
 
-from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, write_json
+from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, check_writable, write_json
 from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.causes import explain
 from loopfan.engine.runner import Totals
 from loopfan.engine.serve import BuiltinServer, process_capacity, shard_endpoints
 from loopfan.hostfacts import facts_for_workers
 from loopfan.planner import PlanRequest, plan
+from loopfan.render import counted
 
 
 @click.command()
@@ -34,6 +35,8 @@ from loopfan.planner import PlanRequest, plan
 def command(listen: tuple[str, ...], connections: int, mode: str, response_size: int, duration: float | None,
             json_path: str | None, per_process: int | None, allow_non_loopback: bool) -> int:
     """Run loopfan's built-in server on many loopback addresses (hold, echo or discard)."""
+    if json_path:
+        check_writable(json_path, "the counts", stdout=True)  # before serving, not after an hour of it
     facts = facts_for_workers()
     per_process_ = process_capacity(facts, per_process)
     if listen:
@@ -54,8 +57,8 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
         with server:
             eps = server.endpoints
             shown = ", ".join(str(e) for e in eps[:4]) + (f", ... ({len(eps) - 4} more)" if len(eps) > 4 else "")
-            console.print(f"listening on {len(eps)} endpoint(s) in {len(shards)} process(es), mode {mode}: {shown}",
-                          highlight=False)
+            where = f"{counted(len(eps), 'endpoint')} in {counted(len(shards), 'process')}"
+            console.print(f"listening on {where}, mode {mode}: {shown}", highlight=False)
             shared = len(shards) // len(eps) if server.config.reuse_port else 1
             console.print(f"ready for {connections:,} connections (-c), up to {per_process_:,} per process"
                           + (f"; each endpoint shared by {shared} processes (SO_REUSEPORT)" if shared > 1 else ""),

@@ -44,6 +44,7 @@ from loopfan.isolation.registry import (
     write_record,
 )
 from loopfan.isolation.tagger import IPV6_POLICIES, TagSpec, open_tag, run_tagged, tag_record
+from loopfan.render import counted
 
 
 def say(line: str) -> None:
@@ -184,7 +185,8 @@ def _run(
         coverage = result.coverage
         if result.outlived:
             say(
-                f"{len(result.outlived)} process(es) outlive the tag (pids {' '.join(map(str, result.outlived))}): "
+                f"{counted(len(result.outlived), 'process')} outlived the tag "
+                f"(pids {' '.join(map(str, result.outlived))}): "
                 "moved out of it, their new connections are no longer tagged"
             )
         say(f"{spec.label} ({spec.source}): {coverage.summary()}")
