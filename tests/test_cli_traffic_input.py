@@ -258,3 +258,30 @@ def test_a_real_echo_run_says_echo(builtin_listen: tuple[str, int], tmp_path: Pa
     assert rep["traffic"]["kind"] == "echo"
     assert "echo, closed loop" in text and "raw, closed loop" not in text
     assert traffic_renderables(rep)  # the JSON renders again (loopfan report) with the same label
+
+
+# --- 5. rates and counts take the k/M suffixes -c takes -----------------------------------------------
+
+
+def test_rates_and_counts_take_k_and_m_suffixes(reached: Callable[..., run_command.RunOptions]) -> None:
+    """QA: `--rate 10k` was refused ("not a valid float range") while `-c 20k` was taken."""
+    tc = reached("--traffic", "echo", "--rate", "10k").config.traffic
+    assert tc is not None and tc.rate_per_conn_s == 1_000.0  # 10,000/s over -c 10
+    tc = reached("--traffic", "echo", "--message-rate", "2.5k", "--pipeline", "1k").config.traffic
+    assert tc is not None and (tc.rate_per_conn_s, tc.pipeline) == (2_500.0, 1_000)
+    tc = reached("--traffic", "raw", "--rate", "1.5M", "--expect-length", "1k").config.traffic
+    assert tc is not None and tc.rate_per_conn_s == 150_000.0 and tc.expect_length == 1_000
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--rate", "0"], "rate must be more than 0 per second (got '0')"),
+    (["--rate", "-5k"], "rate must be more than 0 per second"),
+    (["--rate", "fast"], "rate 'fast' is not a number; write e.g. 500, 2.5, 10k or 1M"),
+    (["--rate", "inf"], "rate 'inf' is not a number"),
+    (["--message-rate", "nan"], "rate 'nan' is not a number"),
+    (["--pipeline", "0"], "pipeline must be a whole number of at least 1"),
+    (["--pipeline", "1.5"], "pipeline must be a whole number of at least 1"),
+])
+def test_a_bad_rate_or_count_is_one_clear_line(refused: Callable[..., str], argv: list[str], needle: str) -> None:
+    err = refused("--traffic", "echo", *argv)
+    assert needle in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import socket
@@ -20,8 +21,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _SUFFIXES = {"k": 1_000, "m": 1_000_000}
 
 
-def parse_count(text: str, what: str = "connections") -> int:
-    """'100000', '100_000', '100k', '1M', '1.5M' -> int."""
+def _scaled(text: str, what: str, example: str) -> float:
+    """'100000', '100_000', '100k', '1M', '1.5M' -> the number (k = 1,000, M = 1,000,000)."""
     t = text.strip().lower().replace("_", "").replace(",", "")
     mult = 1
     if t and t[-1] in _SUFFIXES:
@@ -30,10 +31,26 @@ def parse_count(text: str, what: str = "connections") -> int:
     try:
         value = float(t) * mult if "." in t else int(t) * mult
     except ValueError:
-        raise UsageError(f"{what} {text!r} is not a number; write e.g. 1000, 100k or 1M") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"{what} {text!r} is not a number; write e.g. {example}")
+    return float(value)
+
+
+def parse_count(text: str, what: str = "connections") -> int:
+    """'100000', '100_000', '100k', '1M', '1.5M' -> int."""
+    value = _scaled(text, what, "1000, 100k or 1M")
     if value != int(value) or value <= 0:
         raise UsageError(f"{what} must be a whole number of at least 1 (got {text!r})")
     return int(value)
+
+
+def parse_rate(text: str, what: str = "rate") -> float:
+    """A rate in messages per second, with the same suffixes as a count: '500', '2.5', '10k', '1.5M'."""
+    value = _scaled(text, what, "500, 2.5, 10k or 1M")
+    if value <= 0:
+        raise UsageError(f"{what} must be more than 0 per second (got {text!r})")
+    return value
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -77,15 +94,33 @@ DURATION = DurationType()
 class CountType(click.ParamType):  # type: ignore[type-arg]
     name = "N"
 
+    def __init__(self, what: str = "connections") -> None:
+        self.what = what
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
-            return parse_count(str(value))
+            return parse_count(str(value), self.what)
         except UsageError as exc:
             self.fail(str(exc), param, ctx)
 
 
+class RateType(click.ParamType):  # type: ignore[type-arg]
+    """Messages per second: a positive number, with a count's k/M suffixes (10k = 10,000)."""
+
+    name = "R"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_rate(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+RATE = RateType()
 COUNT = CountType()
 
 

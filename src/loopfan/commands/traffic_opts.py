@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import click
 import h11
 
-from loopfan.commands.common import DurationType, check_writable, shown
+from loopfan.commands.common import RATE, CountType, DurationType, check_writable, shown
 from loopfan.engine import protocol as P
 from loopfan.errors import UsageError
 from loopfan.traffic.config import (
@@ -74,7 +74,7 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                  "Default: 64 bytes."),
     click.option("--message-file", "message_file", metavar="FILE", default=None,
                  help="Read the message from FILE (bytes as they are)."),
-    click.option("--expect-length", type=click.IntRange(min=1), default=None, metavar="N",
+    click.option("--expect-length", type=CountType("reply length"), default=None, metavar="N",
                  help="raw: a reply is N bytes."),
     click.option("--expect-end", default=None, metavar="MARKER", help="raw: a reply ends with MARKER (escapes)."),
     click.option("--expect-contains", default=None, metavar="MARKER",
@@ -84,15 +84,16 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
                  help="http: a request header (repeatable)."),
     click.option("--body", default=None, metavar="TEXT", help="http: the request body (escapes)."),
-    click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",
+    click.option("--pipeline", type=CountType("pipeline"), default=None, metavar="N",
                  help=f"Messages in flight per connection, for traffic that awaits replies (default "
                  f"{DEFAULT_PIPELINE}: no pipelining)."),
     click.option("--ws-binary", is_flag=True, help="ws: send binary messages (default: text)."),
     click.option("--ws-ping", is_flag=True, help="ws: send pings and time the pongs instead of messages."),
-    click.option("--message-rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="R",
-                 help="Messages per second on each connection (open model: latency from the scheduled time)."),
-    click.option("--rate", "total_rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="R",
-                 help="Messages per second over the whole run (open model). "
+    click.option("--message-rate", type=RATE, default=None, metavar="R",
+                 help="Messages per second on each connection, e.g. 100 or 2.5k (open model: latency from the "
+                 "scheduled time)."),
+    click.option("--rate", "total_rate", type=RATE, default=None, metavar="R",
+                 help="Messages per second over the whole run, e.g. 50000 or 50k (open model). "
                  "Without a rate: closed loop, the next message when the reply arrives."),
     click.option("--duration", type=TRAFFIC_DURATION, default=None, metavar="DURATION",
                  help=f"How long the traffic phase lasts (after the warm-up; default {DEFAULT_DURATION_S:g}s). "
