@@ -8,6 +8,7 @@ socket. One tiny real run checks the report's label for echo traffic.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -285,3 +286,44 @@ def test_rates_and_counts_take_k_and_m_suffixes(reached: Callable[..., run_comma
 def test_a_bad_rate_or_count_is_one_clear_line(refused: Callable[..., str], argv: list[str], needle: str) -> None:
     err = refused("--traffic", "echo", *argv)
     assert needle in err, err
+
+
+# --- 8. an interrupted traffic phase is said to be one -------------------------------------------------
+
+
+def _rendered(rep: dict[str, Any]) -> str:
+    from rich.console import Console
+    console = Console(file=io.StringIO(), record=True, width=300)
+    for part in traffic_renderables(rep):
+        console.print(part)
+    return " ".join(console.export_text().split())
+
+
+def _interrupted_report(totals: TrafficTotals, warmup_s: float) -> dict[str, Any]:
+    tc = TrafficConfig(kind="http", message=b"", warmup_s=warmup_s)
+    tr = report_traffic(SimpleNamespace(config=SimpleNamespace(traffic=tc), traffic=totals))
+    return {"traffic": tr, "established": 200, "interrupted": "SIGINT", "series": {}}
+
+
+def test_in_flight_at_an_interrupt_is_not_blamed_on_the_server() -> None:
+    """QA: "20,000 unanswered, 0 due but not sent (the server, or this host, was behind)" after a
+    SIGINT - those were in flight when the run was stopped (there is no drain then)."""
+    t = TrafficTotals(window_s=2.0, replies=5000, window_replies=4000, warmup_replies=1000, unanswered_at_end=200,
+                      talking=200, talking_at_start=200, statuses={"http-2xx": 4000}, interrupted=True)
+    text = _rendered(_interrupted_report(t, 1.0))
+    assert "200 unanswered, 0 due but not sent (in flight when the run was interrupted (no drain))" in text
+    assert "was behind" not in text and "2.00 s measured after 1 s warm-up (interrupted" in text
+    t.interrupted = False  # the same figures from a drain that ran out: the server was behind
+    assert "(the server, or this host, was behind)" in _rendered(_interrupted_report(t, 1.0))
+
+
+def test_interrupted_in_the_warmup_says_so_and_shows_the_warmups_replies() -> None:
+    t = TrafficTotals(window_s=0.0, replies=1234, warmup_replies=1234, talking=200, talking_at_start=200,
+                      warmup_statuses={"http-2xx": 1234}, interrupted=True)
+    rep = _interrupted_report(t, 5.0)
+    assert rep["traffic"]["replies_in_warmup"] == 1234 and rep["traffic"]["interrupted"] is True
+    text = _rendered(rep)
+    assert "Traffic: interrupted before the measured window" in text
+    assert "interrupted during the 5 s warm-up, nothing measured; the warm-up had 1,234 replies (http-2xx 1,234)" \
+        in text
+    assert "no reply in the measured window" not in text

@@ -362,7 +362,7 @@ def test_a_server_gone_in_the_warmup_fails_the_run(bad_server: Any, tmp_path: Pa
         timer.join()
     tr = rep["traffic"]
     assert status == 1, text
-    assert tr["replies_in_window"] == 0 and tr["errors_total"] == 0 and tr["warmup_errors"], tr
+    assert tr["replies_in_window"] == 0 and tr["errors_total"] == 0 and tr["warmup_errors"], json.dumps(tr)
     assert tr["lost_in_flight"] >= 10  # (one more if a slot reconnected as the server went)
 
 
@@ -547,3 +547,118 @@ def test_builtin_server_inline_answers_match_the_framer(loopback_block: Block) -
         got = _recv_exactly(s, len(big))
         sender.join(10)
         assert got == big  # every byte echoed, none lost to a short write
+
+
+# --- interrupted runs: the figures end at the interrupt ---------------------------------------------
+
+
+def interrupted_run(tmp_path: Path, after_s: float, *argv: str) -> tuple[int, dict[str, Any], str]:
+    """`loopfan run *argv` in a process of its own, sent SIGINT after `after_s` seconds."""
+    import os
+    import signal
+    out = tmp_path / "run.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "loopfan", "run", *argv, "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    try:
+        time.sleep(after_s)
+        proc.send_signal(signal.SIGINT)
+        printed, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    return proc.returncode, json.loads(out.read_text()), printed
+
+
+def hdr_log_totals(path: Path) -> tuple[int, float]:
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+    reader = HistogramLogReader(str(path), HdrHistogram(1, 600_000_000, 3))
+    merged = HdrHistogram(1, 600_000_000, 3)
+    while (h := reader.get_next_interval_histogram()) is not None:
+        merged.add(h)
+    return merged.get_total_count(), merged.get_value_at_percentile(99) / 1000
+
+
+def test_an_interrupted_open_model_run_ends_at_the_interrupt(bad_server: Callable[[str], str],
+                                                             tmp_path: Path) -> None:
+    """QA: SIGINT 6 s into an 8 s window counted messages due up to the planned end and aged them
+    at it (max latency 7 s after a 4.8 s traffic phase), and the --hdr-log lost its last seconds."""
+    log = tmp_path / "lat.hlog"
+    # 10 connections at 40/s each against a server that does 20/s: half is never sent.
+    status, rep, text = interrupted_run(tmp_path, 3.0, "-c", "10", bad_server("slow"), "--traffic", "echo",
+                                        "--message-rate", "40", "--warmup", "0.5s", "--duration", "8s",
+                                        "--hdr-log", str(log))
+    assert status == 130, text
+    tr = rep["traffic"]
+    assert tr["interrupted"] is True and 0.5 < tr["window_s"] < 3.0, tr
+    # Due in the window: 400/s over the window, not over the planned 8 s.
+    assert tr["samples"] <= 400 * tr["window_s"] + 2 * 10, tr
+    assert tr["unsent_at_end"] <= 400 * (tr["window_s"] + 0.5) + 10
+    assert tr["latency_ms"]["max"] <= (tr["window_s"] + 0.5) * 1000 + 100, tr["latency_ms"]
+    assert rep["duration_s"]["traffic"] < 3.0
+    # The log holds what the report holds.
+    assert hdr_log_totals(log) == (tr["samples"], tr["latency_ms"]["p99"])
+    assert "interrupted: the window ends at the interrupt" in text and "the run was interrupted" in text
+
+
+def test_websocket_handshakes_interrupted_are_no_timeouts(bad_server: Callable[[str], str],
+                                                          tmp_path: Path) -> None:
+    """QA: SIGINT during the handshakes dropped every pending one as ws-handshake-timeout (after
+    3.4 s of a 10 s timeout), then sent the closed loop's first messages anyway."""
+    status, rep, text = interrupted_run(tmp_path, 2.5, "-c", "20", f"ws://{bad_server('silent')}/",
+                                        "--duration", "5s")
+    assert status == 130, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {} and tr["sent"] == 0, tr
+    assert tr["connections_talking_at_start"] == tr["connections_talking_at_end"] == 20
+    assert tr["interrupted"] is True and "ws-handshake-timeout" not in text and "the load fell" not in text
+    assert "interrupted before the measured window" in text
+
+
+def test_warmup_and_window_statuses_split_at_each_reply(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: statuses were split between the warm-up and the window at a loop tick, so a batch of
+    replies read after the warm-up's end went to the warm-up. Every reply has a status: the warm-up's
+    statuses are exactly its replies, and the rest (window and drain) exactly the others."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "200", "--per-process", "100", "--traffic", "http",
+                                 "--warmup", "0.4s", "--duration", "0.8s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["replies_in_warmup"] > 200 and tr["replies_in_window"] > 200
+    assert tr["warmup_statuses"] == {"http-2xx": tr["replies_in_warmup"]}, tr
+    assert tr["statuses"] == {"http-2xx": tr["replies"] - tr["replies_in_warmup"]}, tr
+
+
+def test_an_interrupted_window_has_as_many_statuses_as_replies(loopback_block: Block, tmp_path: Path) -> None:
+    """Interrupted there is no drain: the window's statuses are its replies, exactly."""
+    prefix = loopback_block()
+    port = free_port(f"{prefix}1")
+    status, rep, text = interrupted_run(tmp_path, 2.5, "-c", "200", "--traffic", "http", "--warmup", "0.3s",
+                                        "--duration", "8s", "--listen", f"{prefix}1:{port}",
+                                        "--sources", f"{prefix}10-{prefix}20")
+    assert status == 130, text
+    tr = rep["traffic"]
+    assert tr["interrupted"] and tr["replies_in_window"] > 200, tr
+    assert tr["statuses"] == {"http-2xx": tr["replies_in_window"]}, tr
+    assert tr["warmup_statuses"] == {"http-2xx": tr["replies_in_warmup"]}, tr
+    assert "0 due but not sent (in flight when the run was interrupted (no drain))" in " ".join(text.split())
+
+
+def test_loop_lag_is_measured_during_the_traffic(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: the traffic loop polled epoll itself, so the client's loop lag read 0.0 for every traffic
+    interval and the whole phase landed in the first row after it (7,470 ms)."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "200", "--traffic", "echo", "--duration", "2.5s",
+                                 "--hold", "1.5s")
+    assert status == 0, text
+    series = rep["series"]
+    phases = dict(zip(series["t_s"], series["phase"], strict=False))
+    procs = series["processes"]
+    clients = [p for p in procs["items"] if p["role"] == "client"]
+    during = [lag for p in clients for t, lag in zip(procs["t_s"], p["loop_lag_ms"], strict=False)
+              if phases.get(t) == "traffic" and lag is not None]
+    assert during and max(during) > 0.0, during  # the loop does work between its polls
+    every = [lag for p in clients for lag in p["loop_lag_ms"] if lag is not None]
+    assert max(every) < 1000, (every, series["phase"], procs["t_s"], series["t_s"])  # no row holds the whole phase

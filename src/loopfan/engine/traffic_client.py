@@ -175,6 +175,9 @@ class TrafficClientWorker(ClientWorker):
         self.reopened = 0
         self.reopening_at_end = 0  # still connecting when the traffic ended (closed then)
         self._by_idx: list[Conn | None] = []
+        self.handshakes_waiting = 0  # WebSocket opening handshakes under way (before the traffic starts)
+        self.interrupted = False  # the run was stopped during the traffic phase: no drain
+        self.warmup_replies = 0
 
     # The connect loop announces CONNECTED through send(); from there this worker waits for the
     # parent's TRAFFIC (sent once every worker has connected, so all talk at the same time), then
@@ -215,6 +218,9 @@ class TrafficClientWorker(ClientWorker):
             "lost_in_flight": self.lost_in_flight,
             "talking": self._talking() if self.phase == "traffic" else self.talking_at_end,
             "talking_at_start": self.talking_at_start,
+            "handshakes_waiting": self.handshakes_waiting,
+            "interrupted": self.interrupted,
+            "warmup_replies": self.warmup_replies,
             "errors": _minus(self.tally.errors, self.warmup_errors),
             "statuses": _minus(self.tally.statuses, self.warmup_statuses),
             "errors_by_source": _minus(self.by_source, self.warmup_by_source),
@@ -237,6 +243,17 @@ class TrafficClientWorker(ClientWorker):
         self.warmup_errors = _minus(self.tally.errors, errors)
         self.warmup_statuses = _minus(self.tally.statuses, statuses)
         self.warmup_by_source = _minus(self.by_source, by_source)
+
+    def _warmup_over(self, before: tuple[dict[str, int], dict[str, int], dict[str, int]], quick_n: int,
+                     quick_win: int, quick_out: int, quick_out_win: int, learned: bytes | None,
+                     status: str | None) -> tuple[int, int]:
+        """End the warm-up exactly: the quick path's replies read before warm_end (quick_n less the
+        quick_win read after it) are settled into the warm-up first, the rest stay for the window.
+        Returns the quick path's new (quick_n, quick_out)."""
+        if learned is not None:
+            self._settle_quick(quick_n - quick_win, 0, quick_out - quick_out_win, 0, learned, status)
+        self._end_warmup(before)
+        return quick_win, quick_out_win
 
     def _close_interval(self, now: float) -> None:
         """End the latency interval that began at _interval_start (a grid second, or the start)."""
@@ -454,6 +471,7 @@ class TrafficClientWorker(ClientWorker):
         self.talking_at_start = len(conns)
         if tc.kind == "ws":
             self._handshakes(tc.reply_timeout_s)
+            self.handshakes_waiting = 0
         for c in conns.values():
             c.started = True  # their messages start below (a reopened WebSocket's when its handshake is done)
         awaits = tc.awaits_reply
@@ -505,9 +523,10 @@ class TrafficClientWorker(ClientWorker):
                 c.next_due = 0.0
                 schedule.wait(c.idx, following)
 
-        # The first messages of a closed loop (WebSocket handshakes are done by now).
+        # The first messages of a closed loop (WebSocket handshakes are done by now) - none if the
+        # run was interrupted before the traffic began.
         for c in list(conns.values()):
-            if schedule is None and c.fd in conns:
+            if schedule is None and c.fd in conns and not self.closing:
                 for _ in range(pipeline if awaits else 1):
                     send_one(c, perf())
         next_scan = start + _SCAN_S
@@ -538,6 +557,7 @@ class TrafficClientWorker(ClientWorker):
         hw = self.hist_whole
         write = os.write
         read = os.read
+        polled = perf()  # when the last poll returned: the loop lag is the time from there to the next
         while not self.closing:
             now = perf()
             if now >= end:
@@ -548,12 +568,13 @@ class TrafficClientWorker(ClientWorker):
                 ended_early = True
                 break  # nothing left to talk over (e.g. every WebSocket handshake refused): no use waiting
             if now >= next_tick:
+                if not warm_over and now >= warm_end:  # (before the quick counts are settled: they straddle it)
+                    warm_over = True
+                    quick_n, quick_out = self._warmup_over(before_warmup, quick_n, quick_win, quick_out,
+                                                           quick_out_win, learned, learned_status)
                 if learned is not None:
                     self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
                     quick_n = quick_win = quick_out = quick_out_win = 0
-                if not warm_over and now >= warm_end:
-                    warm_over = True
-                    self._end_warmup(before_warmup)
                 if now >= next_grid:
                     self._close_interval(now)
                     next_grid = math.floor(now) + 1.0
@@ -577,7 +598,14 @@ class TrafficClientWorker(ClientWorker):
                 nd = schedule.next_due_s()
                 if nd is not None:
                     wait = max(0.0, min(wait, nd - now))
-            for fd, ev in ep.poll(wait, 4096):
+            # Loop lag (Worker.wait's figure, kept inline: a call per turn costs more than these
+            # two clock reads): how long the last batch and the clock work kept the loop from polling.
+            busy = perf() - polled
+            if busy > self._max_lag_s:
+                self._max_lag_s = busy
+            ready = ep.poll(wait, 4096)
+            polled = perf()
+            for fd, ev in ready:
                 found = conns.get(fd)
                 if found is None:
                     if fd == pipe_fd:
@@ -644,6 +672,12 @@ class TrafficClientWorker(ClientWorker):
                         quick_win += 1
                         quick_out_win += k
                     continue
+                if t >= warm_end and not warm_over:
+                    # The warm-up ends at the first read after it, not at the loop's next tick: the
+                    # rest of a batch read after warm_end is the window's, statuses and errors too.
+                    warm_over = True
+                    quick_n, quick_out = self._warmup_over(before_warmup, quick_n, quick_win, quick_out,
+                                                           quick_out_win, learned, learned_status)
                 if not data:
                     self._drop(c, _eof_cause(c))
                     continue
@@ -709,13 +743,18 @@ class TrafficClientWorker(ClientWorker):
                             send_one(c, t)
                     elif c.next_due:
                         send_due(c, c.next_due, t)
+        self._poll_end = time.monotonic()  # (Worker.wait's clock: the drain polls through it)
         if learned is not None:
             self._settle_quick(quick_n, quick_win, quick_out, quick_out_win, learned, learned_status)
         if not warm_over:  # ended during the warm-up: everything so far was the warm-up's
             self._end_warmup(before_warmup)
+        # Interrupted: the window ends at the interrupt - messages due after it were never owed, and
+        # those owed are aged at it, not at the planned end (a 7 s latency in a 4.8 s phase).
+        if self.closing:
+            end = min(perf(), end)
         # The window is the one asked for even when every connection went before its end: a rate
         # over the part that had connections would read better than what happened.
-        self.window_s = tc.duration_s if ended_early else (min(perf(), end) - warm_end if perf() > warm_end else 0.0)
+        self.window_s = tc.duration_s if ended_early else max(0.0, end - warm_end)
         # Talking when the window closed (a slot being reopened counts): the drain and the hold
         # after it may lose connections without the load having fallen.
         self.talking_at_end = self._talking()
@@ -726,6 +765,7 @@ class TrafficClientWorker(ClientWorker):
         """Add what the quick path counted in locals (n replies of `reply`, each followed by one
         message of the bytes given; n_window of each pair inside the window) to the worker's counts."""
         self.replies += n
+        self.warmup_replies += n - n_window  # (the quick path's replies all come before the end)
         self.sent += n
         self.sent_in_window += n_window
         self.window_replies += n_window
@@ -746,7 +786,8 @@ class TrafficClientWorker(ClientWorker):
         waiting = {fd for fd, c in conns.items() if not c.codec.ready}
         deadline = perf() + timeout_s
         while waiting and perf() < deadline and not self.closing:
-            for fd, _ev in self.epoll.poll(0.05, 4096):
+            self.handshakes_waiting = len(waiting)
+            for fd, _ev in self.wait(0.05):
                 if fd == self.pipe_fd:
                     self.read_control()
                     continue
@@ -777,6 +818,10 @@ class TrafficClientWorker(ClientWorker):
                 elif c.codec.ready:
                     waiting.discard(fd)
             self.maybe_report()
+        if self.closing:
+            # Interrupted: the handshakes still under way did not time out, the run was stopped;
+            # they are left open and closed with the rest, not counted as errors.
+            return
         for fd in waiting:
             late = conns.get(fd)
             if late is not None:
@@ -803,7 +848,9 @@ class TrafficClientWorker(ClientWorker):
         c.first = 0.0
         c.got_reply = True
         self.replies += 1
-        if t >= warm_end and t < end:
+        if t < warm_end:
+            self.warmup_replies += 1
+        elif t < end:
             self.window_replies += 1
         if t0 >= warm_end:
             us = hdr_round(int((t - t0) * 1e6))
@@ -849,7 +896,7 @@ class TrafficClientWorker(ClientWorker):
             if perf() >= next_grid:
                 self._close_interval(perf())
                 next_grid = math.floor(perf()) + 1.0
-            for fd, ev in self.epoll.poll(0.05, 4096):
+            for fd, ev in self.wait(0.05):
                 if fd == self.pipe_fd:
                     self.read_control()
                     continue
@@ -910,6 +957,8 @@ class TrafficClientWorker(ClientWorker):
             self._count_unsent(parked, end, warm_end, hl)
         self._close_interval(perf())
         self.phase = "done"
+        self.interrupted = self.closing
+        self._poll_end = time.monotonic()  # the hold loop's lag starts from here, not from before the traffic
         self.report()
 
 

@@ -15,6 +15,7 @@ from typing import IO, Any
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from hdrh.log import HistogramLogWriter  # type: ignore[import-untyped]
 
+from loopfan.engine import protocol as P
 from loopfan.engine.fleet import Fleet, Worker
 from loopfan.engine.traffic_client import TRAFFIC
 from loopfan.traffic.config import TrafficConfig
@@ -23,6 +24,9 @@ from loopfan.traffic.results import TrafficTotals, merge, new_histogram, record
 _LATE_S = 0.3  # how long after a grid second its intervals may still be on their way
 # Beyond its duration, a worker may need the reply timeout to drain, and a little to report.
 _GRACE_S = 10.0
+# Interrupted: how long the workers have to stop talking and send their last figures and intervals
+# (each leaves its loop within a poll, 50 ms; the rest is a report through the pipe).
+_STOP_GRACE_S = 3.0
 
 
 def traffic_of(workers: list[Worker]) -> TrafficTotals:
@@ -93,7 +97,9 @@ class HdrIntervalLog:
 def await_traffic(fleet: Fleet, clients: list[Worker], tc: TrafficConfig, tick: Callable[[], None],
                   stopped: Callable[[], bool]) -> TrafficTotals:
     """Start the traffic phase on every client worker, then pump the fleet until each says it is
-    done (or died), writing the HdrHistogram log as intervals come in."""
+    done (or died), writing the HdrHistogram log as intervals come in. Interrupted, the workers are
+    told to stop and their last figures and intervals awaited (briefly), so the report and the log
+    both hold what was measured up to the interrupt."""
     log = HdrIntervalLog(tc.hdr_log) if tc.hdr_log else None
     fleet.send(clients, TRAFFIC)
     deadline = time.monotonic() + tc.warmup_s + tc.duration_s + tc.reply_timeout_s + _GRACE_S
@@ -105,6 +111,11 @@ def await_traffic(fleet: Fleet, clients: list[Worker], tc: TrafficConfig, tick: 
                 log.maybe_write(clients)
             if all(w.finished or _done(w.stats) for w in clients):
                 break
+        if stopped():
+            # The close the run sends next, sent now: each worker ends its traffic at once and reports
+            # its last intervals (a log written before they came lost the last seconds).
+            fleet.send(clients, P.CLOSE)
+            fleet.wait_until(lambda: all(w.finished or _done(w.stats) for w in clients), _STOP_GRACE_S, tick)
         if log:
             log.maybe_write(clients, force=True)
     finally:

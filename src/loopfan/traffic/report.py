@@ -87,6 +87,9 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "sent_in_window": t.sent_in_window,
         "replies": t.replies,
         "replies_in_window": t.window_replies,
+        "replies_in_warmup": t.warmup_replies,
+        # Stopped by SIGINT/SIGTERM during the traffic: the window ends at the interrupt, no drain.
+        "interrupted": t.interrupted,
         "messages_per_s": round(done_in_window / window, 1) if window > 0 else None,
         # Open model: what the schedule asked for, over the connections that began talking.
         "requested_per_s": round(rate_per_conn_s * t.talking_at_start, 1) if open_model else None,
@@ -172,8 +175,18 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_column(style="bold")
     t.add_column()
     rate = tr["messages_per_s"]
-    t.add_row("traffic", f"{tr['kind']}, {tr['model']}, {tr['window_s']:.2f} s measured"
-              + (f" after {tr['warmup_s']:g} s warm-up" if tr["warmup_s"] else ""))
+    cut = bool(tr.get("interrupted"))
+    if cut and not tr["window_s"] and tr["warmup_s"]:
+        # Nothing measured: say why, and what the warm-up saw (its statuses are not in the window's).
+        warm_statuses = tr.get("warmup_statuses") or {}
+        t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted during the {tr['warmup_s']:g} s warm-up, "
+                  f"nothing measured; the warm-up had {tr.get('replies_in_warmup', 0):,} replies"
+                  + ("" if not warm_statuses else " (" + "  ".join(f"{k} {v:,}" for k, v in warm_statuses.items())
+                     + ")"))
+    else:
+        t.add_row("traffic", f"{tr['kind']}, {tr['model']}, {tr['window_s']:.2f} s measured"
+                  + (f" after {tr['warmup_s']:g} s warm-up" if tr["warmup_s"] else "")
+                  + (" (interrupted: the window ends at the interrupt)" if cut else ""))
     bps_in = tr["bytes_in_per_s"] or 0.0
     bps_out = tr["bytes_out_per_s"] or 0.0
     asked = tr.get("requested_per_s")
@@ -217,8 +230,13 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     if tr["unanswered_at_end"] or tr["unsent_at_end"]:
         sampled = tr.get("unsent_in_latency", 0)
         lower = f"; {sampled:,} of those are in the latency at their age at the end (a lower bound)"
+        # Interrupted, there is no drain: what was in flight was cut off by the interrupt, not by a
+        # server that fell behind (what was due and not sent still is the server's, or this host's).
+        why = ("in flight when the run was interrupted (no drain)" if cut and not tr["unsent_at_end"] else
+               "the run was interrupted, with no drain; messages due but not sent mean the server, or this host, "
+               "was behind" if cut else "the server, or this host, was behind")
         t.add_row("at the end", f"{tr['unanswered_at_end']:,} unanswered, {tr['unsent_at_end']:,} due but not sent "
-                  "(the server, or this host, was behind)" + (lower if sampled else ""))
+                  f"({why})" + (lower if sampled else ""))
     cpu = client_cpu_pct(rep)
     if cpu is not None and cpu >= _SATURATED_PCT:
         t.add_row("generator", f"a loopfan client process was at {cpu:.0f} % CPU during the traffic: the load "
@@ -236,6 +254,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     awaited = tr["replies"] + tr.get("lost_in_flight", 0) + tr["unanswered_at_end"]
     if tr["errors_total"]:
         head.append(f"{tr['errors_total']:,} errors", style="bold red")
+    elif cut and not tr["window_s"]:
+        head.append("interrupted before the measured window", style="bold yellow")
     elif not tr["replies_in_window"] and awaited:
         head.append("no reply in the measured window", style="bold red")
     elif gone > 0:
