@@ -205,3 +205,14 @@ def test_prometheus_exports_no_traffic_for_a_hold_only_run() -> None:
              {}, 0.0)
     text = scrape(progress("connecting", s), progress("holding", s))
     assert "loopfan_connections_open 100" in text and "loopfan_traffic" not in text
+
+
+def test_the_live_line_says_handshakes_are_under_way() -> None:
+    """QA: during 9 s of WebSocket handshakes the line read "60,000/60,000 open, 0 messages/s"."""
+    s = traffic_series()
+    p = progress("traffic", s)
+    waiting = Progress(p.phase, p.elapsed_s, p.target, p.client, None, 0.0, None, s, handshakes_waiting=40)
+    line = describe(waiting)
+    assert line.startswith("traffic: handshakes 60/100 done, messages start after them") and "messages/s" not in line
+    assert "handshakes 60/100 done" in rendered(waiting)
+    assert "handshakes" not in describe(p)  # once they are done: the messages

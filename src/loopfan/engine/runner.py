@@ -119,6 +119,8 @@ class Progress:
     hold_left_s: float | None
     # The time series so far (its last row is the last interval): for live panels and exporters.
     series: SeriesSampler | None = None
+    # WebSocket opening handshakes still under way at the start of the traffic phase (no messages yet).
+    handshakes_waiting: int = 0
 
 
 @dataclass(slots=True)
@@ -231,7 +233,8 @@ def run_plan(
             if result.rate_series and len(result.rate_series) > 1:
                 (ta, ea), (tb, eb) = result.rate_series[-2], result.rate_series[-1]
                 rate = (eb - ea) / (tb - ta) if tb > ta else 0.0
-            on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series))
+            on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series,
+                                 _handshakes_waiting(fleet) if phase == "traffic" else 0))
 
     def take_sample(now: float) -> None:
         procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}
@@ -362,6 +365,10 @@ def run_plan(
 def _record(hist: HdrHistogram, latency: dict[int, int]) -> None:
     for us, count in latency.items():
         hist.record_value(max(HIST_LOWEST_US, min(us, HIST_HIGHEST_US)), count)
+
+
+def _handshakes_waiting(fleet: Fleet) -> int:
+    return sum(int((w.stats.get("traffic") or {}).get("handshakes_waiting", 0)) for w in fleet.of("client"))
 
 
 def _delta(after: int | None, before: int | None) -> int | None:

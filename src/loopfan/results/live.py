@@ -106,7 +106,9 @@ def panel(p: Progress) -> Group:
     bar.add_row(ProgressBar(total=max(1, p.target), completed=min(p.client.open, p.target), width=40),
                 f"{p.client.open:,} / {p.target:,} open")
     t.add_row("open", bar)
-    if p.phase == "traffic":
+    if p.phase == "traffic" and p.handshakes_waiting:
+        t.add_row("traffic", _handshakes(p))
+    elif p.phase == "traffic":
         t.add_row("traffic", f"{row.get('messages_per_s') or 0:,.0f} messages/s  "
                   f"in {(row.get('bytes_in_per_s') or 0) / 1e6:,.2f} MB/s  "
                   f"out {(row.get('bytes_out_per_s') or 0) / 1e6:,.2f} MB/s")
@@ -187,10 +189,18 @@ class ProgressSink:
             self.exporter.stop()
 
 
+def _handshakes(p: Progress) -> str:
+    """WebSocket opening handshakes under way: the messages (and the clock) start once they are done."""
+    return (f"handshakes {max(0, p.client.open - p.handshakes_waiting):,}/{p.client.open:,} done, "
+            "messages start after them")
+
+
 def describe(p: Progress) -> str:
     row = last_row(p)
     failed = ", ".join(f"{k} {v:,}" for k, v in sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:3])
     left = "" if p.hold_left_s is None else f", {p.hold_left_s:.0f}s left"
+    if p.phase == "traffic" and p.handshakes_waiting:
+        return f"traffic: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
     if p.phase == "traffic":
         lat = row.get("message_latency_ms") or {}
         return (f"traffic: {p.client.open:,}/{p.target:,} open, {row.get('messages_per_s') or 0:,.0f} messages/s, "
