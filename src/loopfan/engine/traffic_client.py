@@ -957,6 +957,7 @@ class TrafficClientWorker(ClientWorker):
             self._count_unsent(parked, end, warm_end, hl)
         self._close_interval(perf())
         self.phase = "done"
+        # Stopped in the window or in the drain: either way what is still in flight is the interrupt's.
         self.interrupted = self.closing
         self._poll_end = time.monotonic()  # the hold loop's lag starts from here, not from before the traffic
         self.report()

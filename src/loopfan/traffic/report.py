@@ -88,7 +88,7 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "replies": t.replies,
         "replies_in_window": t.window_replies,
         "replies_in_warmup": t.warmup_replies,
-        # Stopped by SIGINT/SIGTERM during the traffic: the window ends at the interrupt, no drain.
+        # Stopped by SIGINT/SIGTERM during the window (it ends at the interrupt) or the drain: no full drain.
         "interrupted": t.interrupted,
         "messages_per_s": round(done_in_window / window, 1) if window > 0 else None,
         # Open model: what the schedule asked for, over the connections that began talking.
@@ -186,7 +186,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     else:
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}, {tr['window_s']:.2f} s measured"
                   + (f" after {tr['warmup_s']:g} s warm-up" if tr["warmup_s"] else "")
-                  + (" (interrupted: the window ends at the interrupt)" if cut else ""))
+                  + (" (interrupted, no drain)" if cut else ""))
     bps_in = tr["bytes_in_per_s"] or 0.0
     bps_out = tr["bytes_out_per_s"] or 0.0
     asked = tr.get("requested_per_s")
