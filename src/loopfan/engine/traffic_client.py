@@ -525,8 +525,9 @@ class TrafficClientWorker(ClientWorker):
 
         # The first messages of a closed loop (WebSocket handshakes are done by now) - none if the
         # run was interrupted before the traffic began.
+        began = not self.closing
         for c in list(conns.values()):
-            if schedule is None and c.fd in conns and not self.closing:
+            if schedule is None and c.fd in conns and began:
                 for _ in range(pipeline if awaits else 1):
                     send_one(c, perf())
         next_scan = start + _SCAN_S
@@ -751,7 +752,7 @@ class TrafficClientWorker(ClientWorker):
         # Interrupted: the window ends at the interrupt - messages due after it were never owed, and
         # those owed are aged at it, not at the planned end (a 7 s latency in a 4.8 s phase).
         if self.closing:
-            end = min(perf(), end)
+            end = min(perf(), end) if began else start  # (stopped in the WebSocket handshakes: no window)
         # The window is the one asked for even when every connection went before its end: a rate
         # over the part that had connections would read better than what happened.
         self.window_s = tc.duration_s if ended_early else max(0.0, end - warm_end)

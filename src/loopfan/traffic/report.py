@@ -176,7 +176,10 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_column()
     rate = tr["messages_per_s"]
     cut = bool(tr.get("interrupted"))
-    if cut and not tr["window_s"] and tr["warmup_s"]:
+    if cut and not tr["window_s"] and not tr["warmup_s"]:
+        t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted before the traffic began (e.g. during the "
+                  "WebSocket handshakes), nothing measured")
+    elif cut and not tr["window_s"]:
         # Nothing measured: say why, and what the warm-up saw (its statuses are not in the window's).
         warm_statuses = tr.get("warmup_statuses") or {}
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted during the {tr['warmup_s']:g} s warm-up, "
