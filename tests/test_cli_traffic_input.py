@@ -327,3 +327,9 @@ def test_interrupted_in_the_warmup_says_so_and_shows_the_warmups_replies() -> No
     assert "interrupted during the 5 s warm-up, nothing measured; the warm-up had 1,234 replies (http-2xx 1,234)" \
         in text
     assert "no reply in the measured window" not in text
+
+
+def test_interrupted_while_connecting_says_the_traffic_never_began() -> None:
+    text = _rendered(_interrupted_report(TrafficTotals(), 0.0))
+    assert "Traffic: interrupted before the traffic began" in text and "nothing measured" in text
+    assert "no errors" not in text

@@ -176,7 +176,11 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_column()
     rate = tr["messages_per_s"]
     cut = bool(tr.get("interrupted"))
-    if cut and not tr["window_s"] and not tr["warmup_s"]:
+    # Interrupted before any worker began talking (while connecting, or in the WebSocket handshakes).
+    never = not tr["window_s"] and bool(rep.get("interrupted")) and (not tr["connections_talking_at_start"]
+                                                                     or (cut and not tr["warmup_s"]))
+    cut = cut or never
+    if never:
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted before the traffic began (e.g. during the "
                   "WebSocket handshakes), nothing measured")
     elif cut and not tr["window_s"]:
@@ -257,6 +261,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     awaited = tr["replies"] + tr.get("lost_in_flight", 0) + tr["unanswered_at_end"]
     if tr["errors_total"]:
         head.append(f"{tr['errors_total']:,} errors", style="bold red")
+    elif never:
+        head.append("interrupted before the traffic began", style="bold yellow")
     elif cut and not tr["window_s"]:
         head.append("interrupted before the measured window", style="bold yellow")
     elif not tr["replies_in_window"] and awaited:
