@@ -201,9 +201,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """spawn(*argv): start a loopfan process; it is killed (by its pid) if the test fails early."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*argv: str) -> subprocess.Popen[str]:
+    def start(*argv: str, session: bool = False) -> subprocess.Popen[str]:
+        """session: a process group of its own, so that a test may signal the whole group."""
         proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=tmp_path)
+                                text=True, cwd=tmp_path, start_new_session=session)
         procs.append(proc)
         return proc
 
@@ -275,6 +276,30 @@ def test_sigterm_while_holding_stops_every_worker(
     assert rep["established"] == 4000 and rep["server"]["accepted"] == 4000
     assert rep["duration_s"]["hold"] > 0
     assert "interrupted (SIGTERM) - partial" in printed
+    assert not sockets_on(prefix)
+
+
+@pytest.mark.slow  # waits for a progress line, printed every 2 s
+def test_sigterm_to_the_whole_process_group_still_writes_the_report(
+    loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """`timeout 60 loopfan run ...`, systemd and CI cancellations signal the whole process group:
+    the workers get the SIGTERM too. They leave it to the parent, which collects their counts and
+    stops them, so the partial report is the same as when the parent alone is signalled."""
+    prefix = loopback_block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, 5)))
+    out = tmp_path / "partial.json"
+    proc = spawn("-c", BUILTIN_ELSEWHERE, f"{prefix}1-{prefix}40", str(port),
+                 "run", "-c", "4000", "--per-process", "2000", "--hold", "30s", "--json", str(out), session=True)
+    children = wait_for(lambda: len(child_pids(proc.pid)) == 4 and child_pids(proc.pid), "2 server + 2 client workers")
+    stderr = StderrWatch(proc)
+    wait_for(lambda: stderr.has_line_starting("holding"), "the hold (a progress line)")
+    os.killpg(proc.pid, signal.SIGTERM)
+    status, _printed, err = finish(proc, children)
+    assert status == 143, err
+    rep = json.loads(out.read_text())
+    assert rep["interrupted"] == "SIGTERM" and not rep["worker_failures"], rep["worker_failures"]
+    assert rep["established"] == 4000 and rep["server"]["accepted"] == 4000
     assert not sockets_on(prefix)
 
 

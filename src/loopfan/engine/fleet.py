@@ -2,8 +2,8 @@
 
 Rules of this file: workers are forked (they inherit the imported code and share its pages
 copy-on-write, which keeps a hundred workers cheap) and each has one duplex pipe to the parent.
-Every worker is stopped by pid before the fleet is done with it: asked first, then SIGTERM, then
-SIGKILL. Nothing is left running, whatever happened.
+Every worker is stopped by pid before the fleet is done with it: asked first, then SIGKILL (workers
+ignore SIGTERM: see worker.py). Nothing is left running, whatever happened.
 """
 
 from __future__ import annotations
@@ -156,16 +156,15 @@ class Fleet:
         return True
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Ask, then terminate, then kill: every worker gone, every pipe closed."""
+        """Ask, then kill: every worker gone, every pipe closed. (Workers ignore SIGTERM - a signal
+        to the whole process group is the parent's to handle - so a worker that did not stop when
+        asked is killed.)"""
         self.send(self.workers, P.STOP)
         self.wait_until(lambda: all(w.finished for w in self.workers), timeout_s)
         for w in self.workers:
             if w.conn.closed:
                 continue  # shut down before
             w.process.join(0.2)
-            if w.process.is_alive():
-                os.kill(w.pid, signal.SIGTERM)
-                w.process.join(2)
             if w.process.is_alive():
                 os.kill(w.pid, signal.SIGKILL)
                 w.process.join(2)

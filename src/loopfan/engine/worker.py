@@ -1,7 +1,9 @@
 """What every worker process shares: its pipe to the parent, its epoll, reporting, and a clean exit.
 
 Rules of this file: a worker never outlives its parent (PR_SET_PDEATHSIG, and the pipe's EOF),
-ignores SIGINT (the parent coordinates Ctrl-C so that a partial report is still produced), and
+ignores SIGINT and SIGTERM (the parent coordinates both so that a partial report is still
+produced: Ctrl-C, `timeout`, systemd and CI cancellations signal the whole process group, and a
+worker that died of it would take its counts along; the parent stops its workers itself, by pid), and
 turns any unexpected exception into one ERROR message instead of a traceback on the terminal.
 """
 
@@ -175,7 +177,7 @@ class WorkerBase:
         gc.freeze()
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             self.run()
             self.close_all()
