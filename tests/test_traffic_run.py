@@ -108,8 +108,9 @@ def test_bad_input_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str], 
 # --- servers that misbehave ------------------------------------------------------------------------
 
 BAD_SERVER = r"""
-import socket, sys, threading, time
+import os, socket, sys, threading, time
 addr, port, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dying = threading.Lock()
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((addr, port)); ls.listen(4096)
 stall_at = [None]
@@ -155,6 +156,10 @@ def serve(c):
                     c.close(); return
             elif how == "echo":
                 c.sendall(data)
+            elif how == "echo-die":  # echoes; the whole server exits 0.3 s after the first message
+                if dying.acquire(blocking=False):
+                    threading.Timer(0.3, os._exit, (0,)).start()
+                c.sendall(data)
             elif how == "silent":  # reads, never answers
                 continue
             elif how == "partial":  # half of each reply, never the rest
@@ -199,7 +204,13 @@ def bad_server(loopback_block: Block) -> Iterator[Callable[[str], str]]:
                 p.kill()
                 p.wait(5)
 
+    def wait_gone(timeout_s: float = 20.0) -> None:
+        """Until every server started so far has exited by itself (an echo-die server)."""
+        for p in procs:
+            p.wait(timeout_s)
+
     start.stop_all = stop_all  # type: ignore[attr-defined]
+    start.wait_gone = wait_gone  # type: ignore[attr-defined]
 
     try:
         yield start
@@ -297,24 +308,25 @@ def test_open_model_slots_survive_their_connections(bad_server: Callable[[str], 
 
 def test_a_server_restart_does_not_end_the_load(bad_server: Any, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """The server goes away 0.3 s into the run and comes back 0.3 s later on the same port: the
-    slots' connects are refused, retried with backoff, and the load resumes."""
+    """The server goes away 0.3 s into the traffic and comes back 0.3 s later on the same port: the
+    slots' connects are refused, retried with backoff, and the load resumes. (The server times its
+    own exit from the first message, so a slow start of the run cannot move it into the ramp.)"""
     import threading
 
-    target = bad_server("echo")
+    target = bad_server("echo-die")
 
     def restart() -> None:
-        bad_server.stop_all()
+        bad_server.wait_gone()
         time.sleep(0.3)
         bad_server("echo", at=target)
 
-    timer = threading.Timer(0.3, restart)
-    timer.start()
+    restarter = threading.Thread(target=restart)
+    restarter.start()
     try:
         status, rep, text = run_json(tmp_path, capsys, "-c", "20", target, "--traffic", "echo",
                                      "--duration", "1.5s")
     finally:
-        timer.join()
+        restarter.join()
     tr = rep["traffic"]
     assert status == 1  # messages were lost when it went
     assert tr["connections_talking_at_end"] == 20 and tr["connections_reopened"] >= 20, tr
@@ -329,16 +341,9 @@ def test_a_server_gone_for_good_fails_the_run(bad_server: Any, tmp_path: Path,
     """QA: with every slot retrying its connect, a dead server's slots still counted as talking and
     the run could pass. Now they are not talking; and in the open model what came due while they
     retried is counted as due but not sent (it was left out: p99 3 ms over a 2.8 s outage)."""
-    import threading
-
-    target = bad_server("echo")
-    timer = threading.Timer(0.3, bad_server.stop_all)
-    timer.start()
-    try:
-        status, rep, text = run_json(tmp_path, capsys, "-c", "20", target, "--traffic", "echo", *model,
-                                     "--duration", "1s")
-    finally:
-        timer.join()
+    target = bad_server("echo-die")  # exits 0.3 s after the first message
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20", target, "--traffic", "echo", *model,
+                                 "--duration", "1s")
     tr = rep["traffic"]
     assert status == 1 and tr["connections_talking_at_end"] == 0, text
     assert sum(tr["reopen_failures"].values()) > 0
@@ -350,16 +355,9 @@ def test_a_server_gone_in_the_warmup_fails_the_run(bad_server: Any, tmp_path: Pa
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """QA: the server died 0.75 s into a 3 s warm-up and its errors were reported as the window's
     (with an empty window). Now they are the warm-up's, and a window where nothing answered fails."""
-    import threading
-
-    target = bad_server("echo")
-    timer = threading.Timer(0.3, bad_server.stop_all)
-    timer.start()
-    try:
-        status, rep, text = run_json(tmp_path, capsys, "-c", "10", target, "--traffic", "echo",
-                                     "--warmup", "0.8s", "--duration", "0.4s")
-    finally:
-        timer.join()
+    target = bad_server("echo-die")  # exits 0.3 s after the first message: in the warm-up
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", target, "--traffic", "echo",
+                                 "--warmup", "0.8s", "--duration", "0.4s")
     tr = rep["traffic"]
     assert status == 1, text
     assert tr["replies_in_window"] == 0 and tr["errors_total"] == 0 and tr["warmup_errors"], json.dumps(tr)
