@@ -7,16 +7,23 @@ and the `no_leaks` fixture fails it if a worker process, an fd or an orphan is l
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import os
 import signal
 import socket
+import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from conftest import child_pids, free_port, kernel_tcp_sockets
 
 from loopfan.engine import measure
+from loopfan.engine import protocol as P
 from loopfan.engine.client import bind_socket
 from loopfan.engine.report import report_dict
 from loopfan.engine.runner import Progress, RunConfig, RunResult, run_plan
@@ -208,6 +215,7 @@ def test_run_with_builtin_server_matches_the_kernel(loopback_block: Block) -> No
     rep = report_dict(result, argv=["test"])
     assert rep["established"] == rep["target_connections"] == rep["peak_concurrent"] == 6000
     assert rep["server"]["agrees_with_client"] is True
+    assert_kernel_agrees(rep, 6000)
     assert (rep["client_processes"], rep["server_processes"], rep["sources_used"]) == (3, 3, len(p.sources))
 
 
@@ -233,6 +241,7 @@ def test_run_against_a_target_server(loopback_block: Block) -> None:
     client_end, server_end = kernel_groups(sampler.pairs, p)
     assert client_end == server_end == planned_groups(p)
     assert report_dict(result)["server"] is None
+    assert_kernel_agrees(report_dict(result), 4000)
     assert_nothing_left_on(p)
 
 
@@ -251,6 +260,13 @@ def test_run_over_ipv6_loopback() -> None:
     assert sampler.pairs is not None
     client_end, server_end = kernel_groups(sampler.pairs, p)
     assert client_end == server_end == planned_groups(p)
+    assert_kernel_agrees(report_dict(result), 1000)
+
+
+def assert_kernel_agrees(rep: dict[str, Any], n: int) -> None:
+    kc = rep["kernel_check"]
+    assert kc is not None and kc["agrees"] is True, kc
+    assert (kc["kernel_client_side"], kc["kernel_server_side"], kc["half_open"]) == (n, n, 0), kc
 
 
 # --- failures: a worker killed, the server under test stopped --------------------------------------
@@ -350,7 +366,7 @@ def test_kernel_count_of_sockets_the_server_just_closed() -> None:
     """A connection the server closed is CLOSE-WAIT on the client until read: `ss` counts it apart,
     and the report's cross-check takes it as open-but-closing, not as a disagreement."""
     from types import SimpleNamespace
-    from typing import Any, cast
+    from typing import cast
 
     from loopfan.engine.report import _kernel_check
 
@@ -360,20 +376,136 @@ def test_kernel_count_of_sockets_the_server_just_closed() -> None:
         served, _ = listener.accept()
         served.close()
         try:
+            target = [("127.0.0.1", port)]
             for _ in range(50):
-                if measure.count_established([port], "dport", state="close-wait") == 1:
+                if measure.count_tcp(target, "dst", state="close-wait") == 1:
                     break
-            assert measure.count_established([port], "dport", state="close-wait") == 1
-            assert measure.count_established([port], "dport") == 0
+            assert measure.count_tcp(target, "dst", state="close-wait") == 1
+            assert measure.count_tcp(target, "dst") == 0
         finally:
             client.close()
 
     def check(open_: int, established: int, closing: int | None) -> Any:
         fake = SimpleNamespace(open_at_peak=open_, kernel_client_side=established, kernel_client_closing=closing,
-                               kernel_server_side=None)
+                               kernel_server_side=None, half_open=0, kernel_server_syn_recv=None,
+                               target_listeners=None)
         return _kernel_check(cast(RunResult, fake))
 
     assert check(2, 0, 2)["agrees"] is True
     assert check(3, 0, 2)["agrees"] is False  # one connection is neither established nor closing
     assert check(2, 2, None)["agrees"] is True
     assert check(2, 3, None)["agrees"] is False
+
+
+# --- the kernel cross-check: half-open connections, other runs on the port, an idle hold ------------
+
+
+@contextmanager
+def barely_accepting(endpoint: Endpoint) -> Iterator[list[socket.socket]]:
+    """A server with a listen backlog of 1 that accepts one connection every 10 ms (QA's srv.py)."""
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+    listener = socket.create_server((endpoint.address, endpoint.port), backlog=1)
+    listener.settimeout(0.05)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield accepted
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_server_that_barely_accepts_leaves_half_open_connections(loopback_block: Block) -> None:
+    """Linux drops the handshake's last ACK when the accept queue is full: the client holds an
+    ESTABLISHED socket the server does not have. The kernel's server side shows it; exit 1."""
+    (target,) = endpoints(loopback_block, 1)
+    src = loopback_block()
+    p = plan(PlanRequest(connections=400, targets=(target,), sources=parse_pool(f"{src}1-{src}4")),
+             read_host_facts())
+    with barely_accepting(target):
+        result = run_plan(p, RunConfig(hold_s=0.2, client=P.ClientConfig(connect_timeout_s=5.0)))
+    rep = report_dict(result, argv=["test"])
+    kc = rep["kernel_check"]
+    assert kc["half_open"] > 0 and kc["agrees"] is False, kc
+    assert kc["half_open"] == kc["kernel_client_side"] - kc["kernel_server_side"]
+    assert result.exit_status == 1
+    assert rep["target_listeners"] and rep["target_listeners"][0]["backlog"] == 1
+    assert rep["target_listen_drops"] and rep["target_listen_drops"] > 0  # its own queue overflowed
+    text = render_text(rep)
+    assert f"{kc['half_open']:,} connections half-open" in text
+    assert "accept queue overflowed" in text and "at the target's listeners" in text
+
+
+def test_another_run_on_the_same_port_is_not_counted(loopback_block: Block) -> None:
+    """Port 7070 is everyone's default: the kernel check counts the plan's addresses, not the port."""
+    request = builtin_request(loopback_block, 1000, None)
+    other = loopback_block()
+    port = request.listen_port
+    with socket.create_server((f"{other}1", port)) as listener:
+        clients = [socket.create_connection((f"{other}1", port)) for _ in range(30)]
+        served = [listener.accept()[0] for _ in clients]
+        try:
+            result = run_plan(plan(request, read_host_facts()), RunConfig(hold_s=0.1))
+        finally:
+            for sock in clients + served:
+                sock.close()
+    assert_kernel_agrees(report_dict(result), 1000)
+    assert result.exit_status == 0
+
+
+def render_text(rep: dict[str, Any]) -> str:
+    from rich.console import Console
+
+    from loopfan.engine.report import report_renderable
+
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(report_renderable(rep))
+    return console.export_text()
+
+
+def test_listeners_are_read_from_ss() -> None:
+    text = ("LISTEN 2      1      127.9.0.1:7071 0.0.0.0:*\n\t skmem:(r0,rb131072,t0,tb16384,f0,w0,o0,bl0,d17)\n"
+            "LISTEN 0      511          *:80    *:*\n\t skmem:(r0,rb131072,t0,tb16384,f0,w0,o0,bl0,d0)\n")
+    assert measure.parse_listeners(text) == [measure.Listener("127.9.0.1:7071", 2, 1, 17),
+                                             measure.Listener("*:80", 0, 511, 0)]
+    wanted = {(ipaddress.ip_address("127.9.0.1"), 80)}
+    assert measure._serves("*:80", wanted) and measure._serves("0.0.0.0:80", wanted)
+    assert measure._serves("127.9.0.1:80", wanted) and not measure._serves("127.9.0.2:80", wanted)
+
+
+def test_ss_filters_stay_bounded_and_exact() -> None:
+    twenty = [(f"127.11.0.{i}", 7070) for i in range(1, 21)]
+    assert measure.endpoint_filters(twenty, "dst") == [
+        "dst 127.11.0.1:7070 or dst 127.11.0.2/31:7070 or dst 127.11.0.4/30:7070 or dst 127.11.0.8/29:7070 "
+        "or dst 127.11.0.16/30:7070 or dst 127.11.0.20:7070"]
+    assert measure.endpoint_filters([("::1", 80)], "src") == ["src [::1]:80"]
+    scattered = [(f"127.11.{i // 250}.{i % 250 + 1}", 7070) for i in range(0, 5000, 3)]
+    assert measure.endpoint_filters(scattered, "dst") == ["dst 127.11.0.0/19:7070"]  # the covering prefix
+    many_ports = [("127.0.0.1", port) for port in range(9000, 9200)]
+    filters = measure.endpoint_filters(many_ports, "src")
+    assert len(filters) == 4 and all(f.count(" or ") < measure.SS_TERMS_MAX for f in filters)
+
+
+def test_overflows_are_blamed_on_the_target_only_on_its_own_evidence() -> None:
+    from loopfan.engine.report import listen_overflow_advice
+
+    base = {"listen_overflows": 2983, "identity": {"host": {"facts": {"somaxconn": 4096}}}}
+    elsewhere = listen_overflow_advice({**base, "target_listen_drops": 0})
+    assert "host-wide" in elsewhere and "another process's" in elsewhere and "backlog is too small" not in elsewhere
+    assert "unknown" in listen_overflow_advice({**base, "target_listen_drops": None})
+    ours = listen_overflow_advice({**base, "target_listen_drops": 2983,
+                                   "target_listeners": [{"local": "x:1", "accept_queued": 0, "backlog": 1}]})
+    assert "2,983 at the target's listeners (accept queue size 1)" in ours and "backlog is too small" in ours

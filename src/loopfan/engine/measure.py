@@ -6,11 +6,15 @@ offer the reading, and the report says "not measured" rather than guessing.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 import struct
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 
 def slab_bytes() -> int | None:
@@ -78,24 +82,72 @@ def established_tcp() -> list[tuple[tuple[str, int], tuple[str, int]]]:
     return list(out)
 
 
-def count_established(ports: Iterable[int], side: str = "sport", state: str = "established") -> int | None:
-    """ESTABLISHED TCP sockets whose local ('sport') or remote ('dport') port is one of `ports`,
-    counted by the kernel's own socket table via `ss` (iproute2). With side='sport' on the
-    built-in server's ports that is the server side of a run, accept queues included; with
-    'dport', the client side. `state` counts another TCP state instead (ss's names:
-    'close-wait'). None when `ss` is missing.
+# One `ss` call's filter holds at most this many terms: the kernel runs the filter per socket, so
+# its length multiplies the cost of the scan (and a plan may target thousands of endpoints).
+SS_TERMS_MAX = 64
+
+
+def endpoint_filters(endpoints: Iterable[tuple[str, int]], side: str) -> list[str]:
+    """ss filter expressions matching sockets whose `side` ('src': local end, 'dst': remote end)
+    is one of `endpoints`, as few and as short as possible: the addresses of each port collapsed
+    into prefixes (127.11.0.1-127.11.0.20 is 5 prefixes), a port with more than SS_TERMS_MAX
+    prefixes widened to the one prefix covering them all, and the terms split over several
+    expressions of SS_TERMS_MAX each. The terms are disjoint, so counts over the expressions add up.
+    """
+    by_port: dict[tuple[int, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+    for address, port in set(endpoints):
+        ip = ipaddress.ip_address(address)
+        by_port.setdefault((ip.version, port), []).append(ip)
+    terms: list[str] = []
+    for (_, port), ips in sorted(by_port.items()):
+        # One version per key: collapse_addresses' typing wants the one type, which the key ensures.
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
+            ipaddress.collapse_addresses(cast(list[Any], ips)))
+        if len(nets) > SS_TERMS_MAX:
+            nets = [_covering(min(ips), max(ips))]
+        terms += [f"{side} {_ss_prefix(net)}:{port}" for net in nets]
+    return [" or ".join(terms[i : i + SS_TERMS_MAX]) for i in range(0, len(terms), SS_TERMS_MAX)]
+
+
+def _covering(lo: ipaddress.IPv4Address | ipaddress.IPv6Address,
+              hi: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    net = ipaddress.ip_network(lo)
+    while hi not in net:
+        net = net.supernet()
+    return net
+
+
+def _ss_prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    text = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    return f"[{text}]" if net.version == 6 else text
+
+
+def count_tcp(endpoints: Iterable[tuple[str, int]], side: str, state: str = "established") -> int | None:
+    """TCP sockets in `state` (ss's names: 'established', 'close-wait', 'syn-recv') whose local
+    ('src') or remote ('dst') end is one of `endpoints`, counted by the kernel's own socket table
+    via `ss` (iproute2). With 'src' on a run's targets that is the server side, accept queues
+    included (a connection the kernel completed but the server has not accept()ed yet is
+    ESTABLISHED); with 'dst', the client side. None when `ss` is missing or fails.
 
     ss filters in the kernel (inet_diag bytecode) and we only count lines, so a million sockets
-    take a few seconds.
+    take a few seconds. Addresses matter, not only ports: other runs on the same port (7070 is
+    everyone's default) use other loopback addresses and must not be counted.
     """
-    ports = sorted(set(ports))
-    if not ports:
+    total = 0
+    filters = endpoint_filters(endpoints, side)
+    if not filters:
         return None
-    expr = " or ".join(f"{side} = :{p}" for p in ports)
+    for expr in filters:
+        n = _count_lines(["ss", "-Htn", "state", state, f"( {expr} )"])
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _count_lines(argv: list[str]) -> int | None:
     try:
-        proc = subprocess.Popen(
-            ["ss", "-Htn", "state", state, f"( {expr} )"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except OSError:
         return None
     assert proc.stdout is not None
@@ -103,6 +155,62 @@ def count_established(ports: Iterable[int], side: str = "sport", state: str = "e
     while chunk := proc.stdout.read(1 << 20):
         count += chunk.count(b"\n")
     return count if proc.wait() == 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listening socket serving one of a run's targets, per `ss -ltm`."""
+
+    local: str
+    queued: int  # its accept queue now: connections the kernel completed, not yet accept()ed
+    backlog: int  # the accept queue's size: min(listen()'s backlog, net.core.somaxconn)
+    drops: int  # SYNs/ACKs it dropped in its life (skmem d: sk_drops, which a full accept queue bumps)
+
+
+def target_listeners(endpoints: Iterable[tuple[str, int]]) -> list[Listener] | None:
+    """The listening sockets that serve `endpoints`: bound to one of them or to the wildcard
+    address on their port (nginx's `listen 80`). None when `ss` is missing or fails.
+
+    Unlike the host-wide ListenOverflows counter, their drop counts belong to the target alone."""
+    wanted = {(ipaddress.ip_address(a), p) for a, p in endpoints}
+    ports = sorted({p for _, p in wanted})
+    if not ports:
+        return None
+    expr = " or ".join(f"sport = :{p}" for p in ports)
+    try:
+        out = subprocess.run(["ss", "-Hltnm", f"( {expr} )"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return [ln for ln in parse_listeners(out.stdout) if _serves(ln.local, wanted)]
+
+
+def parse_listeners(text: str) -> list[Listener]:
+    """`ss -Hltnm` output: a 'LISTEN queued backlog local peer' line, then its '\tskmem:(...)' line."""
+    out: list[Listener] = []
+    head: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith(("\t", " ")) and head is not None:
+            drops = re.search(r"\bd(\d+)", line)
+            out.append(Listener(head[3], int(head[1]), int(head[2]), int(drops.group(1)) if drops else 0))
+            head = None
+        elif line.split()[:1] == ["LISTEN"] and len(line.split()) >= 5:
+            head = line.split()
+    return out
+
+
+def _serves(local: str, wanted: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> bool:
+    address, _, port_text = local.rpartition(":")
+    address = address.strip("[]").split("%")[0]  # [::1]:80, *:80, 0.0.0.0%lo:80
+    try:
+        port = int(port_text)
+        ip = ipaddress.ip_address("0.0.0.0" if address == "*" else address)
+    except ValueError:
+        return False
+    if ip.is_unspecified:  # 0.0.0.0:80, [::]:80 (dual-stack unless v6only) serve every address
+        return any(p == port for _, p in wanted)
+    return (ip, port) in wanted
 
 
 def sockstat_inuse() -> int | None:
@@ -119,7 +227,8 @@ def sockstat_inuse() -> int | None:
 
 
 def listen_overflows() -> int | None:
-    """TcpExtListenOverflows: SYNs dropped because an accept queue was full (host-wide, cumulative)."""
+    """TcpExtListenOverflows: SYNs dropped because an accept queue was full - any process's
+    (host-wide, cumulative): target_listeners() tells the target's own drops apart."""
     try:
         lines = Path("/proc/net/netstat").read_text().splitlines()
     except OSError:

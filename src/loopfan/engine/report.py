@@ -125,8 +125,10 @@ def _filter_of(src: str, sport: int, dst: str, dport: int) -> str:
 
 def _kernel_check(result: RunResult) -> dict[str, Any] | None:
     """Our count of open connections against the kernel's own socket table, read once the ramp
-    is done (`ss`, filtered in the kernel: seconds even at a million). Against another server the
-    client side also counts other clients of that server's ports, if any.
+    is done (`ss`, filtered in the kernel by the targets' addresses and ports: seconds even at a
+    million). Against another server the client side also counts that server's other clients on
+    this host, if any. The server side is counted whatever the server (every target is on this
+    host): fewer there than on the client side are half-open connections.
     """
     if result.kernel_client_side is None or result.open_at_peak is None:
         return None
@@ -136,14 +138,24 @@ def _kernel_check(result: RunResult) -> dict[str, Any] | None:
     # Connections the server closed a moment before the count are CLOSE-WAIT on our side until a
     # worker reads the close: still open in our count, no longer ESTABLISHED in the kernel's.
     client_agrees = client == expected or client < expected <= client + closing
-    server_agrees = result.kernel_server_side is None or result.kernel_server_side == expected
+    listeners = result.target_listeners
     return {
         "open_connections": expected,
         "kernel_client_side": client,
         "kernel_client_closing": result.kernel_client_closing,
         "kernel_server_side": result.kernel_server_side,
-        "agrees": client_agrees and server_agrees,
+        "half_open": result.half_open,
+        "kernel_server_syn_recv": result.kernel_server_syn_recv,
+        "accept_queued": None if listeners is None else sum(ln.queued for ln in listeners),
+        "agrees": client_agrees and not result.half_open,
     }
+
+
+def _listeners(result: RunResult) -> list[dict[str, Any]] | None:
+    if result.target_listeners is None:
+        return None
+    return [{"local": ln.local, "accept_queued": ln.queued, "backlog": ln.backlog}
+            for ln in result.target_listeners]
 
 
 def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: HostFacts | None = None
@@ -219,6 +231,8 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             for cause, src, sport, dst, dport in result.client.failed_samples[:FAILED_LISTED]
         ],
         "listen_overflows": result.listen_overflows,
+        "target_listen_drops": result.target_listen_drops,
+        "target_listeners": _listeners(result),
         "server": server,
         "interrupted": result.interrupted,
         "worker_failures": result.worker_failures,
@@ -245,9 +259,14 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t.add_column(style="bold")
     t.add_column()
     ok = rep["established"] == rep["target_connections"] and not rep["failed_total"]
+    kc = rep.get("kernel_check")
+    half_open = (kc or {}).get("half_open") or 0
     head = Text("Run report: ", style="bold")
     if rep["interrupted"]:
         head.append(f"interrupted ({rep['interrupted']}) - partial", style="bold yellow")
+    elif half_open:
+        head.append(f"{half_open:,} connections half-open (established for the client, not for the server)",
+                    style="bold red")
     elif ok:
         head.append("all connections established", style="bold green")
     else:
@@ -285,15 +304,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     if reach.get("100%") is not None or reach.get("50%") is not None:
         t.add_row("time to reach", "  ".join(f"{k} {v:.2f}s" for k, v in reach.items() if v is not None))
     srv = rep.get("server")
-    kc = rep.get("kernel_check")
     if kc is not None:
-        verdict = "agrees" if kc["agrees"] else "DISAGREES"
-        server_side = "" if kc["kernel_server_side"] is None else f", server side {kc['kernel_server_side']:,}"
-        closing = kc.get("kernel_client_closing")
-        if closing:
-            server_side = f" (+{closing:,} just closed by the server, CLOSE-WAIT){server_side}"
-        t.add_row("kernel", f"ESTABLISHED per the kernel: client side {kc['kernel_client_side']:,}{server_side}: "
-                  f"{verdict} with {kc['open_connections']:,} open")
+        t.add_row("kernel", kernel_line(kc))
     if srv is not None:
         agree = "agrees" if srv["agrees_with_client"] else "DISAGREES"
         t.add_row("server", f"accepted {srv['accepted']:,}: {agree} with the client's count")
@@ -341,11 +353,44 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     return RichGroup(*parts)
 
 
+def kernel_line(kc: dict[str, Any]) -> str:
+    verdict = "agrees" if kc["agrees"] else "DISAGREES"
+    server_side = "" if kc["kernel_server_side"] is None else f", server side {kc['kernel_server_side']:,}"
+    closing = kc.get("kernel_client_closing")
+    if closing:
+        server_side = f" (+{closing:,} just closed by the server, CLOSE-WAIT){server_side}"
+    queued = kc.get("accept_queued")
+    if queued and kc["kernel_server_side"] is not None:
+        server_side += f" ({queued:,} of them still in the accept queue, not accept()ed yet)"
+    text = (f"ESTABLISHED per the kernel: client side {kc['kernel_client_side']:,}{server_side}: "
+            f"{verdict} with {kc['open_connections']:,} open")
+    half_open = kc.get("half_open") or 0
+    if half_open:
+        syn_recv = kc.get("kernel_server_syn_recv")
+        where = f" ({syn_recv:,} SYN-RECV at the server)" if syn_recv else ""
+        text += (f"; {half_open:,} half-open: established for the client, not for the server{where} - the "
+                 "server's accept queue overflowed and it dropped the handshake's last ACK, or it is not "
+                 "accepting. Fix: a server that accepts faster or a larger listen backlog, or a lower "
+                 "--connect-rate")
+    return text
+
+
 def listen_overflow_advice(rep: dict[str, Any]) -> str:
-    """Which queue overflowed is the server's: its backlog is min(the backlog it passes to listen(),
-    net.core.somaxconn). somaxconn is only the fix when it is the smaller one."""
+    """ListenOverflows is host-wide: any process's full accept queue counts. The target's own
+    listeners' drops (target_listen_drops) say whether it was the target's; only then is its
+    backlog to blame. Its backlog is min(the backlog it passes to listen(), net.core.somaxconn):
+    somaxconn is only the fix when it is the smaller one."""
     somaxconn = (((rep.get("identity") or {}).get("host") or {}).get("facts") or {}).get("somaxconn")
-    text = f"{rep['listen_overflows']:,} SYNs dropped by full accept queues"
+    text = f"{rep['listen_overflows']:,} SYNs dropped by full accept queues host-wide (any process's)"
+    ours = rep.get("target_listen_drops")
+    if ours == 0:
+        return text + ": none at the target's listeners - another process's accept queue overflowed, not the target's"
+    if ours is None:
+        return text + "; the target's own listeners could not be read (ss), so which queue is unknown"
+    text += f", {ours:,} at the target's listeners"
+    backlogs = sorted({ln["backlog"] for ln in rep.get("target_listeners") or []})
+    if backlogs:
+        text += f" (accept queue size {', '.join(f'{b:,}' for b in backlogs)})"
     if isinstance(somaxconn, int) and somaxconn < 4096:
         return text + f" (net.core.somaxconn is {somaxconn}: loopfan doctor --fix raises it)"
     backlog = "" if somaxconn is None else f" - net.core.somaxconn is already {somaxconn:,}"

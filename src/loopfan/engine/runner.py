@@ -33,6 +33,10 @@ from loopfan.errors import HostError, LoopfanError
 from loopfan.planner import Plan
 from loopfan.traffic.config import TrafficConfig
 
+# Half-open connections at the end of the ramp are counted again for this long before they are
+# reported: a server that was only briefly behind completes them at its first SYN-ACK retransmit.
+HALF_OPEN_SETTLE_S = 1.5
+
 # Latency histograms in microseconds: 1 us .. 10 min at 3 significant digits.
 HIST_LOWEST_US = 1
 HIST_HIGHEST_US = 600_000_000
@@ -137,11 +141,22 @@ class RunResult:
     worker_failures: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, int | None] = field(default_factory=dict)
     cpu_s: float = 0.0
-    listen_overflows: int | None = None
+    listen_overflows: int | None = None  # host-wide: any process's accept queue counts
+    # Drops counted by the listeners serving the targets during the run (their own sk_drops, which
+    # a full accept queue bumps): the target's share of listen_overflows. None: not read.
+    target_listen_drops: int | None = None
+    # The targets' listening sockets once the ramp was done: accept queue now and its size.
+    target_listeners: list[measure.Listener] | None = None
     # TCP sockets in use host-wide (/proc/net/sockstat) before the run and once the ramp is done:
     # the kernel's own count, to check the report against (2 per connection + the listeners).
-    kernel_client_side: int | None = None  # ESTABLISHED to the targets' ports, per the kernel
-    kernel_server_side: int | None = None  # ESTABLISHED on the built-in server's ports
+    # The kernel's counts are filtered by the targets' addresses and ports (other runs share ports).
+    kernel_client_side: int | None = None  # ESTABLISHED to the targets, per the kernel
+    # ESTABLISHED on the targets' side: every target is on this host (loopback), built-in or not.
+    # It includes connections in an accept queue (handshake done, not yet accept()ed).
+    kernel_server_side: int | None = None
+    # Server-side SYN-RECV, read when the server side fell short of the client side: handshakes
+    # whose last ACK the server dropped (a full accept queue) though the client counts them open.
+    kernel_server_syn_recv: int | None = None
     # Client sockets in CLOSE-WAIT when the kernel's count fell short of ours: closed by the
     # server moments before, not yet read by our workers (their open count is a moment old).
     kernel_client_closing: int | None = None
@@ -158,7 +173,17 @@ class RunResult:
             return 130
         if self.interrupted == "SIGTERM":
             return 143
-        return 1 if self.worker_failures or self.error else 0
+        return 1 if self.worker_failures or self.error or self.half_open else 0
+
+    @property
+    def half_open(self) -> int:
+        """Connections established for the client but not for the server, per the kernel: the
+        server's accept queue overflowed and it dropped the handshake's last ACK (the client never
+        learns), or it is not accepting at all. Both ends live on this host, so every connection
+        to the targets is counted on both sides, other clients' included."""
+        if self.kernel_client_side is None or self.kernel_server_side is None:
+            return 0
+        return max(0, self.kernel_client_side - self.kernel_server_side)
 
 
 class _Interrupt:
@@ -204,6 +229,8 @@ def run_plan(
     cpu_before = _children_cpu_s()
     slab_before = measure.slab_bytes()
     overflows_before = measure.listen_overflows()
+    targets = [(t.address, t.port) for t in plan.targets]
+    drops_before = _listener_drops(measure.target_listeners(targets))
     n_servers = len(plan.server_shards)
     phase = "starting"
     hold_until: float | None = None
@@ -301,14 +328,7 @@ def run_plan(
                 # The orchestrating parent counts on the client side too.
                 "user_parent": measure.uss_bytes(os.getpid()),
             }
-            fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
-            result.open_at_peak = Totals.of(clients).open
-            ports = {t.port for t in plan.targets}
-            result.kernel_client_side = measure.count_established(ports, "dport")
-            if result.kernel_client_side is not None and result.kernel_client_side < result.open_at_peak:
-                result.kernel_client_closing = measure.count_established(ports, "dport", state="close-wait")
-            if n_servers:
-                result.kernel_server_side = measure.count_established(ports, "sport")
+            _ask_the_kernel(result, fleet, clients, targets)
 
             # 2b. Traffic: every client worker talks over its connections, all starting together.
             if config.traffic is not None and interrupt.signal is None:
@@ -346,6 +366,8 @@ def run_plan(
         finally:
             phase = "stopping"
             result.client, result.server = totals()
+            # Before the built-in server stops: its listeners' drop counts go with them.
+            result.target_listen_drops = _drops_during(_listener_drops(measure.target_listeners(targets)), drops_before)
             fleet.send(fleet.of("server"), P.STOP)
             fleet.wait_until(lambda: all(w.finished for w in fleet.workers), 10.0)
             result.client, result.server = totals()
@@ -360,6 +382,37 @@ def run_plan(
             result.listen_overflows = _delta(after, overflows_before)
             result.phases_s["total"] = time.monotonic() - t0
     return result
+
+
+def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targets: list[tuple[str, int]]) -> None:
+    """The kernel's own counts of the run's connections, both ends, once the ramp is done."""
+    settle_until = time.monotonic() + HALF_OPEN_SETTLE_S
+    while True:
+        fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
+        result.open_at_peak = Totals.of(clients).open
+        result.target_listeners = measure.target_listeners(targets)
+        # The server side first: a connection the server closes between the two reads then leaves
+        # the client side too (CLOSE-WAIT), instead of reading as established for the client only.
+        result.kernel_server_side = measure.count_tcp(targets, "src")
+        result.kernel_client_side = measure.count_tcp(targets, "dst")
+        # A server whose queue was full a moment ago completes the handshake when it retransmits
+        # its SYN-ACK (after 1 s) and the queue has room: count again before calling them half-open.
+        if not result.half_open or time.monotonic() >= settle_until:
+            break
+    if result.kernel_client_side is not None and result.kernel_client_side < result.open_at_peak:
+        result.kernel_client_closing = measure.count_tcp(targets, "dst", state="close-wait")
+    if result.half_open:
+        result.kernel_server_syn_recv = measure.count_tcp(targets, "src", state="syn-recv")
+
+
+def _listener_drops(listeners: list[measure.Listener] | None) -> int | None:
+    return None if listeners is None else sum(ln.drops for ln in listeners)
+
+
+def _drops_during(after: int | None, before: int | None) -> int | None:
+    # A target that restarted during the run took its listeners' counts with it: unknown then.
+    d = _delta(after, before)
+    return None if d is None or d < 0 else d
 
 
 def _record(hist: HdrHistogram, latency: dict[int, int]) -> None:
