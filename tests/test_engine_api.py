@@ -12,6 +12,7 @@ import ipaddress
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -464,6 +465,39 @@ def test_another_run_on_the_same_port_is_not_counted(loopback_block: Block) -> N
                 sock.close()
     assert_kernel_agrees(report_dict(result), 1000)
     assert result.exit_status == 0
+
+
+def test_time_to_target_counts_what_is_open_not_what_was_established(loopback_block: Block) -> None:
+    """A server that resets what it accepts: established climbs to the target, open never does."""
+    (target,) = endpoints(loopback_block, 1)
+    stop = threading.Event()
+    listener = socket.create_server((target.address, target.port), backlog=4096)
+    listener.settimeout(0.05)
+
+    def reset_all() -> None:
+        while not stop.is_set():
+            try:
+                conn = listener.accept()[0]
+            except TimeoutError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    thread = threading.Thread(target=reset_all)
+    thread.start()
+    try:
+        p = plan(PlanRequest(connections=600, targets=(target,)), read_host_facts())
+        result = run_plan(p, RunConfig(hold_s=0.5))
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    reach = report_dict(result, argv=["test"])["time_to_target_s"]
+    assert result.client.established > result.client.peak_open  # some were reset before others opened
+    for name, at in reach.items():
+        if at is not None:
+            assert result.client.peak_open >= float(name.rstrip("%")) / 100 * 600, (name, result.client)
+    assert reach["100%"] is None
 
 
 def render_text(rep: dict[str, Any]) -> str:

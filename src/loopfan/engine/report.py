@@ -302,7 +302,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t.add_row("cpu", f"{rep['cpu_s']:.1f} s")
     reach = rep.get("time_to_target_s") or {}
     if reach.get("100%") is not None or reach.get("50%") is not None:
-        t.add_row("time to reach", "  ".join(f"{k} {v:.2f}s" for k, v in reach.items() if v is not None))
+        t.add_row("time to reach", "  ".join(f"{k} {v:.2f}s" for k, v in reach.items() if v is not None)
+                  + " (of the target open at once)")
     srv = rep.get("server")
     if kc is not None:
         t.add_row("kernel", kernel_line(kc))

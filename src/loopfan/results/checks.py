@@ -79,8 +79,8 @@ METRICS: dict[str, Metric] = {
         Metric("connect_rate.peak", "/s", False, "connects in the best second"),
         *[Metric(f"connect_latency.{k}", "ms", True, f"connect latency {k}") for k in (*_PCTS, "max", "mean", "min")],
         *[Metric(f"duration.{k}", "s", True, f"{k} phase") for k in ("start", "connect", "hold", "close", "total")],
-        Metric("time_to_target", "s", True, "time until every connection was established"),
-        Metric("time_to_half", "s", True, "time until half the connections were established"),
+        Metric("time_to_target", "s", True, "time until every connection was open at once"),
+        Metric("time_to_half", "s", True, "time until half the connections were open at once"),
         Metric("cpu", "s", True, "CPU seconds of the worker processes"),
         # The client side as the run report shows it: the workers and the parent that ran them.
         Metric("memory.client", "B", True, "client workers' and the parent's unique memory at peak"),

@@ -474,7 +474,7 @@ def render(rep: dict[str, Any], baseline: dict[str, Any] | None = None, *, noise
         "run": _run_section(rep, baseline),
         "key-numbers": _key_numbers(rep, baseline, noise_pct),
         "connections": (charts.connections(series) + charts.rates(series)
-                        + f'<p>Time to reach the target: {_e(reach_text)}.</p>') if series else no_series,
+                        + f'<p>Time to reach the target open at once: {_e(reach_text)}.</p>') if series else no_series,
         "latency": ((charts.latency_over_time(series) if series else no_series)
                     + charts.hdr_percentiles(hist, base_hist) + _latency_table(rep, baseline)),
         "errors": _errors_section(rep, series),
