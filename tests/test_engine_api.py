@@ -467,6 +467,17 @@ def test_another_run_on_the_same_port_is_not_counted(loopback_block: Block) -> N
     assert result.exit_status == 0
 
 
+def test_a_refused_target_ends_the_hold_at_once(loopback_block: Block) -> None:
+    (target,) = endpoints(loopback_block, 1)  # nothing listens there
+    p = plan(PlanRequest(connections=200, targets=(target,)), read_host_facts())
+    result = run_plan(p, RunConfig(hold_s=30.0))
+    assert result.client.failed == {"ECONNREFUSED": 200}
+    assert result.phases_s["hold"] < 1.0 and result.phases_s["total"] < 10.0
+    rep = report_dict(result, argv=["test"])
+    assert rep["hold_ended_early"] == "no connection was open and none could open any more"
+    assert "ended early: no connection was open" in render_text(rep)
+
+
 def test_time_to_target_counts_what_is_open_not_what_was_established(loopback_block: Block) -> None:
     """A server that resets what it accepts: established climbs to the target, open never does."""
     (target,) = endpoints(loopback_block, 1)

@@ -216,6 +216,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "sources_used": len(plan.sources),
         "first_limit_hit": first_limit_hit(result),
         "kernel_check": _kernel_check(result),
+        "hold_ended_early": result.hold_ended_early,
         "isolated_clients": [
             {"source": g.source, "target": str(g.target), "display_filter": f"ip.addr=={g.source}",
              "capture_filter": f"host {g.source}"}
@@ -283,6 +284,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     )
     d = rep["duration_s"]
     t.add_row("phases", "  ".join(f"{k} {v:.2f}s" for k, v in d.items()))
+    if rep.get("hold_ended_early"):
+        t.add_row("hold", f"ended early: {rep['hold_ended_early']}")
     t.add_row(
         "processes",
         f"{rep['client_processes']} client + {rep['server_processes']} server, "

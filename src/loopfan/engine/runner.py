@@ -161,6 +161,7 @@ class RunResult:
     # server moments before, not yet read by our workers (their open count is a moment old).
     kernel_client_closing: int | None = None
     open_at_peak: int | None = None  # our clients' open count when the kernel was asked
+    hold_ended_early: str | None = None  # why the hold stopped before --hold was up
     started_at: float = 0.0
     server_pids: list[int] = field(default_factory=list)
     traffic: Any = None  # traffic.results.TrafficTotals when the run talked
@@ -320,6 +321,7 @@ def run_plan(
                 elif now - last_progress[0] > config.stall_timeout_s:
                     break
             result.phases_s["connect"] = time.monotonic() - t_ramp
+            ramp_complete = stagger.done
             _note_failures(fleet, result)
 
             # Peak readings: after the ramp, while everything is held.
@@ -346,6 +348,10 @@ def run_plan(
                 t_hold = time.monotonic()
                 hold_until = None if config.hold_s is None else t_hold + config.hold_s
                 while interrupt.signal is None and (hold_until is None or time.monotonic() < hold_until):
+                    if ramp_complete and Totals.of(clients).open == 0:
+                        # Every connect resolved and none is open: holding would hold nothing.
+                        result.hold_ended_early = "no connection was open and none could open any more"
+                        break
                     fleet.pump(min(0.25, max(0.0, (hold_until or 1e18) - time.monotonic())))
                     tick()
                     if all(w.finished for w in clients):
