@@ -251,6 +251,11 @@ def test_sigint_while_connecting_writes_the_partial_report(
     assert 300 <= rep["established"] < 6000
     assert "hold" not in rep["duration_s"]  # it never got there
     assert "interrupted (SIGINT) - partial" in printed
+    # The clients were still connecting: no kernel count of a moving target, and no connects
+    # after the signal counted in the ramp's rate (it stays at the rate asked).
+    assert rep["kernel_check"] is None and rep["kernel_check_skipped"] == "the run was interrupted during the ramp"
+    assert "not asked: the run was interrupted during the ramp" in printed
+    assert rep["connect_rate_per_s"]["mean"] <= 2000 * 1.05
     assert "Traceback" not in err
 
 

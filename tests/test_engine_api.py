@@ -217,6 +217,9 @@ def test_run_with_builtin_server_matches_the_kernel(loopback_block: Block) -> No
     assert rep["established"] == rep["target_connections"] == rep["peak_concurrent"] == 6000
     assert rep["server"]["agrees_with_client"] is True
     assert_kernel_agrees(rep, 6000)
+    # Every second of the run is in a named phase: the phases add up to the total.
+    phases = rep["duration_s"]
+    assert abs(sum(v for k, v in phases.items() if k != "total") - phases["total"]) < 0.05, phases
     assert (rep["client_processes"], rep["server_processes"], rep["sources_used"]) == (3, 3, len(p.sources))
 
 

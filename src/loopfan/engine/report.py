@@ -163,7 +163,9 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
     plan = result.plan
     c = result.client
     connect_s = result.phases_s.get("connect") or 0.0
-    mean_rate = c.established / connect_s if connect_s > 0 else 0.0
+    # Established by the end of the ramp: an interrupted ramp's connects in flight land after it.
+    ramp_established = c.established if result.ramp_established is None else result.ramp_established
+    mean_rate = ramp_established / connect_s if connect_s > 0 else 0.0
     failures = [
         {"cause": cause, "count": n, "meaning": explain(cause).meaning, "fix": explain(cause).fix}
         for cause, n in sorted(c.failed.items(), key=lambda kv: -kv[1])
@@ -216,6 +218,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "sources_used": len(plan.sources),
         "first_limit_hit": first_limit_hit(result),
         "kernel_check": _kernel_check(result),
+        "kernel_check_skipped": result.kernel_check_skipped,
         "hold_ended_early": result.hold_ended_early,
         "isolated_clients": [
             {"source": g.source, "target": str(g.target), "display_filter": f"ip.addr=={g.source}",
@@ -310,6 +313,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     srv = rep.get("server")
     if kc is not None:
         t.add_row("kernel", kernel_line(kc))
+    elif rep.get("kernel_check_skipped"):
+        t.add_row("kernel", f"not asked: {rep['kernel_check_skipped']}")
     if srv is not None:
         agree = "agrees" if srv["agrees_with_client"] else "DISAGREES"
         t.add_row("server", f"accepted {srv['accepted']:,}: {agree} with the client's count")

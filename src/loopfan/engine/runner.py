@@ -157,10 +157,12 @@ class RunResult:
     # Server-side SYN-RECV, read when the server side fell short of the client side: handshakes
     # whose last ACK the server dropped (a full accept queue) though the client counts them open.
     kernel_server_syn_recv: int | None = None
+    kernel_check_skipped: str | None = None  # why the kernel was not asked (an interrupted ramp)
     # Client sockets in CLOSE-WAIT when the kernel's count fell short of ours: closed by the
     # server moments before, not yet read by our workers (their open count is a moment old).
     kernel_client_closing: int | None = None
     open_at_peak: int | None = None  # our clients' open count when the kernel was asked
+    ramp_established: int | None = None  # established when the ramp ended (its mean rate's count)
     hold_ended_early: str | None = None  # why the hold stopped before --hold was up
     started_at: float = 0.0
     server_pids: list[int] = field(default_factory=list)
@@ -321,10 +323,13 @@ def run_plan(
                 elif now - last_progress[0] > config.stall_timeout_s:
                     break
             result.phases_s["connect"] = time.monotonic() - t_ramp
+            result.ramp_established = Totals.of(clients).established
             ramp_complete = stagger.done
             _note_failures(fleet, result)
 
             # Peak readings: after the ramp, while everything is held.
+            phase = "measuring"
+            t_measure = time.monotonic()
             result.memory = {
                 "user_client": measure.sum_uss(w.pid for w in clients if not w.finished),
                 "user_server": measure.sum_uss(w.pid for w in fleet.of("server") if not w.finished),
@@ -332,7 +337,13 @@ def run_plan(
                 # The orchestrating parent counts on the client side too.
                 "user_parent": measure.uss_bytes(os.getpid()),
             }
-            _ask_the_kernel(result, fleet, clients, targets)
+            if interrupt.signal is None:
+                _ask_the_kernel(result, fleet, clients, targets)
+            else:
+                # The clients are still connecting (only CLOSE stops them): counts read now would
+                # be of different moments and keep growing past the signal. Close at once instead.
+                result.kernel_check_skipped = "the run was interrupted during the ramp"
+            result.phases_s["measure"] = time.monotonic() - t_measure
 
             # 2b. Traffic: every client worker talks over its connections, all starting together.
             if config.traffic is not None and interrupt.signal is None:
@@ -373,6 +384,7 @@ def run_plan(
             result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoopfanError) else str(exc)
         finally:
             phase = "stopping"
+            t_stop = time.monotonic()
             result.client, result.server = totals()
             # Before the built-in server stops: its listeners' drop counts go with them.
             result.target_listen_drops = _drops_during(_listener_drops(measure.target_listeners(targets)), drops_before)
@@ -388,6 +400,7 @@ def run_plan(
             result.cpu_s = _children_cpu_s() - cpu_before
             after = measure.listen_overflows()
             result.listen_overflows = _delta(after, overflows_before)
+            result.phases_s["stop"] = time.monotonic() - t_stop
             result.phases_s["total"] = time.monotonic() - t0
     return result
 

@@ -78,7 +78,8 @@ METRICS: dict[str, Metric] = {
         Metric("connect_rate.mean", "/s", False, "connects per second over the ramp"),
         Metric("connect_rate.peak", "/s", False, "connects in the best second"),
         *[Metric(f"connect_latency.{k}", "ms", True, f"connect latency {k}") for k in (*_PCTS, "max", "mean", "min")],
-        *[Metric(f"duration.{k}", "s", True, f"{k} phase") for k in ("start", "connect", "hold", "close", "total")],
+        *[Metric(f"duration.{k}", "s", True, f"{k} phase")
+          for k in ("start", "connect", "measure", "hold", "close", "stop", "total")],
         Metric("time_to_target", "s", True, "time until every connection was open at once"),
         Metric("time_to_half", "s", True, "time until half the connections were open at once"),
         Metric("cpu", "s", True, "CPU seconds of the worker processes"),
