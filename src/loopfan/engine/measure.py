@@ -6,12 +6,13 @@ offer the reading, and the report says "not measured" rather than guessing.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
 import struct
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -133,27 +134,39 @@ def count_tcp(endpoints: Iterable[tuple[str, int]], side: str, state: str = "est
     take a few seconds. Addresses matter, not only ports: other runs on the same port (7070 is
     everyone's default) use other loopback addresses and must not be counted.
     """
-    total = 0
-    filters = endpoint_filters(endpoints, side)
-    if not filters:
-        return None
-    for expr in filters:
-        n = _count_lines(["ss", "-Htn", "state", state, f"( {expr} )"])
-        if n is None:
-            return None
-        total += n
+    return start_count(endpoints, side, state)()
+
+
+def start_count(endpoints: Iterable[tuple[str, int]], side: str,
+                state: str = "established") -> Callable[[], int | None]:
+    """count_tcp started now, read when the returned function is called: several readings then
+    run side by side (a run's readings sit between its ramp and its traffic; each ss is a process
+    start and a table scan) and of one moment."""
+    procs = [_spawn(["ss", "-Htn", "state", state, f"( {expr} )"]) for expr in endpoint_filters(endpoints, side)]
+
+    @functools.cache  # read once: a second call has the answer, not a closed pipe
+    def total() -> int | None:
+        counts = [_count_lines(proc) for proc in procs]  # every one read: none left running
+        return None if not counts or None in counts else sum(c for c in counts if c is not None)
+
     return total
 
 
-def _count_lines(argv: list[str]) -> int | None:
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes] | None:
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except OSError:
+        return None
+
+
+def _count_lines(proc: subprocess.Popen[bytes] | None) -> int | None:
+    if proc is None:
         return None
     assert proc.stdout is not None
     count = 0
     while chunk := proc.stdout.read(1 << 20):
         count += chunk.count(b"\n")
+    proc.stdout.close()
     return count if proc.wait() == 0 else None
 
 
@@ -172,18 +185,26 @@ def target_listeners(endpoints: Iterable[tuple[str, int]]) -> list[Listener] | N
     address on their port (nginx's `listen 80`). None when `ss` is missing or fails.
 
     Unlike the host-wide ListenOverflows counter, their drop counts belong to the target alone."""
+    return start_listeners(endpoints)()
+
+
+def start_listeners(endpoints: Iterable[tuple[str, int]]) -> Callable[[], list[Listener] | None]:
+    """target_listeners started now, read when the returned function is called (see start_count)."""
     wanted = {(ipaddress.ip_address(a), p) for a, p in endpoints}
     ports = sorted({p for _, p in wanted})
-    if not ports:
-        return None
     expr = " or ".join(f"sport = :{p}" for p in ports)
-    try:
-        out = subprocess.run(["ss", "-Hltnm", f"( {expr} )"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return [ln for ln in parse_listeners(out.stdout) if _serves(ln.local, wanted)]
+    proc = _spawn(["ss", "-Hltnm", f"( {expr} )"]) if ports else None
+
+    @functools.cache
+    def listeners() -> list[Listener] | None:
+        if proc is None:
+            return None
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            return None
+        return [ln for ln in parse_listeners(out.decode()) if _serves(ln.local, wanted)]
+
+    return listeners
 
 
 def parse_listeners(text: str) -> list[Listener]:

@@ -233,7 +233,7 @@ def run_plan(
     slab_before = measure.slab_bytes()
     overflows_before = measure.listen_overflows()
     targets = [(t.address, t.port) for t in plan.targets]
-    drops_before = _listener_drops(measure.target_listeners(targets))
+    listeners_before = measure.start_listeners(targets)  # read once the server is up: not in its way
     n_servers = len(plan.server_shards)
     phase = "starting"
     hold_until: float | None = None
@@ -290,6 +290,7 @@ def run_plan(
                     raise HostError("the built-in server did not start listening within "
                                     f"{config.ready_timeout_s:.0f} s")
                 result.server_pids = [w.pid for w in fleet.of("server")]
+            listeners_before()  # the targets' listeners' drops so far, read before any client (kept)
             result.phases_s["start"] = time.monotonic() - t0
 
             # 2. Ramp: every client worker opens its shard.
@@ -387,7 +388,9 @@ def run_plan(
             t_stop = time.monotonic()
             result.client, result.server = totals()
             # Before the built-in server stops: its listeners' drop counts go with them.
-            result.target_listen_drops = _drops_during(_listener_drops(measure.target_listeners(targets)), drops_before)
+            drops_before = _listener_drops(listeners_before())  # read before the clients (cached)
+            drops_after = _listener_drops(measure.target_listeners(targets))
+            result.target_listen_drops = _drops_during(drops_after, drops_before)
             fleet.send(fleet.of("server"), P.STOP)
             fleet.wait_until(lambda: all(w.finished for w in fleet.workers), 10.0)
             result.client, result.server = totals()
@@ -411,11 +414,15 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
     while True:
         fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
         result.open_at_peak = Totals.of(clients).open
-        result.target_listeners = measure.target_listeners(targets)
-        # The server side first: a connection the server closes between the two reads then leaves
-        # the client side too (CLOSE-WAIT), instead of reading as established for the client only.
-        result.kernel_server_side = measure.count_tcp(targets, "src")
-        result.kernel_client_side = measure.count_tcp(targets, "dst")
+        # The three readings side by side: of one moment, and the traffic phase waits for one
+        # reading's time instead of three. The server side starts first: a connection the server
+        # closes meanwhile then leaves the client side too (CLOSE-WAIT) rather than reading as
+        # established for the client only.
+        server_side = measure.start_count(targets, "src")
+        client_side = measure.start_count(targets, "dst")
+        listeners = measure.start_listeners(targets)
+        result.kernel_server_side, result.kernel_client_side = server_side(), client_side()
+        result.target_listeners = listeners()
         # A server whose queue was full a moment ago completes the handshake when it retransmits
         # its SYN-ACK (after 1 s) and the queue has room: count again before calling them half-open.
         if not result.half_open or time.monotonic() >= settle_until:
