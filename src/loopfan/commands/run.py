@@ -32,7 +32,6 @@ from loopfan.errors import HostError, UsageError
 from loopfan.hostfacts import HostFacts, facts_for_workers
 from loopfan.planner import Plan, PlanRequest, plan
 from loopfan.pools import parse_pool
-from loopfan.results.checks import with_described_checks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +225,6 @@ def command(
                       output=output)
     console = report_console(json_path)
     result, rep = execute(opts, ["loopfan", *sys.argv[1:]])
-    deliver(opts, rep, lambda: console.print(report_renderable(with_described_checks(rep))))
+    deliver(opts, rep, lambda: console.print(report_renderable(rep)))
     status = exit_status(result)
     return 1 if status == 0 and output.failed(rep) else status

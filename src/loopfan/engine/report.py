@@ -22,7 +22,8 @@ from loopfan import __version__
 from loopfan.engine.causes import explain
 from loopfan.engine.runner import HIST_DIGITS, HIST_HIGHEST_US, HIST_LOWEST_US, RunResult
 from loopfan.hostfacts import HostFacts
-from loopfan.render import plan_to_dict
+from loopfan.render import counted, plan_to_dict
+from loopfan.results.checks import described
 from loopfan.traffic.report import report_traffic, traffic_renderables
 
 REPORT_SCHEMA = "loopfan.report/1"
@@ -292,7 +293,7 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t.add_row(
         "processes",
         f"{rep['client_processes']} client + {rep['server_processes']} server, "
-        f"{rep['sources_used']:,} source addresses",
+        f"{counted(rep['sources_used'], 'source address')}",
     )
     m = rep["memory_bytes"]
 
@@ -351,7 +352,7 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     for chk in rep.get("checks") or []:
         mark, style = ("pass", "green") if chk["passed"] else ("FAIL", "bold red")
         actual = "not measured" if chk["actual"] is None else f"{chk['actual']:g}{chk.get('unit') or ''}"
-        parts.append(Text(f"check {mark}: {chk['expression']} (actual {actual})", style=style))
+        parts.append(Text(f"check {mark}: {described(chk)} (actual {actual})", style=style))
     if rep.get("error"):
         parts.append(Text(f"the run stopped early: {rep['error']}", style="bold red"))
     lim = rep["first_limit_hit"]

@@ -246,12 +246,6 @@ def described(result: dict[str, Any]) -> str:
     return expression if m is None else f"{expression[: m.end()]} ({label}){expression[m.end():]}"
 
 
-def with_described_checks(rep: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the report for the terminal, each check's expression `described` (report.json keeps
-    the expression as typed)."""
-    return {**rep, "checks": [{**c, "expression": described(c)} for c in rep.get("checks") or []]}
-
-
 def value_of(metrics: dict[str, float | None], name: str) -> float | None:
     """metrics[name], with a family member never seen as 0 where the family was counted."""
     value = metrics.get(name)
