@@ -11,7 +11,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +277,14 @@ def builtin_listen(monkeypatch: pytest.MonkeyPatch, loopback_block: Callable[[],
         functools.partial(run_command.PlanRequest, listen_pool=parse_pool(f"{prefix}1-{prefix}40"), listen_port=port),
     )
     return prefix, port
+
+
+@dataclass
+class FakeWorker:
+    """A worker as the time series and live views read it (role, index, its last stats): for tests
+    of the sampler without processes."""
+    role: str
+    index: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    pid: int = 0
+    finished: bool = False

@@ -384,7 +384,7 @@ def test_leftover_background_process_is_waited_for_or_reported(capsys: pytest.Ca
     assert "waiting for 1 process" in capsys.readouterr().err
     assert main(["tag", "--no-wait", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 20 & echo $! >&2"]) == 0
     err = capsys.readouterr().err
-    assert "outlive the tag" in err
+    assert "1 process outlived the tag" in err
     pid = int(re.search(r"pids (\d+)", err).group(1))  # type: ignore[union-attr]
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)

@@ -12,25 +12,16 @@ import io
 import json
 import re
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from conftest import FakeWorker
 from rich.console import Console
 
 from loopfan.engine.runner import Progress, Totals
 from loopfan.engine.timeseries import SeriesSampler
 from loopfan.results.live import ProgressSink, describe, last_row, panel
 from loopfan.results.prometheus import Exporter
-
-
-@dataclass
-class FakeWorker:
-    role: str
-    index: int
-    stats: dict[str, Any] = field(default_factory=dict)
-    pid: int = 0
-    finished: bool = False
 
 
 def client_stats(t: float, *, replies: int = 0, errors: dict[str, int] | None = None,

@@ -10,12 +10,11 @@ workers' reports and could never take an overshoot back.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import FakeWorker, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,15 +25,6 @@ from loopfan.results.live import so_far
 
 RATE_COLUMNS = {"connects_per_s": "established", "closes_per_s": "closed", "failures_per_s": "failed",
                 "messages_per_s": "messages"}
-
-
-@dataclass
-class FakeWorker:
-    role: str
-    index: int
-    stats: dict[str, Any] = field(default_factory=dict)
-    pid: int = 0
-    finished: bool = False
 
 
 def integral(per_s: list[float], t_s: list[float]) -> float:
