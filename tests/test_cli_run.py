@@ -73,7 +73,7 @@ def test_run_without_target_starts_and_stops_the_builtin_server(
 ) -> None:
     prefix, _port = builtin_listen
     out = tmp_path / "run.json"
-    status = main(["run", "-c", "6k", "--per-process", "2000", "--hold", "0.2s", "--json", str(out), "-q"])
+    status = main(["run", "-c", "6k", "--per-process", "2k", "--hold", "0.2s", "--json", str(out), "-q"])
     printed = capsys.readouterr()
     assert status == 0, printed.err
     rep = json.loads(out.read_text())

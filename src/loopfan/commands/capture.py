@@ -68,7 +68,7 @@ def command(
     try:
         with CaptureSession(output, addresses, fmt=fmt, backend_name=backend, count=count) as session:
             session.start()
-            limit = f" for {duration}" if duration else ""
+            limit = f" for {seconds:g}s" if seconds else ""  # ('--duration 1' said "for 1")
             say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend}){limit}; Ctrl-C stops")
             say(f"until it stops, packets go to {session.partial} (kept there if loopfan is killed)")
             deadline = time.monotonic() + seconds if seconds else None

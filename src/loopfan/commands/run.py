@@ -15,6 +15,7 @@ from rich.console import Console
 from loopfan import aliases
 from loopfan.commands.common import (
     DURATION,
+    CountType,
     allow_option,
     build_sources,
     build_targets,
@@ -161,7 +162,7 @@ def exit_status(result: RunResult) -> int:
 @click.option("--isolate", type=click.IntRange(min=0), default=0, metavar="K",
               help="Give K of the connections a source address of their own (listed in the report with "
               "their Wireshark display filter).")
-@click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--per-process", type=CountType("--per-process"), default=None, metavar="N",
               help="At most N connections per worker process (default: the open-file limit allows).")
 @traffic_options
 def command(

@@ -8,7 +8,15 @@ import time
 import click
 from rich.console import Console
 
-from loopfan.commands.common import COUNT, DURATION, allow_option, build_targets, check_writable, write_json
+from loopfan.commands.common import (
+    COUNT,
+    DURATION,
+    CountType,
+    allow_option,
+    build_targets,
+    check_writable,
+    write_json,
+)
 from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.causes import explain
 from loopfan.engine.runner import Totals
@@ -29,7 +37,7 @@ from loopfan.render import counted
               help="Mode http: the response body size.")
 @click.option("--duration", type=DURATION, default=None, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--json", "json_path", metavar="FILE", help="Write final counts as JSON when stopping.")
-@click.option("--per-process", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--per-process", type=CountType("--per-process"), default=None, metavar="N",
               help="At most N connections per server process.")
 @allow_option
 def command(listen: tuple[str, ...], connections: int, mode: str, response_size: int, duration: float | None,
