@@ -257,6 +257,24 @@ def test_warmup_errors_are_shown_apart(traffic_report: dict[str, Any]) -> None:
     assert "no errors" in section(page, "run")  # the window's errors decide, as for the exit status
 
 
+def test_half_open_connections_turn_the_page_red_and_the_kernel_line_is_shown(
+        traffic_report: dict[str, Any]) -> None:
+    """The terminal's kernel cross-check and its half-open verdict, on the page too."""
+    rep = copy.deepcopy(traffic_report)
+    rep["kernel_check"] = {"open_connections": 2000, "kernel_client_side": 2000, "kernel_server_side": 13,
+                           "kernel_client_closing": None, "half_open": 1987, "agrees": False}
+    run = section(render(rep), "run")
+    assert "b-fail" in run and "1,987 connections half-open" in run
+    assert "ESTABLISHED per the kernel: client side 2,000, server side 13" in run
+
+
+def test_an_interrupted_traffic_run_does_not_blame_the_server(traffic_report: dict[str, Any]) -> None:
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"].update(interrupted=True, unanswered_at_end=20, unsent_at_end=0)
+    traffic = section(render(rep), "traffic")
+    assert "in flight when the run was interrupted: no drain" in traffic and "was behind" not in traffic
+
+
 def test_an_older_traffic_block_still_renders(traffic_report: dict[str, Any]) -> None:
     """A report from before sent_in_window and the warm-up's own counts: the figures it has."""
     rep = copy.deepcopy(traffic_report)

@@ -15,6 +15,7 @@ import html
 import json
 from typing import Any
 
+from loopfan.engine.report import kernel_line
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
@@ -95,6 +96,9 @@ def _connections_verdict(rep: dict[str, Any]) -> tuple[str, str]:
     failed_checks = [c for c in checks if not c["passed"]]
     if failed_checks:
         return "b-fail", f"{len(failed_checks)} of {len(checks)} checks failed"
+    half_open = (rep.get("kernel_check") or {}).get("half_open") or 0
+    if half_open:  # (as the terminal says it: the client's count alone would read as a pass)
+        return "b-fail", f"{half_open:,} connections half-open (established for the client, not for the server)"
     if rep.get("established", 0) < rep.get("target_connections", 0) or rep.get("failed_total"):
         return "b-fail", "some connections failed"
     return "b-pass", "all connections established" + (f", all {len(checks)} checks passed" if checks else "")
@@ -132,6 +136,10 @@ def _run_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
                       f"+ {rep.get('server_processes', 0)} server processes, {rep.get('sources_used', 0):,} "
                       "source addresses")],
     ]
+    if rep.get("kernel_check"):
+        facts.append(["kernel", _e(kernel_line(rep["kernel_check"]))])
+    elif rep.get("kernel_check_skipped"):
+        facts.append(["kernel", _e(f"not asked: {rep['kernel_check_skipped']}")])
     if rep.get("traffic"):
         facts.append(["traffic", _e(_traffic_summary(rep["traffic"]))])
     if baseline is not None:
@@ -337,7 +345,11 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
         facts.append(["warm-up errors", _e(_warmup_errors(tr))])
     unanswered, unsent = tr.get("unanswered_at_end", 0), tr.get("unsent_at_end", 0)
     end_text = f"{unanswered:,} unanswered, {unsent:,} due but not sent"
-    if unanswered or unsent:
+    if tr.get("interrupted") and unanswered and not unsent:
+        end_text += " (in flight when the run was interrupted: no drain)"
+    elif tr.get("interrupted") and (unanswered or unsent):
+        end_text += " (the run was interrupted, with no drain)"
+    elif unanswered or unsent:
         end_text += " (the server, or this host, was behind)"
     if tr.get("unsent_in_latency"):
         end_text += f"; {tr['unsent_in_latency']:,} of those are in the latency at their age at the end (a lower bound)"
