@@ -3,8 +3,8 @@
 Rules of this file: `open_tag` is the one way in (a context manager: whatever happens, links are
 closed, programs unloaded and the cgroup removed on the way out). `Coverage` is a pure value read
 from the programs' counters, and renders the report; nothing here prints. `run_tagged` runs a
-command inside a tag with loopfan's signal rules. The engine (`loopfan run --isolate`) uses
-`open_tag` + `Tag.enter_in_child` directly.
+command inside a tag with loopfan's signal rules. (`loopfan run --isolate` needs no tag: its
+isolated clients are loopfan's own sockets, bound to their addresses by the planner's shards.)
 
 Privileges and kernel features, checked by doing (the honest probe):
 - BPF_MAP_CREATE / BPF_PROG_LOAD need CAP_BPF (or CAP_SYS_ADMIN); attaching cgroup programs needs
