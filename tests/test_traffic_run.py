@@ -8,6 +8,7 @@ Every run is small and short; every server a test starts is stopped by pid in a 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -662,3 +663,20 @@ def test_loop_lag_is_measured_during_the_traffic(builtin_listen: tuple[str, int]
     assert during and max(during) > 0.0, during  # the loop does work between its polls
     every = [lag for p in clients for lag in p["loop_lag_ms"] if lag is not None]
     assert max(every) < 1000, (every, series["phase"], procs["t_s"], series["t_s"])  # no row holds the whole phase
+
+
+def test_connect_timeout_applies_to_traffic_runs(loopback_block: Block, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: with --traffic the connect loop called the traffic worker's reply-timeout scan (same
+    method name), so connects to a server that never accepts were never timed out: the ramp hung
+    until killed. The accept queue (backlog 1) takes two; the other SYNs go unanswered."""
+    address = f"{loopback_block()}1"
+    port = free_port(address)
+    with socket.create_server((address, port), backlog=1):  # listens, never accepts
+        started = time.monotonic()
+        status, rep, text = run_json(tmp_path, capsys, "-c", "12", f"{address}:{port}", "--traffic", "echo",
+                                     "--duration", "0.3s", "--connect-timeout", "1s", "--reply-timeout", "1s")
+        took = time.monotonic() - started
+    assert status == 1, text
+    assert rep["failed"].get("ETIMEDOUT", 0) >= 8, rep["failed"]
+    assert took < 15, took

@@ -581,7 +581,7 @@ class TrafficClientWorker(ClientWorker):
                     next_grid = math.floor(now) + 1.0
                 if now >= next_scan:
                     next_scan = now + _SCAN_S
-                    self._expire(now, timeout_s)
+                    self._expire_replies(now, timeout_s)
                 if now >= next_report:
                     next_report = now + self.report_interval_s
                     self.report()
@@ -859,7 +859,7 @@ class TrafficClientWorker(ClientWorker):
             us = hdr_round(int((first - t0) * 1e6))
             self.hist_ttfb[us] = self.hist_ttfb.get(us, 0) + 1
 
-    def _expire(self, now: float, timeout_s: float) -> None:
+    def _expire_replies(self, now: float, timeout_s: float) -> None:
         late = [c for c in self.conns.values() if (c.starts and now - c.starts[0] > timeout_s)
                 or (not c.codec.ready and now - (c.opened or self._phase_start) > timeout_s)]
         for c in late:
