@@ -143,7 +143,19 @@ class Fleet:
                 try:
                     w.conn.send(message)
                 except OSError:
+                    # A worker that finished and exited before we read its DONE has closed its end:
+                    # its last messages are still in the pipe. Read them first; only a worker that
+                    # ends without DONE died (an interrupted traffic run counted every connection
+                    # of such workers as 'worker-died').
+                    self._read_rest(w)
                     self._died(w)
+
+    def _read_rest(self, worker: Worker) -> None:
+        try:
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            pass
 
     def wait_until(self, done: Callable[[], bool], timeout_s: float, tick: Callable[[], None] | None = None) -> bool:
         deadline = time.monotonic() + timeout_s
