@@ -213,15 +213,19 @@ def test_program_bound_socket_is_left_alone(
     assert "bound itself" in capsys.readouterr().err
 
 
-def test_udp_server_bound_to_the_wildcard_answers_from_its_own_address(udp_server: tuple[int, list[str]]) -> None:
-    """A tagged UDP server on 0.0.0.0 answers from the address it was reached on (it bound itself),
-    while an unbound socket of the same program is still tagged - on every send, not only the
-    first (inet_sendmsg autobinds it to a port before the hook sees it)."""
+def test_udp_server_bound_to_the_wildcard_is_left_as_it_would_be_untagged(
+    udp_server: tuple[int, list[str]],
+) -> None:
+    """A tagged UDP server on 0.0.0.0:PORT is left alone (its bind chose a port): it answers from
+    127.0.0.1, as untagged, not from the tag address. An unbound socket of the same program is
+    still tagged - on every send, not only the first (inet_sendmsg autobinds it before the hook)."""
     sink_port, peers = udp_server
     code = (
         "import socket, sys\n"
         "srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(('0.0.0.0', 0))\n"
-        "print(srv.getsockname()[1], flush=True)\n"
+        "port = srv.getsockname()[1]; srv.close()\n"
+        "srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(('0.0.0.0', port))\n"
+        "print(port, flush=True)\n"
         "data, peer = srv.recvfrom(100); srv.sendto(data, peer)\n"
         "out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "for _ in range(2): out.sendto(b'x', ('127.0.0.1', int(sys.argv[1])))\n"
@@ -235,9 +239,9 @@ def test_udp_server_bound_to_the_wildcard_answers_from_its_own_address(udp_serve
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        client.connect(("127.0.0.1", port))  # a connected client accepts replies from 127.0.0.1 only
-        client.send(b"ping")
-        assert client.recv(100) == b"ping"
+        client.sendto(b"ping", ("127.0.0.1", port))
+        data, replier = client.recvfrom(100)
+        assert (data, replier[0]) == (b"ping", "127.0.0.1")
     finally:
         client.close()
         _out, err = proc.communicate(timeout=20)
@@ -245,6 +249,39 @@ def test_udp_server_bound_to_the_wildcard_answers_from_its_own_address(udp_serve
     _wait_for(lambda: len(peers) == 2)
     assert peers == ["127.0.0.75", "127.0.0.75"]
     assert "2 of 3 UDP datagrams tagged" in err and "with a source the program chose" in err, err
+
+
+def test_udp_bind_that_chose_nothing_is_tagged_and_one_that_chose_is_not(
+    udp_server: tuple[int, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bind(('', 0)) before sending (libuv/Node, Java's DatagramSocket) chooses nothing: tagged.
+    A specific address with port 0 chose its source, the wildcard with a port is a server: left
+    alone. Also through an IPv6 socket bound to [::]:0 sending to ::ffff:127.0.0.1 (Java)."""
+    port, peers = udp_server
+    code = (
+        "import socket, sys\n"
+        "port = int(sys.argv[1])\n"
+        "def send(s, host='127.0.0.1'): s.sendto(b'x', (host, port))\n"
+        "a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(('', 0)); send(a)\n"
+        "b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); b.bind(('::', 0)); send(b, '::ffff:127.0.0.1')\n"
+        "c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.bind(('127.0.0.98', 0)); send(c)\n"
+        "d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.bind(('0.0.0.0', 0))\n"
+        "free = d.getsockname()[1]; d.close()\n"
+        "e = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); e.bind(('0.0.0.0', free)); send(e)\n"
+        "t = socket.socket(); t.bind(('', 0)); t.settimeout(5)\n"
+        "try:\n"
+        "    t.connect(('127.0.0.1', port))\n"
+        "except OSError:\n"
+        "    pass\n"
+    )
+    assert main(["tag", "--source", "127.0.0.76", "--", sys.executable, "-c", code, str(port)]) == 0
+    _wait_for(lambda: len(peers) == 4)
+    assert peers == ["127.0.0.76", "127.0.0.76", "127.0.0.98", "127.0.0.1"]
+    err = capsys.readouterr().err
+    assert "2 of 4 UDP datagrams tagged" in err, err
+    # TCP is unaffected by the bind hook: a TCP socket bound to ('', 0) already has its port at
+    # connect(), so bpf_bind cannot give it an address - left alone and said so, as before.
+    assert "0 of 1 loopback connection tagged" in err and "1 socket the program had bound itself" in err, err
 
 
 def test_connect_to_0_0_0_0_is_left_alone_and_reported(

@@ -81,7 +81,8 @@ def test_programs_are_small_and_end_with_exit() -> None:
         programs.connect4("127.0.0.5", 3),
         programs.connect6("127.0.0.5", 3, refuse_ipv6_loopback=True),
         programs.sendmsg4("127.0.0.5", 3, 4),
-        programs.post_bind(4),
+        programs.bind(4, ipv6=False),
+        programs.bind(4, ipv6=True),
         programs.sendmsg6(3, refuse_ipv6_loopback=False),
     ):
         assert len(code) % 8 == 0 and len(code) // 8 < 200

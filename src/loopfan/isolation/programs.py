@@ -22,10 +22,13 @@ Kernel facts (net/core/filter.c, checked on 6.x):
 - A UDP socket the program bound to the wildcard (a server on 0.0.0.0:PORT) also has
   msg_src_ip4 == 0, and so has every unbound socket. The socket's port cannot tell them apart:
   inet_sendmsg autobinds an unbound UDP socket to an ephemeral port *before* the sendmsg4 hook
-  runs, so sk->src_port is set in both cases. What does tell them apart is bind(): the post_bind4/6
-  hooks run for the program's own bind() calls only (not for autobind, not for bpf_bind), so
-  `post_bind` records the socket's cookie in an LRU hash map and sendmsg4 leaves those sockets
-  alone. (bpf_get_socket_cookie: sock_addr programs >= 4.19, cgroup sock programs >= 5.10.)
+  runs, so sk->src_port is set in both cases. Nor can "did the program call bind()": clients bind
+  to 0.0.0.0:0 before sending too (libuv/Node, Java's DatagramSocket) and choose nothing by it.
+  What tells them apart is what bind() asked for, which only the bind4/bind6 hooks see (user_ip*,
+  user_port, before the kernel picks a port; post_bind sees the port already picked). They run for
+  the program's own bind() calls only (not autobind, not bpf_bind), so `bind` records the cookie
+  of a UDP socket whose bind chose a port or an address, in an LRU hash map, and sendmsg4 leaves
+  those sockets alone. (A bind that then fails leaves a stale entry: that socket is left alone.)
 - connect() to 0.0.0.0 means "this host": the kernel routes it to the socket's source address,
   127.0.0.1 for an unbound socket - but the tag address once bpf_bind has run, where nothing
   listens. So 0.0.0.0 (and ::ffff:0.0.0.0) destinations are left alone and counted apart.
@@ -267,7 +270,7 @@ def connect6(source: str, map_fd: int, *, refuse_ipv6_loopback: bool) -> bytes:
 
 def sendmsg4(source: str, map_fd: int, bound_fd: int) -> bytes:
     """BPF_CGROUP_UDP4_SENDMSG: give unconnected datagrams to 127/8 the tag source - unless the
-    program chose the source itself (a bound address, IP_PKTINFO, or a bind() to 0.0.0.0)."""
+    program chose the source itself (a bound address, IP_PKTINFO, or a bind() to 0.0.0.0:PORT)."""
     src = address_word(source)
     return assemble(
         [
@@ -281,7 +284,7 @@ def sendmsg4(source: str, map_fd: int, bound_fd: int) -> bytes:
             mov32_imm(R3, src),
             jeq_reg(R2, R3, "tagged"),  # a socket we bound at an earlier connect()
             jne_imm(R2, 0, "source_set"),
-            # Wildcard source: bound by the program to 0.0.0.0 (see post_bind), or not bound at all?
+            # Wildcard source: bound by the program to 0.0.0.0:PORT (see bind), or a client's socket?
             mov64_reg(R1, R6),
             call(HELPER_GET_SOCKET_COOKIE),
             store_reg(8, R10, _COOKIE, R0),
@@ -310,17 +313,36 @@ def sendmsg4(source: str, map_fd: int, bound_fd: int) -> bytes:
     )
 
 
-def post_bind(bound_fd: int) -> bytes:
-    """BPF_CGROUP_INET4/6_POST_BIND: remember UDP sockets the program bound itself (by cookie).
+def bind(bound_fd: int, *, ipv6: bool) -> bytes:
+    """BPF_CGROUP_INET4/6_BIND: remember UDP sockets whose bind() chose something (by cookie).
 
-    Runs after the program's own bind() only - never for autobind or bpf_bind - so a socket found
-    in the map was bound by the program, even when to the wildcard address.
+    Chose something = a non-zero port (a server, even on the wildcard address) or a specific
+    address (the program picked its source). A bind to the wildcard with port 0 chooses nothing:
+    that is a client asking for an ephemeral port, and its datagrams are tagged like any other.
     """
+    if ipv6:
+        address_is_set: list[Item] = [
+            load(4, R2, R6, 8),  # user_ip6[0..3]
+            load(4, R3, R6, 12),
+            or64_reg(R2, R3),
+            load(4, R3, R6, 16),
+            or64_reg(R2, R3),
+            load(4, R3, R6, 20),
+            or64_reg(R2, R3),
+            jne_imm(R2, 0, "chose"),
+        ]
+    else:
+        address_is_set = [load(4, R2, R6, 4), jne_imm(R2, 0, "chose")]  # user_ip4
     return assemble(
         [
-            mov64_reg(R6, R1),  # ctx: struct bpf_sock
-            load(4, R2, R6, 8),  # type
+            mov64_reg(R6, R1),  # ctx: struct bpf_sock_addr
+            load(4, R2, R6, 32),  # type
             jne_imm(R2, SOCK_DGRAM, "out"),
+            load(4, R2, R6, 24),  # user_port (network order; any non-zero is non-zero)
+            jne_imm(R2, 0, "chose"),
+            *address_is_set,
+            ja("out"),
+            Label("chose"),
             mov64_reg(R1, R6),
             call(HELPER_GET_SOCKET_COOKIE),
             store_reg(8, R10, _COOKIE, R0),

@@ -10,8 +10,8 @@ Privileges and kernel features, checked by doing (the honest probe):
 - BPF_MAP_CREATE / BPF_PROG_LOAD need CAP_BPF (or CAP_SYS_ADMIN); attaching cgroup programs needs
   CAP_NET_ADMIN too (or CAP_SYS_ADMIN).
 - cgroup sock_addr hooks: connect4/6 kernel >= 4.17, UDP sendmsg4/6 >= 4.18, bpf_bind >= 4.17,
-  BPF links on cgroups >= 5.7, ctx->sk in sock_addr programs >= 5.3, bpf_get_socket_cookie in
-  post_bind (cgroup sock) programs >= 5.10: so Linux >= 5.10 in all.
+  bind4/6 hooks >= 4.17, bpf_get_socket_cookie in sock_addr programs >= 4.19, ctx->sk in sock_addr
+  programs >= 5.3, BPF links on cgroups >= 5.7: so Linux >= 5.7 in all.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Coverage:
         if self[Counter.DGRAM_SOURCE_SET]:
             out.append(
                 f"note: {_n(self[Counter.DGRAM_SOURCE_SET], 'UDP datagram')} with a source the program chose "
-                "(bound socket, also to 0.0.0.0, or IP_PKTINFO) left alone"
+                "(bound socket, a server on 0.0.0.0:PORT, or IP_PKTINFO) left alone"
             )
         to_any = self[Counter.CONNECT_TO_ANY] + self[Counter.DGRAM_TO_ANY]
         if to_any:
@@ -198,7 +198,7 @@ def _explain(exc: bpf.BpfError, step: str) -> HostError:
         detail = f" (verifier: {last[0]})" if last else ""
         return HostError(
             f"{step} failed: this kernel ({os.uname().release}) lacks a needed feature{detail}; loopfan tag "
-            "needs Linux >= 5.10 (cgroup sock_addr and post_bind hooks, bpf_bind, socket cookies, BPF links)"
+            "needs Linux >= 5.7 (cgroup sock_addr hooks, bpf_bind, socket cookies, BPF links)"
         )
     if exc.errno == 38:  # ENOSYS
         return HostError(f"{step} failed: the bpf() syscall is not available here (kernel built without BPF)")
@@ -273,7 +273,7 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         except bpf.BpfError as exc:
             raise _explain(exc, "creating a BPF map") from None
         fds.append(bound_fd)  # the programs hold their own reference; ours goes with the others
-        sock_addr, sock = bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, bpf.BPF_PROG_TYPE_CGROUP_SOCK
+        sock_addr = bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR
         to_load = [
             ("lfc4", programs.connect4(spec.source, map_fd), sock_addr, bpf.BPF_CGROUP_INET4_CONNECT),
             (
@@ -284,8 +284,8 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
             ),
             ("lfs4", programs.sendmsg4(spec.source, map_fd, bound_fd), sock_addr, bpf.BPF_CGROUP_UDP4_SENDMSG),
             ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), sock_addr, bpf.BPF_CGROUP_UDP6_SENDMSG),
-            ("lfb4", programs.post_bind(bound_fd), sock, bpf.BPF_CGROUP_INET4_POST_BIND),
-            ("lfb6", programs.post_bind(bound_fd), sock, bpf.BPF_CGROUP_INET6_POST_BIND),
+            ("lfb4", programs.bind(bound_fd, ipv6=False), sock_addr, bpf.BPF_CGROUP_INET4_BIND),
+            ("lfb6", programs.bind(bound_fd, ipv6=True), sock_addr, bpf.BPF_CGROUP_INET6_BIND),
         ]
         loaded = []
         for short, code, prog_type, attach in to_load:
