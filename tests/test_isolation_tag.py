@@ -409,6 +409,107 @@ def test_sigkilled_loopfan_leaves_no_untagged_process_behind(tmp_path: Path) -> 
     assert_no_leftovers(proc.pid)
 
 
+_STUBBORN = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "if os.fork() == 0:\n"
+    "    open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "    time.sleep(60); os._exit(0)\n"
+    "time.sleep(60)\n"
+)
+
+
+def _in_tag_or_gone(pid: int) -> bool:
+    """The process has ended, or is still in a loopfan tag cgroup (never freed untagged)."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return True
+    return _zombie(pid) or "loopfan.tag." in text
+
+
+def _start_killable(argv: list[str], pidfile: Path) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 15)
+    return proc, int(pidfile.read_text())
+
+
+def test_a_tag_started_during_the_watchdogs_grace_leaves_its_group_alone(tmp_path: Path) -> None:
+    """kill -9 loopfan, then at once another `loopfan tag`: its stale-cgroup sweep must not free the
+    killed tag's processes (untagged) while the watchdog is still ending them."""
+    pidfile = tmp_path / "grandchild.pid"
+    argv = ["tag", "--source", "127.0.0.79", "--", sys.executable, "-c", _STUBBORN, str(pidfile)]
+    proc, grandchild = _start_killable(argv, pidfile)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert main(["tag", "--source", "127.0.0.80", "--", "true"]) == 0
+        assert _in_tag_or_gone(grandchild), "the killed tag's process was freed, untagged"
+        _wait_for(lambda: not Path(f"/proc/{grandchild}").exists() or _zombie(grandchild), 10)
+        assert not Path(f"/proc/{grandchild}").exists() or _zombie(grandchild)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+    _wait_for(lambda: not [p for p in tag_cgroups(find_cgroup2_root()) if owner_of(p.name) == proc.pid], 10)
+    assert_no_leftovers(proc.pid)
+
+
+def test_nested_tags_leave_no_cgroup_when_the_outer_loopfan_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    inner = ["-m", "loopfan", "tag", "--source", "127.0.0.82", "--name", "inner", "--"]
+    argv = ["tag", "--source", "127.0.0.81", "--name", "outer", "--", sys.executable, *inner]
+    proc, grandchild = _start_killable([*argv, sys.executable, "-c", _STUBBORN, str(pidfile)], pidfile)
+    try:
+        outer = next(p for p in tag_cgroups(find_cgroup2_root()) if owner_of(p.name) == proc.pid)
+        assert any(p.name.startswith("loopfan.tag.") for p in outer.iterdir())  # the inner one, nested
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _wait_for(lambda: not outer.exists(), 15)
+        assert not outer.exists(), f"left behind: {[str(p) for p in outer.rglob('loopfan.tag.*')]}"
+        assert not Path(f"/proc/{grandchild}").exists() or _zombie(grandchild)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+    assert_no_leftovers(proc.pid)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_group_without_watchdog_is_killed_not_freed_and_removed_depth_first() -> None:
+    """Both loopfan and its watchdog gone: the sweep kills what is left (it would run untagged),
+    removes the nested group then the outer one, and leaves a guarded group alone."""
+    from loopfan.isolation.cgroup import Cgroup, remove_stale
+
+    parent = find_cgroup2_root()
+    outer = Cgroup.create(parent, f"loopfan.tag.{_dead_pid()}.stale")
+    inner = Cgroup.create(outer.path, f"loopfan.tag.{_dead_pid()}.inner")
+    held = Cgroup.create(parent, f"loopfan.tag.{_dead_pid()}.held")
+    guard = held.guard()
+    sleeper = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: inner.add(0))
+    try:
+        removed = remove_stale(parent)
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+        assert outer.path in removed and not outer.path.exists()
+        assert held.path.exists() and held.path not in removed  # looked after: left alone
+        os.close(guard)
+        guard = -1
+        assert held.path in remove_stale(parent)
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        if guard >= 0:
+            os.close(guard)
+        for group in (inner, outer, held):
+            group.remove(attempts=4)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -14,14 +14,21 @@ Kernel facts:
   bite because loopfan's own cgroup has no controllers enabled for its children.
 - A process enters a cgroup by writing its pid into `cgroup.procs`; children inherit the cgroup
   at fork, which is how "the command and everything it starts" is covered.
-- `rmdir` succeeds only once no process is left in the cgroup (`cgroup.procs` empty).
+- `rmdir` succeeds only once no process is left in the cgroup (`cgroup.procs` empty) and it has
+  no child cgroup (a `loopfan tag` run under a tag nests its cgroup in ours): removal is depth-first.
+- `cgroup.kill` (>= 5.14) kills every process of the cgroup *and its descendants* at once.
+- flock() works on a cgroup directory fd, and an open fd does not stop rmdir. A tag's cgroup is
+  flocked by its loopfan and, through an inherited fd, by its watchdog: "someone still looks
+  after it" is one non-blocking flock away, with no pid that could be reused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +135,52 @@ class Cgroup:
             time.sleep(poll_s)
         return True
 
+    def guard(self) -> int:
+        """An fd on the directory, flocked: while it (or a dup a watchdog inherited) is open, the
+        group is looked after and `remove_stale` leaves it alone. The caller closes it."""
+        fd = self.open_fd()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def guarded(self) -> bool:
+        """Is a live loopfan or watchdog holding this group's guard?"""
+        try:
+            fd = self.open_fd()
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also releases the lock we may just have taken
+        return False
+
+    def subtree(self) -> list[Path]:
+        """This cgroup and every cgroup under it (nested tags), deepest first: the order rmdir needs."""
+        return [Path(root) for root, _dirs, _files in os.walk(self.path, topdown=False)]
+
+    def subtree_pids(self) -> list[int]:
+        return [pid for path in self.subtree() for pid in Cgroup(path).pids()]
+
+    def kill_subtree(self, timeout_s: float = 2.0) -> bool:
+        """SIGKILL every process in this cgroup and below; True once they are gone."""
+        try:
+            (self.path / "cgroup.kill").write_text("1")
+        except OSError:  # kernel < 5.14: one by one (a fork in between is caught by the next round)
+            deadline = time.monotonic() + timeout_s
+            while (pids := self.subtree_pids()) and time.monotonic() < deadline:
+                for pid in pids:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+        deadline = time.monotonic() + timeout_s
+        while self.subtree_pids():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def release(self, pids: list[int]) -> None:
         """Move processes out to the parent cgroup (they outlive the tag, untagged from now on)."""
         for pid in pids:
@@ -148,9 +201,19 @@ class Cgroup:
                 time.sleep(0.025)
         return False
 
+    def remove_subtree(self, *, attempts: int = 40) -> bool:
+        """rmdir this cgroup and the (empty) cgroups under it, deepest first."""
+        return all([Cgroup(path).remove(attempts=attempts) for path in self.subtree()])
+
 
 def remove_stale(parent: Path) -> list[Path]:
-    """Remove empty tag cgroups whose loopfan is gone (it was killed before it could clean up)."""
+    """Remove tag cgroups nobody looks after any more: their loopfan is gone and so is its watchdog.
+
+    A group whose watchdog is alive is left to it (it is in its grace period, ending the tag's
+    processes). With the watchdog gone too (killed as well), the programs are detached and what
+    still runs there would run *untagged*: the tag promised "tagged, or ended", so those processes
+    are killed, not freed. Nested tags' cgroups under it go first (rmdir needs that order).
+    """
     removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
@@ -161,12 +224,12 @@ def remove_stale(parent: Path) -> list[Path]:
         if owner is None or pid_alive(owner):
             continue
         group = Cgroup(entry)
-        # Processes still inside run untagged (their programs went with loopfan): move them out.
-        group.release(group.pids())
-        if group.remove(attempts=4):
+        if group.guarded():
+            continue
+        group.kill_subtree()
+        if group.remove_subtree(attempts=4):
             removed.append(entry)
     return removed
-
 
 def tag_cgroups(parent: Path) -> list[Path]:
     """Every loopfan tag cgroup under parent (live or stale)."""

@@ -214,7 +214,7 @@ class Tag:
     spec: TagSpec
     cgroup: Cgroup
     _map_fd: int
-    _fds: list[int] = field(default_factory=list)  # programs and links: closing them detaches
+    _fds: list[int] = field(default_factory=list)  # programs, links (closing detaches), the guard
 
     @property
     def name(self) -> str:
@@ -298,6 +298,7 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
             fds.append(fd)
             loaded.append((fd, attach))
         cgroup = Cgroup.create(parent, cgroup_name(owner, spec.label))
+        fds.append(cgroup.guard())  # held by us and the watchdog: remove_stale leaves the group alone
         cg_fd = cgroup.open_fd()
         try:
             for fd, attach in loaded:
@@ -327,6 +328,7 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         # Links first (detaches), then the cgroup: a cgroup with live processes cannot go, so
         # whoever is left is moved out to the parent first (the caller has said so to the user).
         # The watchdog holds the links too: it is told to stand down first, so they really close.
+        # (The guard goes with them: while we live, our pid keeps other loopfans away anyway.)
         watchdog.stand_down()
         tag._close_programs()
         tag.cgroup.release(tag.cgroup.pids())
@@ -341,20 +343,27 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
 # held open: while the watchdog lives, the programs stay attached and the group stays tagged.
 _WATCHDOG_CODE = """
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
+# SIGTERM too: a watchdog of a tag nested in another tag is in the outer tag's cgroup, and must
+# not die of the outer watchdog's SIGTERM before it has done its own work.
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.SIG_IGN)
 fd, group, grace = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 said = b""
 while chunk := os.read(fd, 64):
     said += chunk
 if b"done" in said:
     sys.exit(0)
+def groups():  # the tag's cgroup and any nested tag's under it, deepest first
+    return [root for root, _dirs, _files in os.walk(group, topdown=False)]
 def pids():
-    try:
-        with open(group + "/cgroup.procs") as fh:
-            return [int(x) for x in fh.read().split()]
-    except OSError:
-        return []
+    out = []
+    for path in groups():
+        try:
+            with open(path + "/cgroup.procs") as fh:
+                out += [int(x) for x in fh.read().split()]
+        except OSError:
+            pass
+    return out
 def kill_all(sig):
     for pid in pids():
         try:
@@ -369,7 +378,7 @@ kill_all(signal.SIGTERM)
 wait_empty(grace)
 if pids():
     try:
-        with open(group + "/cgroup.kill", "w") as fh:
+        with open(group + "/cgroup.kill", "w") as fh:  # the whole subtree
             fh.write("1")
     except OSError:
         for _ in range(100):
@@ -378,14 +387,15 @@ if pids():
                 break
             time.sleep(0.02)
     wait_empty(5)
-for _ in range(40):
-    try:
-        os.rmdir(group)
-        break
-    except FileNotFoundError:
-        break
-    except OSError:
-        time.sleep(0.025)
+for path in groups():
+    for _ in range(40):
+        try:
+            os.rmdir(path)
+            break
+        except FileNotFoundError:
+            break
+        except OSError:
+            time.sleep(0.025)
 """
 
 
@@ -397,8 +407,9 @@ class Watchdog:
     loopfan the BPF links close and whatever the command started would go on running untagged in
     the cgroup. The watchdog notices loopfan's death as EOF on a pipe only loopfan writes to, and
     holds dups of the link fds, so the group stays tagged until it has stopped every process
-    (SIGTERM, a short grace, then cgroup.kill) and removed the cgroup. On a normal end loopfan
-    writes "done" first and the watchdog exits at once.
+    (SIGTERM, a short grace, then cgroup.kill) and removed the cgroup (nested tags' first). It also
+    holds the group's guard (a flock), so another loopfan's `remove_stale` leaves the group to it
+    during the grace. On a normal end loopfan writes "done" first and the watchdog exits at once.
     """
 
     proc: subprocess.Popen[bytes]
