@@ -857,6 +857,44 @@ def test_sigkilled_capture_leaves_its_packets_where_it_said(tmp_path: Path) -> N
             proc.wait(timeout=10)
 
 
+def test_sigkilled_builtin_capture_leaves_the_packets_it_saw(tmp_path: Path) -> None:
+    """The built-in backend flushes its header at once and packets every quarter second: kill -9
+    1.5 s after the traffic, and the partial file holds it."""
+    out = tmp_path / "k.pcapng"
+    argv = ["capture", "--source", "127.0.0.84=y", "-w", str(out), "--backend", "builtin", "--duration", "20"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.84", 0))
+    try:
+        assert proc.stderr is not None
+        said = ""
+        deadline = time.monotonic() + 15
+        while "packets go to" not in said and time.monotonic() < deadline and proc.poll() is None:
+            said += proc.stderr.readline()
+        match = re.search(r"packets go to (\S+) ", said)
+        assert match, said
+        partial = Path(match.group(1))
+        time.sleep(0.3)  # the reader thread is up
+        for i in range(3):
+            sender.sendto(b"flushme-%d" % i, sink.getsockname())
+        time.sleep(1.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        data = partial.read_bytes()
+        assert len(data) >= 24 and data[:4] == b"\x4d\x3c\xb2\xa1"  # pcap, nanosecond timestamps
+        assert sorted(re.findall(rb"flushme-\d", data)) == [b"flushme-0", b"flushme-1", b"flushme-2"]
+    finally:
+        sender.close()
+        sink.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def test_capture_as_pcap_prints_the_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "l.pcap"
     argv = ["capture", "--source", "127.0.0.82=lab", "--format", "pcap", "--duration", "0.2", "--backend", "builtin"]
