@@ -518,8 +518,9 @@ def _zombie(pid: int) -> bool:
 
 
 def test_leftover_background_process_is_waited_for_or_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["tag", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 0.5 &"]) == 0
-    assert "waiting for 1 process" in capsys.readouterr().err
+    assert main(["tag", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 0.5 & sleep 0.5 &"]) == 0
+    # The processes actually left are named (from /proc/PID/comm), not the command.
+    assert re.search(r"waiting for 2 processes left running by sh \(sleep \d+, sleep \d+\)", capsys.readouterr().err)
     assert main(["tag", "--no-wait", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 20 & echo $! >&2"]) == 0
     err = capsys.readouterr().err
     assert "1 process outlived the tag" in err
@@ -692,6 +693,7 @@ def test_capture_command_stops_at_count_with_builtin_backend(
     thread.join(timeout=30)
     assert result == [0]
     assert len(_tshark_fields(path, "ip.addr==127.0.0.72", "ip.src")) == 3
+    assert "3 packets, 1 TCP connection, 0 UDP datagrams" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -318,3 +318,12 @@ def test_display_filter_for_several_addresses_matches_each_in_tshark(tmp_path: P
     argv = [tshark, "-r", str(path), "-Y", display, "-T", "fields", "-e", "ip.src"]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert run.stdout.split() == ["127.0.0.5", "127.0.0.6", "127.0.0.7"], run.stderr
+
+
+def test_summary_counts_have_thousands_separators_and_agree_in_number() -> None:
+    c = _cov(CONNECT_TAGGED=30000, DGRAM_TAGGED=1234)
+    assert c.summary() == "all 30,000 connections tagged, all 1,234 UDP datagrams tagged"
+    c = _cov(CONNECT_TAGGED=1500, CONNECT_BIND_ERROR=1)
+    assert c.summary() == "1,500 of 1,501 loopback connections tagged"
+    assert "1 connection could not" in " ".join(c.exceptions())
+

@@ -28,6 +28,7 @@ from loopfan.isolation.capture import (
     parse_target,
 )
 from loopfan.isolation.registry import TagRecord, active_tags
+from loopfan.render import counted
 
 
 def say(line: str) -> None:
@@ -82,8 +83,8 @@ def command(
             signal.signal(s, handler)
     dropped = dropped_note(stats.dropped)
     say(
-        f"{output}: {stats.packets} packets, {stats.connections} TCP connections, "
-        f"{stats.datagrams} UDP datagrams{dropped}"
+        f"{output}: {counted(stats.packets, 'packet')}, {counted(stats.connections, 'TCP connection')}, "
+        f"{counted(stats.datagrams, 'UDP datagram')}{dropped}"
     )
     click.echo(f"display filter: {display_filter(addresses)}")
     labels = [t.label for t in targets if t.label]

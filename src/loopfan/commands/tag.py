@@ -197,7 +197,8 @@ def _run(
             stats = session.stop([Target(spec.source, spec.label, detail), *others])
             dropped = dropped_note(stats.dropped)
             say(
-                f"capture {output}: {stats.packets} packets, {stats.connections} TCP connections seen"
+                f"capture {output}: {counted(stats.packets, 'packet')}, "
+                f"{counted(stats.connections, 'TCP connection')} seen"
                 f"{dropped}; {coverage.summary()}"
             )
             say(f"display filter: {display_filter(addresses)}")

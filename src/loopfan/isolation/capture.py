@@ -108,7 +108,7 @@ def dropped_note(dropped: int | None) -> str:
     # PACKET_STATISTICS counts the capture socket's drops since it was opened: a full buffer, but also
     # packets of any address that arrived before the filter was attached (libpcap sets it late).
     return (
-        f", {dropped} dropped by the kernel (the capture socket's count: packets that did not fit its "
+        f", {dropped:,} dropped by the kernel (the capture socket's count: packets that did not fit its "
         "buffer, possibly of other addresses before the filter was in place)"
     )
 

@@ -37,6 +37,7 @@ from loopfan.isolation import bpf, programs
 from loopfan.isolation.cgroup import Cgroup, cgroup_name, find_cgroup2_root, remove_stale
 from loopfan.isolation.programs import Counter
 from loopfan.isolation.registry import TagRecord
+from loopfan.render import counted
 
 IPV6_POLICIES = ("report", "refuse")
 
@@ -97,15 +98,15 @@ class Coverage:
         if c_all == 0:
             parts.append("no loopback connections seen")
         elif self.connections_untagged == 0:
-            parts.append("the 1 connection tagged" if c_all == 1 else f"all {c_all} connections tagged")
+            parts.append("the 1 connection tagged" if c_all == 1 else f"all {c_all:,} connections tagged")
         else:
-            parts.append(f"{self.connections_tagged} of {_n(c_all, 'loopback connection')} tagged")
+            parts.append(f"{self.connections_tagged:,} of {counted(c_all, 'loopback connection')} tagged")
         d_all = self[Counter.DGRAM_TAGGED] + self.datagrams_untagged
         if d_all:
             if self.datagrams_untagged == 0:
-                parts.append("the 1 UDP datagram tagged" if d_all == 1 else f"all {d_all} UDP datagrams tagged")
+                parts.append("the 1 UDP datagram tagged" if d_all == 1 else f"all {d_all:,} UDP datagrams tagged")
             else:
-                parts.append(f"{self[Counter.DGRAM_TAGGED]} of {_n(d_all, 'UDP datagram')} tagged")
+                parts.append(f"{self[Counter.DGRAM_TAGGED]:,} of {counted(d_all, 'UDP datagram')} tagged")
         return ", ".join(parts)
 
     def exceptions(self, *, ipv6_policy: str = "report") -> list[str]:
@@ -115,46 +116,44 @@ class Coverage:
         if v6:
             if ipv6_policy == "refuse":
                 out.append(
-                    f"warning: refused {_n(v6, 'connection/datagram')} to ::1 (IPv6 has one loopback address, "
+                    f"warning: refused {counted(v6, 'connection/datagram')} to ::1 (IPv6 has one loopback address, "
                     "no range to tag from); point the client at 127.0.0.1 instead of localhost"
                 )
             else:
                 out.append(
-                    f"warning: {_n(v6, 'connection/datagram')} to ::1 went out UNTAGGED (IPv6 has one loopback "
+                    f"warning: {counted(v6, 'connection/datagram')} to ::1 went out UNTAGGED (IPv6 has one loopback "
                     "address, no range to tag from); point the client at 127.0.0.1, or pass --ipv6 refuse "
                     "so clients trying ::1 fall back to 127.0.0.1"
                 )
         if self[Counter.CONNECT_ALREADY_BOUND]:
             out.append(
-                f"note: {_n(self[Counter.CONNECT_ALREADY_BOUND], 'socket')} the program had bound itself "
+                f"note: {counted(self[Counter.CONNECT_ALREADY_BOUND], 'socket')} the program had bound itself "
                 "left alone (they carry the address the program chose)"
             )
         if self[Counter.DGRAM_SOURCE_SET]:
             out.append(
-                f"note: {_n(self[Counter.DGRAM_SOURCE_SET], 'UDP datagram')} with a source the program chose "
+                f"note: {counted(self[Counter.DGRAM_SOURCE_SET], 'UDP datagram')} with a source the program chose "
                 "(bound socket, a server on 0.0.0.0:PORT, or IP_PKTINFO) left alone"
             )
         to_any = self[Counter.CONNECT_TO_ANY] + self[Counter.DGRAM_TO_ANY]
         if to_any:
             out.append(
-                f"note: {_n(to_any, 'connection/datagram')} to 0.0.0.0 left alone, untagged (Linux sends it to the "
-                "socket's own source address, which tagging would make the tag address); use 127.0.0.1 to be tagged"
+                f"note: {counted(to_any, 'connection/datagram')} to 0.0.0.0 left alone, untagged "
+                "(Linux sends it to the socket's own source address, which tagging would make the tag address); "
+                "use 127.0.0.1 to be tagged"
             )
         if self[Counter.CONNECT_BIND_ERROR]:
             out.append(
-                f"warning: {_n(self[Counter.CONNECT_BIND_ERROR], 'connection')} could not be bound to the tag "
+                f"warning: {counted(self[Counter.CONNECT_BIND_ERROR], 'connection')} could not be bound to the tag "
                 "address (bind error) and went out untagged"
             )
         outside = self[Counter.CONNECT_NOT_LOOPBACK] + self[Counter.DGRAM_NOT_LOOPBACK]
         if outside:
             out.append(
-                f"note: {_n(outside, 'connection/datagram')} to non-loopback destinations left alone (never rewritten)"
+                f"note: {counted(outside, 'connection/datagram')} to non-loopback destinations left alone "
+                "(never rewritten)"
             )
         return out
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,8 +539,8 @@ def run_tagged(
         if left and wait_descendants and not deadline:
             seen = len(interrupts)
             say(
-                f"waiting for {_n(len(left), 'process')} {Path(argv[0]).name} left running "
-                f"(pids {' '.join(map(str, left))}); press Ctrl-C to stop waiting - they will outlive the tag"
+                f"waiting for {counted(len(left), 'process')} left running by {Path(argv[0]).name} "
+                f"({process_names(left)}); press Ctrl-C to stop waiting - they will outlive the tag"
             )
             while tag.cgroup.pids() and len(interrupts) == seen and not deadline:
                 time.sleep(0.05)
@@ -553,6 +552,16 @@ def run_tagged(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def process_names(pids: Sequence[int]) -> str:
+    """'sleep 123, sleep 124': the processes actually left (their /proc comm), not the command's name."""
+    def name(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip() or "?"
+        except OSError:
+            return "gone"
+    return ", ".join(f"{name(pid)} {pid}" for pid in pids)
 
 
 def _kill_all(tag: Tag, wait_s: float = 0.0) -> None:
