@@ -46,6 +46,10 @@ def _one_error_line(err: str) -> str:
         (["capture", "--source", "127.255.255.255"], "broadcast address"),
         (["tag", "--name", "127.0.0.1", "--", "true"], "is an IP address"),
         (["tag", "--", "/etc/passwd"], "is not executable"),
+        (["tag", "--", "/tmp"], "is a directory, not a program"),
+        (["tag", "--name", "2130706433", "--", "true"], "reads as an IPv4 address (inet_aton takes it for 127.0.0.1)"),
+        (["tag", "--name", "0x7f000001", "--", "true"], "reads as an IPv4 address"),
+        (["capture", "--source", "127.0.0.28=a", "--source", "127.0.0.28=b"], "given twice, as 'a' and 'b'"),
         (["alias", "add", "127.255.255.255", "--dry-run", "--platform", "macos"], "broadcast address"),
         (["alias", "add", "127.255.255.0/24", "--dry-run", "--platform", "macos"], "broadcast address"),
     ],
@@ -53,6 +57,23 @@ def _one_error_line(err: str) -> str:
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert needle in _one_error_line(capsys.readouterr().err)
+
+
+def test_script_with_a_missing_interpreter_is_named_before_tagging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/nonexistent/interp -x\necho hi\n")
+    script.chmod(0o755)
+    env_script = tmp_path / "bad-env.sh"
+    env_script.write_text("#!/usr/bin/env -S loopfan-no-such-interp -u\n")
+    env_script.chmod(0o755)
+    assert main(["tag", "--", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert "interpreter '/nonexistent/interp' (its #! line) is not installed" in _one_error_line(err)
+    assert "tagged" not in err  # refused before any tag was set up
+    assert main(["tag", "--", str(env_script)]) == 2
+    assert "interpreter 'loopfan-no-such-interp'" in _one_error_line(capsys.readouterr().err)
 
 
 def test_unwritable_directory_path_leaves_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

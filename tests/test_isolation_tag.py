@@ -369,6 +369,25 @@ def test_interrupted_loopfan_cleans_up_and_stops_the_command() -> None:
     assert_no_leftovers(proc.pid)
 
 
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_and_loopfan_says_so() -> None:
+    from loopfan.isolation.tagger import run_tagged
+
+    ready = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
+    lines: list[str] = []
+    timers: list[threading.Timer] = []
+
+    def on_start(_pid: int) -> None:  # SIGTERM to loopfan (this process) once the command ignores it
+        timers.append(threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)))
+        timers[0].start()
+
+    with open_tag(TagSpec(source="127.0.0.85", label="stubborn")) as tag:
+        run = run_tagged([sys.executable, "-c", ready], tag, say=lines.append, on_start=on_start, grace_s=0.5)
+    timers[0].join()
+    assert run.exit_status == 128 + signal.SIGKILL
+    said = r"1 process still running 0.5 s after SIGTERM: killed with SIGKILL \(python\S* \d+\)"
+    assert any(re.fullmatch(said, line) for line in lines), lines
+
+
 def test_sigkilled_loopfan_leaves_no_untagged_process_behind(tmp_path: Path) -> None:
     """kill -KILL <loopfan>: PR_SET_PDEATHSIG reaches only the direct child, and a command may ignore
     SIGTERM; the watchdog must still end the grandchild and the SIGTERM-ignoring command, and

@@ -327,3 +327,12 @@ def test_summary_counts_have_thousands_separators_and_agree_in_number() -> None:
     assert c.summary() == "1,500 of 1,501 loopback connections tagged"
     assert "1 connection could not" in " ".join(c.exceptions())
 
+
+def test_targets_merge_by_address_and_the_filter_names_each_once() -> None:
+    from loopfan.isolation.capture import Target, display_filter, merge_targets
+
+    merged = merge_targets([Target("127.0.0.28", "a"), Target("127.0.0.28", "a"), Target("127.0.0.29", "")])
+    assert merged == [Target("127.0.0.28", "a"), Target("127.0.0.29", "")]
+    assert merge_targets([Target("127.0.0.28", ""), Target("127.0.0.28", "b")]) == [Target("127.0.0.28", "b")]
+    assert display_filter(["127.0.0.28", "127.0.0.28"]) == "ip.addr==127.0.0.28"
+

@@ -23,6 +23,7 @@ from loopfan.isolation.capture import (
     display_filter,
     dropped_note,
     labels_text,
+    merge_targets,
     name_filter,
     parse_duration,
     parse_target,
@@ -102,14 +103,14 @@ def _targets(sources: tuple[str, ...], tags: list[TagRecord]) -> list[Target]:
                 "no active tags to capture; give --source 127.0.0.5 (repeatable) or start one with loopfan tag"
             )
         return [Target(t.address, t.label, _detail(t)) for t in tags]
-    out: dict[str, Target] = {}
+    out: list[Target] = []
     for text in sources:
         target = parse_target(text)
         known = next((t for t in tags if t.address == target.address), None)
         if known is not None:
             target = Target(target.address, target.label or known.label, _detail(known))
-        out[target.address] = target
-    return list(out.values())
+        out.append(target)
+    return merge_targets(out)
 
 
 def _detail(record: TagRecord) -> str:

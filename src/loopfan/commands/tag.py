@@ -31,6 +31,7 @@ from loopfan.isolation.capture import (
     display_filter,
     dropped_note,
     labels_text,
+    merge_targets,
     name_filter,
     parse_target,
 )
@@ -97,11 +98,7 @@ def command(
     # --- input checks (exit 2), before touching the host -----------------------------------
     if not argv:
         raise UsageError("no command given; write: loopfan tag [--source 127.0.0.5] -- COMMAND [ARGS...]")
-    program = shutil.which(argv[0])
-    if program is None:
-        if shutil.which(argv[0], mode=os.F_OK) is not None:
-            raise UsageError(f"{argv[0]!r} is not executable; give a program, or chmod +x it if it is a script")
-        raise UsageError(f"command {argv[0]!r} not found; check its name or give its path")
+    check_program(argv[0])
     tags_now = active_tags()
     if source is not None:
         source = check_tag_address(source)
@@ -137,6 +134,46 @@ def command(
         raise
     finally:
         remove_record(reservation)
+
+
+def check_program(name: str) -> str:
+    """The program's path; UsageError naming what is wrong (not found, a directory, not executable,
+    its #! interpreter missing) - before the host is touched, so no tag is set up for nothing."""
+    program = shutil.which(name)
+    if program is None:
+        if "/" in name and os.path.isdir(name):
+            raise UsageError(f"{name!r} is a directory, not a program; give the program to run")
+        if shutil.which(name, mode=os.F_OK) is not None:
+            raise UsageError(f"{name!r} is not executable; give a program, or chmod +x it if it is a script")
+        raise UsageError(f"command {name!r} not found; check its name or give its path")
+    interpreter = missing_interpreter(program)
+    if interpreter is not None:
+        raise UsageError(
+            f"{name!r} is a script whose interpreter {interpreter!r} (its #! line) is not installed; "
+            "install it or fix the #! line"
+        )
+    return program
+
+
+def missing_interpreter(program: str) -> str | None:
+    """The #! interpreter of a script when it cannot be found (also `#!/usr/bin/env NAME`), else None."""
+    try:
+        with open(program, "rb") as fh:
+            first = fh.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if not words:
+        return None
+    if not os.access(words[0], os.X_OK):
+        return words[0]
+    if Path(words[0]).name == "env":
+        rest = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+        if rest and shutil.which(rest[0]) is None:
+            return rest[0]
+    return None
 
 
 def _check_not_taken(source: str, tags: list[TagRecord]) -> None:
@@ -231,7 +268,7 @@ def _also_targets(also: tuple[str, ...], tags_now: list[TagRecord]) -> list[Targ
         if known is not None:
             target = Target(target.address, target.label or known.label, _detail(known))
         out.append(target)
-    return out
+    return merge_targets(out)
 
 
 def _list() -> int:

@@ -72,7 +72,7 @@ def display_filter(addresses: Sequence[str]) -> str:
     An `||` chain, not a set: `ip.addr in {A B}` (the space-separated set of Wireshark 3.x) matches
     almost nothing in Wireshark 4.0 - its sets want commas, which 3.x in turn refuses.
     """
-    return " || ".join(f"ip.addr=={a}" for a in addresses)
+    return " || ".join(f"ip.addr=={a}" for a in dict.fromkeys(addresses))
 
 
 def labels_text(targets: Sequence[Target]) -> str:
@@ -630,12 +630,45 @@ def check_label(text: str) -> str:
         # The file's name block would map the tag address to this "name": Wireshark would then show
         # the tagged traffic as coming from that other address.
         raise UsageError(f"label {text!r} is an IP address, which would mislead in a capture; use a name, e.g. client")
+    if _reads_as_ipv4(text):
+        # '2130706433', '0x7f000001', '127.1': inet_aton (and so name resolution) reads these as 127.0.0.1.
+        read_as = socket.inet_ntoa(socket.inet_aton(text))
+        raise UsageError(
+            f"label {text!r} reads as an IPv4 address (inet_aton takes it for {read_as}), "
+            "which would mislead in a capture; use a name, e.g. client"
+        )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
         raise UsageError(
             f"label {text!r} is not usable as a name in a capture; use letters, digits, '.', '_' or '-' "
             "(at most 63), e.g. kafka-client"
         )
     return text
+
+
+def _reads_as_ipv4(text: str) -> bool:
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
+
+
+def merge_targets(targets: Sequence[Target]) -> list[Target]:
+    """One target per address, in order. The same address twice is fine (a label may come from the
+    active tag); with two different labels it is refused - the file can name an address once."""
+    out: dict[str, Target] = {}
+    for target in targets:
+        seen = out.get(target.address)
+        if seen is None:
+            out[target.address] = target
+        elif target.label and seen.label and target.label != seen.label:
+            raise UsageError(
+                f"{target.address} is given twice, as {seen.label!r} and {target.label!r}; "
+                "an address has one label - give it once"
+            )
+        elif target.label and not seen.label:
+            out[target.address] = target
+    return list(out.values())
 
 
 def parse_duration(text: str) -> float:

@@ -533,7 +533,7 @@ def run_tagged(
                 break
             except subprocess.TimeoutExpired:
                 if deadline and time.monotonic() > deadline[0]:
-                    _kill_all(tag)
+                    _kill_all(tag, say=say, grace=f"{grace_s:g} s after SIGTERM")
         # Whatever COMMAND started and left behind (daemons) is still tagged while it runs.
         left = tag.cgroup.pids()
         if left and wait_descendants and not deadline:
@@ -545,7 +545,8 @@ def run_tagged(
             while tag.cgroup.pids() and len(interrupts) == seen and not deadline:
                 time.sleep(0.05)
         if deadline:
-            _kill_all(tag, wait_s=max(0.0, deadline[0] - time.monotonic()))
+            wait_s = max(0.0, deadline[0] - time.monotonic())
+            _kill_all(tag, wait_s=wait_s, say=say, grace=f"{grace_s:g} s after SIGTERM")
         outlived = tuple(tag.cgroup.pids())
         coverage = tag.coverage()
         return TaggedRun(exit_status_of(returncode), proc.pid, coverage, outlived, bool(interrupts))
@@ -564,10 +565,14 @@ def process_names(pids: Sequence[int]) -> str:
     return ", ".join(f"{name(pid)} {pid}" for pid in pids)
 
 
-def _kill_all(tag: Tag, wait_s: float = 0.0) -> None:
+def _kill_all(
+    tag: Tag, wait_s: float = 0.0, say: Callable[[str], None] = lambda _line: None, grace: str = "after the grace"
+) -> None:
     """After the grace period: SIGKILL every process of the tag (cgroup.kill where the kernel has it)."""
     if tag.cgroup.wait_empty(timeout_s=wait_s):
         return
+    left = tag.cgroup.pids()
+    say(f"{counted(len(left), 'process')} still running {grace}: killed with SIGKILL ({process_names(left)})")
     kill_file = tag.cgroup.path / "cgroup.kill"  # kernel >= 5.14: kills the whole group atomically
     try:
         kill_file.write_text("1")
