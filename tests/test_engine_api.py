@@ -271,6 +271,7 @@ def assert_kernel_agrees(rep: dict[str, Any], n: int) -> None:
     kc = rep["kernel_check"]
     assert kc is not None and kc["agrees"] is True, kc
     assert (kc["kernel_client_side"], kc["kernel_server_side"], kc["half_open"]) == (n, n, 0), kc
+    assert (kc["never_accepted"], kc["accept_queued"]) == (0, 0), kc  # the server accept()ed every one
 
 
 # --- failures: a worker killed, the server under test stopped --------------------------------------
@@ -557,3 +558,75 @@ def test_overflows_are_blamed_on_the_target_only_on_its_own_evidence() -> None:
     ours = listen_overflow_advice({**base, "target_listen_drops": 2983,
                                    "target_listeners": [{"local": "x:1", "accept_queued": 0, "backlog": 1}]})
     assert "2,983 at the target's listeners (accept queue size 1)" in ours and "backlog is too small" in ours
+
+
+# --- connections the server never accept()ed: in its accept queue, not held by it -------------------
+
+
+@contextmanager
+def accepting_every(endpoint: Endpoint, pause_s: float | None) -> Iterator[list[socket.socket]]:
+    """A server with a large listen backlog (4096, as QA's never-accepting server) that accepts one
+    connection every `pause_s` seconds, or never (None): the kernel completes every handshake into
+    its accept queue either way, so the client sees every connection established."""
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+    listener = socket.create_server((endpoint.address, endpoint.port), backlog=4096)
+    listener.settimeout(0.05)
+
+    def serve() -> None:
+        while not stop.is_set():
+            if pause_s is None:
+                stop.wait(0.05)
+                continue
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield accepted
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()  # (its queued connections are reset with it)
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_server_that_never_accepts_is_not_holding_its_connections(loopback_block: Block) -> None:
+    """QA: backlog 4096 > -c, never accept(): every handshake completes in the kernel, the client
+    counts every connection established, and the server holds none. Flagged, exit 1."""
+    (target,) = endpoints(loopback_block, 1)
+    src = loopback_block()
+    p = plan(PlanRequest(connections=300, targets=(target,), sources=parse_pool(f"{src}1-{src}2")),
+             read_host_facts())
+    with accepting_every(target, None):
+        result = run_plan(p, RunConfig(hold_s=0.1))
+    rep = report_dict(result, argv=["test"])
+    kc = rep["kernel_check"]
+    assert (kc["kernel_client_side"], kc["kernel_server_side"], kc["half_open"]) == (300, 300, 0), kc
+    assert kc["never_accepted"] == kc["accept_queued"] == 300 and kc["agrees"] is False, kc
+    assert result.exit_status == 1
+    text = render_text(rep)
+    assert "Run report: 300 connections never accepted by the server (still in its accept queue)" in text
+    assert "all connections established" not in text
+    assert "not calling accept(), or is out of file descriptors (EMFILE" in text and "DISAGREES" in text
+
+
+def test_a_server_that_accepts_slowly_but_drains_its_queue_agrees(loopback_block: Block) -> None:
+    """A server behind on accept() at the end of the ramp that catches up within the grace: its
+    queue is empty at the last reading, nothing is flagged."""
+    (target,) = endpoints(loopback_block, 1)
+    src = loopback_block()
+    p = plan(PlanRequest(connections=300, targets=(target,), sources=parse_pool(f"{src}1-{src}2")),
+             read_host_facts())
+    with accepting_every(target, 0.002) as accepted:
+        result = run_plan(p, RunConfig(hold_s=0.1))
+        assert len(accepted) == 300
+    rep = report_dict(result, argv=["test"])
+    assert_kernel_agrees(rep, 300)
+    assert rep["kernel_check"]["never_accepted"] == 0 and result.exit_status == 0
+    assert "all connections established" in render_text(rep)

@@ -268,6 +268,17 @@ def test_half_open_connections_turn_the_page_red_and_the_kernel_line_is_shown(
     assert "ESTABLISHED per the kernel: client side 2,000, server side 13" in run
 
 
+def test_connections_never_accepted_turn_the_page_red(traffic_report: dict[str, Any]) -> None:
+    rep = copy.deepcopy(traffic_report)
+    rep["kernel_check"] = {"open_connections": 2000, "kernel_client_side": 2000, "kernel_server_side": 2000,
+                           "kernel_client_closing": None, "half_open": 0, "accept_queued": 173,
+                           "never_accepted": 173, "agrees": False}
+    run = section(render(rep), "run")
+    assert "b-fail" in run and "173 connections never accepted by the server (still in its accept queue)" in run
+    assert "173 never accepted: still in the server&#x27;s accept queue" in run or \
+        "173 never accepted: still in the server's accept queue" in run
+
+
 def test_an_interrupted_traffic_run_does_not_blame_the_server(traffic_report: dict[str, Any]) -> None:
     rep = copy.deepcopy(traffic_report)
     rep["traffic"].update(interrupted=True, unanswered_at_end=20, unsent_at_end=0)

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from loopfan import __version__
 from loopfan.engine.causes import explain
-from loopfan.engine.runner import HIST_DIGITS, HIST_HIGHEST_US, HIST_LOWEST_US, RunResult
+from loopfan.engine.runner import HIST_DIGITS, HIST_HIGHEST_US, HIST_LOWEST_US, KERNEL_SETTLE_S, RunResult
 from loopfan.hostfacts import HostFacts
 from loopfan.render import counted, plan_to_dict
 from loopfan.results.checks import described
@@ -148,7 +148,8 @@ def _kernel_check(result: RunResult) -> dict[str, Any] | None:
         "half_open": result.half_open,
         "kernel_server_syn_recv": result.kernel_server_syn_recv,
         "accept_queued": None if listeners is None else sum(ln.queued for ln in listeners),
-        "agrees": client_agrees and not result.half_open,
+        "never_accepted": result.never_accepted,
+        "agrees": client_agrees and not result.half_open and not result.never_accepted,
     }
 
 
@@ -265,13 +266,12 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t.add_column()
     ok = rep["established"] == rep["target_connections"] and not rep["failed_total"]
     kc = rep.get("kernel_check")
-    half_open = (kc or {}).get("half_open") or 0
+    not_held = not_held_by_server(kc)
     head = Text("Run report: ", style="bold")
     if rep["interrupted"]:
         head.append(f"interrupted ({rep['interrupted']}) - partial", style="bold yellow")
-    elif half_open:
-        head.append(f"{half_open:,} connections half-open (established for the client, not for the server)",
-                    style="bold red")
+    elif not_held:
+        head.append(not_held, style="bold red")
     elif ok:
         head.append("all connections established", style="bold green")
     else:
@@ -363,15 +363,25 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     return RichGroup(*parts)
 
 
+def not_held_by_server(kc: dict[str, Any] | None) -> str:
+    """The headline when the kernel shows connections the client holds and the server does not
+    (half-open, or never accept()ed): the client's count alone would read as a pass. '' if none."""
+    kc = kc or {}
+    half_open, never_accepted = kc.get("half_open") or 0, kc.get("never_accepted") or 0
+    parts = []
+    if half_open:
+        parts.append(f"{half_open:,} connections half-open (established for the client, not for the server)")
+    if never_accepted:
+        parts.append(f"{never_accepted:,} connections never accepted by the server (still in its accept queue)")
+    return "; ".join(parts)
+
+
 def kernel_line(kc: dict[str, Any]) -> str:
     verdict = "agrees" if kc["agrees"] else "DISAGREES"
     server_side = "" if kc["kernel_server_side"] is None else f", server side {kc['kernel_server_side']:,}"
     closing = kc.get("kernel_client_closing")
     if closing:
         server_side = f" (+{closing:,} just closed by the server, CLOSE-WAIT){server_side}"
-    queued = kc.get("accept_queued")
-    if queued and kc["kernel_server_side"] is not None:
-        server_side += f" ({queued:,} of them still in the accept queue, not accept()ed yet)"
     text = (f"ESTABLISHED per the kernel: client side {kc['kernel_client_side']:,}{server_side}: "
             f"{verdict} with {kc['open_connections']:,} open")
     half_open = kc.get("half_open") or 0
@@ -382,6 +392,14 @@ def kernel_line(kc: dict[str, Any]) -> str:
                  "server's accept queue overflowed and it dropped the handshake's last ACK, or it is not "
                  "accepting. Fix: a server that accepts faster or a larger listen backlog, or a lower "
                  "--connect-rate")
+    never_accepted = kc.get("never_accepted") or 0
+    if never_accepted:
+        text += (f"; {never_accepted:,} never accepted: still in the server's accept queue after "
+                 f"{KERNEL_SETTLE_S:g} s - the server application is not calling accept(), or is out of "
+                 "file descriptors (EMFILE: its log says so), or its accept loop is too slow. The kernel "
+                 "completed their handshakes; the server does not hold them. Fix: raise the server's "
+                 "open-file limit (ulimit -n, LimitNOFILE=) or run more server processes, and check "
+                 "that it accepts in a loop")
     return text
 
 

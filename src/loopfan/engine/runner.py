@@ -33,9 +33,11 @@ from loopfan.errors import HostError, LoopfanError
 from loopfan.planner import Plan
 from loopfan.traffic.config import TrafficConfig
 
-# Half-open connections at the end of the ramp are counted again for this long before they are
-# reported: a server that was only briefly behind completes them at its first SYN-ACK retransmit.
-HALF_OPEN_SETTLE_S = 1.5
+# Half-open connections at the end of the ramp, and connections still in the targets' accept
+# queues, are counted again for this long before they are reported: a server that was only briefly
+# behind completes the handshakes at its first SYN-ACK retransmit, and a healthy server drains its
+# accept queue in milliseconds once the ramp stops feeding it.
+KERNEL_SETTLE_S = 1.5
 
 # Latency histograms in microseconds: 1 us .. 10 min at 3 significant digits.
 HIST_LOWEST_US = 1
@@ -176,7 +178,7 @@ class RunResult:
             return 130
         if self.interrupted == "SIGTERM":
             return 143
-        return 1 if self.worker_failures or self.error or self.half_open else 0
+        return 1 if self.worker_failures or self.error or self.half_open or self.never_accepted else 0
 
     @property
     def half_open(self) -> int:
@@ -187,6 +189,15 @@ class RunResult:
         if self.kernel_client_side is None or self.kernel_server_side is None:
             return 0
         return max(0, self.kernel_client_side - self.kernel_server_side)
+
+    @property
+    def never_accepted(self) -> int:
+        """Connections still in the targets' accept queues when the kernel was last asked (after
+        up to KERNEL_SETTLE_S for the queue to drain): the kernel completed the handshake, but the
+        server application never accept()ed them - it is not calling accept(), is out of file
+        descriptors (EMFILE), or its accept loop is too slow. The server does not hold them: for
+        "how many connections can my server hold" they do not count."""
+        return sum(ln.queued for ln in self.target_listeners or ())
 
 
 class _Interrupt:
@@ -410,7 +421,7 @@ def run_plan(
 
 def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targets: list[tuple[str, int]]) -> None:
     """The kernel's own counts of the run's connections, both ends, once the ramp is done."""
-    settle_until = time.monotonic() + HALF_OPEN_SETTLE_S
+    settle_until = time.monotonic() + KERNEL_SETTLE_S
     while True:
         fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
         result.open_at_peak = Totals.of(clients).open
@@ -424,8 +435,9 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
         result.kernel_server_side, result.kernel_client_side = server_side(), client_side()
         result.target_listeners = listeners()
         # A server whose queue was full a moment ago completes the handshake when it retransmits
-        # its SYN-ACK (after 1 s) and the queue has room: count again before calling them half-open.
-        if not result.half_open or time.monotonic() >= settle_until:
+        # its SYN-ACK (after 1 s) and the queue has room, and a server behind on accept() catches
+        # up: count again before calling them half-open or never accepted.
+        if not (result.half_open or result.never_accepted) or time.monotonic() >= settle_until:
             break
     if result.kernel_client_side is not None and result.kernel_client_side < result.open_at_peak:
         result.kernel_client_closing = measure.count_tcp(targets, "dst", state="close-wait")

@@ -15,7 +15,7 @@ import html
 import json
 from typing import Any
 
-from loopfan.engine.report import kernel_line
+from loopfan.engine.report import kernel_line, not_held_by_server
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
@@ -96,9 +96,9 @@ def _connections_verdict(rep: dict[str, Any]) -> tuple[str, str]:
     failed_checks = [c for c in checks if not c["passed"]]
     if failed_checks:
         return "b-fail", f"{len(failed_checks)} of {len(checks)} checks failed"
-    half_open = (rep.get("kernel_check") or {}).get("half_open") or 0
-    if half_open:  # (as the terminal says it: the client's count alone would read as a pass)
-        return "b-fail", f"{half_open:,} connections half-open (established for the client, not for the server)"
+    not_held = not_held_by_server(rep.get("kernel_check"))
+    if not_held:  # (as the terminal says it: the client's count alone would read as a pass)
+        return "b-fail", not_held
     if rep.get("established", 0) < rep.get("target_connections", 0) or rep.get("failed_total"):
         return "b-fail", "some connections failed"
     return "b-pass", "all connections established" + (f", all {len(checks)} checks passed" if checks else "")
