@@ -393,7 +393,7 @@ def test_kernel_count_of_sockets_the_server_just_closed() -> None:
     def check(open_: int, established: int, closing: int | None) -> Any:
         fake = SimpleNamespace(open_at_peak=open_, kernel_client_side=established, kernel_client_closing=closing,
                                kernel_server_side=None, half_open=0, kernel_server_syn_recv=None,
-                               target_listeners=None)
+                               target_listeners=None, open_after_count=None, never_accepted=0)
         return _kernel_check(cast(RunResult, fake))
 
     assert check(2, 0, 2)["agrees"] is True
@@ -630,3 +630,82 @@ def test_a_server_that_accepts_slowly_but_drains_its_queue_agrees(loopback_block
     assert_kernel_agrees(rep, 300)
     assert rep["kernel_check"]["never_accepted"] == 0 and result.exit_status == 0
     assert "all connections established" in render_text(rep)
+
+
+def test_the_kernel_count_may_lie_between_our_counts_before_and_after_it() -> None:
+    """Our open count is read before the kernel's and again after it: connections the server closes
+    meanwhile make the two differ, and the kernel's count agrees anywhere between them (QA: nginx
+    reusing connections, 'DISAGREES' though nothing was wrong)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from loopfan.engine.report import _kernel_check, kernel_line
+
+    def check(before: int, after: int | None, established: int, closing: int | None = None) -> Any:
+        fake = SimpleNamespace(open_at_peak=before, open_after_count=after, kernel_client_side=established,
+                               kernel_client_closing=closing, kernel_server_side=established, half_open=0,
+                               kernel_server_syn_recv=None, target_listeners=None, never_accepted=0)
+        return _kernel_check(cast(RunResult, fake))
+
+    assert check(29_791, 29_407, 29_616)["agrees"] is True  # QA's nginx: between the two
+    assert check(29_791, 29_407, 29_791)["agrees"] is True and check(29_791, 29_407, 29_407)["agrees"] is True
+    assert check(29_791, 29_407, 29_406)["agrees"] is False  # below both: the kernel lost some
+    assert check(29_791, 29_407, 29_792)["agrees"] is False  # above both
+    assert check(100, 120, 110)["agrees"] is True  # late connects landing while counting
+    assert check(100, None, 99)["agrees"] is False  # no fresh reports: the one count must match
+    line = kernel_line(check(29_791, 29_407, 29_616))
+    assert "agrees with 29,791 open before the count, 29,407 after (384 closed by the server while counting)" in line
+    assert "after" not in kernel_line(check(500, 500, 500))
+
+
+@contextmanager
+def closing_half(endpoint: Endpoint, every_s: float) -> Iterator[None]:
+    """A server that accepts everything at once and closes every other connection it accepted,
+    one every `every_s` seconds from 0.2 s after its first accept: closes run all through the
+    end of the ramp and the kernel check (QA: nginx 'reusing connections' during the hold)."""
+    stop = threading.Event()
+    listener = socket.create_server((endpoint.address, endpoint.port), backlog=4096)
+    listener.setblocking(False)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        first = next_close = 0.0
+        closed = 0
+        while not stop.is_set():
+            try:
+                while True:
+                    accepted.append(listener.accept()[0])
+                    first = first or time.monotonic()
+                    next_close = next_close or first + 0.2
+            except BlockingIOError:
+                pass
+            if first and time.monotonic() >= next_close and 2 * closed + 1 < len(accepted):
+                accepted[2 * closed + 1].close()
+                closed += 1
+                next_close += every_s
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_server_closing_connections_while_the_kernel_counts_still_agrees(loopback_block: Block) -> None:
+    (target,) = endpoints(loopback_block, 1)
+    src = loopback_block()
+    p = plan(PlanRequest(connections=800, targets=(target,), sources=parse_pool(f"{src}1-{src}2")),
+             read_host_facts())
+    with closing_half(target, 0.004):
+        result = run_plan(p, RunConfig(hold_s=0.1))
+    kc = report_dict(result, argv=["test"])["kernel_check"]
+    before, after = kc["open_connections"], kc["open_connections_after"]
+    assert after is not None and after < before, kc  # the server closed some while the kernel counted
+    assert after <= kc["kernel_client_side"] <= before and kc["agrees"] is True, kc
+    assert kc["half_open"] == 0 and kc["never_accepted"] == 0, kc

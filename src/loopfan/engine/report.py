@@ -134,14 +134,19 @@ def _kernel_check(result: RunResult) -> dict[str, Any] | None:
     if result.kernel_client_side is None or result.open_at_peak is None:
         return None
     expected = result.open_at_peak
+    after = result.open_after_count
     client = result.kernel_client_side
     closing = result.kernel_client_closing or 0
+    # Our count was read before the kernel's and again after it (from fresh reports): connections
+    # closed (or opened) meanwhile move it, so the kernel's count agrees anywhere between the two.
     # Connections the server closed a moment before the count are CLOSE-WAIT on our side until a
     # worker reads the close: still open in our count, no longer ESTABLISHED in the kernel's.
-    client_agrees = client == expected or client < expected <= client + closing
+    low, high = min(expected, after if after is not None else expected), max(expected, after or 0)
+    client_agrees = client <= high and client + closing >= low
     listeners = result.target_listeners
     return {
         "open_connections": expected,
+        "open_connections_after": after,
         "kernel_client_side": client,
         "kernel_client_closing": result.kernel_client_closing,
         "kernel_server_side": result.kernel_server_side,
@@ -383,7 +388,7 @@ def kernel_line(kc: dict[str, Any]) -> str:
     if closing:
         server_side = f" (+{closing:,} just closed by the server, CLOSE-WAIT){server_side}"
     text = (f"ESTABLISHED per the kernel: client side {kc['kernel_client_side']:,}{server_side}: "
-            f"{verdict} with {kc['open_connections']:,} open")
+            f"{verdict} with {kc['open_connections']:,} open{_moved_while_counting(kc)}")
     half_open = kc.get("half_open") or 0
     if half_open:
         syn_recv = kc.get("kernel_server_syn_recv")
@@ -401,6 +406,17 @@ def kernel_line(kc: dict[str, Any]) -> str:
                  "open-file limit (ulimit -n, LimitNOFILE=) or run more server processes, and check "
                  "that it accepts in a loop")
     return text
+
+
+def _moved_while_counting(kc: dict[str, Any]) -> str:
+    """Our open count read again after the kernel's, when it changed: the server closed (or late
+    connects opened) connections while the kernel counted."""
+    before, after = kc["open_connections"], kc.get("open_connections_after")
+    if after is None or after == before:
+        return ""
+    if after < before:
+        return f" before the count, {after:,} after ({before - after:,} closed by the server while counting)"
+    return f" before the count, {after:,} after ({after - before:,} more opened while counting)"
 
 
 def listen_overflow_advice(rep: dict[str, Any]) -> str:

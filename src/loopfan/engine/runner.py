@@ -38,6 +38,8 @@ from loopfan.traffic.config import TrafficConfig
 # behind completes the handshakes at its first SYN-ACK retransmit, and a healthy server drains its
 # accept queue in milliseconds once the ramp stops feeding it.
 KERNEL_SETTLE_S = 1.5
+# How long the kernel check waits for every client worker's next report once the kernel counted.
+FRESH_REPORT_WAIT_S = 2.0
 
 # Latency histograms in microseconds: 1 us .. 10 min at 3 significant digits.
 HIST_LOWEST_US = 1
@@ -164,6 +166,8 @@ class RunResult:
     # server moments before, not yet read by our workers (their open count is a moment old).
     kernel_client_closing: int | None = None
     open_at_peak: int | None = None  # our clients' open count when the kernel was asked
+    # ... and again from reports made after the kernel's count: closes meanwhile lie between.
+    open_after_count: int | None = None
     ramp_established: int | None = None  # established when the ramp ended (its mean rate's count)
     hold_ended_early: str | None = None  # why the hold stopped before --hold was up
     started_at: float = 0.0
@@ -424,6 +428,10 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
     settle_until = time.monotonic() + KERNEL_SETTLE_S
     while True:
         fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
+        # The workers' counts are up to a report interval old and ss is a snapshot of later: a
+        # server closing connections meanwhile moves the truth between them. So our count is
+        # read before and again after the kernel's (see _fresh_open), and the kernel's must lie
+        # between the two.
         result.open_at_peak = Totals.of(clients).open
         # The three readings side by side: of one moment, and the traffic phase waits for one
         # reading's time instead of three. The server side starts first: a connection the server
@@ -434,15 +442,32 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
         listeners = measure.start_listeners(targets)
         result.kernel_server_side, result.kernel_client_side = server_side(), client_side()
         result.target_listeners = listeners()
+        counted_at = time.monotonic()
         # A server whose queue was full a moment ago completes the handshake when it retransmits
         # its SYN-ACK (after 1 s) and the queue has room, and a server behind on accept() catches
         # up: count again before calling them half-open or never accepted.
         if not (result.half_open or result.never_accepted) or time.monotonic() >= settle_until:
             break
+    result.open_after_count = _fresh_open(fleet, clients, counted_at)
     if result.kernel_client_side is not None and result.kernel_client_side < result.open_at_peak:
         result.kernel_client_closing = measure.count_tcp(targets, "dst", state="close-wait")
     if result.half_open:
         result.kernel_server_syn_recv = measure.count_tcp(targets, "src", state="syn-recv")
+
+
+def _fresh_open(fleet: Fleet, clients: list[Worker], since: float) -> int | None:
+    """Our clients' open count from reports every live worker made after `since` (a report
+    interval away: each reports every 0.25 s while it holds); None if one did not report in time."""
+    deadline = time.monotonic() + FRESH_REPORT_WAIT_S
+
+    def fresh() -> bool:
+        return all(w.finished or float(w.stats.get("t", 0.0)) >= since for w in clients)
+
+    while not fresh():
+        if time.monotonic() >= deadline:
+            return None
+        fleet.pump(0.05)
+    return Totals.of(clients).open
 
 
 def _listener_drops(listeners: list[measure.Listener] | None) -> int | None:
