@@ -451,7 +451,7 @@ def test_a_server_that_barely_accepts_leaves_half_open_connections(loopback_bloc
     assert rep["target_listen_drops"] and rep["target_listen_drops"] > 0  # its own queue overflowed
     text = render_text(rep)
     assert f"{kc['half_open']:,} connections half-open" in text
-    assert "accept queue overflowed" in text and "at the target's listeners" in text
+    assert "accept queue overflowed" in text and "the target's listeners dropped" in text
 
 
 def test_another_run_on_the_same_port_is_not_counted(loopback_block: Block) -> None:
@@ -557,7 +557,29 @@ def test_overflows_are_blamed_on_the_target_only_on_its_own_evidence() -> None:
     assert "unknown" in listen_overflow_advice({**base, "target_listen_drops": None})
     ours = listen_overflow_advice({**base, "target_listen_drops": 2983,
                                    "target_listeners": [{"local": "x:1", "accept_queued": 0, "backlog": 1}]})
-    assert "2,983 at the target's listeners (accept queue size 1)" in ours and "backlog is too small" in ours
+    assert "the target's listeners dropped 2,983 packets" in ours and "(accept queue size 1)" in ours
+    assert "backlog is too small" in ours
+
+
+def test_the_target_listeners_drops_are_compared_with_listen_drops_not_overflows() -> None:
+    """QA: '5,163 SYNs dropped by full accept queues host-wide, 5,354 at the target's listeners' -
+    a listener's sk_drops counts every reason, ListenOverflows only full accept queues. The line
+    sets the listeners' count beside the host-wide ListenDrops (like with like) and words neither
+    as a share of the overflows."""
+    from loopfan.engine.report import listen_overflow_advice
+
+    rep = {"listen_overflows": 5163, "listen_drops": 5360, "target_listen_drops": 5354,
+           "identity": {"host": {"facts": {"somaxconn": 4096}}},
+           "target_listeners": [{"local": "x:1", "accept_queued": 0, "backlog": 511}]}
+    text = listen_overflow_advice(rep)
+    assert text.startswith("5,163 SYNs dropped by full accept queues host-wide (any process's); "
+                           "the target's listeners dropped 5,354 packets, of any reason (a full accept queue, "
+                           "a full SYN queue, memory; listen drops host-wide, of any reason: 5,360)"), text
+    assert "5,354 at the target's listeners" not in text
+    assert "host-wide, of any reason" not in listen_overflow_advice({**rep, "listen_drops": None})
+    overflows, drops = measure.listen_overflows(), measure.listen_drops()
+    if drops is not None:  # both TcpExt counters, read from /proc/net/netstat
+        assert overflows is not None and drops >= 0 and overflows >= 0
 
 
 # --- connections the server never accept()ed: in its accept queue, not held by it -------------------

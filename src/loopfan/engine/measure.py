@@ -177,7 +177,9 @@ class Listener:
     local: str
     queued: int  # its accept queue now: connections the kernel completed, not yet accept()ed
     backlog: int  # the accept queue's size: min(listen()'s backlog, net.core.somaxconn)
-    drops: int  # SYNs/ACKs it dropped in its life (skmem d: sk_drops, which a full accept queue bumps)
+    # Packets it dropped in its life, for any reason (skmem d: sk_drops; a full accept queue is one,
+    # a full SYN queue or memory others): compare with ListenDrops, not ListenOverflows.
+    drops: int
 
 
 def target_listeners(endpoints: Iterable[tuple[str, int]]) -> list[Listener] | None:
@@ -250,6 +252,19 @@ def sockstat_inuse() -> int | None:
 def listen_overflows() -> int | None:
     """TcpExtListenOverflows: SYNs dropped because an accept queue was full - any process's
     (host-wide, cumulative): target_listeners() tells the target's own drops apart."""
+    return tcp_ext("ListenOverflows")
+
+
+def listen_drops() -> int | None:
+    """TcpExtListenDrops: packets any listening socket dropped, for any reason (a full accept
+    queue, a full SYN queue, memory...), host-wide and cumulative. The kernel bumps it where it
+    bumps the listener's own sk_drops (tcp_listendrop), so it is the host-wide figure that a
+    listener's drop count (Listener.drops) compares with - not ListenOverflows, a subset."""
+    return tcp_ext("ListenDrops")
+
+
+def tcp_ext(name: str) -> int | None:
+    """One TcpExt counter of /proc/net/netstat (host-wide, cumulative); None if not offered."""
     try:
         lines = Path("/proc/net/netstat").read_text().splitlines()
     except OSError:
@@ -257,6 +272,6 @@ def listen_overflows() -> int | None:
     for head, values in zip(lines[::2], lines[1::2], strict=False):
         if head.startswith("TcpExt:"):
             names, nums = head.split()[1:], values.split()[1:]
-            if "ListenOverflows" in names:
-                return int(nums[names.index("ListenOverflows")])
+            if name in names:
+                return int(nums[names.index(name)])
     return None

@@ -242,6 +242,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             for cause, src, sport, dst, dport in result.client.failed_samples[:FAILED_LISTED]
         ],
         "listen_overflows": result.listen_overflows,
+        "listen_drops": result.listen_drops,
         "target_listen_drops": result.target_listen_drops,
         "target_listeners": _listeners(result),
         "server": server,
@@ -431,7 +432,13 @@ def listen_overflow_advice(rep: dict[str, Any]) -> str:
         return text + ": none at the target's listeners - another process's accept queue overflowed, not the target's"
     if ours is None:
         return text + "; the target's own listeners could not be read (ss), so which queue is unknown"
-    text += f", {ours:,} at the target's listeners"
+    # A listener's own count (sk_drops) is of drops for any reason, as the host-wide ListenDrops
+    # is; ListenOverflows (full accept queues only) is a subset of that, so the target's count can
+    # exceed it: compare like with like.
+    host = rep.get("listen_drops")
+    host_text = "" if host is None else f"; listen drops host-wide, of any reason: {host:,}"
+    text += (f"; the target's listeners dropped {ours:,} packets, of any reason (a full accept queue, "
+             f"a full SYN queue, memory{host_text})")
     backlogs = sorted({ln["backlog"] for ln in rep.get("target_listeners") or []})
     if backlogs:
         text += f" (accept queue size {', '.join(f'{b:,}' for b in backlogs)})"

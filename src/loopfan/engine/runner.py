@@ -146,8 +146,11 @@ class RunResult:
     memory: dict[str, int | None] = field(default_factory=dict)
     cpu_s: float = 0.0
     listen_overflows: int | None = None  # host-wide: any process's accept queue counts
-    # Drops counted by the listeners serving the targets during the run (their own sk_drops, which
-    # a full accept queue bumps): the target's share of listen_overflows. None: not read.
+    # Host-wide drops by listening sockets for any reason (TcpExtListenDrops, a superset of the
+    # overflows): the figure the target's listeners' own drop counts compare with.
+    listen_drops: int | None = None
+    # Drops counted by the listeners serving the targets during the run (their own sk_drops, for any
+    # reason: a full accept queue is one): the target's share of listen_drops. None: not read.
     target_listen_drops: int | None = None
     # The targets' listening sockets once the ramp was done: accept queue now and its size.
     target_listeners: list[measure.Listener] | None = None
@@ -247,6 +250,7 @@ def run_plan(
     cpu_before = _children_cpu_s()
     slab_before = measure.slab_bytes()
     overflows_before = measure.listen_overflows()
+    listen_drops_before = measure.listen_drops()
     targets = [(t.address, t.port) for t in plan.targets]
     listeners_before = measure.start_listeners(targets)  # read once the server is up: not in its way
     n_servers = len(plan.server_shards)
@@ -418,6 +422,7 @@ def run_plan(
             result.cpu_s = _children_cpu_s() - cpu_before
             after = measure.listen_overflows()
             result.listen_overflows = _delta(after, overflows_before)
+            result.listen_drops = _delta(measure.listen_drops(), listen_drops_before)
             result.phases_s["stop"] = time.monotonic() - t_stop
             result.phases_s["total"] = time.monotonic() - t0
     return result
