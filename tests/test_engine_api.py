@@ -731,3 +731,21 @@ def test_a_server_closing_connections_while_the_kernel_counts_still_agrees(loopb
     assert after is not None and after < before, kc  # the server closed some while the kernel counted
     assert after <= kc["kernel_client_side"] <= before and kc["agrees"] is True, kc
     assert kc["half_open"] == 0 and kc["never_accepted"] == 0, kc
+
+
+def test_the_terminal_report_says_a_shrinking_slab_and_leaves_out_empty_phases(loopback_block: Block) -> None:
+    """QA: 'kernel -58 MB (slab growth)' - another process freed memory during the ramp; and a
+    traffic run's 'hold 0.00s'. The JSON keeps both figures as measured."""
+    from loopfan.engine.report import kernel_memory
+
+    result = run_plan(plan(builtin_request(loopback_block, 50, None), read_host_facts()), RunConfig(hold_s=0.1))
+    rep = report_dict(result, argv=["test"])
+    rep["memory_bytes"]["kernel"] = -58_000_000
+    rep["duration_s"]["hold"] = 0.0
+    text = render_text(rep)
+    assert "kernel ~0 MB (the host's slab shrank by 58 MB meanwhile: other processes freed memory)" in text
+    assert "-58 MB" not in text
+    assert " hold " not in text.split("phases", 1)[1].splitlines()[0] and "total " in text
+    assert rep["duration_s"]["hold"] == 0.0 and rep["memory_bytes"]["kernel"] == -58_000_000
+    assert kernel_memory(12_400_000) == "12 MB (slab growth)" and kernel_memory(None) == "- (slab growth)"
+    assert kernel_memory(-100_000) == "0 MB (slab growth)"

@@ -293,7 +293,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         f"p99.9 {_ms(lat['p999'])}  max {_ms(lat['max'])}",
     )
     d = rep["duration_s"]
-    t.add_row("phases", "  ".join(f"{k} {v:.2f}s" for k, v in d.items()))
+    # A phase that took no time (a traffic run's hold of 0 s) is noise on this line; the JSON has it.
+    t.add_row("phases", "  ".join(f"{k} {v:.2f}s" for k, v in d.items() if round(v, 2) or k == "total"))
     if rep.get("hold_ended_early"):
         t.add_row("hold", f"ended early: {rep['hold_ended_early']}")
     t.add_row(
@@ -311,7 +312,7 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     per_conn = f" ({client_side / peak:,.0f} B per connection)" if client_side and peak else ""
     server_per = f" ({m['user_server'] / peak:,.0f} B per connection)" if m["user_server"] and peak else ""
     t.add_row("memory", f"client {mb(client_side)}{per_conn} incl. the parent, server {mb(m['user_server'])}"
-              f"{server_per}, kernel {mb(m['kernel'])} (slab growth)")
+              f"{server_per}, kernel {kernel_memory(m['kernel'])}")
     t.add_row("cpu", f"{rep['cpu_s']:.1f} s")
     reach = rep.get("time_to_target_s") or {}
     if reach.get("100%") is not None or reach.get("50%") is not None:
@@ -367,6 +368,16 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
                           style="yellow"))
     parts.extend(traffic_renderables(rep))
     return RichGroup(*parts)
+
+
+def kernel_memory(slab_growth: int | None) -> str:
+    """The host's slab growth over the ramp, which is loopfan's sockets - unless other processes
+    freed more meanwhile: a shrink is said as the host's, never as a negative cost of the run."""
+    if slab_growth is None:
+        return "- (slab growth)"
+    if slab_growth <= -500_000:  # (a shrink below what the line shows is 0 MB, said as such)
+        return f"~0 MB (the host's slab shrank by {-slab_growth / 1e6:,.0f} MB meanwhile: other processes freed memory)"
+    return f"{max(0, slab_growth) / 1e6:,.0f} MB (slab growth)"
 
 
 def not_held_by_server(kc: dict[str, Any] | None) -> str:
