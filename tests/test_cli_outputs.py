@@ -170,6 +170,30 @@ def test_trend_marks_interrupted_runs_and_leaves_them_out_of_the_summary(
     assert f"| {paths[2]} (interrupted SIGINT: partial) |" in out
     assert "1 interrupted (partial) run left out of the summary" in out
     assert "established: min 1,000, median 1,000, max 1,000" in out
+    assert f"last run: {paths[1]} (the newest, {paths[2]}, was interrupted)" in out  # which run 'last' is
+
+
+def test_trend_warns_naming_every_run_that_differs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: the last run vs the median silently skipped the interrupted newest; and runs asking for
+    other counts or targets must be named, every one of them, not only the first two files."""
+    counts, targets = [1000, 1000, 30_000, 1000], [["127.0.0.1:80"]] * 3 + [["127.0.0.2:80"]]
+    paths = []
+    for i, (n, t) in enumerate(zip(counts, targets, strict=True)):
+        rep = fake_report([100] * 10)
+        rep.update(started_at=float(i), target_connections=n, plan={"targets": t})
+        (tmp_path / f"r{i}.json").write_text(json.dumps(rep))
+        paths.append(str(tmp_path / f"r{i}.json"))
+    assert main(["trend", *paths]) == 0
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert (f"the runs asked for different numbers of connections: 1,000 in {paths[0]}, {paths[1]}, {paths[3]}; "
+            f"30,000 in {paths[2]}") in err
+    assert (f"the runs had different targets: 127.0.0.1:80 in {paths[0]}, {paths[1]}, {paths[2]}; "
+            f"127.0.0.2:80 in {paths[3]}") in err
+    assert "differ in traffic" not in err
+    assert f"last run: {paths[3]}\n" in captured.out  # the newest, not interrupted: said plainly
+    assert main(["trend", paths[0], paths[1]]) == 0
+    assert capsys.readouterr().err == ""  # like for like: nothing to say
 
 
 # --- small input gaps ----------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from loopfan.results.compare import (
     fmt_delta,
     markdown,
     rows,
+    trend_caveats,
+    trend_last,
     trend_rows,
     trend_summary,
 )
@@ -121,7 +123,10 @@ def _emit(text: str, output: str | None) -> None:
 @click.option("--format", "fmt_name", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
 def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
     """Summarise many runs, oldest first: key numbers per run, and min/median/max with the last run's change."""
-    table = trend_rows([(path, load_report(path)) for path in runs])
+    reports = [(path, load_report(path)) for path in runs]
+    table = trend_rows(reports)
+    for line in trend_caveats(sorted(reports, key=lambda nr: nr[1].get("started_at") or 0)):
+        click.echo(f"loopfan: warning: {line}", err=True)  # on stderr, as compare's
     units = {"established": "", "failed": "", "connect_rate.mean": "/s", "time_to_target": "s"}
     head = ["run", "started", *TREND_COLUMNS]
 
@@ -148,6 +153,10 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
     left_out = sum(1 for r in table if r.get("interrupted"))
     if left_out:
         click.echo(f"{left_out} interrupted (partial) run{'s' if left_out > 1 else ''} left out of the summary")
+    last = trend_last(table)
+    if last is not None and summary:
+        newest = "" if last == table[-1]["name"] else f" (the newest, {table[-1]['name']}, was interrupted)"
+        click.echo(f"last run: {last}{newest}")
     for col, s in summary.items():
         unit = units.get(col, "ms")
         change = s["last_vs_median_pct"]

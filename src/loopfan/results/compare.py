@@ -211,11 +211,46 @@ TREND_COLUMNS = ["established", "failed", "connect_rate.mean", "connect_latency.
                  "connect_latency.max", "time_to_target"]
 
 
+def summarised(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trend rows the summary is made of: interrupted runs are left out (a partial run's counts
+    and rates would drag the median; the table lists them, marked)."""
+    return [r for r in table if not r.get("interrupted")]
+
+
+def trend_last(table: list[dict[str, Any]]) -> str | None:
+    """The run trend_summary's 'last' is: the newest run that was not interrupted (not always the
+    newest run: it must be said which)."""
+    kept = summarised(table)
+    return str(kept[-1]["name"]) if kept else None
+
+
+def trend_caveats(reports: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """As caveats() for two runs, over many: one line per way the runs differ (connection count,
+    targets, traffic mode), naming every run under each value - not only the first two files."""
+    out = []
+    for what, key in (("asked for different numbers of connections", _count_of),
+                      ("had different targets", lambda rep: _some(_targets(rep)) if _targets(rep) else None),
+                      ("differ in traffic", traffic_mode)):
+        groups: dict[str, list[str]] = {}
+        for name, rep in reports:
+            value = key(rep)
+            if value is not None:
+                groups.setdefault(value, []).append(name)
+        if len(groups) > 1:
+            out.append(f"the runs {what}: " + "; ".join(f"{value} in {', '.join(names)}"
+                                                         for value, names in groups.items()))
+    return out
+
+
+def _count_of(rep: dict[str, Any]) -> str | None:
+    n = rep.get("target_connections")
+    return None if n is None else f"{n:,}"
+
+
 def trend_summary(table: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per metric: min, median, max and the last run's change against the median of the others.
-    Interrupted runs are left out: a partial run's counts and rates would drag the median (they are
-    listed, marked, in the table)."""
-    table = [r for r in table if not r.get("interrupted")]
+    """Per metric: min, median, max and the last run's change against the median of the others,
+    over the runs that were not interrupted (summarised; the last is trend_last's run)."""
+    table = summarised(table)
     out: dict[str, dict[str, float | None]] = {}
     for col in TREND_COLUMNS:
         vals = [r[col] for r in table if r.get(col) is not None]
