@@ -136,12 +136,33 @@ def test_alias_of_127_0_0_1_alone_suggests_a_pool_that_works(capsys: pytest.Capt
 
 @pytest.fixture
 def listener_port() -> Iterator[int]:
+    """A server that accepts (a run now fails connections left in an accept queue) and holds."""
     import socket
+    import threading
 
+    held: list[socket.socket] = []
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
-        yield listener.getsockname()[1]
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    held.append(listener.accept()[0])
+                except OSError:  # (the 0.2 s timeout: look at stop again)
+                    continue
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join(5)
+            for conn in held:
+                conn.close()
 
 
 def test_run_isolate_prints_a_filter_for_every_isolated_client(
