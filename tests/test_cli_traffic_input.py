@@ -311,7 +311,7 @@ def test_in_flight_at_an_interrupt_is_not_blamed_on_the_server() -> None:
     t = TrafficTotals(window_s=2.0, replies=5000, window_replies=4000, warmup_replies=1000, unanswered_at_end=200,
                       talking=200, talking_at_start=200, statuses={"http-2xx": 4000}, interrupted=True)
     text = _rendered(_interrupted_report(t, 1.0))
-    assert "200 unanswered, 0 due but not sent (in flight when the run was interrupted (no drain))" in text
+    assert "200 unanswered, 0 due but not sent (in flight when the run was interrupted: no drain)" in text
     assert "was behind" not in text and "2.00 s measured after 1 s warm-up (interrupted, no drain)" in text
     t.interrupted = False  # the same figures from a drain that ran out: the server was behind
     assert "(the server, or this host, was behind)" in _rendered(_interrupted_report(t, 1.0))

@@ -72,6 +72,17 @@ def test_checks(expr: str, passed: bool) -> None:
     assert result["passed"] is passed, result
 
 
+def test_every_phase_a_check_may_name_is_read_from_the_report() -> None:
+    """Review: duration.measure / stop / traffic were accepted as metrics but never read from the
+    report, so such a check always failed as 'not measured in this run'."""
+    from loopfan.results.checks import PHASES
+
+    rep = fake_report([100] * 100)
+    rep["duration_s"] = {k: 0.5 for k in PHASES}
+    results = run_checks([parse_check(f"duration.{k}<1s") for k in PHASES], rep)
+    assert all(r["passed"] for r in results), [r for r in results if not r["passed"]]
+
+
 @pytest.mark.parametrize("expr, fragment", [
     ("p99<5", "unknown metric 'p99'"),
     ("connect_latency.p99<5kg", "unit 'kg' does not fit"),

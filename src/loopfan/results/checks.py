@@ -68,6 +68,10 @@ _ALIAS_KEYS = _TRAFFIC_LATENCY_KEYS
 # ws-close-CODE, 1xx/3xx) is worse when it rises.
 _GOOD_STATUSES = ("http-2xx", "ws-handshake-ok")
 
+# A run's phases in order, as duration_s names them (engine/runner.py): one list for the metrics
+# a check may name and the values a report gives them.
+PHASES = ("start", "connect", "measure", "traffic", "hold", "close", "stop", "total")
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
@@ -78,8 +82,7 @@ METRICS: dict[str, Metric] = {
         Metric("connect_rate.mean", "/s", False, "connects per second over the ramp"),
         Metric("connect_rate.peak", "/s", False, "connects in the best second"),
         *[Metric(f"connect_latency.{k}", "ms", True, f"connect latency {k}") for k in (*_PCTS, "max", "mean", "min")],
-        *[Metric(f"duration.{k}", "s", True, f"{k} phase")
-          for k in ("start", "connect", "measure", "hold", "close", "stop", "total")],
+        *[Metric(f"duration.{k}", "s", True, f"{k} phase") for k in PHASES],
         Metric("time_to_target", "s", True, "time until every connection was open at once"),
         Metric("time_to_half", "s", True, "time until half the connections were open at once"),
         Metric("cpu", "s", True, "CPU seconds of the worker processes"),
@@ -294,7 +297,7 @@ def report_metrics(rep: dict[str, Any]) -> dict[str, float | None]:
     }
     for cause, n in (rep.get("failed") or {}).items():
         out[f"failed.{cause}"] = n
-    for k in ("start", "connect", "hold", "close", "total"):
+    for k in PHASES:
         out[f"duration.{k}"] = (rep.get("duration_s") or {}).get(k)
     mem = rep.get("memory_bytes") or {}
     out["memory.client"] = _client_memory(mem)

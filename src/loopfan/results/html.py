@@ -16,10 +16,11 @@ import json
 from typing import Any
 
 from loopfan.engine.report import kernel_line, not_held_by_server
+from loopfan.render import counted
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
-from loopfan.traffic.report import closed_loop_reading
+from loopfan.traffic.report import closed_loop_reading, end_reason
 
 SECTIONS = [
     ("run", "Run and checks"),
@@ -133,8 +134,8 @@ def _run_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
         ["host", _e(f"{host.get('hostname', '-')} ({host.get('system', '')} {host.get('release', '')}, "
                     f"{host.get('machine', '')})")],
         ["target", _e(f"{rep.get('target_connections', 0):,} connections, {rep.get('client_processes', 0)} client "
-                      f"+ {rep.get('server_processes', 0)} server processes, {rep.get('sources_used', 0):,} "
-                      "source addresses")],
+                      f"+ {rep.get('server_processes', 0)} server processes, "
+                      f"{counted(rep.get('sources_used', 0), 'source address')}")],
     ]
     if rep.get("kernel_check"):
         facts.append(["kernel", _e(kernel_line(rep["kernel_check"]))])
@@ -345,12 +346,8 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
         facts.append(["warm-up errors", _e(_warmup_errors(tr))])
     unanswered, unsent = tr.get("unanswered_at_end", 0), tr.get("unsent_at_end", 0)
     end_text = f"{unanswered:,} unanswered, {unsent:,} due but not sent"
-    if tr.get("interrupted") and unanswered and not unsent:
-        end_text += " (in flight when the run was interrupted: no drain)"
-    elif tr.get("interrupted") and (unanswered or unsent):
-        end_text += " (the run was interrupted, with no drain)"
-    elif unanswered or unsent:
-        end_text += " (the server, or this host, was behind)"
+    if unanswered or unsent:
+        end_text += f" ({end_reason(tr)})"
     if tr.get("unsent_in_latency"):
         end_text += f"; {tr['unsent_in_latency']:,} of those are in the latency at their age at the end (a lower bound)"
     facts.append(["at the end", _e(end_text)])

@@ -237,13 +237,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     if tr["unanswered_at_end"] or tr["unsent_at_end"]:
         sampled = tr.get("unsent_in_latency", 0)
         lower = f"; {sampled:,} of those are in the latency at their age at the end (a lower bound)"
-        # Interrupted, there is no drain: what was in flight was cut off by the interrupt, not by a
-        # server that fell behind (what was due and not sent still is the server's, or this host's).
-        why = ("in flight when the run was interrupted (no drain)" if cut and not tr["unsent_at_end"] else
-               "the run was interrupted, with no drain; messages due but not sent mean the server, or this host, "
-               "was behind" if cut else "the server, or this host, was behind")
         t.add_row("at the end", f"{tr['unanswered_at_end']:,} unanswered, {tr['unsent_at_end']:,} due but not sent "
-                  f"({why})" + (lower if sampled else ""))
+                  f"({end_reason(tr)})" + (lower if sampled else ""))
     cpu = client_cpu_pct(rep)
     if cpu is not None and cpu >= _SATURATED_PCT:
         t.add_row("generator", f"a loopfan client process was at {cpu:.0f} % CPU during the traffic: the load "
@@ -292,3 +287,14 @@ def report_traffic(result: Any) -> dict[str, Any] | None:
         return None
     return traffic_section(result.traffic, tc.label, tc.open_model, tc.warmup_s, tc.hdr_log, tc.awaits_reply,
                            tc.rate_per_conn_s)
+
+
+def end_reason(tr: dict[str, Any]) -> str:
+    """Why messages were unanswered or unsent at the end (the terminal and the page say the same).
+    Interrupted, there is no drain: what was in flight was cut off by the interrupt, not by a
+    server that fell behind (what was due and not sent still is the server's, or this host's)."""
+    if not tr.get("interrupted"):
+        return "the server, or this host, was behind"
+    if not tr.get("unsent_at_end"):
+        return "in flight when the run was interrupted: no drain"
+    return "the run was interrupted, with no drain; messages due but not sent mean the server, or this host, was behind"
