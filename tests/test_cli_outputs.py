@@ -110,6 +110,25 @@ def test_a_write_failing_after_the_run_still_shows_the_report(tmp_path: Path, mo
     assert json.loads(out.read_text())["established"] == 20
 
 
+@pytest.mark.usefixtures("no_leaks", "builtin_listen")
+def test_a_page_that_cannot_be_drawn_costs_neither_the_json_nor_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review: an exception drawing the page (matplotlib) escaped as a traceback, and the JSON,
+    written after the page, was never written."""
+    from loopfan.commands.output_opts import OutputOptions
+
+    def broken(self: OutputOptions, rep: dict[str, Any]) -> None:
+        raise RuntimeError("Font cache is corrupt")
+
+    monkeypatch.setattr(OutputOptions, "write_page", broken)
+    out = tmp_path / "r.json"
+    status = main(["run", "-c", "20", "--hold", "0", "-q", "--json", str(out), "--html", str(tmp_path / "r.html")])
+    captured = capsys.readouterr()
+    assert status == 2 and "Traceback" not in captured.err
+    assert "could not draw the HTML page: RuntimeError: Font cache is corrupt" in captured.err
+    assert json.loads(out.read_text())["established"] == 20
+
+
 # --- compare and trend: interrupted and unlike runs ----------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import click
 from rich.panel import Panel
 
 from loopfan.commands.common import check_writable
-from loopfan.commands.run import RunOptions, deliver, execute, exit_status, report_console
+from loopfan.commands.run import RunOptions, after_delivery, deliver, execute, exit_status, report_console
 from loopfan.engine.report import report_renderable
 from loopfan.engine.runner import RunConfig
 from loopfan.planner import PlanRequest
@@ -61,5 +61,4 @@ def command(connections: int, json_path: str | None, quiet: bool) -> int:
         console.print(report_renderable(rep))
         console.print(Panel(explanation(rep), border_style="cyan"))
 
-    deliver(opts, rep, show)
-    return exit_status(result)
+    return after_delivery(exit_status(result), deliver(opts, rep, show))

@@ -88,22 +88,35 @@ def report_console(json_path: str | None) -> Console:
     return Console(stderr=json_path == "-")
 
 
-def deliver(opts: RunOptions, rep: dict[str, Any], show: Callable[[], None]) -> None:
-    """Show the report, then write the HTML page and the JSON. The paths were checked before the
-    run; one that fails anyway (disk full, directory removed meanwhile) must not cost the report
-    that was shown already, nor the other file: both are attempted, then the first error raised."""
+def deliver(opts: RunOptions, rep: dict[str, Any], show: Callable[[], None]) -> str | None:
+    """Show the report, then write the JSON and the HTML page; return the first failure, if any.
+    The paths were checked before the run; one that fails anyway (disk full, directory removed
+    meanwhile) must not cost the report that was shown already, nor the other file: both are
+    attempted. The JSON goes first (CI reads it), and a page that cannot be drawn is a failure to
+    report in one line, not a traceback that loses the JSON."""
     show()
-    writes: list[Callable[[], None]] = [functools.partial(opts.output.write_page, rep)]
+    writes: list[Callable[[], None]] = []
     if opts.json_path:
         writes.append(functools.partial(write_json, opts.json_path, rep))
-    errors: list[UsageError] = []
+    writes.append(functools.partial(opts.output.write_page, rep))
+    errors: list[str] = []
     for write in writes:
         try:
             write()
         except UsageError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+            errors.append(str(exc))
+        except Exception as exc:  # drawing the page (matplotlib): say it, keep the rest
+            errors.append(f"could not draw the HTML page: {type(exc).__name__}: {exc}")
+    return errors[0] if errors else None
+
+
+def after_delivery(status: int, error: str | None) -> int:
+    """The run's own exit status, unless an output could not be written: then at least 2, with the
+    one line that says why (a run that passed must not look green without its report)."""
+    if error is None:
+        return status
+    click.echo(f"loopfan: error: {error}", err=True)
+    return max(status, 2)
 
 
 def parse_listen(text: str | None) -> dict[str, Any]:
@@ -226,6 +239,6 @@ def command(
                       output=output)
     console = report_console(json_path)
     result, rep = execute(opts, ["loopfan", *sys.argv[1:]])
-    deliver(opts, rep, lambda: console.print(report_renderable(rep)))
+    error = deliver(opts, rep, lambda: console.print(report_renderable(rep)))
     status = exit_status(result)
-    return 1 if status == 0 and output.failed(rep) else status
+    return after_delivery(1 if status == 0 and output.failed(rep) else status, error)
