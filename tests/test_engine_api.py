@@ -543,9 +543,14 @@ def test_ss_filters_stay_bounded_and_exact() -> None:
     assert measure.endpoint_filters([("::1", 80)], "src") == ["src [::1]:80"]
     scattered = [(f"127.11.{i // 250}.{i % 250 + 1}", 7070) for i in range(0, 5000, 3)]
     assert measure.endpoint_filters(scattered, "dst") == ["dst 127.11.0.0/19:7070"]  # the covering prefix
-    many_ports = [("127.0.0.1", port) for port in range(9000, 9200)]
-    filters = measure.endpoint_filters(many_ports, "src")
+    # Review: 127.0.0.1:9000-19000 was 10,001 terms in 157 ss processes started at once.
+    port_range = [("127.0.0.1", port) for port in range(9000, 19001)]
+    assert measure.endpoint_filters(port_range, "src") == ["( src 127.0.0.1 and sport >= :9000 and sport <= :19000 )"]
+    every_other = [("127.0.0.1", port) for port in range(9000, 9400, 2)]  # 200 ranges of one port
+    filters = measure.endpoint_filters(every_other, "src")
     assert len(filters) == 4 and all(f.count(" or ") < measure.SS_TERMS_MAX for f in filters)
+    too_many = [(f"127.{i // 200}.{i % 200}.1", 7000 + 2 * i) for i in range(300)]  # 300 ranges x prefixes
+    assert measure.endpoint_filters(too_many, "dst") == ["( dst 127.0.0.0/15 and dport >= :7000 and dport <= :7598 )"]
 
 
 def test_overflows_are_blamed_on_the_target_only_on_its_own_evidence() -> None:

@@ -86,28 +86,64 @@ def established_tcp() -> list[tuple[tuple[str, int], tuple[str, int]]]:
 # One `ss` call's filter holds at most this many terms: the kernel runs the filter per socket, so
 # its length multiplies the cost of the scan (and a plan may target thousands of endpoints).
 SS_TERMS_MAX = 64
+# ... and a reading starts at most this many `ss` calls at once per side (each scans every socket).
+SS_CALLS_MAX = 4
 
 
 def endpoint_filters(endpoints: Iterable[tuple[str, int]], side: str) -> list[str]:
     """ss filter expressions matching sockets whose `side` ('src': local end, 'dst': remote end)
     is one of `endpoints`, as few and as short as possible: the addresses of each port collapsed
-    into prefixes (127.11.0.1-127.11.0.20 is 5 prefixes), a port with more than SS_TERMS_MAX
-    prefixes widened to the one prefix covering them all, and the terms split over several
-    expressions of SS_TERMS_MAX each. The terms are disjoint, so counts over the expressions add up.
+    into prefixes (127.11.0.1-127.11.0.20 is 5 prefixes; more than SS_TERMS_MAX widened to the one
+    prefix covering them), ports with the same prefixes merged into ranges (a target range like
+    127.0.0.1:9000-19000 is one term, not 10,001), and the terms split over at most SS_CALLS_MAX
+    expressions of SS_TERMS_MAX each - past that, one term covering every address and port (each
+    expression is an `ss` process scanning the whole socket table). The terms are disjoint, so
+    counts over the expressions add up.
     """
     by_port: dict[tuple[int, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
     for address, port in set(endpoints):
         ip = ipaddress.ip_address(address)
         by_port.setdefault((ip.version, port), []).append(ip)
-    terms: list[str] = []
+    # Ports whose addresses collapse to the same prefixes, per IP version.
+    groups: dict[tuple[Network, ...], list[int]] = {}
     for (_, port), ips in sorted(by_port.items()):
-        # One version per key: collapse_addresses' typing wants the one type, which the key ensures.
-        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
-            ipaddress.collapse_addresses(cast(list[Any], ips)))
-        if len(nets) > SS_TERMS_MAX:
-            nets = [_covering(min(ips), max(ips))]
-        terms += [f"{side} {_ss_prefix(net)}:{port}" for net in nets]
+        groups.setdefault(_prefixes(ips), []).append(port)
+    port_side = "sport" if side == "src" else "dport"
+    terms = [_term(side, port_side, net, lo, hi)
+             for nets, ports in groups.items() for lo, hi in _port_ranges(ports) for net in nets]
+    if len(terms) > SS_TERMS_MAX * SS_CALLS_MAX:
+        terms = []
+        for version in sorted({v for v, _ in by_port}):
+            ips = [ip for (v, _), group in by_port.items() if v == version for ip in group]
+            ports = [p for v, p in by_port if v == version]
+            terms.append(_term(side, port_side, _covering(min(ips), max(ips)), min(ports), max(ports)))
     return [" or ".join(terms[i : i + SS_TERMS_MAX]) for i in range(0, len(terms), SS_TERMS_MAX)]
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _prefixes(ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> tuple[Network, ...]:
+    # One version per list: collapse_addresses' typing wants the one type, which the caller ensures.
+    nets: list[Network] = list(ipaddress.collapse_addresses(cast(list[Any], ips)))
+    return tuple(nets) if len(nets) <= SS_TERMS_MAX else (_covering(min(ips), max(ips)),)
+
+
+def _port_ranges(ports: list[int]) -> list[tuple[int, int]]:
+    """Sorted ports as runs of consecutive ones: [7070, 7071, 7072, 9000] -> [(7070, 7072), (9000, 9000)]."""
+    out: list[tuple[int, int]] = []
+    for port in sorted(set(ports)):
+        if out and port == out[-1][1] + 1:
+            out[-1] = (out[-1][0], port)
+        else:
+            out.append((port, port))
+    return out
+
+
+def _term(side: str, port_side: str, net: Network, lo: int, hi: int) -> str:
+    if lo == hi:
+        return f"{side} {_ss_prefix(net)}:{lo}"
+    return f"( {side} {_ss_prefix(net)} and {port_side} >= :{lo} and {port_side} <= :{hi} )"
 
 
 def _covering(lo: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -193,9 +229,11 @@ def target_listeners(endpoints: Iterable[tuple[str, int]]) -> list[Listener] | N
 def start_listeners(endpoints: Iterable[tuple[str, int]]) -> Callable[[], list[Listener] | None]:
     """target_listeners started now, read when the returned function is called (see start_count)."""
     wanted = {(ipaddress.ip_address(a), p) for a, p in endpoints}
-    ports = sorted({p for _, p in wanted})
-    expr = " or ".join(f"sport = :{p}" for p in ports)
-    proc = _spawn(["ss", "-Hltnm", f"( {expr} )"]) if ports else None
+    ranges = _port_ranges([p for _, p in wanted])
+    if len(ranges) > SS_TERMS_MAX:  # (listening sockets are few: a wider net costs nothing; _serves picks)
+        ranges = [(ranges[0][0], ranges[-1][1])]
+    expr = " or ".join(f"sport = :{lo}" if lo == hi else f"( sport >= :{lo} and sport <= :{hi} )" for lo, hi in ranges)
+    proc = _spawn(["ss", "-Hltnm", f"( {expr} )"]) if ranges else None
 
     @functools.cache
     def listeners() -> list[Listener] | None:
