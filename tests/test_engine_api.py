@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import child_pids, free_port, kernel_tcp_sockets
@@ -733,8 +733,11 @@ def test_a_server_closing_connections_while_the_kernel_counts_still_agrees(loopb
         result = run_plan(p, RunConfig(hold_s=0.1))
     kc = report_dict(result, argv=["test"])["kernel_check"]
     before, after = kc["open_connections"], kc["open_connections_after"]
-    assert after is not None and after < before, kc  # the server closed some while the kernel counted
-    assert after <= kc["kernel_client_side"] <= before and kc["agrees"] is True, kc
+    # The server closes some while the kernel counts (on a slow machine maybe none: still agrees).
+    assert after is not None and after <= before, kc
+    # Closed before ss looked but not yet read by a worker: CLOSE-WAIT on our side, still in `after`.
+    assert after <= kc["kernel_client_side"] + (kc["kernel_client_closing"] or 0), kc
+    assert kc["kernel_client_side"] <= before and kc["agrees"] is True, kc
     assert kc["half_open"] == 0 and kc["never_accepted"] == 0, kc
 
 
@@ -754,3 +757,19 @@ def test_the_terminal_report_says_a_shrinking_slab_and_leaves_out_empty_phases(l
     assert rep["duration_s"]["hold"] == 0.0 and rep["memory_bytes"]["kernel"] == -58_000_000
     assert kernel_memory(12_400_000) == "12 MB (slab growth)" and kernel_memory(None) == "- (slab growth)"
     assert kernel_memory(-100_000) == "0 MB (slab growth)"
+
+
+def test_an_interrupt_while_counting_leaves_the_kernel_check_out() -> None:
+    """Review: Ctrl-C during the kernel count was held for the settling and the fresh reports, and
+    the counts came back half-read. Now the count stops and the report says why."""
+    from loopfan.engine.fleet import Fleet
+    from loopfan.engine.runner import _ask_the_kernel
+
+    result = RunResult(plan=cast(Plan, None), config=RunConfig())
+    port = free_port("127.0.0.1")
+    _ask_the_kernel(result, Fleet(on_latency=lambda _h: None), [], [("127.0.0.1", port)], lambda: True)
+    assert result.kernel_client_side is None and result.kernel_server_side is None
+    assert result.kernel_check_skipped == "the run was interrupted while counting"
+    from loopfan.engine.report import _kernel_check
+
+    assert _kernel_check(result) is None

@@ -189,8 +189,10 @@ def start_count(endpoints: Iterable[tuple[str, int]], side: str,
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes] | None:
+    # A session of its own: Ctrl-C on the terminal is the run's to handle, not a reason for the
+    # reading to fail half-way (the run decides whether to use it).
     try:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError:
         return None
 

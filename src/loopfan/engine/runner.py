@@ -358,7 +358,7 @@ def run_plan(
                 "user_parent": measure.uss_bytes(os.getpid()),
             }
             if interrupt.signal is None:
-                _ask_the_kernel(result, fleet, clients, targets)
+                _ask_the_kernel(result, fleet, clients, targets, lambda: interrupt.signal is not None)
             else:
                 # The clients are still connecting (only CLOSE stops them): counts read now would
                 # be of different moments and keep growing past the signal. Close at once instead.
@@ -428,8 +428,11 @@ def run_plan(
     return result
 
 
-def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targets: list[tuple[str, int]]) -> None:
-    """The kernel's own counts of the run's connections, both ends, once the ramp is done."""
+def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targets: list[tuple[str, int]],
+                    stopped: Callable[[], bool]) -> None:
+    """The kernel's own counts of the run's connections, both ends, once the ramp is done. An
+    interrupt while counting leaves them out (said in the report) rather than holding Ctrl-C for
+    the settling and the fresh reports."""
     settle_until = time.monotonic() + KERNEL_SETTLE_S
     while True:
         fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
@@ -451,6 +454,11 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
         # A server whose queue was full a moment ago completes the handshake when it retransmits
         # its SYN-ACK (after 1 s) and the queue has room, and a server behind on accept() catches
         # up: count again before calling them half-open or never accepted.
+        if stopped():
+            result.kernel_client_side = result.kernel_server_side = None
+            result.target_listeners = None
+            result.kernel_check_skipped = "the run was interrupted while counting"
+            return
         if not (result.half_open or result.never_accepted) or time.monotonic() >= settle_until:
             break
     result.open_after_count = _fresh_open(fleet, clients, counted_at)
