@@ -551,22 +551,41 @@ def test_builtin_server_inline_answers_match_the_framer(loopback_block: Block) -
 # --- interrupted runs: the figures end at the interrupt ---------------------------------------------
 
 
-def interrupted_run(tmp_path: Path, after_s: float, *argv: str) -> tuple[int, dict[str, Any], str]:
-    """`loopfan run *argv` in a process of its own, sent SIGINT after `after_s` seconds."""
+def interrupted_run(tmp_path: Path, into_traffic_s: float, *argv: str) -> tuple[int, dict[str, Any], str]:
+    """`loopfan run *argv` in a process of its own, sent SIGINT `into_traffic_s` after its live
+    view first says the traffic phase is on (a fixed time from the start raced the start-up on a
+    slow machine: the interrupt could land before the traffic began)."""
     import os
     import signal
+    import threading
     out = tmp_path / "run.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "loopfan", "run", *argv, "--json", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "loopfan", "run", *argv, "--json", str(out),
+                             "--progress", "ndjson"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    lines: list[str] = []
+    in_traffic = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if '"phase":"traffic"' in line:
+                in_traffic.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
     try:
-        time.sleep(after_s)
+        assert in_traffic.wait(30), "".join(lines)
+        time.sleep(into_traffic_s)
         proc.send_signal(signal.SIGINT)
-        printed, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate(timeout=10)
+            proc.wait(timeout=10)
+        reader.join(10)
+    printed = "".join(line for line in lines if not line.startswith("{"))  # the report, not the live lines
     return proc.returncode, json.loads(out.read_text()), printed
 
 
@@ -586,7 +605,7 @@ def test_an_interrupted_open_model_run_ends_at_the_interrupt(bad_server: Callabl
     at it (max latency 7 s after a 4.8 s traffic phase), and the --hdr-log lost its last seconds."""
     log = tmp_path / "lat.hlog"
     # 10 connections at 40/s each against a server that does 20/s: half is never sent.
-    status, rep, text = interrupted_run(tmp_path, 3.0, "-c", "10", bad_server("slow"), "--traffic", "echo",
+    status, rep, text = interrupted_run(tmp_path, 1.5, "-c", "10", bad_server("slow"), "--traffic", "echo",
                                         "--message-rate", "40", "--warmup", "0.5s", "--duration", "8s",
                                         "--hdr-log", str(log))
     assert status == 130, text
@@ -607,7 +626,7 @@ def test_websocket_handshakes_interrupted_are_no_timeouts(bad_server: Callable[[
                                                           tmp_path: Path) -> None:
     """QA: SIGINT during the handshakes dropped every pending one as ws-handshake-timeout (after
     3.4 s of a 10 s timeout), then sent the closed loop's first messages anyway."""
-    status, rep, text = interrupted_run(tmp_path, 2.5, "-c", "20", f"ws://{bad_server('silent')}/",
+    status, rep, text = interrupted_run(tmp_path, 0.5, "-c", "20", f"ws://{bad_server('silent')}/",
                                         "--duration", "5s")
     assert status == 130, text
     tr = rep["traffic"]
@@ -636,7 +655,7 @@ def test_an_interrupted_window_has_as_many_statuses_as_replies(loopback_block: B
     """Interrupted there is no drain: the window's statuses are its replies, exactly."""
     prefix = loopback_block()
     port = free_port(f"{prefix}1")
-    status, rep, text = interrupted_run(tmp_path, 2.5, "-c", "200", "--traffic", "http", "--warmup", "0.3s",
+    status, rep, text = interrupted_run(tmp_path, 1.0, "-c", "200", "--traffic", "http", "--warmup", "0.3s",
                                         "--duration", "8s", "--listen", f"{prefix}1:{port}",
                                         "--sources", f"{prefix}10-{prefix}20")
     assert status == 130, text
