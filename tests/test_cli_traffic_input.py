@@ -318,7 +318,7 @@ def test_in_flight_at_an_interrupt_is_not_blamed_on_the_server() -> None:
 
 
 def test_interrupted_in_the_warmup_says_so_and_shows_the_warmups_replies() -> None:
-    t = TrafficTotals(window_s=0.0, replies=1234, warmup_replies=1234, talking=200, talking_at_start=200,
+    t = TrafficTotals(window_s=0.0, sent=1434, replies=1234, warmup_replies=1234, talking=200, talking_at_start=200,
                       warmup_statuses={"http-2xx": 1234}, interrupted=True)
     rep = _interrupted_report(t, 5.0)
     assert rep["traffic"]["replies_in_warmup"] == 1234 and rep["traffic"]["interrupted"] is True
@@ -327,6 +327,14 @@ def test_interrupted_in_the_warmup_says_so_and_shows_the_warmups_replies() -> No
     assert "interrupted during the 5 s warm-up, nothing measured; the warm-up had 1,234 replies (http-2xx 1,234)" \
         in text
     assert "no reply in the measured window" not in text
+
+
+def test_interrupted_in_the_handshakes_of_a_run_with_a_warmup_never_began() -> None:
+    """Review: with --warmup, an interrupt in the WebSocket handshakes read as 'interrupted during
+    the 1 s warm-up ... 0 replies' - nothing had been sent."""
+    t = TrafficTotals(window_s=0.0, talking=200, talking_at_start=200, interrupted=True)
+    text = _rendered(_interrupted_report(t, 1.0))
+    assert "Traffic: interrupted before the traffic began" in text and "warm-up" not in text
 
 
 def test_interrupted_while_connecting_says_the_traffic_never_began() -> None:

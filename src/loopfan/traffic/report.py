@@ -176,9 +176,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_column()
     rate = tr["messages_per_s"]
     cut = bool(tr.get("interrupted"))
-    # Interrupted before any worker began talking (while connecting, or in the WebSocket handshakes).
-    never = not tr["window_s"] and bool(rep.get("interrupted")) and (not tr["connections_talking_at_start"]
-                                                                     or (cut and not tr["warmup_s"]))
+    # Interrupted before any worker began talking (while connecting, or in the WebSocket handshakes):
+    # not one message went out (a run stopped in its warm-up sent the warm-up's).
+    never = not tr["window_s"] and bool(rep.get("interrupted")) and not tr.get("sent")
     cut = cut or never
     if never:
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted before the traffic began (e.g. during the "
