@@ -46,13 +46,14 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
     if json_path:
         check_writable(json_path, "the counts", stdout=True)  # before serving, not after an hour of it
     facts = facts_for_workers()
-    per_process_ = process_capacity(facts, per_process)
     if listen:
         endpoints = build_targets(listen, allow_non_loopback)
         shards = shard_endpoints(endpoints, connections, facts, per_process)
+        capacity_per_process = process_capacity(facts, per_process)
     else:
         p = plan(PlanRequest(connections=connections, max_per_process=per_process), facts)
         shards = p.server_shards
+        capacity_per_process = p.per_process  # (the planner's figure: it may leave more headroom)
     console = Console(stderr=True)
     server = BuiltinServer(shards, server_config(mode, response_size))
     stop = {"signal": ""}
@@ -68,7 +69,7 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
             where = f"{counted(len(eps), 'endpoint')} in {counted(len(shards), 'process')}"
             console.print(f"listening on {where}, mode {mode}: {shown}", highlight=False)
             shared = len(shards) // len(eps) if server.config.reuse_port else 1
-            console.print(f"ready for {connections:,} connections (-c), up to {per_process_:,} per process"
+            console.print(f"ready for {connections:,} connections (-c), up to {capacity_per_process:,} per process"
                           + (f"; each endpoint shared by {shared} processes (SO_REUSEPORT)" if shared > 1 else ""),
                           highlight=False)
             deadline = None if duration is None else time.monotonic() + duration
@@ -87,7 +88,7 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
         for s, h in old.items():
             signal.signal(s, h)
     console.print(f"stopped: accepted {totals.established:,}, peak open {totals.peak_open:,}", highlight=False)
-    for line in failure_lines(totals.failed, connections, per_process_, len(shards)):
+    for line in failure_lines(totals.failed, connections, capacity_per_process, len(shards)):
         console.print(line, style="red", highlight=False)
     if json_path:
         write_json(json_path, {"schema": "loopfan.serve/1", "listen": [str(e) for e in server.endpoints],

@@ -252,7 +252,9 @@ def run_plan(
     overflows_before = measure.listen_overflows()
     listen_drops_before = measure.listen_drops()
     targets = [(t.address, t.port) for t in plan.targets]
-    listeners_before = measure.start_listeners(targets)  # read once the server is up: not in its way
+    # The targets' listeners' drop counts before the run (started now, read later: not in the way;
+    # the built-in server does not exist yet, so its "before" is none - 0 drops).
+    listeners_before = measure.start_listeners(targets)
     n_servers = len(plan.server_shards)
     phase = "starting"
     hold_until: float | None = None
