@@ -411,8 +411,8 @@ def kernel_line(kc: dict[str, Any]) -> str:
                  "--connect-rate")
     never_accepted = kc.get("never_accepted") or 0
     if never_accepted:
-        text += (f"; {never_accepted:,} never accepted: still in the server's accept queue after "
-                 f"{KERNEL_SETTLE_S:g} s - the server application is not calling accept(), or is out of "
+        text += (f"; {never_accepted:,} never accepted: still in the server's accept queue, which did not "
+                 f"fall for {KERNEL_SETTLE_S:g} s - the server application is not calling accept(), or is out of "
                  "file descriptors (EMFILE: its log says so), or its accept loop is too slow. The kernel "
                  "completed their handshakes; the server does not hold them. Fix: raise the server's "
                  "open-file limit (ulimit -n, LimitNOFILE=) or run more server processes, and check "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +39,9 @@ from loopfan.traffic.config import TrafficConfig
 # behind completes the handshakes at its first SYN-ACK retransmit, and a healthy server drains its
 # accept queue in milliseconds once the ramp stops feeding it.
 KERNEL_SETTLE_S = 1.5
+# ... and for as long as the count keeps falling (a server accepting 1,000/s still drains a queue of
+# 2,000 - it is slow, not stuck), up to this long in all.
+KERNEL_SETTLE_MAX_S = 15.0
 # How long the kernel check waits for every client worker's next report once the kernel counted.
 FRESH_REPORT_WAIT_S = 2.0
 
@@ -200,10 +204,10 @@ class RunResult:
     @property
     def never_accepted(self) -> int:
         """Connections still in the targets' accept queues when the kernel was last asked (after
-        up to KERNEL_SETTLE_S for the queue to drain): the kernel completed the handshake, but the
-        server application never accept()ed them - it is not calling accept(), is out of file
-        descriptors (EMFILE), or its accept loop is too slow. The server does not hold them: for
-        "how many connections can my server hold" they do not count."""
+        KERNEL_SETTLE_S without the queue falling, KERNEL_SETTLE_MAX_S at most): the kernel
+        completed the handshake, but the server application never accept()ed them - it is not
+        calling accept(), is out of file descriptors (EMFILE), or its accept loop is too slow. The
+        server does not hold them: for "how many connections can my server hold" they do not count."""
         return sum(ln.queued for ln in self.target_listeners or ())
 
 
@@ -436,6 +440,8 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
     interrupt while counting leaves them out (said in the report) rather than holding Ctrl-C for
     the settling and the fresh reports."""
     settle_until = time.monotonic() + KERNEL_SETTLE_S
+    settle_hard_limit = time.monotonic() + KERNEL_SETTLE_MAX_S
+    last_stuck = sys.maxsize
     while True:
         fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
         # The workers' counts are up to a report interval old and ss is a snapshot of later: a
@@ -461,7 +467,13 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
             result.target_listeners = None
             result.kernel_check_skipped = "the run was interrupted while counting"
             return
-        if not (result.half_open or result.never_accepted) or time.monotonic() >= settle_until:
+        stuck = result.half_open + result.never_accepted
+        if not stuck or time.monotonic() >= settle_hard_limit:
+            break
+        if stuck < last_stuck:  # still draining: give it another grace from now
+            settle_until = max(settle_until, min(time.monotonic() + KERNEL_SETTLE_S, settle_hard_limit))
+        last_stuck = stuck
+        if time.monotonic() >= settle_until:
             break
     result.open_after_count = _fresh_open(fleet, clients, counted_at)
     if result.kernel_client_side is not None and result.kernel_client_side < result.open_at_peak:
