@@ -272,26 +272,23 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         except bpf.BpfError as exc:
             raise _explain(exc, "creating a BPF map") from None
         fds.append(bound_fd)  # the programs hold their own reference; ours goes with the others
-        sock_addr = bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+        # All six are sock_addr programs (BPF_PROG_TYPE_CGROUP_SOCK_ADDR); only the hook differs.
         to_load = [
-            ("lfc4", programs.connect4(spec.source, map_fd), sock_addr, bpf.BPF_CGROUP_INET4_CONNECT),
-            (
-                "lfc6",
-                programs.connect6(spec.source, map_fd, refuse_ipv6_loopback=refuse),
-                sock_addr,
-                bpf.BPF_CGROUP_INET6_CONNECT,
-            ),
-            ("lfs4", programs.sendmsg4(spec.source, map_fd, bound_fd), sock_addr, bpf.BPF_CGROUP_UDP4_SENDMSG),
-            ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), sock_addr, bpf.BPF_CGROUP_UDP6_SENDMSG),
-            ("lfb4", programs.bind(bound_fd, ipv6=False), sock_addr, bpf.BPF_CGROUP_INET4_BIND),
-            ("lfb6", programs.bind(bound_fd, ipv6=True), sock_addr, bpf.BPF_CGROUP_INET6_BIND),
+            ("lfc4", programs.connect4(spec.source, map_fd), bpf.BPF_CGROUP_INET4_CONNECT),
+            ("lfc6", programs.connect6(spec.source, map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_INET6_CONNECT),
+            ("lfs4", programs.sendmsg4(spec.source, map_fd, bound_fd), bpf.BPF_CGROUP_UDP4_SENDMSG),
+            ("lfs6", programs.sendmsg6(map_fd, refuse_ipv6_loopback=refuse), bpf.BPF_CGROUP_UDP6_SENDMSG),
+            ("lfb4", programs.bind(bound_fd, ipv6=False), bpf.BPF_CGROUP_INET4_BIND),
+            ("lfb6", programs.bind(bound_fd, ipv6=True), bpf.BPF_CGROUP_INET6_BIND),
         ]
         loaded = []
-        for short, code, prog_type, attach in to_load:
+        for short, code, attach in to_load:
             # Program names carry the owner pid so leak checks can find exactly ours.
             name = f"{short}_{owner}"
             try:
-                fd = bpf.load_program(code, prog_type=prog_type, expected_attach_type=attach, name=name)
+                fd = bpf.load_program(
+                    code, prog_type=bpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, expected_attach_type=attach, name=name
+                )
             except bpf.BpfError as exc:
                 raise _explain(exc, f"loading the {short} BPF program") from None
             fds.append(fd)
@@ -421,8 +418,12 @@ class Watchdog:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG_CODE, str(read_fd), str(group), str(grace_s)],
                 pass_fds=(read_fd, *link_fds),
+                # It has nobody to talk to, and must not hold loopfan's stdout/stderr open: after
+                # kill -9 of loopfan, a reader (`loopfan tag ... 2>&1 | tee`, CI log capture) would
+                # otherwise wait for the watchdog's grace to end.
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a signal to loopfan's process group must not reach it
             )
         except OSError as exc:
