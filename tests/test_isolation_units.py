@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loopfan.commands.tag import env_program, missing_interpreter
 from loopfan.errors import NotLoopbackError, UsageError
 from loopfan.isolation import bpf, programs
 from loopfan.isolation.advice import advice_for, advice_text
@@ -336,3 +337,52 @@ def test_targets_merge_by_address_and_the_filter_names_each_once() -> None:
     assert merge_targets([Target("127.0.0.28", ""), Target("127.0.0.28", "b")]) == [Target("127.0.0.28", "b")]
     assert display_filter(["127.0.0.28", "127.0.0.28"]) == "ip.addr==127.0.0.28"
 
+
+
+@pytest.mark.parametrize(
+    ("line", "program"),
+    [
+        ("python3", ("python3", None)),
+        ("-u NAME python3", ("python3", None)),
+        ("-uNAME python3", ("python3", None)),
+        ("--unset=NAME python3", ("python3", None)),
+        ("--unset NAME python3", ("python3", None)),
+        ("-C /tmp python3", ("python3", None)),
+        ("--chdir=/tmp python3 -x", ("python3", None)),
+        ("-P /opt/bin:/bin prog", ("prog", "/opt/bin:/bin")),
+        ("-S python3 -u", ("python3", None)),
+        ("-Spython3 -u", ("python3", None)),
+        ("-S -u NAME -C /tmp A=1 python3", ("python3", None)),
+        ("--split-string=python3 -u", ("python3", None)),
+        ("-i python3", ("python3", None)),
+        ("- python3", ("python3", None)),
+        ("A=1 B=2 python3", ("python3", None)),
+        ("-i -- python3", ("python3", None)),
+        ("--ignore-signal=PIPE python3", ("python3", None)),
+    ],
+)
+def test_env_program_skips_envs_options_and_their_arguments(line: str, program: tuple[str, str | None]) -> None:
+    assert env_program(line.split()) == program
+
+
+@pytest.mark.parametrize("line", ["", "-i", "A=1", "-u NAME", "-x python3", "-S ${PY} -u", r"-S py\_thon"])
+def test_env_program_is_none_when_nothing_runs_or_the_line_is_beyond_reading(line: str) -> None:
+    assert env_program(line.split()) is None
+
+
+@pytest.mark.parametrize(
+    "shebang",
+    ["-u NAME sh", "-C /tmp sh", "-P /bin:/usr/bin sh", "-S -u NAME sh -e", "-i sh", "- sh", "A=1 sh", "-S A=1 sh"],
+)
+def test_a_valid_env_script_is_not_refused(shebang: str, tmp_path: Path) -> None:
+    script = tmp_path / "ok.sh"
+    script.write_text(f"#!/usr/bin/env {shebang}\necho hi\n")
+    assert missing_interpreter(str(script)) is None
+
+
+def test_env_script_with_options_names_the_missing_program_not_an_option_argument(tmp_path: Path) -> None:
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/usr/bin/env -S -u NAME -C /tmp loopfan-no-such-interp -x\n")
+    assert missing_interpreter(str(script)) == "loopfan-no-such-interp"
+    script.write_text("#!/usr/bin/env -P /nonexistent-dir sh\n")  # -P: searched there, not in $PATH
+    assert missing_interpreter(str(script)) == "sh"

@@ -170,10 +170,62 @@ def missing_interpreter(program: str) -> str | None:
     if not os.access(words[0], os.X_OK):
         return words[0]
     if Path(words[0]).name == "env":
-        rest = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
-        if rest and shutil.which(rest[0]) is None:
-            return rest[0]
+        found = env_program(words[1:])
+        if found is not None:
+            name, search_path = found
+            if shutil.which(name, path=search_path) is None:
+                return name
     return None
+
+
+# env's options that take an argument (GNU coreutils and the BSDs), as short letters and long names.
+_ENV_OPTIONS_WITH_ARGUMENT = {"-u": "--unset", "-C": "--chdir", "-P": "", "-a": "--argv0"}
+
+
+def env_program(words: list[str]) -> tuple[str, str | None] | None:
+    """The program `env WORDS...` would run, and the PATH it searches (-P), from a #! line's words.
+
+    None when env runs nothing or the line is beyond a simple reading (an option we do not know,
+    -S escapes or variables): then nothing is refused - a wrong "interpreter missing" would stop a
+    working script. Option arguments (-u NAME, -C DIR, -P PATH, attached or not), NAME=VALUE
+    assignments, -i and `-` are skipped; -S's string is split into more words, which is what it is
+    for. (Linux passes everything after `env` as ONE argument, so only the -S form really works
+    with several words; the others are read as their authors meant them rather than refused.)
+    """
+    search_path: str | None = None
+    rest = list(words)
+    while rest:
+        word = rest.pop(0)
+        if word == "--":
+            break
+        if word in ("-", "-i", "-0", "-v", "--ignore-environment", "--null", "--debug"):
+            continue
+        if word.startswith(("--block-signal", "--default-signal", "--ignore-signal", "--list-signal-handling")):
+            continue
+        if word.startswith(("-S", "--split-string")):
+            if word.startswith("--split-string"):
+                text = word.partition("=")[2] if "=" in word else (rest.pop(0) if rest else "")
+            else:
+                text = word[2:]
+            if "\\" in text or "$" in text or any("\\" in w or "$" in w for w in rest):
+                return None  # escapes and ${VAR}: env would rewrite them
+            rest = [*text.split(), *rest]
+            continue
+        if word.startswith("-") and len(word) > 1:
+            short, long_name = word[:2], word.partition("=")[0]
+            if short in _ENV_OPTIONS_WITH_ARGUMENT and not word.startswith("--"):
+                argument = word[2:] or (rest.pop(0) if rest else "")
+            elif long_name in {v for v in _ENV_OPTIONS_WITH_ARGUMENT.values() if v}:
+                argument = word.partition("=")[2] if "=" in word else (rest.pop(0) if rest else "")
+            else:
+                return None  # an option we do not know: its argument, if any, cannot be told apart
+            if short == "-P" and not word.startswith("--"):
+                search_path = argument
+            continue
+        if "=" in word:
+            continue  # NAME=VALUE
+        return word, search_path
+    return (rest[0], search_path) if rest else None
 
 
 def _check_not_taken(source: str, tags: list[TagRecord]) -> None:
