@@ -23,6 +23,7 @@ import pytest
 from loopfan.cli import main
 from loopfan.errors import HostError
 from loopfan.isolation import bpf
+from loopfan.isolation.capture import CaptureFailed, CaptureSession, Target
 from loopfan.isolation.cgroup import find_cgroup2_root, owner_of, tag_cgroups
 from loopfan.isolation.tagger import TagSpec, open_tag
 
@@ -921,3 +922,92 @@ def test_capture_as_pcap_prints_the_labels(tmp_path: Path, capsys: pytest.Captur
     argv = ["capture", "--source", "127.0.0.82=lab", "--format", "pcap", "--duration", "0.2", "--backend", "builtin"]
     assert main([*argv, "-w", str(out)]) == 0
     assert "labels (pcap has no room for them): 127.0.0.82=lab" in capsys.readouterr().out
+
+
+def _children_named(parent: int, name: str) -> list[int]:
+    """The pids of parent's children whose comm is name (from /proc/PID/task/*/children)."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in children.read_text().split()]
+    out = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                out.append(pid)
+    return out
+
+
+_UDP_RECORD = 16 + 14 + 20 + 8 + 2  # pcap record header + lo's fake Ethernet + IPv4 + UDP + b"hi"
+
+
+@pytest.mark.parametrize("backend", ["tcpdump", "dumpcap"])
+def test_a_capture_tool_killed_mid_capture_keeps_its_packets_and_says_where(backend: str, tmp_path: Path) -> None:
+    if shutil.which(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    out = tmp_path / "died.pcapng"
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.86", 0))
+    try:
+        with CaptureSession(out, ["127.0.0.86"], backend_name=backend) as session:
+            session.start()
+            for _ in range(5):
+                sender.sendto(b"hi", sink.getsockname())
+            partial = session.partial
+            # The tool writes them after its read timeout (<= 1 s): wait until all five are in the file.
+            _wait_for(lambda: partial.exists() and partial.stat().st_size >= 24 + 5 * _UDP_RECORD, 10)
+            tools = _children_named(os.getpid(), backend)
+            assert len(tools) == 1, tools
+            os.kill(tools[0], signal.SIGKILL)
+            _wait_for(session.finished, 5)
+            with pytest.raises(CaptureFailed) as failed:
+                session.stop([Target("127.0.0.86", "dier")])
+    finally:
+        sink.close()
+        sender.close()
+    said = str(failed.value)
+    assert f"{backend} stopped while capturing on lo: killed by signal 9" in said, said
+    assert f"the 5 packets captured until then are saved in {out}" in said, said
+    assert out.stat().st_size > 5 * _UDP_RECORD and not partial.exists()
+
+
+_SEND_THEN_KILL_TCPDUMP = """
+import os, signal, socket, sys, time
+from pathlib import Path
+port, folder = int(sys.argv[1]), Path(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):
+    s.sendto(b"hi", ("127.0.0.1", port))
+deadline = time.monotonic() + 10  # until tcpdump has written the three (its read timeout is 1 s)
+while time.monotonic() < deadline:
+    if sum(p.stat().st_size for p in folder.glob("*.partial-*.pcap")) >= 24 + 3 * int(sys.argv[3]):
+        break
+    time.sleep(0.02)
+for children in Path(f"/proc/{os.getppid()}/task").glob("*/children"):
+    for pid in children.read_text().split():
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "tcpdump":
+            os.kill(int(pid), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump is not installed")
+def test_tag_capture_whose_tool_dies_saves_the_packets_and_gives_no_tag_by_hand_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "t.pcapng"
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    try:
+        argv = ["tag", "--source", "127.0.0.87", "--capture", str(out), "--backend", "tcpdump", "--",
+                sys.executable, "-c", _SEND_THEN_KILL_TCPDUMP, str(sink.getsockname()[1]), str(tmp_path),
+                str(_UDP_RECORD)]
+        status = main(argv)
+    finally:
+        sink.close()
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert "tcpdump stopped while capturing on lo: killed by signal 9" in err, err
+    assert f"the 3 packets captured until then are saved in {out}" in err, err
+    assert "yourself" not in err, err  # advice_text: how to tag by hand, wrong for a capture failure

@@ -23,6 +23,7 @@ from loopfan.isolation.advice import advice_text
 from loopfan.isolation.capture import (
     BACKENDS,
     FORMATS,
+    CaptureFailed,
     CaptureSession,
     Target,
     check_label,
@@ -129,6 +130,8 @@ def command(
         say(f"tagging with {chosen} (free; choose with --source)")
     try:
         return _run(spec, argv, output, extra, fmt=fmt, backend=backend, wait=not no_wait)
+    except CaptureFailed:
+        raise  # the tag worked; how to tag by hand would be the wrong advice
     except HostError:
         click.echo(advice_text(argv[0], chosen, macos=sys.platform == "darwin"), err=True)
         raise
@@ -256,7 +259,12 @@ def _run(
         if output is not None:
             # The session's context exit stops the capture whatever happens; stop() saves it.
             session = stack.enter_context(CaptureSession(output, addresses, fmt=fmt, backend_name=backend))
-            session.start()
+            try:
+                session.start()
+            except CaptureFailed:
+                raise
+            except HostError as exc:  # the capture's failure, not the tag's: no tag-by-hand advice
+                raise CaptureFailed(str(exc)) from None
             say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend})")
             say(f"until it stops, packets go to {session.partial} (kept there if loopfan is killed)")
 

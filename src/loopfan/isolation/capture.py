@@ -199,6 +199,17 @@ def classic_filter(addresses: Sequence[str], snaplen: int = SNAPLEN) -> bytes:
 # Backends: each writes a plain pcap file until stopped
 
 
+class BackendDied(HostError):
+    """The capture tool stopped by itself while capturing: what it wrote so far is still worth keeping."""
+
+
+class CaptureFailed(HostError):
+    """The capture failed after it started; the message says where the packets captured so far are.
+
+    Raised by `CaptureSession.stop`, so callers can tell it from their own failures (`loopfan tag`
+    must not answer it with how to tag by hand)."""
+
+
 class _Backend:
     name = "?"
 
@@ -229,6 +240,7 @@ class _External(_Backend):
         self._stderr: list[str] = []
         self._ready = threading.Event()
         self._started_ok = False
+        self._drainer: threading.Thread | None = None
 
     def _drain(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -248,7 +260,8 @@ class _External(_Backend):
             start_new_session=True,
             preexec_fn=lambda: _pdeathsig(signal.SIGTERM),
         )
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
         self._ready.wait(timeout=10)
         # The marker is printed just before the capture loop; a packet sent in that instant could
         # be missed. A few milliseconds make the start deterministic in practice - and let a tool
@@ -260,9 +273,15 @@ class _External(_Backend):
             raise self._failure()
         self._started_ok = True
 
+    def _drained(self) -> None:
+        """Once the tool has exited, wait for the drain thread to read its last stderr lines (its
+        reason to fail, its statistics): a fixed sleep was too short on a loaded machine."""
+        if self._proc is not None and self._proc.poll() is not None and self._drainer is not None:
+            self._drainer.join(timeout=1.0)
+
     def _failure(self) -> HostError:
         """Why the tool stopped, from its own words, with the fix that fits."""
-        time.sleep(0.02)  # let the drain thread read the last lines
+        self._drained()
         said = [line for line in self._stderr if line and self._ready_marker not in line]
         denied = next((line for line in said if "permission" in line.lower()), None)
         denied = denied or next((line for line in said if "not permitted" in line), None)
@@ -276,6 +295,16 @@ class _External(_Backend):
         others = "dumpcap or builtin" if self.name == "tcpdump" else "tcpdump or builtin"
         return HostError(f"{self.name} did not start capturing on lo: {why}; try --backend {others}")
 
+    def _died(self, returncode: int) -> BackendDied:
+        """It stopped by itself mid-capture: its own last words, else how it ended."""
+        self._drained()
+        said = [line for line in self._stderr if line and self._ready_marker not in line]
+        if returncode < 0:  # a signal: whatever it said before (dumpcap's "File: ...") is not why
+            why = f"killed by signal {-returncode}"
+        else:
+            why = f"{said[-1]} (exit status {returncode})" if said else f"exit status {returncode}"
+        return BackendDied(f"{self.name} stopped while capturing on lo: {why}")
+
     def finished(self) -> bool:
         return self._proc is not None and self._proc.poll() is not None
 
@@ -283,10 +312,7 @@ class _External(_Backend):
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() not in (None, 0) and self._ready.is_set() and self._started_ok:
-            # It died by itself while capturing: say why instead of "the capture wrote no file".
-            self._started_ok = False
-            raise self._failure()
+        ended_by_us = False
         if proc.poll() is None:
             # Wait for the kernel to hand over the last packets, then SIGINT, on which both tools
             # flush their file and print their statistics. The ring's current block is handed over
@@ -299,7 +325,13 @@ class _External(_Backend):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        time.sleep(0.02)  # let the drain thread read the statistics lines
+                ended_by_us = True
+        # Both tools exit 0 on SIGINT or at their --count. Anything else while capturing means it died
+        # by itself - checked after the wait too: a tool just SIGKILLed may not have exited yet at poll().
+        if proc.returncode not in (0, -signal.SIGINT) and not ended_by_us and self._started_ok:
+            self._started_ok = False
+            raise self._died(proc.returncode)
+        self._drained()
         for line in self._stderr:
             # tcpdump: "3 packets dropped by kernel"; dumpcap: "Packets received/dropped on interface 'lo': 9/0"
             words = line.split()
@@ -522,11 +554,27 @@ class CaptureSession:
             return CaptureStats()
         self._backend = None
         try:
-            dropped = backend.stop()
+            try:
+                dropped = backend.stop()
+            except BackendDied as exc:
+                raise self._salvaged(str(exc), tmp, targets) from None
             return finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=dropped,
                             interface=self.interface)
         finally:
             self._cleanup()
+
+    def _salvaged(self, why: str, tmp: Path, targets: Sequence[Target]) -> CaptureFailed:
+        """The backend died mid-capture: save what it wrote before (it is the user's evidence), and
+        say where. If even that fails, the partial file is kept and named instead of deleted."""
+        try:
+            stats = finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=None,
+                             interface=self.interface)
+        except Exception:
+            if tmp.exists():
+                self._tmp = None  # keep it: _cleanup would delete the only copy of the packets
+                return CaptureFailed(f"{why}; the packets captured until then are in {tmp} (plain pcap)")
+            return CaptureFailed(f"{why}; it left no file, nothing was saved")
+        return CaptureFailed(f"{why}; the {stats.packets:,} packets captured until then are saved in {self.output}")
 
     def _cleanup(self) -> None:
         if self._backend is not None:
