@@ -1011,3 +1011,67 @@ def test_tag_capture_whose_tool_dies_saves_the_packets_and_gives_no_tag_by_hand_
     assert "tcpdump stopped while capturing on lo: killed by signal 9" in err, err
     assert f"the 3 packets captured until then are saved in {out}" in err, err
     assert "yourself" not in err, err  # advice_text: how to tag by hand, wrong for a capture failure
+
+
+def test_kill_all_ends_nested_tags_processes_and_the_tag_removes_their_groups() -> None:
+    """_kill_all is Cgroup.kill_subtree: a nested tag's processes die too (the old fallback killed
+    only the group's own pids), and the tag's exit removes the nested group left under it."""
+    from loopfan.isolation.cgroup import Cgroup
+    from loopfan.isolation.tagger import _kill_all
+
+    said: list[str] = []
+    with open_tag(TagSpec(source="127.0.0.88", label="outer")) as tag:
+        inner = Cgroup.create(tag.cgroup.path, f"loopfan.tag.{_dead_pid()}.inner")
+        sleeper = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: inner.add(0))
+        try:
+            _kill_all(tag, say=said.append)
+            assert sleeper.wait(timeout=5) == -signal.SIGKILL
+        finally:
+            if sleeper.poll() is None:
+                sleeper.kill()
+                sleeper.wait()
+        assert said and re.match(r"1 process still running .*: killed with SIGKILL", said[0]), said
+        assert inner.path.exists()  # empty now; the tag's exit must remove it, then its own group
+        outer = tag.cgroup.path
+    assert not inner.path.exists() and not outer.exists()
+    assert_no_leftovers(os.getpid())
+
+
+def test_sigkilled_loopfans_stderr_closes_without_waiting_for_the_watchdog(tmp_path: Path) -> None:
+    """`loopfan tag ... 2>&1 | tee`: after kill -9 of loopfan, the reader gets EOF at once - the
+    watchdog (ending a SIGTERM-ignoring command for its grace) does not hold loopfan's stderr."""
+    code = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "devnull = os.open(os.devnull, os.O_RDWR)\n"
+        "for fd in (0, 1, 2): os.dup2(devnull, fd)\n"  # the command itself lets go of the pipe
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    pidfile = tmp_path / "cmd.pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopfan", "tag", "--source", "127.0.0.89", "--", sys.executable, "-c", code,
+         str(pidfile)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    command = 0
+    try:
+        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 15)
+        command = int(pidfile.read_text())
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.stderr is not None
+        proc.stderr.read()  # EOF: nobody holds the pipe any more
+        # The command ignores SIGTERM, so it lives until the watchdog's grace (2 s) ends: the
+        # EOF came before that, so the watchdog was not holding the pipe.
+        assert Path(f"/proc/{command}").exists() and not _zombie(command), "EOF came only after the grace"
+        proc.wait(timeout=10)
+        _wait_for(lambda: not Path(f"/proc/{command}").exists() or _zombie(command), 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(command, signal.SIGKILL)
+    assert_no_leftovers(proc.pid)

@@ -327,72 +327,22 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         # (The guard goes with them: while we live, our pid keeps other loopfans away anyway.)
         watchdog.stand_down()
         tag._close_programs()
+        # remove_subtree: nested tags' groups left empty under ours go too. (A nested tag whose
+        # loopfan still runs keeps its group, and so ours; a later loopfan's remove_stale sweeps both.)
         tag.cgroup.release(tag.cgroup.pids())
-        tag.cgroup.remove()
+        tag.cgroup.remove_subtree()
 
 
 # ---------------------------------------------------------------------------------------------
 # The watchdog: what a SIGKILLed loopfan cannot do itself
 
-# Runs with -I -S (no site, no PYTHONPATH): starts in milliseconds and imports nothing of ours.
-# argv: pipe read fd, cgroup directory, grace seconds. The BPF link fds are inherited and simply
-# held open: while the watchdog lives, the programs stay attached and the group stays tagged.
-_WATCHDOG_CODE = """
-import os, signal, sys, time
-# SIGTERM too: a watchdog of a tag nested in another tag is in the outer tag's cgroup, and must
-# not die of the outer watchdog's SIGTERM before it has done its own work.
-for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-    signal.signal(s, signal.SIG_IGN)
-fd, group, grace = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-said = b""
-while chunk := os.read(fd, 64):
-    said += chunk
-if b"done" in said:
-    sys.exit(0)
-def groups():  # the tag's cgroup and any nested tag's under it, deepest first
-    return [root for root, _dirs, _files in os.walk(group, topdown=False)]
-def pids():
-    out = []
-    for path in groups():
-        try:
-            with open(path + "/cgroup.procs") as fh:
-                out += [int(x) for x in fh.read().split()]
-        except OSError:
-            pass
-    return out
-def kill_all(sig):
-    for pid in pids():
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-def wait_empty(seconds):
-    deadline = time.monotonic() + seconds
-    while pids() and time.monotonic() < deadline:
-        time.sleep(0.02)
-kill_all(signal.SIGTERM)
-wait_empty(grace)
-if pids():
-    try:
-        with open(group + "/cgroup.kill", "w") as fh:  # the whole subtree
-            fh.write("1")
-    except OSError:
-        for _ in range(100):
-            kill_all(signal.SIGKILL)
-            if not pids():
-                break
-            time.sleep(0.02)
-    wait_empty(5)
-for path in groups():
-    for _ in range(40):
-        try:
-            os.rmdir(path)
-            break
-        except FileNotFoundError:
-            break
-        except OSError:
-            time.sleep(0.025)
-"""
+# Runs with -I -S (no site, no PYTHONPATH, no current directory): only loopfan's own package
+# directory is put on its path, and it imports cgroup.py alone (see watchdog.py).
+_WATCHDOG_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from loopfan.isolation.watchdog import main; sys.exit(main(sys.argv[2:]))"
+)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[2])  # the directory that holds loopfan/
 
 
 @dataclass
@@ -416,7 +366,8 @@ class Watchdog:
         read_fd, write_fd = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHDOG_CODE, str(read_fd), str(group), str(grace_s)],
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG_CODE, _PACKAGE_DIR, str(read_fd), str(group),
+                 str(grace_s)],
                 pass_fds=(read_fd, *link_fds),
                 # It has nobody to talk to, and must not hold loopfan's stdout/stderr open: after
                 # kill -9 of loopfan, a reader (`loopfan tag ... 2>&1 | tee`, CI log capture) would
@@ -569,19 +520,12 @@ def process_names(pids: Sequence[int]) -> str:
 def _kill_all(
     tag: Tag, wait_s: float = 0.0, say: Callable[[str], None] = lambda _line: None, grace: str = "after the grace"
 ) -> None:
-    """After the grace period: SIGKILL every process of the tag (cgroup.kill where the kernel has it)."""
-    if tag.cgroup.wait_empty(timeout_s=wait_s):
+    """After the grace period: SIGKILL every process of the tag and of tags nested in it."""
+    if tag.cgroup.wait_empty(timeout_s=wait_s) and not tag.cgroup.subtree_pids():
         return
-    left = tag.cgroup.pids()
+    left = tag.cgroup.subtree_pids()
     say(f"{counted(len(left), 'process')} still running {grace}: killed with SIGKILL ({process_names(left)})")
-    kill_file = tag.cgroup.path / "cgroup.kill"  # kernel >= 5.14: kills the whole group atomically
-    try:
-        kill_file.write_text("1")
-    except OSError:
-        for pid in tag.cgroup.pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-    tag.cgroup.wait_empty(timeout_s=2.0)
+    tag.cgroup.kill_subtree()
 
 
 def _terminal_sent_it() -> bool:
