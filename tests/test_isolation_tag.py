@@ -370,20 +370,29 @@ def test_interrupted_loopfan_cleans_up_and_stops_the_command() -> None:
     assert_no_leftovers(proc.pid)
 
 
-def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_and_loopfan_says_so() -> None:
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_and_loopfan_says_so(tmp_path: Path) -> None:
     from loopfan.isolation.tagger import run_tagged
 
-    ready = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
+    ignoring = tmp_path / "ignoring"
+    ready = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'w').close(); time.sleep(30)"
+    )
     lines: list[str] = []
-    timers: list[threading.Timer] = []
+    senders: list[threading.Thread] = []
+
+    def sigterm_once_ignored() -> None:  # not a fixed delay: under load the child may not be there yet
+        _wait_for(ignoring.exists, 15)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def on_start(_pid: int) -> None:  # SIGTERM to loopfan (this process) once the command ignores it
-        timers.append(threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)))
-        timers[0].start()
+        senders.append(threading.Thread(target=sigterm_once_ignored))
+        senders[0].start()
 
     with open_tag(TagSpec(source="127.0.0.85", label="stubborn")) as tag:
-        run = run_tagged([sys.executable, "-c", ready], tag, say=lines.append, on_start=on_start, grace_s=0.5)
-    timers[0].join()
+        argv = [sys.executable, "-c", ready, str(ignoring)]
+        run = run_tagged(argv, tag, say=lines.append, on_start=on_start, grace_s=0.5)
+    senders[0].join()
     assert run.exit_status == 128 + signal.SIGKILL
     said = r"1 process still running 0.5 s after SIGTERM: killed with SIGKILL \(python\S* \d+\)"
     assert any(re.fullmatch(said, line) for line in lines), lines
@@ -706,7 +715,8 @@ def test_capture_command_stops_at_count_with_builtin_backend(
         )
     )
     thread.start()
-    time.sleep(0.5)  # the capture thread is live well within this
+    # The built-in backend creates its partial file once its socket is bound and filtering.
+    _wait_for(lambda: any(tmp_path.glob("c.pcap.partial-*.pcap")), 15)
     with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.72", 0)) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         s.recv(100)
@@ -740,7 +750,12 @@ def test_capture_stops_and_flushes_on_sigint(http_server: tuple[str, list[str]],
         text=True,
     )
     try:
-        time.sleep(1.5)  # interpreter start + the capture tool's start, well within
+        assert proc.stderr is not None
+        said = ""
+        deadline = time.monotonic() + 15
+        while "packets go to" not in said and time.monotonic() < deadline and proc.poll() is None:
+            said += proc.stderr.readline()  # printed once the capture tool is capturing
+        assert "packets go to" in said, said
         with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.73", 0)) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             s.recv(100)
