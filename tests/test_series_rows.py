@@ -153,6 +153,22 @@ def test_a_paced_ramp_adds_up(tmp_path: Path) -> None:
     assert max(series["connects_per_s"]) < 2500 * 1.3  # no row far above the pace
 
 
+def test_a_fast_ramp_stays_in_its_row(tmp_path: Path) -> None:
+    """QA: the rows' counts were drawn on a straight line between the reports kept at two samples a
+    second apart, so a 0.3 s ramp was spread over the second (connects/s after the ramp ended, and
+    `established` below `open` in the same row). Every report is a point now."""
+    port = free_port("127.91.1.1")
+    rep = run_json(["-c", "4000", "--traffic", "echo", "--duration", "2s", "--listen",
+                    f"127.91.1.1-127.91.1.2:{port}", "--sources", "127.92.1.0/24", "--per-process", "2000"],
+                   tmp_path / "r.json")
+    series = rep["series"]
+    rows = list(zip(series["phase"], series["open"], series["established"], series["connects_per_s"], strict=True))
+    assert all(established >= opened for _, opened, established, _ in rows), rows
+    # Once the traffic phase's second row is reached, the ramp is long over: no connects.
+    traffic = [connects for phase, _, _, connects in rows if phase == "traffic"]
+    assert traffic[1:] and not any(traffic[1:]), rows
+
+
 def test_refused_connects_add_up_by_cause(tmp_path: Path) -> None:
     """Nothing listens: every connect fails with ECONNREFUSED, over several rows."""
     port = free_port("127.93.0.1")

@@ -282,6 +282,7 @@ def run_plan(
         # Time to reach X % of the target open at once: connections reset as soon as they were
         # established count in `established`, never in what the run holds.
         series.note_progress(now, c.open)
+        series.note_reports(fleet.of("client"), now)
         if series.due(now):
             take_sample(now)
         if on_progress:

@@ -265,6 +265,20 @@ class SeriesSampler:
         self._sample_health(dt_now, workers, procs, parent_cpu_s)
         self._n += 1
 
+    def note_reports(self, workers: Sequence[WorkerLike], now: float) -> None:
+        """Every tick (cheap): keep each client worker's report as a knot as soon as it is new, not
+        only the last one before a row is sampled - otherwise the line between two rows' knots
+        spread a 0.3 s ramp over the whole second (QA: connects/s after the ramp had ended, and
+        `established` below `open` in the same row)."""
+        for w in workers:
+            if w.role == "server" or not w.stats:
+                continue
+            knots = self._knots.get((w.role, w.index))
+            stamp = w.stats.get("t")
+            if knots and stamp is not None and float(stamp) <= knots[-1][0]:
+                continue  # nothing new since its last knot
+            self._note_report(w, now)
+
     def _note_report(self, w: WorkerLike, now: float) -> None:
         """Keep this client worker's latest report as a knot (stamped with its own monotonic clock,
         the parent's too: CLOCK_MONOTONIC is system-wide), if it is news."""
