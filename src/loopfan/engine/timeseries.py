@@ -314,8 +314,11 @@ class SeriesSampler:
             knots[:] = [(edge_t, at)] + [kn for kn in knots if kn[0] > edge_t]
         t = _r(edge_t - self.t0, 3)
         before = self._edge
-        if t <= before[0]:  # no span (a row at the start, or within 1 ms): its counts go to the next row
-            return t, counts, {}
+        if t <= before[0]:
+            # No span (a row at the start, or within 1 ms of the last): its counts go to the next
+            # row, and the row shows the last edge's, so `established` stays the integral of the
+            # connects column (hypothesis: 2 shown here, then 298 more at a rate of 300).
+            return t, before[1], {}
         span = t - before[0]
         self._edge = (t, counts)
         return t, counts, {k: max(0.0, v - before[1].get(k, 0)) / span for k, v in counts.items()}
