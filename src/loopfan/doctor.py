@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from loopfan import costs
 from loopfan.hostfacts import HostFacts
 from loopfan.planner import Plan, _round_up
+from loopfan.wording import counted
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 SEVERITY_ORDER = {OK: 0, INFO: 1, WARN: 2, FAIL: 3}
@@ -60,7 +61,7 @@ def check_fds(facts: HostFacts, plan: Plan) -> Finding:
     if servers:
         side += f" and {servers:,} server process{'es' if servers != 1 else ''}"
     needed = (
-        f"{plan.request.connections:,} connections at {plan.per_process:,} per process: {side}; "
+        f"{counted(plan.request.connections, 'connection')} at {plan.per_process:,} per process: {side}; "
         "loopfan shards across processes by itself"
     )
     fix = ""
@@ -111,7 +112,7 @@ def check_ports(facts: HostFacts, plan: Plan) -> Finding:
     found = f"{lo}-{hi}: {facts.port_count:,} {scope}"
     biggest = max((g.connections for g in plan.groups), default=0)
     needed = (
-        f"{len(plan.sources):,} source addresses, at most {biggest:,} connections per "
+        f"{counted(len(plan.sources), 'source address')}, at most {counted(biggest, 'connection')} per "
         f"{'group' if plan.budget_scope == 'group' else 'source'} (budget {plan.budget_per_group:,})"
     )
     lim = next((x for x in plan.limits if x.resource == "ephemeral ports"), None)
@@ -234,7 +235,7 @@ def check_loopback(facts: HostFacts, plan: Plan) -> Finding:
             "loopback addresses",
             OK,
             "local route 127.0.0.0/8 on lo: every 127.x.y.z is usable with no setup",
-            f"{len(plan.sources):,} source addresses",
+            counted(len(plan.sources), "source address"),
         )
     if facts.platform == "linux":
         return Finding(
@@ -245,7 +246,7 @@ def check_loopback(facts: HostFacts, plan: Plan) -> Finding:
             "sudo ip route add local 127.0.0.0/8 dev lo table local",
         )
     aliases = sorted(a for a in facts.loopback_addresses if a != "127.0.0.1")
-    needed = f"{max(1, len(plan.sources)):,} aliased source addresses"
+    needed = counted(max(1, len(plan.sources)), "aliased source address")
     lim = next((x for x in plan.limits if x.resource in ("loopback aliases", "ephemeral ports")), None)
     if lim is not None and lim.connections < plan.request.connections:
         return Finding(

@@ -13,19 +13,11 @@ from rich.text import Text
 from loopfan.doctor import FAIL, INFO, OK, WARN, Finding
 from loopfan.planner import Limit, Plan
 from loopfan.pools import Endpoint
+from loopfan.wording import counted as counted  # (re-exported: callers import it from here)
 
 PLAN_SCHEMA = "loopfan.plan/1"
 DOCTOR_SCHEMA = "loopfan.doctor/1"
 
-
-def counted(n: int, singular: str, plural: str | None = None) -> str:
-    """'1 source address', '2 source addresses', '5,129 client processes': the number with
-    thousands separators and the noun agreeing with it."""
-    return f"{n:,} {singular if n == 1 else plural or _plural(singular)}"
-
-
-def _plural(noun: str) -> str:
-    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
 
 
 def _gb(n: int) -> str:
@@ -106,13 +98,13 @@ def plan_table(plan: Plan) -> Table:
     scope = "source x endpoint" if plan.budget_scope == "group" else "source address"
     t.add_row(
         "groups",
-        f"{len(plan.groups):,} ({scope}), at most {biggest:,} connections each; "
+        f"{len(plan.groups):,} ({scope}), at most {counted(biggest, 'connection')} each; "
         f"budget {plan.budget_per_group:,} = {req.fill_ratio:.0%} of {plan.port_count:,} ephemeral ports",
     )
     procs = f"{len(plan.client_shards):,} client"
     if plan.server_shards:
         procs += f" + {len(plan.server_shards):,} server"
-    t.add_row("processes", f"{procs}, at most {plan.per_process:,} connections each (open-file limit)")
+    t.add_row("processes", f"{procs}, at most {counted(plan.per_process, 'connection')} each (open-file limit)")
     m = plan.memory
     t.add_row(
         "memory",
@@ -130,7 +122,7 @@ def plan_table(plan: Plan) -> Table:
 def plan_headline(plan: Plan) -> Text:
     req = plan.request
     target = "the built-in server" if req.builtin_server else counted(len(plan.targets), "endpoint")
-    head = Text(f"Plan: {req.connections:,} connections to {target} - ", style="bold")
+    head = Text(f"Plan: {counted(req.connections, 'connection')} to {target} - ", style="bold")
     if plan.feasible:
         head.append("feasible", style="bold green")
     else:

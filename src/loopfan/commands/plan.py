@@ -57,4 +57,4 @@ def command(
         console = Console()
         console.print(plan_headline(p))
         console.print(plan_table(p))
-    return 0
+    return 0  # (informational: `loopfan doctor -c N` is the command whose exit status says "would it work")

@@ -1,0 +1,14 @@
+"""Numbers in sentences: one place that makes nouns agree with their counts. No imports of
+loopfan's own, so every module may use it (render.py imports doctor.py, which uses it)."""
+
+from __future__ import annotations
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """'1 source address', '2 source addresses', '5,129 client processes': the number with
+    thousands separators and the noun agreeing with it."""
+    return f"{n:,} {singular if n == 1 else plural or _plural(singular)}"
+
+
+def _plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
