@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 
 import click
 from rich.console import Console
@@ -71,8 +72,11 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
     results = run_gates(list(gates), base, new)
     new["checks"] = [*(new.get("checks") or []), *results]
     warnings = caveats(base, new, base_json, new_json)
-    for line in warnings:  # on stderr too, where CI logs show it whatever the format and -o
-        click.echo(f"loopfan: warning: {line}", err=True)
+    # On stderr too where the output does not show them to whoever runs this: a page, a file, or
+    # stdout redirected (CI logs show stderr); on a terminal the table's own lines are enough.
+    if fmt_name == "html" or output not in (None, "-") or not sys.stdout.isatty():
+        for line in warnings:
+            click.echo(f"loopfan: warning: {line}", err=True)
     if output == "-":
         output = None
     if fmt_name == "html":
