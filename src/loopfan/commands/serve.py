@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import time
 
@@ -65,7 +66,9 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
     try:
         with server:
             eps = server.endpoints
-            shown = ", ".join(str(e) for e in eps[:4]) + (f", ... ({len(eps) - 4} more)" if len(eps) > 4 else "")
+            # In address order (the shards interleave them), the count with separators.
+            first = sorted(eps, key=lambda e: (ipaddress.ip_address(e.address), e.port))[:4]
+            shown = ", ".join(str(e) for e in first) + (f", ... ({len(eps) - 4:,} more)" if len(eps) > 4 else "")
             where = f"{counted(len(eps), 'endpoint')} in {counted(len(shards), 'process')}"
             console.print(f"listening on {where}, mode {mode}: {shown}", highlight=False)
             shared = len(shards) // len(eps) if server.config.reuse_port else 1
