@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
 import pytest
@@ -405,32 +405,9 @@ def test_kernel_count_of_sockets_the_server_just_closed() -> None:
 # --- the kernel cross-check: half-open connections, other runs on the port, an idle hold ------------
 
 
-@contextmanager
-def barely_accepting(endpoint: Endpoint) -> Iterator[list[socket.socket]]:
+def barely_accepting(endpoint: Endpoint) -> AbstractContextManager[list[socket.socket]]:
     """A server with a listen backlog of 1 that accepts one connection every 10 ms (QA's srv.py)."""
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-    listener = socket.create_server((endpoint.address, endpoint.port), backlog=1)
-    listener.settimeout(0.05)
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        yield accepted
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
-        for conn in accepted:
-            conn.close()
+    return accepting_every(endpoint, 0.01, backlog=1)
 
 
 def test_a_server_that_barely_accepts_leaves_half_open_connections(loopback_block: Block) -> None:
@@ -591,13 +568,14 @@ def test_the_target_listeners_drops_are_compared_with_listen_drops_not_overflows
 
 
 @contextmanager
-def accepting_every(endpoint: Endpoint, pause_s: float | None) -> Iterator[list[socket.socket]]:
-    """A server with a large listen backlog (4096, as QA's never-accepting server) that accepts one
-    connection every `pause_s` seconds, or never (None): the kernel completes every handshake into
-    its accept queue either way, so the client sees every connection established."""
+def accepting_every(endpoint: Endpoint, pause_s: float | None, backlog: int = 4096) -> Iterator[list[socket.socket]]:
+    """A server that accepts one connection every `pause_s` seconds, or never (None). With the
+    default large backlog (4096, as QA's never-accepting server) the kernel completes every
+    handshake into its accept queue either way, so the client sees every connection established;
+    with a small one the queue overflows and the handshakes' last ACKs are dropped."""
     accepted: list[socket.socket] = []
     stop = threading.Event()
-    listener = socket.create_server((endpoint.address, endpoint.port), backlog=4096)
+    listener = socket.create_server((endpoint.address, endpoint.port), backlog=backlog)
     listener.settimeout(0.05)
 
     def serve() -> None:
