@@ -356,6 +356,7 @@ def run_plan(
 
             # Peak readings: after the ramp, while everything is held.
             phase = "measuring"
+            tick()  # (the live view and /metrics say so: the readings take up to seconds)
             t_measure = time.monotonic()
             result.memory = {
                 "user_client": measure.sum_uss(w.pid for w in clients if not w.finished),
