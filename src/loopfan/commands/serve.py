@@ -24,6 +24,7 @@ from loopfan.engine.runner import Totals
 from loopfan.engine.serve import BuiltinServer, process_capacity, shard_endpoints
 from loopfan.hostfacts import facts_for_workers
 from loopfan.planner import PlanRequest, plan
+from loopfan.pools import Endpoint
 from loopfan.render import counted
 
 
@@ -67,7 +68,7 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
         with server:
             eps = server.endpoints
             # In address order (the shards interleave them), the count with separators.
-            first = sorted(eps, key=lambda e: (ipaddress.ip_address(e.address), e.port))[:4]
+            first = sorted(eps, key=_address_order)[:4]
             shown = ", ".join(str(e) for e in first) + (f", ... ({len(eps) - 4:,} more)" if len(eps) > 4 else "")
             where = f"{counted(len(eps), 'endpoint')} in {counted(len(shards), 'process')}"
             console.print(f"listening on {where}, mode {mode}: {shown}", highlight=False)
@@ -122,3 +123,8 @@ def failure_lines(failed: dict[str, int], connections: int, per_process: int, pr
             meaning, fix = explain(cause).meaning, explain(cause).fix
         lines.append(f"failed {cause} {n:,}: {meaning}; fix: {fix}")
     return lines
+
+
+def _address_order(e: Endpoint) -> tuple[int, int, int]:
+    ip = ipaddress.ip_address(e.address)  # (IPv4 and IPv6 do not compare: version first)
+    return ip.version, int(ip), e.port

@@ -112,12 +112,17 @@ def endpoint_filters(endpoints: Iterable[tuple[str, int]], side: str) -> list[st
     terms = [_term(side, port_side, net, lo, hi)
              for nets, ports in groups.items() for lo, hi in _port_ranges(ports) for net in nets]
     if len(terms) > SS_TERMS_MAX * SS_CALLS_MAX:
+        # Too many: widen the addresses (one covering prefix per IP version), never the ports - a
+        # port range that takes in the clients' own ephemeral ports would count client sockets as
+        # server ones and other programs' connections too.
         terms = []
         for version in sorted({v for v, _ in by_port}):
             ips = [ip for (v, _), group in by_port.items() if v == version for ip in group]
+            net = _covering(min(ips), max(ips))
             ports = [p for v, p in by_port if v == version]
-            terms.append(_term(side, port_side, _covering(min(ips), max(ips)), min(ports), max(ports)))
-    return [" or ".join(terms[i : i + SS_TERMS_MAX]) for i in range(0, len(terms), SS_TERMS_MAX)]
+            terms += [_term(side, port_side, net, lo, hi) for lo, hi in _port_ranges(ports)]
+    per_call = max(SS_TERMS_MAX, -(-len(terms) // SS_CALLS_MAX))  # still too many: longer filters, not more scans
+    return [" or ".join(terms[i : i + per_call]) for i in range(0, len(terms), per_call)]
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
