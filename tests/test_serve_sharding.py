@@ -144,3 +144,12 @@ def test_serve_bad_count_is_one_line(argv: list[str], capsys: pytest.CaptureFixt
 
     assert main(["serve", *argv]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_serve_lists_ipv4_and_ipv6_endpoints_together() -> None:
+    """Review: sorting the endpoints for the 'listening on' line compared IPv4 with IPv6 and crashed."""
+    from loopfan.commands.serve import _address_order
+    from loopfan.pools import parse_endpoints
+
+    eps = [*parse_endpoints("[::1]:7000"), *parse_endpoints("127.0.0.2:7000"), *parse_endpoints("127.0.0.1:7001")]
+    assert [str(e) for e in sorted(eps, key=_address_order)] == ["127.0.0.1:7001", "127.0.0.2:7000", "[::1]:7000"]
