@@ -20,7 +20,14 @@ from rich.text import Text
 
 from loopfan import __version__
 from loopfan.engine.causes import explain
-from loopfan.engine.runner import HIST_DIGITS, HIST_HIGHEST_US, HIST_LOWEST_US, KERNEL_SETTLE_S, RunResult
+from loopfan.engine.runner import (
+    HIST_DIGITS,
+    HIST_HIGHEST_US,
+    HIST_LOWEST_US,
+    KERNEL_SETTLE_MAX_S,
+    KERNEL_SETTLE_S,
+    RunResult,
+)
 from loopfan.hostfacts import HostFacts
 from loopfan.render import counted, plan_to_dict
 from loopfan.results.checks import described
@@ -411,8 +418,9 @@ def kernel_line(kc: dict[str, Any]) -> str:
                  "--connect-rate")
     never_accepted = kc.get("never_accepted") or 0
     if never_accepted:
-        text += (f"; {never_accepted:,} never accepted: still in the server's accept queue, which did not "
-                 f"fall for {KERNEL_SETTLE_S:g} s - the server application is not calling accept(), or is out of "
+        text += (f"; {never_accepted:,} never accepted: still in the server's accept queue when loopfan "
+                 f"stopped waiting (it waits while the queue falls, {KERNEL_SETTLE_S:g} s at a time, up to "
+                 f"{KERNEL_SETTLE_MAX_S:g} s) - the server application is not calling accept(), or is out of "
                  "file descriptors (EMFILE: its log says so), or its accept loop is too slow. The kernel "
                  "completed their handshakes; the server does not hold them. Fix: raise the server's "
                  "open-file limit (ulimit -n, LimitNOFILE=) or run more server processes, and check "

@@ -366,7 +366,7 @@ def run_plan(
                 "user_parent": measure.uss_bytes(os.getpid()),
             }
             if interrupt.signal is None:
-                _ask_the_kernel(result, fleet, clients, targets, lambda: interrupt.signal is not None)
+                _ask_the_kernel(result, fleet, clients, targets, lambda: interrupt.signal is not None, tick)
             else:
                 # The clients are still connecting (only CLOSE stops them): counts read now would
                 # be of different moments and keep growing past the signal. Close at once instead.
@@ -437,15 +437,16 @@ def run_plan(
 
 
 def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targets: list[tuple[str, int]],
-                    stopped: Callable[[], bool]) -> None:
+                    stopped: Callable[[], bool], tick: Callable[[], None] = lambda: None) -> None:
     """The kernel's own counts of the run's connections, both ends, once the ramp is done. An
     interrupt while counting leaves them out (said in the report) rather than holding Ctrl-C for
     the settling and the fresh reports."""
     settle_until = time.monotonic() + KERNEL_SETTLE_S
     settle_hard_limit = time.monotonic() + KERNEL_SETTLE_MAX_S
-    last_stuck = sys.maxsize
+    fewest_stuck = sys.maxsize
     while True:
         fleet.pump(0.3)  # the latest counts from every worker, so both readings are of one moment
+        tick()  # (the live view, /metrics and the series go on while it settles: up to seconds)
         # The workers' counts are up to a report interval old and ss is a snapshot of later: a
         # server closing connections meanwhile moves the truth between them. So our count is
         # read before and again after the kernel's (see _fresh_open), and the kernel's must lie
@@ -472,9 +473,9 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
         stuck = result.half_open + result.never_accepted
         if not stuck or time.monotonic() >= settle_hard_limit:
             break
-        if stuck < last_stuck:  # still draining: give it another grace from now
+        if stuck < fewest_stuck:  # draining (a new low, not a count's jitter): another grace from now
             settle_until = max(settle_until, min(time.monotonic() + KERNEL_SETTLE_S, settle_hard_limit))
-        last_stuck = stuck
+        fewest_stuck = min(fewest_stuck, stuck)
         if time.monotonic() >= settle_until:
             break
     result.open_after_count = _fresh_open(fleet, clients, counted_at)
