@@ -125,7 +125,7 @@ def test_a_page_that_cannot_be_drawn_costs_neither_the_json_nor_a_traceback(
     status = main(["run", "-c", "20", "--hold", "0", "-q", "--json", str(out), "--html", str(tmp_path / "r.html")])
     captured = capsys.readouterr()
     assert status == 2 and "Traceback" not in captured.err
-    assert "could not draw the HTML page: RuntimeError: Font cache is corrupt" in captured.err
+    assert "could not write the HTML page: RuntimeError: Font cache is corrupt" in captured.err
     assert json.loads(out.read_text())["established"] == 20
 
 

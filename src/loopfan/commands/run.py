@@ -89,24 +89,27 @@ def report_console(json_path: str | None) -> Console:
 
 
 def deliver(opts: RunOptions, rep: dict[str, Any], show: Callable[[], None]) -> str | None:
-    """Show the report, then write the JSON and the HTML page; return the first failure, if any.
-    The paths were checked before the run; one that fails anyway (disk full, directory removed
-    meanwhile) must not cost the report that was shown already, nor the other file: both are
-    attempted. The JSON goes first (CI reads it), and a page that cannot be drawn is a failure to
-    report in one line, not a traceback that loses the JSON."""
-    show()
-    writes: list[Callable[[], None]] = []
-    if opts.json_path:
-        writes.append(functools.partial(write_json, opts.json_path, rep))
-    writes.append(functools.partial(opts.output.write_page, rep))
+    """Write the JSON, show the report, then write the HTML page; return the first failure, if
+    any. The paths were checked before the run; one that fails anyway (disk full, directory removed
+    meanwhile, a closed pipe) must not cost the others: each is attempted, each failure said in one
+    line under its own name. The JSON goes first (CI reads it) - before the terminal report too,
+    whose drawing could fail (a closed stdout) - except to stdout, where it follows the report."""
+    steps: list[tuple[str, Callable[[], None]]] = []
+    json_step = ("the JSON report", functools.partial(write_json, opts.json_path, rep)) if opts.json_path else None
+    if json_step and opts.json_path != "-":
+        steps.append(json_step)
+    steps.append(("the report", show))
+    if json_step and opts.json_path == "-":
+        steps.append(json_step)
+    steps.append(("the HTML page", functools.partial(opts.output.write_page, rep)))
     errors: list[str] = []
-    for write in writes:
+    for what, step in steps:
         try:
-            write()
+            step()
         except UsageError as exc:
             errors.append(str(exc))
-        except Exception as exc:  # drawing the page (matplotlib): say it, keep the rest
-            errors.append(f"could not draw the HTML page: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # drawing, writing: say it, keep the rest
+            errors.append(f"could not write {what}: {type(exc).__name__}: {exc}")
     return errors[0] if errors else None
 
 

@@ -16,11 +16,11 @@ import json
 from typing import Any
 
 from loopfan.engine.report import kernel_line, not_held_by_server
-from loopfan.render import counted
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
 from loopfan.traffic.report import closed_loop_reading, end_reason
+from loopfan.wording import counted
 
 SECTIONS = [
     ("run", "Run and checks"),
