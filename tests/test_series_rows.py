@@ -171,7 +171,9 @@ def test_a_fast_ramp_stays_in_its_row(tmp_path: Path) -> None:
                    tmp_path / "r.json")
     series = rep["series"]
     rows = list(zip(series["phase"], series["open"], series["established"], series["connects_per_s"], strict=True))
-    assert all(established >= opened for _, opened, established, _ in rows), rows
+    # (A row in the middle of the ramp may show `open` a report ahead of `established`: open is
+    # each worker's latest, established is read at the row's edge. Past the ramp they agree.)
+    assert all(established >= opened for phase, opened, established, _ in rows if phase != "connecting"), rows
     # Once the traffic phase's second row is reached, the ramp is long over: no connects.
     traffic = [connects for phase, _, _, connects in rows if phase == "traffic"]
     assert traffic[1:] and not any(traffic[1:]), rows
