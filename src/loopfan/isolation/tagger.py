@@ -336,10 +336,12 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
 # ---------------------------------------------------------------------------------------------
 # The watchdog: what a SIGKILLed loopfan cannot do itself
 
-# Runs with -I -S (no site, no PYTHONPATH, no current directory): only loopfan's own package
-# directory is put on its path, and it imports cgroup.py alone (see watchdog.py).
+# Runs with -I -S (no site, no PYTHONPATH, no current directory): loopfan's own package directory
+# is appended to its path (after the standard library: a module in site-packages that shadows a
+# stdlib name must not replace it here), and it imports the package (whose __init__ imports nothing
+# from outside the standard library - keep it so) and cgroup.py (see watchdog.py).
 _WATCHDOG_CODE = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "import sys; sys.path.append(sys.argv[1]); "
     "from loopfan.isolation.watchdog import main; sys.exit(main(sys.argv[2:]))"
 )
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[2])  # the directory that holds loopfan/

@@ -1,9 +1,10 @@
 """The tag watchdog's process: what a SIGKILLed loopfan cannot do itself (see tagger.Watchdog).
 
 Rules of this file: it runs as its own small process (`python -I -S`, started by Watchdog.start with
-loopfan's package directory put first on sys.path) and imports nothing but cgroup.py, so it starts in
-milliseconds and ends the tag exactly as loopfan does - one implementation of "kill the subtree,
-remove it deepest first" (Cgroup.kill_subtree / remove_subtree), shared with tagger and remove_stale.
+loopfan's package directory appended to sys.path) and imports only the standard library, loopfan's
+light package __init__ and cgroup.py, so it starts in a fraction of a second and ends the tag
+exactly as loopfan does - one implementation of "kill the subtree, remove it deepest first"
+(Cgroup.kill_subtree / remove_subtree), shared with tagger and remove_stale.
 argv: pipe read fd, cgroup directory, grace seconds. The BPF link fds are inherited and simply held
 open: while the watchdog lives, the programs stay attached and the group stays tagged.
 """
