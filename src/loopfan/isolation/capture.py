@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ from loopfan.isolation.pcapng import (
     read_pcap,
     write_pcapng,
 )
+from loopfan.wording import counted as counted_noun
 
 FORMATS = ("pcapng", "pcap")
 BACKENDS = ("auto", "tcpdump", "dumpcap", "builtin")
@@ -231,8 +233,9 @@ def _pdeathsig(sig: int) -> None:
 class _External(_Backend):
     """tcpdump or dumpcap, started in its own session (the terminal's Ctrl-C is ours to relay)."""
 
-    def __init__(self, argv: list[str], ready_marker: str, flush_s: float) -> None:
+    def __init__(self, argv: list[str], ready_marker: str, flush_s: float, count: int | None = None) -> None:
         self.argv = argv
+        self._count = count  # with a --count, ending by itself is the tool's normal end
         self._flush_s = flush_s
         self.name = Path(argv[0]).name
         self._ready_marker = ready_marker
@@ -313,6 +316,9 @@ class _External(_Backend):
         if proc is None:
             return None
         ended_by_us = False
+        # Ended before we stopped it: it died (tcpdump and dumpcap exit 0 on SIGTERM too, so a
+        # `kill PID` or a systemd stop looks clean), unless its --count was reached.
+        ended_by_itself = proc.poll() is not None and not self._count
         if proc.poll() is None:
             # Wait for the kernel to hand over the last packets, then SIGINT, on which both tools
             # flush their file and print their statistics. The ring's current block is handed over
@@ -328,7 +334,7 @@ class _External(_Backend):
                 ended_by_us = True
         # Both tools exit 0 on SIGINT or at their --count. Anything else while capturing means it died
         # by itself - checked after the wait too: a tool just SIGKILLed may not have exited yet at poll().
-        if proc.returncode not in (0, -signal.SIGINT) and not ended_by_us and self._started_ok:
+        if (ended_by_itself or proc.returncode not in (0, -signal.SIGINT)) and not ended_by_us and self._started_ok:
             self._started_ok = False
             raise self._died(proc.returncode)
         self._drained()
@@ -337,9 +343,10 @@ class _External(_Backend):
             words = line.split()
             if line.endswith("dropped by kernel") and words[0].isdigit():
                 return int(words[0])
-            if line.startswith("Packets received/dropped") and "/" in words[-1]:
-                with contextlib.suppress(ValueError):
-                    return int(words[-1].split("/")[1].split()[0])
+            # (dumpcap 4: "Packets received/dropped on interface 'Loopback: lo': 0/0 (pcap:0/...) (0.0%)")
+            found = re.search(r": (\d+)/(\d+)", line) if line.startswith("Packets received/dropped") else None
+            if found:
+                return int(found.group(2))
         return None
 
 
@@ -355,7 +362,8 @@ def tcpdump_backend(tool: str, interface: str, addresses: Sequence[str], out: Pa
         argv += ["-Z", "root"]  # Debian's tcpdump would otherwise drop to user tcpdump before opening -w
     if count:
         argv += ["-c", str(count)]
-    return _External([*argv, capture_filter(addresses)], "listening on", flush_s=_TCPDUMP_TIMEOUT_S + 0.2)
+    return _External([*argv, capture_filter(addresses)], "listening on", flush_s=_TCPDUMP_TIMEOUT_S + 0.2,
+                     count=count)
 
 
 def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
@@ -364,7 +372,7 @@ def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Pa
     argv += ["-f", capture_filter(addresses)]
     if count:
         argv += ["-c", str(count)]
-    return _External(argv, "Capturing on", flush_s=_DUMPCAP_TIMEOUT_S + 0.2)
+    return _External(argv, "Capturing on", flush_s=_DUMPCAP_TIMEOUT_S + 0.2, count=count)
 
 
 FLUSH_EVERY_S = 0.25  # the built-in backend's longest unflushed stretch
@@ -574,7 +582,8 @@ class CaptureSession:
                 self._tmp = None  # keep it: _cleanup would delete the only copy of the packets
                 return CaptureFailed(f"{why}; the packets captured until then are in {tmp} (plain pcap)")
             return CaptureFailed(f"{why}; it left no file, nothing was saved")
-        return CaptureFailed(f"{why}; the {stats.packets:,} packets captured until then are saved in {self.output}")
+        return CaptureFailed(f"{why}; the {counted_noun(stats.packets, 'packet')} captured until then are saved in "
+                             f"{self.output}")
 
     def _cleanup(self) -> None:
         if self._backend is not None:
