@@ -162,8 +162,7 @@ def caveats(base: dict[str, Any], new: dict[str, Any], base_name: str = "baselin
     bt, nt = _targets(base), _targets(new)
     # Two runs against the built-in server: its endpoints are loopfan's choice (one per server
     # process, and a traffic run starts more processes), not a difference in what was asked.
-    both_builtin = base.get("server") is not None and new.get("server") is not None
-    if bt and nt and bt != nt and not both_builtin:
+    if bt and nt and _targets_asked(base) != _targets_asked(new):
         out.append(f"the runs had different targets: {_some(bt)} in {base_name}, {_some(nt)} in {new_name}")
     bm, nm = traffic_mode(base), traffic_mode(new)
     if bm != nm:
@@ -232,7 +231,7 @@ def trend_caveats(reports: list[tuple[str, dict[str, Any]]]) -> list[str]:
     targets, traffic mode), naming every run under each value - not only the first two files."""
     out = []
     for what, key in (("asked for different numbers of connections", _count_of),
-                      ("had different targets", lambda rep: _some(_targets(rep)) if _targets(rep) else None),
+                      ("had different targets", _targets_asked),
                       ("differ in traffic", traffic_mode)):
         groups: dict[str, list[str]] = {}
         for name, rep in reports:
@@ -243,6 +242,13 @@ def trend_caveats(reports: list[tuple[str, dict[str, Any]]]) -> list[str]:
             out.append(f"the runs {what}: " + "; ".join(f"{value} in {', '.join(names)}"
                                                          for value, names in groups.items()))
     return out
+
+
+def _targets_asked(rep: dict[str, Any]) -> str | None:
+    """The run's targets as a user asked them: None for the built-in server, whose endpoints are
+    loopfan's choice (one per server process, more of them in a traffic run), as in caveats()."""
+    targets = _targets(rep)
+    return _some(targets) if targets and rep.get("server") is None else None
 
 
 def _count_of(rep: dict[str, Any]) -> str | None:
