@@ -286,6 +286,15 @@ def test_an_interrupted_traffic_run_does_not_blame_the_server(traffic_report: di
     assert "in flight when the run was interrupted: no drain" in traffic and "was behind" not in traffic
 
 
+def test_a_run_interrupted_before_its_traffic_blames_no_server(traffic_report: dict[str, Any]) -> None:
+    """Review: the page said 'N were closed by the server before the traffic began' for a run
+    interrupted before it began (loopfan closed them); the terminal did not. One helper now."""
+    rep = copy.deepcopy(traffic_report)
+    rep["interrupted"] = "SIGINT"
+    rep["traffic"].update(window_s=0.0, sent=0, connections_talking_at_start=0, connections_talking_at_end=0)
+    assert "closed by the server before the traffic began" not in section(render(rep), "traffic")
+
+
 def test_an_older_traffic_block_still_renders(traffic_report: dict[str, Any]) -> None:
     """A report from before sent_in_window and the warm-up's own counts: the figures it has."""
     rep = copy.deepcopy(traffic_report)

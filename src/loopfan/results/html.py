@@ -19,7 +19,7 @@ from loopfan.engine.report import kernel_line, not_held_by_server
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
-from loopfan.traffic.report import closed_loop_reading, end_reason
+from loopfan.traffic.report import closed_loop_reading, end_reason, lost_before_traffic
 from loopfan.wording import counted
 
 SECTIONS = [
@@ -363,8 +363,9 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
     established = rep.get("established", 0)
     start, end = tr.get("connections_talking_at_start", 0), tr.get("connections_talking_at_end", 0)
     talking = f"{start:,} at the start, {end:,} at the end (of {established:,} established)"
-    if established - start > 0:
-        talking += f"; {established - start:,} were closed by the server before the traffic began"
+    lost_before = lost_before_traffic(tr, rep)
+    if lost_before:
+        talking += f"; {lost_before:,} were closed by the server before the traffic began"
     facts.append(["connections talking", _e(talking)])
     return facts
 

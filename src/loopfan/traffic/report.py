@@ -176,9 +176,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_column()
     rate = tr["messages_per_s"]
     cut = bool(tr.get("interrupted"))
-    # Interrupted before any worker began talking (while connecting, or in the WebSocket handshakes):
-    # not one message went out (a run stopped in its warm-up sent the warm-up's).
-    never = not tr["window_s"] and bool(rep.get("interrupted")) and not tr.get("sent")
+    never = not traffic_began(tr, rep)
     cut = cut or never
     if never:
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted before the traffic began (e.g. during the "
@@ -229,8 +227,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
                   f"end: {gone:,} were closed and not reopened, or their reconnects were failing (see errors and "
                   "'reopened') - the load fell as they went")
     # Interrupted before the traffic began: loopfan closed them, not the server.
-    began = tr["window_s"] > 0 or tr["connections_talking_at_start"] > 0 or not rep.get("interrupted")
-    lost_before = rep["established"] - tr["connections_talking_at_start"] if began else 0
+    lost_before = lost_before_traffic(tr, rep)
     if lost_before > 0:
         t.add_row("lost before", f"{lost_before:,} of {rep['established']:,} connections were closed by the server "
                   f"before the traffic began: {_SERVER_LIMIT}")
@@ -298,3 +295,18 @@ def end_reason(tr: dict[str, Any]) -> str:
     if not tr.get("unsent_at_end"):
         return "in flight when the run was interrupted: no drain"
     return "the run was interrupted, with no drain; messages due but not sent mean the server, or this host, was behind"
+
+
+def traffic_began(tr: dict[str, Any], rep: dict[str, Any]) -> bool:
+    """False for a run interrupted before any worker began talking (while connecting, or in the
+    WebSocket handshakes): not one message went out (a run stopped in its warm-up sent the
+    warm-up's). The terminal and the page ask this one question."""
+    return bool(tr["window_s"] or not rep.get("interrupted") or tr.get("sent"))
+
+
+def lost_before_traffic(tr: dict[str, Any], rep: dict[str, Any]) -> int:
+    """Connections established but gone before the traffic began: the server closed them (if the
+    traffic never began, loopfan closed them at the interrupt - none lost)."""
+    if not traffic_began(tr, rep):
+        return 0
+    return max(0, int(rep.get("established", 0)) - int(tr.get("connections_talking_at_start", 0)))
