@@ -770,3 +770,19 @@ def test_an_interrupt_while_counting_leaves_the_kernel_check_out() -> None:
     from loopfan.engine.report import _kernel_check
 
     assert _kernel_check(result) is None
+
+
+def test_timeouts_against_a_small_listen_backlog_blame_the_servers_backlog(loopback_block: Block) -> None:
+    """QA: a server listening with backlog 8 (and not accepting) was reported with 'raise somaxconn'
+    as the first limit; somaxconn (4096) was not the limit, the server's own backlog was."""
+    (target,) = endpoints(loopback_block, 1)
+    src = loopback_block()
+    facts = read_host_facts()
+    if facts.somaxconn is None or facts.somaxconn <= 8:
+        pytest.skip("needs net.core.somaxconn above 8")
+    p = plan(PlanRequest(connections=40, targets=(target,), sources=parse_pool(f"{src}1")), facts)
+    with accepting_every(target, None, backlog=8):
+        result = run_plan(p, RunConfig(hold_s=0.0, client=P.ClientConfig(connect_timeout_s=1.0)))
+    lim = report_dict(result, argv=["test"], facts=facts)["first_limit_hit"]
+    assert lim is not None and lim["cause"] == "ETIMEDOUT", lim
+    assert lim["resource"] == "the server's listen backlog (8)" and "somaxconn is" in lim["fix"], lim

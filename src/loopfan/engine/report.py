@@ -58,10 +58,13 @@ def _percentiles_ms(result: RunResult) -> dict[str, float | None]:
     return out
 
 
-def first_limit_hit(result: RunResult) -> dict[str, Any] | None:
+def first_limit_hit(result: RunResult, facts: HostFacts | None = None) -> dict[str, Any] | None:
     causes = sorted(result.client.failed.items(), key=lambda kv: -kv[1])
     for cause, count in causes:
         if cause in _LIMIT_OF_CAUSE and count:
+            own = _own_backlog(result, facts) if cause == "ETIMEDOUT" else None
+            if own is not None:
+                return {"cause": cause, "count": count, **own}
             c = explain(cause)
             return {"resource": _LIMIT_OF_CAUSE[cause], "cause": cause, "count": count, "fix": c.fix}
     short = result.plan.request.connections - result.plan.connections
@@ -70,6 +73,22 @@ def first_limit_hit(result: RunResult) -> dict[str, Any] | None:
         # --force ran a plan that could not hold N: the plan's own first limit is what stopped it.
         return {"resource": lim.resource, "cause": "not-planned", "count": short, "fix": lim.fix}
     return None
+
+
+def _own_backlog(result: RunResult, facts: HostFacts | None) -> dict[str, str] | None:
+    """Timed-out connects with the target's own listen backlog below somaxconn: raising somaxconn
+    would change nothing (QA: a server listening with backlog 8 was told to raise somaxconn)."""
+    somaxconn = facts.somaxconn if facts is not None else None
+    backlogs = [ln.backlog for ln in result.target_listeners or ()]
+    if not backlogs or somaxconn is None or min(backlogs) >= somaxconn:
+        return None
+    smallest = min(backlogs)
+    return {
+        "resource": f"the server's listen backlog ({smallest:,})",
+        "fix": f"the server asks listen() for a backlog of {smallest:,} (somaxconn is {somaxconn:,}, not the "
+               "limit): raise the server's own backlog (nginx: listen ... backlog=N), check that it keeps "
+               "accepting (see the kernel line), or pace with --connect-rate",
+    }
 
 
 def jsonable(value: Any) -> Any:
@@ -230,7 +249,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         },
         "cpu_s": round(result.cpu_s, 3),
         "sources_used": len(plan.sources),
-        "first_limit_hit": first_limit_hit(result),
+        "first_limit_hit": first_limit_hit(result, facts),
         "kernel_check": _kernel_check(result),
         "kernel_check_skipped": result.kernel_check_skipped,
         "hold_ended_early": result.hold_ended_early,
