@@ -229,12 +229,8 @@ def connect6(source: str, map_fd: int, *, refuse_ipv6_loopback: bool) -> bytes:
             # Already bound? Any of src_ip6's words set means the program bound it (ours if the
             # last word is the tag address).
             load(8, R2, R6, 64),
-            load(4, R3, R2, 28),
-            load(4, R4, R2, 32),
-            or64_reg(R3, R4),
-            load(4, R4, R2, 36),
-            or64_reg(R3, R4),
-            load(4, R5, R2, 40),
+            *_or_of_words(R3, R4, R2, (28, 32, 36)),
+            load(4, R5, R2, 40),  # the last word, kept in R5: compared with the tag address below
             or64_reg(R3, R5),
             jeq_imm(R3, 0, "bind"),
             mov32_imm(R4, src),
@@ -313,6 +309,14 @@ def sendmsg4(source: str, map_fd: int, bound_fd: int) -> bytes:
     )
 
 
+def _or_of_words(acc: int, tmp: int, base: int, offsets: tuple[int, ...]) -> list[Item]:
+    """acc = the 32-bit words at base+offsets OR'ed together (zero iff all are: an IPv6 address)."""
+    out: list[Item] = [load(4, acc, base, offsets[0])]
+    for off in offsets[1:]:
+        out += [load(4, tmp, base, off), or64_reg(acc, tmp)]
+    return out
+
+
 def bind(bound_fd: int, *, ipv6: bool) -> bytes:
     """BPF_CGROUP_INET4/6_BIND: remember UDP sockets whose bind() chose something (by cookie).
 
@@ -321,16 +325,8 @@ def bind(bound_fd: int, *, ipv6: bool) -> bytes:
     that is a client asking for an ephemeral port, and its datagrams are tagged like any other.
     """
     if ipv6:
-        address_is_set: list[Item] = [
-            load(4, R2, R6, 8),  # user_ip6[0..3]
-            load(4, R3, R6, 12),
-            or64_reg(R2, R3),
-            load(4, R3, R6, 16),
-            or64_reg(R2, R3),
-            load(4, R3, R6, 20),
-            or64_reg(R2, R3),
-            jne_imm(R2, 0, "chose"),
-        ]
+        address_is_set: list[Item] = [*_or_of_words(R2, R3, R6, (8, 12, 16, 20)),  # user_ip6[0..3]
+                                      jne_imm(R2, 0, "chose")]
     else:
         address_is_set = [load(4, R2, R6, 4), jne_imm(R2, 0, "chose")]  # user_ip4
     return assemble(
