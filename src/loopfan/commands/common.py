@@ -9,7 +9,7 @@ import shlex
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import click
 
@@ -17,6 +17,7 @@ from loopfan.errors import NotLoopbackError, UsageError
 from loopfan.pools import DEFAULT_SOURCE_POOL, AddressPool, Endpoint, ip_to_str, parse_endpoints, parse_pool
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _SUFFIXES = {"k": 1_000, "m": 1_000_000}
 
@@ -76,48 +77,42 @@ def parse_duration(text: str) -> float | None:
     return value
 
 
-class DurationType(click.ParamType):  # type: ignore[type-arg]
-    name = "DURATION"
+class ParsedType(click.ParamType, Generic[T]):  # type: ignore[type-arg]
+    """A click type whose text goes through one of loopfan's parsers: its UsageError becomes click's
+    one-line "Invalid value for ..." (exit 2). Values already parsed (defaults) pass through."""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
-        if value is None or isinstance(value, float):
-            return value
+    def __init__(self, name: str, parse: Callable[[str], T], parsed: type | tuple[type, ...]) -> None:
+        self.name = name
+        self._parse = parse
+        self._parsed = parsed
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> T:
+        if value is None or isinstance(value, self._parsed):
+            return cast(T, value)
         try:
-            return parse_duration(str(value))
+            return self._parse(str(value))
         except UsageError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class DurationType(ParsedType[float | None]):
+    def __init__(self) -> None:
+        super().__init__("DURATION", parse_duration, float)
 
 
 DURATION = DurationType()
 
 
-class CountType(click.ParamType):  # type: ignore[type-arg]
-    name = "N"
-
+class CountType(ParsedType[int]):
     def __init__(self, what: str = "connections") -> None:
-        self.what = what
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_count(str(value), self.what)
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
+        super().__init__("N", lambda text: parse_count(text, what), int)
 
 
-class RateType(click.ParamType):  # type: ignore[type-arg]
+class RateType(ParsedType[float]):
     """Messages per second: a positive number, with a count's k/M suffixes (10k = 10,000)."""
 
-    name = "R"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_rate(str(value))
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
+    def __init__(self) -> None:
+        super().__init__("R", parse_rate, float)
 
 
 RATE = RateType()

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from loopfan.commands.common import check_writable
+from loopfan.commands.common import ParsedType, check_writable
 from loopfan.errors import UsageError
 from loopfan.results.checks import Gate, described, parse_gate, run_gates
 from loopfan.results.compare import (
@@ -27,26 +27,13 @@ from loopfan.results.compare import (
 )
 from loopfan.results.schema import load_report
 
-
-class GateType(click.ParamType):  # type: ignore[type-arg]
-    name = "EXPR"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Gate:
-        if isinstance(value, Gate):
-            return value
-        try:
-            return parse_gate(str(value))
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 _STYLE = {"better": "green", "worse": "bold red", "same": "dim", "": ""}
 
 
 @click.command()
 @click.argument("base_json", metavar="BASE.json")
 @click.argument("new_json", metavar="NEW.json")
-@click.option("--gate", "gates", type=GateType(), multiple=True,
+@click.option("--gate", "gates", type=ParsedType("EXPR", parse_gate, Gate), multiple=True,
               help="Fail (exit 1) when NEW is worse than allowed: 'latency.p99:+10%', 'connect_rate.mean:-5%', "
               "'failed:0', 'traffic.messages_per_s:-5%', 'traffic.errors:0', or a check like 'failed==0'. "
               "latency.X is request latency (traffic.latency.X) when either run has traffic, connect latency "

@@ -16,23 +16,11 @@ from typing import Any, TypeVar
 
 import click
 
-from loopfan.commands.common import check_writable
+from loopfan.commands.common import ParsedType, check_writable
 from loopfan.errors import UsageError
 from loopfan.results.checks import Check, parse_check, run_checks
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CheckType(click.ParamType):  # type: ignore[type-arg]
-    name = "EXPR"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Check:
-        if isinstance(value, Check):
-            return value
-        try:
-            return parse_check(str(value))
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 class PrometheusType(click.ParamType):  # type: ignore[type-arg]
@@ -101,7 +89,8 @@ def output_options(f: F) -> F:
                            default="auto", show_default=True,
                            help="Live view on stderr: a panel on a terminal, a line every few seconds otherwise, "
                            "or one JSON line per interval (ndjson).")(wrapper)
-    wrapper = click.option("--check", "checks", type=CheckType(), multiple=True, metavar="EXPR",
+    wrapper = click.option("--check", "checks", type=ParsedType("EXPR", parse_check, Check), multiple=True,
+                           metavar="EXPR",
                            help="Judge the run at the end, exit 1 if it fails: 'connect_latency.p99<50ms', "
                            "'failed==0', 'established>=1M'. Repeatable.")(wrapper)
     wrapper = click.option("--html", "html_path", metavar="FILE", default=None,
