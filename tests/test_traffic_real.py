@@ -161,12 +161,13 @@ def test_nginx_keepalive_limit_does_not_end_the_load(nginx: Callable[..., str], 
     assert tr["connections_talking_at_end"] == 200 and tr["replies"] > 200 * 100
     # Pipelining against one request per connection: each connection's first response is read
     # even though the next request's write already failed (EPIPE), so slots are not given up.
-    # (nginx resets a connection closed with requests unread; once in a while that reset beats a
-    # slot's very first response, and a slot never answered is not reopened: a refusing server.)
+    # nginx resets a connection closed with requests unread, and once in a while that reset beats
+    # a slot's very first response (7 runs of 20 lost 1-3 of 50 slots when such a slot was not
+    # reopened): a slot reset before any reply gets one more connection.
     url = nginx(workers=2, keepalive=1)
     status, rep, text = run_json(tmp_path, capsys, "-c", "50", url, "--duration", "1s", "--pipeline", "4")
     tr = rep["traffic"]
-    assert tr["connections_talking_at_end"] >= 48, text
+    assert tr["connections_talking_at_end"] == 50, text
     assert tr["connections_reopened"] > 50 and tr["replies"] >= 0.9 * tr["connections_reopened"]
     assert tr["sent"] == tr["replies"] + tr["lost_in_flight"] + tr["unanswered_at_end"]
 

@@ -115,7 +115,11 @@ dying = threading.Lock()
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((addr, port)); ls.listen(4096)
 stall_at = [None]
-def serve(c):
+accepted = [0]
+def reset(c):
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()
+def serve(c, nth):
     n = 0
     try:
         while True:
@@ -123,6 +127,8 @@ def serve(c):
             if not data:
                 return
             n += 1
+            if how == "reset-always" or (how == "reset-first-20" and nth <= 20):  # before any reply
+                reset(c); return
             if how == "garbage":
                 c.sendall(b"\x16\x03\x01 this is not the protocol you asked for\r\n\r\n")
             elif how == "halfclose":
@@ -153,9 +159,8 @@ def serve(c):
             elif how == "reset-5":  # echoes five reads, then resets (SO_LINGER 0)
                 c.sendall(data)
                 if n == 5:
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    c.close(); return
-            elif how == "echo":
+                    reset(c); return
+            elif how in ("echo", "reset-first-20"):
                 c.sendall(data)
             elif how == "echo-die":  # echoes; the whole server exits 0.3 s after the first message
                 if dying.acquire(blocking=False):
@@ -181,7 +186,8 @@ def serve(c):
 print("ready", flush=True)
 while True:
     c, _ = ls.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
+    accepted[0] += 1
+    threading.Thread(target=serve, args=(c, accepted[0]), daemon=True).start()
 """
 
 
@@ -254,6 +260,24 @@ def test_a_server_that_does_not_answer_fails_the_run(bad_server: Callable[[str],
     tr = rep["traffic"]
     assert tr["errors"] == {cause: 20} and tr["unanswered_at_end"] == 20, tr
     assert tr["samples"] == 0 and tr["ttfb_ms"]["p50"] is None  # a reply cut short has no first byte either
+
+
+def test_a_slot_reset_before_its_first_reply_gets_one_more_connection(
+        bad_server: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server closing with requests unread resets the connection, and the reset drops what it had
+    not sent yet: a slot's very first reply may have been lost so (nginx keepalive_requests 1 with
+    pipelining). One more connection each - and no more for a server that resets them all."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20", bad_server("reset-first-20"), "--traffic", "echo",
+                                 "--duration", "0.5s")
+    tr = rep["traffic"]
+    assert tr["errors"] == {"ECONNRESET": 20} and tr["connections_reopened"] == 20, tr["errors"]
+    assert tr["connections_talking_at_end"] == 20 and tr["replies"] > 20, text
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20", bad_server("reset-always"), "--traffic", "echo",
+                                 "--duration", "0.5s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {"ECONNRESET": 40} and tr["connections_reopened"] == 20, tr["errors"]
+    assert tr["connections_talking_at_end"] == 0 and tr["replies"] == 0
 
 
 def test_connections_the_server_closes_are_opened_again(bad_server: Callable[[str], str], tmp_path: Path,

@@ -113,6 +113,8 @@ _REOPEN_BACKOFF_S = 0.025  # a failed connect is retried after 50 ms, 100 ms, ..
 _REOPEN_BACKOFF_MAX_S = 1.0
 # A connect that fails with these means the server is not there (stopped, restarting).
 _DOWN_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
+# A slot reset before its first reply gets this many new connections (the reset may have dropped it).
+_RESETS_BEFORE_ANY_REPLY = 1
 
 
 def _backoff(tries: int, now: float) -> float:
@@ -313,13 +315,18 @@ class TrafficClientWorker(ClientWorker):
     def _should_reopen(self, conn: Conn, cause: str) -> bool:
         """Open a new connection in the place of one the server closed during the traffic, so a
         keep-alive limit or a server restart does not silently end the load. Not after the window
-        (the drain); not for a slot that never had a reply (a server refusing it); not after a
-        timeout (more connects make a stuck server worse). A WebSocket slot makes its opening
-        handshake again (counted in its statuses). (Giving a slot up after three reply-less
-        connections in a row lost 1-3 of 50 slots against nginx keepalive_requests 1 with
-        pipelining, where a reset now and then beats the response: a backoff instead.)"""
+        (the drain); not after a timeout (more connects make a stuck server worse); not for a slot
+        that never had a reply (a server refusing it would be hammered) - except once after a
+        reset: a server that closes with requests unread resets the connection, and its kernel
+        drops what it had not sent yet, so the reply may have been on its way (nginx
+        keepalive_requests 1 with pipelining lost 0-3 of 50 slots so). A close (FIN) delivered all
+        the server sent: no second chance. A WebSocket slot makes its opening
+        handshake again (counted in its statuses). (Giving a slot that had replies up after three
+        reply-less connections in a row lost 1-3 of 50 slots in that same case: a backoff instead.)"""
         conn.fails = 0 if conn.got_reply else conn.fails + 1
-        return (self.phase == "traffic" and (conn.got_reply or conn.served)
+        worth_another = (conn.got_reply or conn.served
+                         or (cause == "ECONNRESET" and conn.fails <= _RESETS_BEFORE_ANY_REPLY))
+        return (self.phase == "traffic" and worth_another
                 and (cause in _REOPEN_CAUSES or cause.startswith("ws-close-")))
 
     def _start_reopens(self, now: float) -> None:
