@@ -539,6 +539,18 @@ def test_stale_group_without_watchdog_is_killed_not_freed_and_removed_depth_firs
             group.remove(attempts=4)
 
 
+def test_a_watchdog_that_cannot_start_means_no_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second review: if the watchdog died at start (e.g. an import broken by a half-updated
+    install), the tag went on without its SIGKILL guarantee and nobody knew. It is waited for."""
+    from loopfan.isolation import tagger
+
+    monkeypatch.setattr(tagger, "_WATCHDOG_CODE", "import loopfan_no_such_module")
+    with pytest.raises(HostError, match=r"watchdog did not start \(ModuleNotFoundError: No module named "
+                                        r"'loopfan_no_such_module'\)"), \
+            open_tag(TagSpec(source="127.0.0.251", label="nowatch")):
+        raise AssertionError("the tag was made without its watchdog")
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import select
 import shlex
 import signal
 import struct
@@ -371,12 +372,12 @@ class Watchdog:
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG_CODE, _PACKAGE_DIR, str(read_fd), str(group),
                  str(grace_s)],
                 pass_fds=(read_fd, *link_fds),
-                # It has nobody to talk to, and must not hold loopfan's stdout/stderr open: after
-                # kill -9 of loopfan, a reader (`loopfan tag ... 2>&1 | tee`, CI log capture) would
-                # otherwise wait for the watchdog's grace to end.
+                # Pipes to us, closed once it is ready: it must not hold loopfan's stdout/stderr
+                # open - after kill -9 of loopfan, a reader (`loopfan tag ... 2>&1 | tee`, CI log
+                # capture) would otherwise wait for the watchdog's grace to end.
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,  # a signal to loopfan's process group must not reach it
             )
         except OSError as exc:
@@ -385,7 +386,27 @@ class Watchdog:
         finally:
             os.close(read_fd)
         os.set_inheritable(write_fd, False)  # the tagged command must not keep the pipe open
-        return cls(proc, write_fd)
+        watchdog = cls(proc, write_fd)
+        watchdog._wait_ready()
+        return watchdog
+
+    def _wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Until the watchdog says it is ready; if it dies or hangs first, the tag is not made (its
+        guarantee would be gone) and its last words are the error."""
+        proc = self.proc
+        assert proc.stdout is not None and proc.stderr is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        said = proc.stdout.readline() if ready else b""
+        if said != b"ready\n":
+            os.close(self.write_fd)
+            self.write_fd = -1
+            proc.kill()
+            _, err = proc.communicate()
+            why = (err.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise HostError(f"the tag's watchdog did not start ({why}); loopfan's installation may be "
+                            "incomplete: reinstall it")
+        proc.stdout.close()
+        proc.stderr.close()
 
     def stand_down(self) -> None:
         if self.write_fd < 0:

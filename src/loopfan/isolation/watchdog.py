@@ -28,6 +28,9 @@ def main(argv: Sequence[str]) -> int:
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     fd, group, grace = int(argv[0]), Cgroup(Path(argv[1])), float(argv[2])
+    # Ready: loopfan waits for this before the tag is used (a watchdog that failed to start would
+    # otherwise leave the SIGKILL guarantee gone without a word), then closes its end.
+    os.write(sys.stdout.fileno(), b"ready\n")
     said = b""
     while chunk := os.read(fd, 64):  # EOF: loopfan is gone (its write end closed with it)
         said += chunk
