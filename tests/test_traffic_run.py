@@ -109,7 +109,7 @@ def test_bad_input_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str], 
 # --- servers that misbehave ------------------------------------------------------------------------
 
 BAD_SERVER = r"""
-import os, socket, sys, threading, time
+import base64, hashlib, os, re, socket, sys, threading, time
 addr, port, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 dying = threading.Lock()
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -168,6 +168,12 @@ def serve(c, nth):
                 c.sendall(data)
             elif how == "silent":  # reads, never answers
                 continue
+            elif how == "ws-first-10":  # the first 10 connections' WebSocket handshakes; silent after
+                key = re.search(rb"Sec-WebSocket-Key: *(\S+)", data, re.I)
+                if nth <= 10 and n == 1 and key:
+                    accept = base64.b64encode(hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
             elif how == "partial":  # half of each reply, never the rest
                 c.sendall(data[: len(data) // 2])
             elif how == "slow":  # 50 ms per reply, one connection at a time
@@ -655,10 +661,27 @@ def test_websocket_handshakes_interrupted_are_no_timeouts(bad_server: Callable[[
     assert status == 130, text
     tr = rep["traffic"]
     assert tr["errors"] == {} and tr["sent"] == 0, tr
-    assert tr["connections_talking_at_start"] == tr["connections_talking_at_end"] == 20
     assert tr["interrupted"] is True and "ws-handshake-timeout" not in text and "the load fell" not in text
     assert "Traffic: interrupted before the traffic began" in text
     assert tr["window_s"] == 0
+    # A connection still in its handshake never talked.
+    assert tr["connections_talking_at_start"] == tr["connections_talking_at_end"] == 0
+
+
+@pytest.mark.parametrize("per_process", ["20", "10"])
+def test_connections_still_in_their_handshake_at_an_interrupt_never_talked(
+        bad_server: Callable[[str], str], tmp_path: Path, per_process: str) -> None:
+    """QA: "talking 30,000/30,000" when 20,109 handshakes were done. With two workers, the one whose
+    handshakes all came through begins its traffic while the other waits: the connections in their
+    handshake were not "closed by the server before the traffic began" either."""
+    status, rep, text = interrupted_run(tmp_path, 0.5, "-c", "20", "--per-process", per_process,
+                                        f"ws://{bad_server('ws-first-10')}/", "--duration", "5s")
+    assert status == 130, text
+    tr = rep["traffic"]
+    assert tr["statuses"] == {"ws-handshake-ok": 10} and tr["errors"] == {}, tr["statuses"]
+    assert tr["connections_talking_at_start"] == tr["connections_talking_at_end"] == 10
+    assert tr["ws_handshakes_interrupted"] == 10 and "10 WebSocket opening handshakes were still" in text
+    assert "lost before" not in text and "the load fell" not in text
 
 
 def test_warmup_and_window_statuses_split_at_each_reply(builtin_listen: tuple[str, int], tmp_path: Path,

@@ -178,6 +178,7 @@ class TrafficClientWorker(ClientWorker):
         self.reopening_at_end = 0  # still connecting when the traffic ended (closed then)
         self._by_idx: list[Conn | None] = []
         self.handshakes_waiting = 0  # WebSocket opening handshakes under way (before the traffic starts)
+        self.handshakes_unfinished = 0  # ... and still under way at an interrupt: those connections never talked
         self.interrupted = False  # the run was stopped during the traffic phase: no drain
         self.warmup_replies = 0
 
@@ -221,6 +222,7 @@ class TrafficClientWorker(ClientWorker):
             "talking": self._talking() if self.phase == "traffic" else self.talking_at_end,
             "talking_at_start": self.talking_at_start,
             "handshakes_waiting": self.handshakes_waiting,
+            "handshakes_unfinished": self.handshakes_unfinished,
             "interrupted": self.interrupted,
             "warmup_replies": self.warmup_replies,
             "errors": _minus(self.tally.errors, self.warmup_errors),
@@ -392,7 +394,7 @@ class TrafficClientWorker(ClientWorker):
         """Slots with a connection, or on their way to one: a slot whose last connect was refused (a
         server gone) is not talking - counted so, a dead server fails the run."""
         down = sum(1 for r in self.reopening.values() if r.down) + sum(1 for r in self.to_reopen if r.down)
-        return len(self.conns) + len(self.reopening) + len(self.to_reopen) - down
+        return len(self.conns) + len(self.reopening) + len(self.to_reopen) - down - self.handshakes_unfinished
 
     def _abandon_reopening(self) -> None:
         """The traffic is over: connects still under way or waiting are given up, not handed to the hold."""
@@ -479,6 +481,8 @@ class TrafficClientWorker(ClientWorker):
         if tc.kind == "ws":
             self._handshakes(tc.reply_timeout_s)
             self.handshakes_waiting = 0
+            # Interrupted in the handshakes: only the connections whose handshake was done talked.
+            self.talking_at_start -= self.handshakes_unfinished
         for c in conns.values():
             c.started = True  # their messages start below (a reopened WebSocket's when its handshake is done)
         awaits = tc.awaits_reply
@@ -828,7 +832,8 @@ class TrafficClientWorker(ClientWorker):
             self.maybe_report()
         if self.closing:
             # Interrupted: the handshakes still under way did not time out, the run was stopped;
-            # they are left open and closed with the rest, not counted as errors.
+            # they are left open and closed with the rest, not counted as errors - nor as talking.
+            self.handshakes_unfinished = sum(1 for fd in waiting if fd in conns)
             return
         for fd in waiting:
             late = conns.get(fd)

@@ -366,6 +366,9 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
     lost_before = lost_before_traffic(tr, rep)
     if lost_before:
         talking += f"; {lost_before:,} were closed by the server before the traffic began"
+    if tr.get("ws_handshakes_interrupted"):
+        talking += (f"; {tr['ws_handshakes_interrupted']:,} were still in their WebSocket handshake at the "
+                    "interrupt")
     facts.append(["connections talking", _e(talking)])
     return facts
 

@@ -115,6 +115,8 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "connections_reopening_at_end": t.reopening_at_end,
         "connections_talking_at_start": t.talking_at_start,
         "connections_talking_at_end": t.talking,
+        # Interrupted in the WebSocket handshakes: connections that never got to talk (not lost).
+        "ws_handshakes_interrupted": t.handshakes_unfinished,
         "hdr_log": hdr_log,
     }
 
@@ -226,6 +228,10 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("talking", f"{tr['connections_talking_at_start']:,} connections at the start, {talking_end:,} at the "
                   f"end: {gone:,} were closed and not reopened, or their reconnects were failing (see errors and "
                   "'reopened') - the load fell as they went")
+    unfinished = tr.get("ws_handshakes_interrupted", 0)
+    if unfinished:
+        t.add_row("handshakes", f"{unfinished:,} WebSocket opening handshakes were still under way at the "
+                  "interrupt: those connections never talked (not counted as talking, nor as errors)")
     # Interrupted before the traffic began: loopfan closed them, not the server.
     lost_before = lost_before_traffic(tr, rep)
     if lost_before > 0:
@@ -306,7 +312,9 @@ def traffic_began(tr: dict[str, Any], rep: dict[str, Any]) -> bool:
 
 def lost_before_traffic(tr: dict[str, Any], rep: dict[str, Any]) -> int:
     """Connections established but gone before the traffic began: the server closed them (if the
-    traffic never began, loopfan closed them at the interrupt - none lost)."""
+    traffic never began, loopfan closed them at the interrupt - none lost; nor those still in their
+    WebSocket handshakes at the interrupt while other workers' traffic had begun)."""
     if not traffic_began(tr, rep):
         return 0
-    return max(0, int(rep.get("established", 0)) - int(tr.get("connections_talking_at_start", 0)))
+    never_talked = int(tr.get("connections_talking_at_start", 0)) + int(tr.get("ws_handshakes_interrupted", 0))
+    return max(0, int(rep.get("established", 0)) - never_talked)

@@ -58,6 +58,7 @@ class TrafficTotals:
     talking_at_start: int = 0
     warmup_replies: int = 0
     handshakes_waiting: int = 0  # WebSocket opening handshakes under way (before the traffic starts)
+    handshakes_unfinished: int = 0  # ... still under way at an interrupt (those connections never talked)
     interrupted: bool = False  # some worker's traffic was cut short by an interrupt (no drain)
     errors: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
@@ -87,7 +88,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
         t.workers_done += 1 if s.get("done") else 0
         for name in ("sent", "sent_in_window", "replies", "window_replies", "window_bytes_in", "window_bytes_out",
                      "unanswered_at_end", "unsent_at_end", "unsent_sampled", "reopened", "reopening_at_end",
-                     "lost_in_flight", "talking", "talking_at_start", "warmup_replies", "handshakes_waiting"):
+                     "lost_in_flight", "talking", "talking_at_start", "warmup_replies", "handshakes_waiting",
+                     "handshakes_unfinished"):
             setattr(t, name, getattr(t, name) + int(s.get(name, 0)))
         t.window_s = max(t.window_s, float(s.get("window_s", 0.0)))
         t.interrupted = t.interrupted or bool(s.get("interrupted"))
