@@ -171,7 +171,8 @@ def serve(c, nth):
             elif how == "ws-first-10":  # the first 10 connections' WebSocket handshakes; silent after
                 key = re.search(rb"Sec-WebSocket-Key: *(\S+)", data, re.I)
                 if nth <= 10 and n == 1 and key:
-                    accept = base64.b64encode(hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                    magic = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+                    accept = base64.b64encode(hashlib.sha1(key.group(1) + magic).digest())
                     c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
             elif how == "partial":  # half of each reply, never the rest
