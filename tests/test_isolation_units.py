@@ -359,6 +359,8 @@ def test_targets_merge_by_address_and_the_filter_names_each_once() -> None:
         ("A=1 B=2 python3", ("python3", None)),
         ("-i -- python3", ("python3", None)),
         ("--ignore-signal=PIPE python3", ("python3", None)),
+        ("-S -C /opt/app ./run.py", ("/opt/app/run.py", None)),  # found from the directory env enters
+        ("--chdir=app bin/run", ("app/bin/run", None)),
     ],
 )
 def test_env_program_skips_envs_options_and_their_arguments(line: str, program: tuple[str, str | None]) -> None:
@@ -378,6 +380,18 @@ def test_a_valid_env_script_is_not_refused(shebang: str, tmp_path: Path) -> None
     script = tmp_path / "ok.sh"
     script.write_text(f"#!/usr/bin/env {shebang}\necho hi\n")
     assert missing_interpreter(str(script)) is None
+
+
+def test_an_env_script_running_a_program_relative_to_its_chdir_is_not_refused(tmp_path: Path) -> None:
+    """Second review: `#!/usr/bin/env -S -C DIR ./interp` was looked up from the current directory."""
+    interp = tmp_path / "interp"
+    interp.write_text("#!/bin/sh\nexec sh \"$@\"\n")
+    interp.chmod(0o755)
+    script = tmp_path / "ok.sh"
+    script.write_text(f"#!/usr/bin/env -S -C {tmp_path} ./interp\necho hi\n")
+    assert missing_interpreter(str(script)) is None
+    script.write_text(f"#!/usr/bin/env -S -C {tmp_path} ./no-such-interp\necho hi\n")
+    assert missing_interpreter(str(script)) == f"{tmp_path}/no-such-interp"
 
 
 def test_env_script_with_options_names_the_missing_program_not_an_option_argument(tmp_path: Path) -> None:

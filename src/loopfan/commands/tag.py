@@ -196,6 +196,7 @@ def env_program(words: list[str]) -> tuple[str, str | None] | None:
     with several words; the others are read as their authors meant them rather than refused.)
     """
     search_path: str | None = None
+    chdir: str | None = None
     rest = list(words)
     while rest:
         word = rest.pop(0)
@@ -224,11 +225,18 @@ def env_program(words: list[str]) -> tuple[str, str | None] | None:
                 return None  # an option we do not know: its argument, if any, cannot be told apart
             if short == "-P" and not word.startswith("--"):
                 search_path = argument
+            elif short == "-C" or long_name == "--chdir":
+                chdir = argument
             continue
         if "=" in word:
             continue  # NAME=VALUE
-        return word, search_path
-    return (rest[0], search_path) if rest else None
+        return _from_dir(word, chdir), search_path
+    return (_from_dir(rest[0], chdir), search_path) if rest else None
+
+
+def _from_dir(program: str, chdir: str | None) -> str:
+    """A relative path with a slash (./run.sh) is found from the directory env changes to (-C)."""
+    return os.path.normpath(os.path.join(chdir, program)) if chdir and "/" in program else program
 
 
 def _check_not_taken(source: str, tags: list[TagRecord]) -> None:
