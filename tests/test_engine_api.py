@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -763,6 +764,17 @@ def test_an_interrupt_while_counting_leaves_the_kernel_check_out() -> None:
     from loopfan.engine.report import _kernel_check
 
     assert _kernel_check(result) is None
+
+
+def test_a_reading_stopped_while_ss_runs_kills_it_and_has_no_answer() -> None:
+    """Second review: after Ctrl-C the `ss` scans under way still finished (seconds at millions of
+    sockets). A reading's `stopped` ends them: killed, and the reading is None, not a part count."""
+    proc = subprocess.Popen(["sh", "-c", "echo one; echo two; exec sleep 30"], stdout=subprocess.PIPE)
+    asked = time.monotonic()
+    assert measure._count_lines(proc, lambda: time.monotonic() > asked + 0.3) is None
+    assert time.monotonic() - asked < 5 and proc.returncode == -signal.SIGKILL
+    proc = subprocess.Popen(["sh", "-c", "echo one; echo two"], stdout=subprocess.PIPE)
+    assert measure._count_lines(proc, measure.never) == 2
 
 
 def test_timeouts_against_a_small_listen_backlog_blame_the_servers_backlog(loopback_block: Block) -> None:

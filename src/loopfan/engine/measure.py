@@ -6,13 +6,14 @@ offer the reading, and the report says "not measured" rather than guessing.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import os
 import re
+import select
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -175,20 +176,29 @@ def count_tcp(endpoints: Iterable[tuple[str, int]], side: str, state: str = "est
     take a few seconds. Addresses matter, not only ports: other runs on the same port (7070 is
     everyone's default) use other loopback addresses and must not be counted.
     """
-    return start_count(endpoints, side, state)()
+    return start_count(endpoints, side, state)(never)
+
+
+def never() -> bool:
+    """A `stopped` for readings nobody interrupts."""
+    return False
 
 
 def start_count(endpoints: Iterable[tuple[str, int]], side: str,
-                state: str = "established") -> Callable[[], int | None]:
+                state: str = "established") -> Callable[[Callable[[], bool]], int | None]:
     """count_tcp started now, read when the returned function is called: several readings then
     run side by side (a run's readings sit between its ramp and its traffic; each ss is a process
-    start and a table scan) and of one moment."""
+    start and a table scan) and of one moment. The answer waits for the `ss` processes unless its
+    `stopped` turns true first (Ctrl-C: at millions of sockets a scan takes seconds): then they
+    are killed and the answer is None."""
     procs = [_spawn(["ss", "-Htn", "state", state, f"( {expr} )"]) for expr in endpoint_filters(endpoints, side)]
+    answer: list[int | None] = []
 
-    @functools.cache  # read once: a second call has the answer, not a closed pipe
-    def total() -> int | None:
-        counts = [_count_lines(proc) for proc in procs]  # every one read: none left running
-        return None if not counts or None in counts else sum(c for c in counts if c is not None)
+    def total(stopped: Callable[[], bool]) -> int | None:
+        if not answer:  # read once: a second call has the answer, not a closed pipe
+            counts = [_count_lines(proc, stopped) for proc in procs]  # every one read: none left running
+            answer.append(None if not counts or None in counts else sum(c for c in counts if c is not None))
+        return answer[0]
 
     return total
 
@@ -202,13 +212,24 @@ def _spawn(argv: list[str]) -> subprocess.Popen[bytes] | None:
         return None
 
 
-def _count_lines(proc: subprocess.Popen[bytes] | None) -> int | None:
+def _output(proc: subprocess.Popen[bytes], stopped: Callable[[], bool]) -> Iterator[bytes]:
+    """proc's stdout as it comes; if stopped() turns true first, proc is killed (its exit status
+    then says the reading is incomplete)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    while not stopped():
+        if select.select([fd], [], [], 0.1)[0]:
+            if not (chunk := os.read(fd, 1 << 20)):
+                return
+            yield chunk
+    proc.kill()
+
+
+def _count_lines(proc: subprocess.Popen[bytes] | None, stopped: Callable[[], bool]) -> int | None:
     if proc is None:
         return None
     assert proc.stdout is not None
-    count = 0
-    while chunk := proc.stdout.read(1 << 20):
-        count += chunk.count(b"\n")
+    count = sum(chunk.count(b"\n") for chunk in _output(proc, stopped))
     proc.stdout.close()
     return count if proc.wait() == 0 else None
 
@@ -230,10 +251,10 @@ def target_listeners(endpoints: Iterable[tuple[str, int]]) -> list[Listener] | N
     address on their port (nginx's `listen 80`). None when `ss` is missing or fails.
 
     Unlike the host-wide ListenOverflows counter, their drop counts belong to the target alone."""
-    return start_listeners(endpoints)()
+    return start_listeners(endpoints)(never)
 
 
-def start_listeners(endpoints: Iterable[tuple[str, int]]) -> Callable[[], list[Listener] | None]:
+def start_listeners(endpoints: Iterable[tuple[str, int]]) -> Callable[[Callable[[], bool]], list[Listener] | None]:
     """target_listeners started now, read when the returned function is called (see start_count)."""
     wanted = {(ipaddress.ip_address(a), p) for a, p in endpoints}
     ranges = _port_ranges([p for _, p in wanted])
@@ -242,16 +263,27 @@ def start_listeners(endpoints: Iterable[tuple[str, int]]) -> Callable[[], list[L
     expr = " or ".join(f"sport = :{lo}" if lo == hi else f"( sport >= :{lo} and sport <= :{hi} )" for lo, hi in ranges)
     proc = _spawn(["ss", "-Hltnm", f"( {expr} )"]) if ranges else None
 
-    @functools.cache
-    def listeners() -> list[Listener] | None:
-        if proc is None:
-            return None
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            return None
-        return [ln for ln in parse_listeners(out.decode()) if _serves(ln.local, wanted)]
+    answer: list[list[Listener] | None] = []
+
+    def listeners(stopped: Callable[[], bool]) -> list[Listener] | None:
+        if not answer:  # read once (see start_count)
+            answer.append(_listeners_of(proc, wanted, stopped))
+        return answer[0]
 
     return listeners
+
+
+def _listeners_of(proc: subprocess.Popen[bytes] | None,
+                  wanted: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
+                  stopped: Callable[[], bool]) -> list[Listener] | None:
+    if proc is None:
+        return None
+    assert proc.stdout is not None
+    out = b"".join(_output(proc, stopped))
+    proc.stdout.close()
+    if proc.wait() != 0:
+        return None
+    return [ln for ln in parse_listeners(out.decode()) if _serves(ln.local, wanted)]
 
 
 def parse_listeners(text: str) -> list[Listener]:

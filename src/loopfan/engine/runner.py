@@ -316,7 +316,7 @@ def run_plan(
                     raise HostError("the built-in server did not start listening within "
                                     f"{config.ready_timeout_s:.0f} s")
                 result.server_pids = [w.pid for w in fleet.of("server")]
-            listeners_before()  # the targets' listeners' drops so far, read before any client (kept)
+            listeners_before(measure.never)  # the targets' listeners' drops so far, read before any client (kept)
             result.phases_s["start"] = time.monotonic() - t0
 
             # 2. Ramp: every client worker opens its shard.
@@ -415,7 +415,7 @@ def run_plan(
             t_stop = time.monotonic()
             result.client, result.server = totals()
             # Before the built-in server stops: its listeners' drop counts go with them.
-            drops_before = _listener_drops(listeners_before())  # read before the clients (cached)
+            drops_before = _listener_drops(listeners_before(measure.never))  # read before the clients (cached)
             drops_after = _listener_drops(measure.target_listeners(targets))
             result.target_listen_drops = _drops_during(drops_after, drops_before)
             fleet.send(fleet.of("server"), P.STOP)
@@ -459,8 +459,8 @@ def _ask_the_kernel(result: RunResult, fleet: Fleet, clients: list[Worker], targ
         server_side = measure.start_count(targets, "src")
         client_side = measure.start_count(targets, "dst")
         listeners = measure.start_listeners(targets)
-        result.kernel_server_side, result.kernel_client_side = server_side(), client_side()
-        result.target_listeners = listeners()
+        result.kernel_server_side, result.kernel_client_side = server_side(stopped), client_side(stopped)
+        result.target_listeners = listeners(stopped)
         counted_at = time.monotonic()
         # A server whose queue was full a moment ago completes the handshake when it retransmits
         # its SYN-ACK (after 1 s) and the queue has room, and a server behind on accept() catches
