@@ -266,6 +266,17 @@ def test_counted_finds_syns() -> None:
     assert stats[0] == CaptureStats(1, 1, 0)
 
 
+def test_a_retransmitted_syn_is_one_connection_and_a_new_isn_another() -> None:
+    """wrk -c 200 against a server with backlog 5: '1,390 TCP connections seen; all 1,196
+    connections tagged' - every SYN the full backlog dropped came again and was counted again."""
+    new_isn = SYN[:38] + struct.pack(">I", 2) + SYN[42:]  # same ports, another connection
+    other_port = SYN[:34] + struct.pack(">H", 40001) + SYN[36:]
+    stats = [CaptureStats()]
+    list(counted([Packet(t, f, len(f)) for t, f in enumerate([SYN, SYN, SYN, new_isn, other_port, other_port])],
+                 1, stats))
+    assert stats[0] == CaptureStats(6, 3, 0)
+
+
 def test_pcapng_is_read_by_tshark_with_names(tmp_path: Path) -> None:
     tshark = shutil.which("tshark")
     if tshark is None:

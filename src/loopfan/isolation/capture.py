@@ -98,7 +98,7 @@ def section_comment(targets: Sequence[Target], *, started: str, interface: str =
 @dataclass(frozen=True, slots=True)
 class CaptureStats:
     packets: int = 0
-    connections: int = 0  # TCP SYNs (without ACK): connection attempts seen
+    connections: int = 0  # TCP connection attempts seen: SYNs (without ACK), retransmissions once
     datagrams: int = 0  # UDP packets
     dropped: int | None = None
 
@@ -115,36 +115,42 @@ def dropped_note(dropped: int | None) -> str:
     )
 
 
-def _tcp_udp_kind(frame: bytes, linktype: int) -> str:
-    """'syn', 'udp' or '' for one captured frame (IPv4 over Ethernet or NULL)."""
+def _tcp_udp_kind(frame: bytes, linktype: int) -> tuple[str, bytes]:
+    """('syn', the SYN's identity), ('udp', b'') or ('', b'') for one captured frame (IPv4 over
+    Ethernet or NULL). A SYN's identity - addresses, ports and initial sequence number - is the
+    same in its retransmissions (a server whose backlog is full drops SYNs: each would count as
+    a connection) and differs for a new connection on the same ports."""
     offset = 14 if linktype == LINKTYPE_ETHERNET else 4
     if len(frame) < offset + 20:
-        return ""
+        return "", b""
     if linktype == LINKTYPE_ETHERNET and frame[12:14] != b"\x08\x00":
-        return ""
+        return "", b""
     ip = frame[offset:]
     if ip[0] >> 4 != 4:
-        return ""
+        return "", b""
     ihl = (ip[0] & 0x0F) * 4
     proto = ip[9]
     if proto == 17:
-        return "udp"
+        return "udp", b""
     if proto == 6 and len(ip) >= ihl + 14:
         flags = ip[ihl + 13]
-        return "syn" if flags & 0x02 and not flags & 0x10 else ""
-    return ""
+        if flags & 0x02 and not flags & 0x10:
+            return "syn", ip[12:20] + ip[ihl:ihl + 8]
+    return "", b""
 
 
 def counted(packets: Iterable[Packet], linktype: int, stats: list[CaptureStats]) -> Iterator[Packet]:
     """Pass packets through, leaving their statistics in stats[0] at the end."""
-    n = syns = udp = 0
+    n = udp = 0
+    syns: set[bytes] = set()
     for packet in packets:
         n += 1
-        kind = _tcp_udp_kind(packet.data, linktype)
-        syns += kind == "syn"
+        kind, syn = _tcp_udp_kind(packet.data, linktype)
+        if kind == "syn":
+            syns.add(syn)
         udp += kind == "udp"
         yield packet
-    stats[0] = CaptureStats(n, syns, udp)
+    stats[0] = CaptureStats(n, len(syns), udp)
 
 
 # ---------------------------------------------------------------------------------------------
