@@ -265,6 +265,7 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         raise _explain(exc, "creating a BPF map") from None
     fds: list[int] = []
     cgroup: Cgroup | None = None
+    held: set[int | signal.Signals] | None = None
     try:
         try:
             bound_fd = bpf.create_lru_hash_map(
@@ -294,6 +295,9 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
                 raise _explain(exc, f"loading the {short} BPF program") from None
             fds.append(fd)
             loaded.append((fd, attach))
+        # From the group's creation until its watchdog is up, a signal's default action (SIGTERM
+        # before the handlers of run_tagged are in place) would leave the group behind: held.
+        held = _hold_signals()
         cgroup = Cgroup.create(parent, cgroup_name(owner, spec.label))
         fds.append(cgroup.guard())  # held by us and the watchdog: remove_stale leaves the group alone
         cg_fd = cgroup.open_fd()
@@ -311,6 +315,7 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         os.close(map_fd)
         if cgroup is not None:
             cgroup.remove(attempts=1)
+        _release_signals(held)
         raise
     tag = Tag(spec, cgroup, map_fd, fds)
     try:
@@ -318,8 +323,10 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
     except BaseException:
         tag._close_programs()
         cgroup.remove(attempts=1)
+        _release_signals(held)
         raise
     try:
+        _release_signals(held)  # a signal that came meanwhile lands here, where the tag is ended
         yield tag
     finally:
         # Links first (detaches), then the cgroup: a cgroup with live processes cannot go, so
@@ -332,6 +339,19 @@ def open_tag(spec: TagSpec, *, owner_pid: int | None = None) -> Iterator[Tag]:
         # loopfan still runs keeps its group, and so ours; a later loopfan's remove_stale sweeps both.)
         tag.cgroup.release(tag.cgroup.pids())
         tag.cgroup.remove_subtree()
+
+
+_HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _hold_signals() -> set[int | signal.Signals]:
+    """Block the signals that end loopfan; the previous mask, for _release_signals."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+
+
+def _release_signals(previous: set[int | signal.Signals] | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ---------------------------------------------------------------------------------------------

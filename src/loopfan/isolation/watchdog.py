@@ -29,8 +29,10 @@ def main(argv: Sequence[str]) -> int:
         signal.signal(s, signal.SIG_IGN)
     fd, group, grace = int(argv[0]), Cgroup(Path(argv[1])), float(argv[2])
     # Ready: loopfan waits for this before the tag is used (a watchdog that failed to start would
-    # otherwise leave the SIGKILL guarantee gone without a word), then closes its end.
-    os.write(sys.stdout.fileno(), b"ready\n")
+    # otherwise leave the SIGKILL guarantee gone without a word), then closes its end. If loopfan
+    # died meanwhile, the write fails (EPIPE) and the tag is ours to end: not a reason to die.
+    with contextlib.suppress(OSError):
+        os.write(sys.stdout.fileno(), b"ready\n")
     said = b""
     while chunk := os.read(fd, 64):  # EOF: loopfan is gone (its write end closed with it)
         said += chunk
