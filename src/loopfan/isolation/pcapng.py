@@ -17,7 +17,8 @@ import ipaddress
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, cast
 
 LINKTYPE_ETHERNET = 1  # what Linux `lo` captures as: a fake Ethernet header with zero MACs
 LINKTYPE_NULL = 0  # BSD/macOS lo0: a 4-byte address-family header
@@ -59,10 +60,8 @@ def _pad4(data: bytes) -> bytes:
 # pcap
 
 
-def read_pcap(stream: BinaryIO) -> tuple[PcapHeader, Iterator[Packet]]:
-    """Parse a pcap header and return it with an iterator over the packets (a truncated last
-    record, as left by a capture cut short, ends the iteration quietly)."""
-    head = stream.read(24)
+def _pcap_head(head: bytes) -> tuple[str, int, int, int]:
+    """A pcap file header's byte order, nanoseconds per timestamp unit, snaplen and link type."""
     if len(head) < 24:
         raise CaptureFormatError("too short for a pcap file")
     for order in ("<", ">"):
@@ -71,8 +70,14 @@ def read_pcap(stream: BinaryIO) -> tuple[PcapHeader, Iterator[Packet]]:
             break
     else:
         raise CaptureFormatError("not a pcap file (bad magic number)")
-    scale = 1 if magic == _PCAP_MAGIC_NS else 1000
-    _vmaj, _vmin, _zone, _sigfigs, snaplen, linktype = struct.unpack(order + "HHiIII", head[4:])
+    _vmaj, _vmin, _zone, _sigfigs, snaplen, linktype = struct.unpack(order + "HHiIII", head[4:24])
+    return order, 1 if magic == _PCAP_MAGIC_NS else 1000, snaplen, linktype
+
+
+def read_pcap(stream: BinaryIO) -> tuple[PcapHeader, Iterator[Packet]]:
+    """Parse a pcap header and return it with an iterator over the packets (a truncated last
+    record, as left by a capture cut short, ends the iteration quietly)."""
+    order, scale, snaplen, linktype = _pcap_head(stream.read(24))
 
     def packets() -> Iterator[Packet]:
         record = struct.Struct(order + "IIII")
@@ -87,6 +92,41 @@ def read_pcap(stream: BinaryIO) -> tuple[PcapHeader, Iterator[Packet]]:
             yield Packet(sec * 1_000_000_000 + frac * scale, data, orig)
 
     return PcapHeader(linktype & 0xFFFF, snaplen), packets()
+
+
+def last_timestamp_ns(path: Path, since_ns: int, until_ns: int, tail: int = 1 << 18) -> int | None:
+    """The time of the last whole record of a pcap file a tool is still writing, from its last
+    `tail` bytes alone (reading a capture of millions of packets from the start would take
+    seconds). A record boundary there is found by chaining record headers whose time lies between
+    since_ns and until_ns and whose lengths fit, to the end of the file (where a record may be
+    half written); None if the file has no whole record there or is not pcap."""
+    try:
+        with open(path, "rb") as fh:
+            order, scale, snaplen, _ = _pcap_head(fh.read(24))
+            size = fh.seek(0, 2)
+            start = max(24, size - tail)
+            fh.seek(start)
+            data = fh.read(size - start)
+    except (OSError, CaptureFormatError):
+        return None
+    record = struct.Struct(order + "IIII")
+    units = 1_000_000_000 // scale
+    for first in range(max(0, len(data) - 15)):
+        at, last = first, None
+        while at + 16 <= len(data):
+            sec, frac, incl, orig = cast(tuple[int, int, int, int], record.unpack_from(data, at))
+            t: int = sec * 1_000_000_000 + frac * scale
+            if not (since_ns <= t <= until_ns and frac < units and incl <= snaplen and incl <= orig):
+                break  # not a header: the chain (or this start) is wrong
+            if at + 16 + incl > len(data):
+                at = len(data)  # the record being written
+                break
+            last, at = t, at + 16 + incl
+        else:
+            at = len(data)  # a header being written
+        if at == len(data) and last is not None:
+            return last
+    return None
 
 
 class PcapWriter:
