@@ -45,7 +45,7 @@ def say(line: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="pcapng", show_default=True,
               help="pcapng carries the labels (Name Resolution Block) and a comment listing the tags.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="tcpdump, dumpcap, or the built-in AF_PACKET reader (auto: the first one installed).")
+              help="dumpcap, tcpdump, or the built-in AF_PACKET reader (auto: the first one installed).")
 def command(
     sources: tuple[str, ...], path: str | None, duration: str | None, count: int | None, fmt: str, backend: str
 ) -> int:

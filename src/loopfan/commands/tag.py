@@ -63,7 +63,8 @@ def say(line: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="pcapng", show_default=True,
               help="Capture file format (pcap has no room for names or comments).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Capture with tcpdump, dumpcap, or the built-in AF_PACKET reader.")
+              help="Capture with dumpcap, tcpdump, or the built-in AF_PACKET reader (auto: the first one "
+                   "installed).")
 @click.option("--ipv6", type=click.Choice(IPV6_POLICIES), default="report", show_default=True,
               help="Connections to ::1 cannot be tagged: let them go and report them loudly, or refuse "
               "them (EPERM) so clients trying localhost fall back to 127.0.0.1.")
