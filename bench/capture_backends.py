@@ -49,7 +49,10 @@ def tagged(backend: str, out: str, command: list[str]) -> tuple[float, str]:
 
 
 def tshark_count(path: str, display_filter: str | None = None) -> int:
-    argv = ["tshark", "-r", path] + (["-Y", display_filter] if display_filter else [])
+    # Decode the server's port as HTTP: otherwise a connection from an ephemeral port Wireshark
+    # registers to another protocol (57000 is IRC, 44818 EtherNet/IP...) is not HTTP to tshark,
+    # and its requests look lost from the file.
+    argv = ["tshark", "-r", path, "-d", "tcp.port==18889,http"] + (["-Y", display_filter] if display_filter else [])
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     return len(r.stdout.splitlines())
 
