@@ -333,8 +333,8 @@ while True:  # then traffic that goes on, each packet written as it comes
 
 def test_a_capture_tool_that_is_behind_is_not_stopped_before_it_catches_up(tmp_path: Path) -> None:
     """tcpdump/dumpcap stop at once on SIGINT and drop the ring blocks they have not read (counted
-    as received, not dropped): a fixed wait lost ~1 % of a busy run when the tool was short of CPU.
-    A tool still writing older packets is waited for."""
+    as received, not dropped): a fixed wait would cut off a tool short of CPU. A tool still
+    writing older packets is waited for."""
     from loopfan.isolation.capture import _External
 
     out = tmp_path / "behind.pcap"

@@ -325,7 +325,7 @@ class _External(_Backend):
         """Until the tool has written what it was behind on (then it is sent SIGINT, on which both
         tools flush their file and print their statistics). On SIGINT they stop at once: ring
         blocks not yet read are lost - counted as received, not dropped - and a tool short of CPU
-        is seconds behind a busy lo (a fixed wait lost ~1 % of a wrk run's requests, silently).
+        can be seconds behind a busy lo, which a fixed wait would cut off without a word.
         Caught up: the file holds a packet that came after this moment (traffic goes on), or it
         has not grown for the tool's read timeout (+0.2 s: the ring's current block is handed over
         only when full or after that timeout)."""
