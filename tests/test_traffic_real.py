@@ -152,18 +152,21 @@ def test_nginx_keepalive_limit_does_not_end_the_load(nginx: Callable[..., str], 
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     # nginx closes a connection after keepalive_requests (default 1000): at ~100 requests/s per
     # connection, a default nginx would end every connection of a 10 s run. They are replaced.
-    url = nginx(workers=2, keepalive=100)
+    # (keepalive 10, and bounds relative to the replies: "more than 200 closes" with keepalive 100
+    # needed 40,000 requests/s, and a loaded machine failed it 5 times in 15.)
+    url = nginx(workers=2, keepalive=10)
     status, rep, text = run_json(tmp_path, capsys, "-c", "200", url, "--duration", "1s")
     assert status == 0, text
     tr = rep["traffic"]
     assert tr["errors_total"] == 0, tr["error_causes"]
-    assert tr["statuses"]["http-connection-close"] > 200 and tr["connections_reopened"] > 200
-    assert tr["connections_talking_at_end"] == 200 and tr["replies"] > 200 * 100
+    closes = tr["statuses"]["http-connection-close"]
+    assert tr["replies"] > 200 * 10 and closes >= tr["replies"] // 10 - 200, tr["statuses"]
+    assert tr["connections_reopened"] >= closes - 200 and tr["connections_talking_at_end"] == 200
     # Pipelining against one request per connection: each connection's first response is read
     # even though the next request's write already failed (EPIPE), so slots are not given up.
     # nginx resets a connection closed with requests unread, and once in a while that reset beats
     # a slot's very first response (7 runs of 20 lost 1-3 of 50 slots when such a slot was not
-    # reopened): a slot reset before any reply gets one more connection.
+    # reopened; 3 in 75 lost 1-7 with one more connection each): reopened with the backoff.
     url = nginx(workers=2, keepalive=1)
     status, rep, text = run_json(tmp_path, capsys, "-c", "50", url, "--duration", "1s", "--pipeline", "4")
     tr = rep["traffic"]

@@ -269,11 +269,12 @@ def test_a_server_that_does_not_answer_fails_the_run(bad_server: Callable[[str],
     assert tr["samples"] == 0 and tr["ttfb_ms"]["p50"] is None  # a reply cut short has no first byte either
 
 
-def test_a_slot_reset_before_its_first_reply_gets_one_more_connection(
+def test_a_slot_reset_before_its_first_reply_is_reopened_with_backoff(
         bad_server: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A server closing with requests unread resets the connection, and the reset drops what it had
     not sent yet: a slot's very first reply may have been lost so (nginx keepalive_requests 1 with
-    pipelining). One more connection each - and no more for a server that resets them all."""
+    pipelining). Reopened - with the backoff, and not counted as talking while no reply came, so a
+    server that resets everything is neither hammered nor hidden."""
     status, rep, text = run_json(tmp_path, capsys, "-c", "20", bad_server("reset-first-20"), "--traffic", "echo",
                                  "--duration", "0.5s")
     tr = rep["traffic"]
@@ -283,8 +284,10 @@ def test_a_slot_reset_before_its_first_reply_gets_one_more_connection(
                                  "--duration", "0.5s")
     assert status == 1, text
     tr = rep["traffic"]
-    assert tr["errors"] == {"ECONNRESET": 40} and tr["connections_reopened"] == 20, tr["errors"]
+    # 0.5 s: the first connection, then tries 50, 100 and 200 ms apart - a handful per slot.
+    assert set(tr["errors"]) == {"ECONNRESET"} and 40 <= tr["errors"]["ECONNRESET"] <= 20 * 6, tr["errors"]
     assert tr["connections_talking_at_end"] == 0 and tr["replies"] == 0
+    assert "the load fell" in text
 
 
 def test_connections_the_server_closes_are_opened_again(bad_server: Callable[[str], str], tmp_path: Path,

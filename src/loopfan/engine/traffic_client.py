@@ -113,8 +113,6 @@ _REOPEN_BACKOFF_S = 0.025  # a failed connect is retried after 50 ms, 100 ms, ..
 _REOPEN_BACKOFF_MAX_S = 1.0
 # A connect that fails with these means the server is not there (stopped, restarting).
 _DOWN_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
-# A slot reset before its first reply gets this many new connections (the reset may have dropped it).
-_RESETS_BEFORE_ANY_REPLY = 1
 
 
 def _backoff(tries: int, now: float) -> float:
@@ -317,17 +315,18 @@ class TrafficClientWorker(ClientWorker):
     def _should_reopen(self, conn: Conn, cause: str) -> bool:
         """Open a new connection in the place of one the server closed during the traffic, so a
         keep-alive limit or a server restart does not silently end the load. Not after the window
-        (the drain); not after a timeout (more connects make a stuck server worse); not for a slot
-        that never had a reply (a server refusing it would be hammered) - except once after a
-        reset: a server that closes with requests unread resets the connection, and its kernel
-        drops what it had not sent yet, so the reply may have been on its way (nginx
-        keepalive_requests 1 with pipelining lost 0-3 of 50 slots so). A close (FIN) delivered all
-        the server sent: no second chance. A WebSocket slot makes its opening
+        (the drain); not after a timeout (more connects make a stuck server worse). A slot that
+        never had a reply is reopened only after a reset: a server that closes with requests
+        unread resets the connection, and its kernel drops what it had not sent yet, so the reply
+        may have been on its way (nginx keepalive_requests 1 with pipelining: one more connection
+        each still lost up to 7 of 50 slots, when resets came in a row). It goes on with the
+        backoff and is not counted as talking until it has a reply (_talking), so a server that
+        resets everything is neither hammered nor hidden. A close (FIN) without a reply delivered
+        all the server sent: the server refuses the slot. A WebSocket slot makes its opening
         handshake again (counted in its statuses). (Giving a slot that had replies up after three
         reply-less connections in a row lost 1-3 of 50 slots in that same case: a backoff instead.)"""
         conn.fails = 0 if conn.got_reply else conn.fails + 1
-        worth_another = (conn.got_reply or conn.served
-                         or (cause == "ECONNRESET" and conn.fails <= _RESETS_BEFORE_ANY_REPLY))
+        worth_another = conn.got_reply or conn.served or cause == "ECONNRESET"
         return (self.phase == "traffic" and worth_another
                 and (cause in _REOPEN_CAUSES or cause.startswith("ws-close-")))
 
@@ -392,8 +391,10 @@ class TrafficClientWorker(ClientWorker):
 
     def _talking(self) -> int:
         """Slots with a connection, or on their way to one: a slot whose last connect was refused (a
-        server gone) is not talking - counted so, a dead server fails the run."""
-        down = sum(1 for r in self.reopening.values() if r.down) + sum(1 for r in self.to_reopen if r.down)
+        server gone) is not talking - counted so, a dead server fails the run - nor one being
+        reopened that never had a reply (see _should_reopen)."""
+        down = (sum(1 for r in self.reopening.values() if r.down or not (r.conn.served or r.conn.got_reply))
+                + sum(1 for r in self.to_reopen if r.down or not (r.conn.served or r.conn.got_reply)))
         return len(self.conns) + len(self.reopening) + len(self.to_reopen) - down - self.handshakes_unfinished
 
     def _abandon_reopening(self) -> None:
