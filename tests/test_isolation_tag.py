@@ -559,7 +559,7 @@ def _zombie(pid: int) -> bool:
 
 
 def test_leftover_background_process_is_waited_for_or_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["tag", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 0.5 & sleep 0.5 &"]) == 0
+    assert main(["tag", "--source", "127.0.0.69", "--", "sh", "-c", "sleep 2 & sleep 2 &"]) == 0
     # The processes actually left are named (from /proc/PID/comm, read at that moment: a child the
     # shell forked may not have exec'd sleep yet, and is then still 'sh').
     assert re.search(r"waiting for 2 processes left running by sh \((sleep|sh) \d+, (sleep|sh) \d+\)",
@@ -942,7 +942,8 @@ def test_sigkilled_capture_leaves_its_packets_where_it_said(tmp_path: Path) -> N
 
 def test_sigkilled_builtin_capture_leaves_the_packets_it_saw(tmp_path: Path) -> None:
     """The built-in backend flushes its header at once and packets every quarter second: kill -9
-    1.5 s after the traffic, and the partial file holds it."""
+    once they are in the partial file (its socket is bound before 'packets go to' is said), and
+    the file keeps them."""
     out = tmp_path / "k.pcapng"
     argv = ["capture", "--source", "127.0.0.84=y", "-w", str(out), "--backend", "builtin", "--duration", "20"]
     proc = subprocess.Popen(
@@ -961,10 +962,9 @@ def test_sigkilled_builtin_capture_leaves_the_packets_it_saw(tmp_path: Path) -> 
         match = re.search(r"packets go to (\S+) ", said)
         assert match, said
         partial = Path(match.group(1))
-        time.sleep(0.3)  # the reader thread is up
         for i in range(3):
             sender.sendto(b"flushme-%d" % i, sink.getsockname())
-        time.sleep(1.5)
+        _wait_for(lambda: partial.read_bytes().count(b"flushme-") == 3, timeout_s=10)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         data = partial.read_bytes()

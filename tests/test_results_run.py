@@ -228,7 +228,7 @@ def test_prometheus_is_scraped_during_a_run(listen_and_sources: list[str]) -> No
 
 def test_prometheus_exports_the_traffic_of_a_run(listen_and_sources: list[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Echo over 100 connections for 1 s: the traffic families fill in while it talks."""
+    """Echo over 100 connections for 2 s: the traffic families fill in while it talks."""
     def value(s: str, name: str) -> float:
         m = re.search(rf"^{re.escape(name)} (\S+)$", s, re.M)
         return float(m.group(1)) if m else 0.0
@@ -236,9 +236,10 @@ def test_prometheus_exports_the_traffic_of_a_run(listen_and_sources: list[str],
     # Intervals of 0.25 s: a worker's rates start at its second sample, which 1 s intervals might
     # place after a 1 s traffic phase (and the exporter) ended.
     monkeypatch.setattr(run_command, "RunConfig", functools.partial(run_command.RunConfig, series_interval_s=0.25))
-    scraped = scraped_during(["-c", "100", "--traffic", "echo", "--duration", "1s", *listen_and_sources],
+    scraped = scraped_during(["-c", "100", "--traffic", "echo", "--duration", "2s", *listen_and_sources],
                              lambda s: value(s, "loopfan_traffic_messages_total") > 0)
-    body = next(s for s in scraped if value(s, "loopfan_traffic_messages_total") > 0)
+    body = next((s for s in scraped if value(s, "loopfan_traffic_messages_total") > 0), None)
+    assert body is not None, f"no scrape of {len(scraped)} showed the traffic"
     # prometheus_client writes the TYPE line of a counter with or without _total, by version.
     assert re.search(r"^# TYPE loopfan_traffic_messages(_total)? counter$", body, re.M)
     assert value(body, "loopfan_connections_target") == 100

@@ -175,6 +175,7 @@ def serve(c, nth):
                     accept = base64.b64encode(hashlib.sha1(key.group(1) + magic).digest())
                     c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                    print("handshake", flush=True)  # (the test waits for ten)
             elif how == "partial":  # half of each reply, never the rest
                 c.sendall(data[: len(data) // 2])
             elif how == "slow":  # 50 ms per reply, one connection at a time
@@ -201,6 +202,7 @@ while True:
 @pytest.fixture
 def bad_server(loopback_block: Block) -> Iterator[Callable[[str], str]]:
     procs: list[subprocess.Popen[str]] = []
+    by_target: dict[str, subprocess.Popen[str]] = {}
 
     def start(how: str, at: str | None = None) -> str:
         """A server behaving as `how`, on a fresh address - or at `at` (ADDRESS:PORT: a restart)."""
@@ -210,7 +212,24 @@ def bad_server(loopback_block: Block) -> Iterator[Callable[[str], str]]:
                              stdout=subprocess.PIPE, text=True)
         procs.append(p)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        by_target[f"{address}:{port}"] = p
         return f"{address}:{port}"
+
+    def said(target: str, line: str, times: int, timeout_s: float = 30.0) -> bool:
+        """Has the server at target printed `line` `times` times (waiting up to timeout_s)?"""
+        import os
+        import select
+        out = by_target[target].stdout
+        assert out is not None
+        fd = out.fileno()  # (raw reads: a buffered readline would hide lines from select)
+        text, deadline = b"", time.monotonic() + timeout_s
+        while text.count(line.encode() + b"\n") < times:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return False
+            if not (chunk := os.read(fd, 4096)):
+                return False
+            text += chunk
+        return True
 
     def stop_all() -> None:
         for p in procs:
@@ -224,6 +243,7 @@ def bad_server(loopback_block: Block) -> Iterator[Callable[[str], str]]:
             p.wait(timeout_s)
 
     start.stop_all = stop_all  # type: ignore[attr-defined]
+    start.said = said  # type: ignore[attr-defined]
     start.wait_gone = wait_gone  # type: ignore[attr-defined]
 
     try:
@@ -359,7 +379,7 @@ def test_a_server_restart_does_not_end_the_load(bad_server: Any, tmp_path: Path,
     restarter.start()
     try:
         status, rep, text = run_json(tmp_path, capsys, "-c", "20", target, "--traffic", "echo",
-                                     "--duration", "1.5s")
+                                     "--duration", "2.5s")
     finally:
         restarter.join()
     tr = rep["traffic"]
@@ -585,10 +605,11 @@ def test_builtin_server_inline_answers_match_the_framer(loopback_block: Block) -
 # --- interrupted runs: the figures end at the interrupt ---------------------------------------------
 
 
-def interrupted_run(tmp_path: Path, into_traffic_s: float, *argv: str) -> tuple[int, dict[str, Any], str]:
+def interrupted_run(tmp_path: Path, into_traffic_s: float, *argv: str,
+                    ready: Callable[[], bool] = lambda: True) -> tuple[int, dict[str, Any], str]:
     """`loopfan run *argv` in a process of its own, sent SIGINT `into_traffic_s` after its live
     view first says the traffic phase is on (a fixed time from the start raced the start-up on a
-    slow machine: the interrupt could land before the traffic began)."""
+    slow machine: the interrupt could land before the traffic began) and `ready()` is true."""
     import os
     import signal
     import threading
@@ -611,6 +632,7 @@ def interrupted_run(tmp_path: Path, into_traffic_s: float, *argv: str) -> tuple[
     reader.start()
     try:
         assert in_traffic.wait(30), "".join(lines)
+        assert ready(), "".join(lines)
         time.sleep(into_traffic_s)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
@@ -674,12 +696,14 @@ def test_websocket_handshakes_interrupted_are_no_timeouts(bad_server: Callable[[
 
 @pytest.mark.parametrize("per_process", ["20", "10"])
 def test_connections_still_in_their_handshake_at_an_interrupt_never_talked(
-        bad_server: Callable[[str], str], tmp_path: Path, per_process: str) -> None:
+        bad_server: Any, tmp_path: Path, per_process: str) -> None:
     """QA: "talking 30,000/30,000" when 20,109 handshakes were done. With two workers, the one whose
     handshakes all came through begins its traffic while the other waits: the connections in their
     handshake were not "closed by the server before the traffic began" either."""
-    status, rep, text = interrupted_run(tmp_path, 0.5, "-c", "20", "--per-process", per_process,
-                                        f"ws://{bad_server('ws-first-10')}/", "--duration", "5s")
+    target = bad_server("ws-first-10")
+    status, rep, text = interrupted_run(tmp_path, 0.2, "-c", "20", "--per-process", per_process,
+                                        f"ws://{target}/", "--duration", "5s",
+                                        ready=lambda: bad_server.said(target, "handshake", 10))
     assert status == 130, text
     tr = rep["traffic"]
     assert tr["statuses"] == {"ws-handshake-ok": 10} and tr["errors"] == {}, tr["statuses"]
