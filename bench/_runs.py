@@ -12,10 +12,16 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,3 +65,25 @@ def summary(values: list[float]) -> str:
         return "-"
     runs = ", ".join(f"{v / 1000:.1f}K" for v in values)
     return f"median {statistics.median(values):,.0f} ({runs})"
+
+
+@contextmanager
+def private_nginx(conf: str, address: str, port: int) -> Iterator[str]:
+    """nginx on a config of its own (`conf` with {d} for its directory, a temporary one), once it
+    answers on address:port; stopped by pid after. Yields the directory."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "nginx.conf"), "w") as fh:
+            fh.write(conf.format(d=d))
+        proc = subprocess.Popen([nginx, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "e.log")])
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection((address, port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield d
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(10)

@@ -19,14 +19,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
+
+from _runs import private_nginx
 
 CONF = """daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;
 user root; events {{ worker_connections 4096; }}
@@ -69,35 +68,21 @@ def main() -> None:
     backends = [b for b in args.backends.split(",") if b == "builtin" or shutil.which(b)]
     quiet_s: dict[str, list[float]] = defaultdict(list)
     busy_s: dict[str, list[float]] = defaultdict(list)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "nginx.conf"), "w") as fh:
-            fh.write(CONF.format(d=d))
-        proc = subprocess.Popen([nginx, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "e.log")])
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.77.0.2", 18889), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            out = os.path.join(d, "c.pcap")
-            for rnd in range(1, args.repeat + 1):
-                for b in backends:
-                    took, _ = tagged(b, out, QUIET)
-                    quiet_s[b].append(took)
-                    print(f"[{rnd}] quiet {b}: {took:.2f} s, {tshark_count(out):,} packets in the file", flush=True)
-                for b in backends:
-                    took, said = tagged(b, out, BUSY)
-                    busy_s[b].append(took)
-                    done = re.search(r"(\d+) requests in", said)
-                    dropped = re.search(r"([\d,]+) dropped", said)
-                    print(f"[{rnd}] busy  {b}: {took:.2f} s, wrk {int(done.group(1)) if done else 0:,} requests, "
-                          f"file {tshark_count(out, 'http.request'):,} requests"
-                          + (f", {dropped.group(1)} dropped by the kernel" if dropped else ""), flush=True)
-        finally:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(10)
+    with private_nginx(CONF, "127.77.0.2", 18889) as d:
+        out = os.path.join(d, "c.pcap")
+        for rnd in range(1, args.repeat + 1):
+            for b in backends:
+                took, _ = tagged(b, out, QUIET)
+                quiet_s[b].append(took)
+                print(f"[{rnd}] quiet {b}: {took:.2f} s, {tshark_count(out):,} packets in the file", flush=True)
+            for b in backends:
+                took, said = tagged(b, out, BUSY)
+                busy_s[b].append(took)
+                done = re.search(r"(\d+) requests in", said)
+                dropped = re.search(r"([\d,]+) dropped", said)
+                print(f"[{rnd}] busy  {b}: {took:.2f} s, wrk {int(done.group(1)) if done else 0:,} requests, "
+                      f"file {tshark_count(out, 'http.request'):,} requests"
+                      + (f", {dropped.group(1)} dropped by the kernel" if dropped else ""), flush=True)
     print()
     for b in backends:
         print(f"{b}: median elapsed quiet {median(quiet_s[b])} s, busy {median(busy_s[b])} s")

@@ -13,17 +13,11 @@ Needs nginx and wrk (apt-get install nginx-light wrk). nginx is stopped by pid a
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections import defaultdict
 
-from _runs import loopfan_run, summary, timed, us_per
+from _runs import loopfan_run, private_nginx, summary, timed, us_per
 
 CONF = """daemon off; master_process on; worker_processes 4; worker_rlimit_nofile 20000;
 pid {d}/nginx.pid; error_log {d}/error.log warn; user root;
@@ -70,38 +64,24 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--against", help="another loopfan src/ folder to run side by side (e.g. a worktree of main~1)")
     args = ap.parse_args()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     results: dict[tuple[int, str], list[float]] = defaultdict(list)
-    with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "nginx.conf"), "w") as fh:
-            fh.write(CONF.format(d=d))
-        proc = subprocess.Popen([nginx, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "e.log")])
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.77.0.1", 18888), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            runs = [int(x) for x in args.counts.split(",")]
-            for rnd in range(args.repeat):
-                for n in runs:
-                    if shutil.which("wrk"):
-                        rate, line = wrk(n, args.duration)
-                        results[(n, "wrk")].append(rate)
-                        print(f"[{rnd + 1}] {line}", flush=True)
-                    trees = [("loopfan", None)] + ([("before", args.against)] if args.against else [])
-                    for label, src in trees:
-                        rate, line = loopfan(n, args.duration, src, label)
-                        results[(n, label)].append(rate)
-                        print(f"[{rnd + 1}] {line}", flush=True)
-            if args.big:
+    with private_nginx(CONF, "127.77.0.1", 18888):
+        runs = [int(x) for x in args.counts.split(",")]
+        for rnd in range(args.repeat):
+            for n in runs:
                 if shutil.which("wrk"):
-                    print(wrk(args.big, args.duration)[1], flush=True)
-                print(loopfan(args.big, args.duration, None, "loopfan")[1], flush=True)
-        finally:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(10)
+                    rate, line = wrk(n, args.duration)
+                    results[(n, "wrk")].append(rate)
+                    print(f"[{rnd + 1}] {line}", flush=True)
+                trees = [("loopfan", None)] + ([("before", args.against)] if args.against else [])
+                for label, src in trees:
+                    rate, line = loopfan(n, args.duration, src, label)
+                    results[(n, label)].append(rate)
+                    print(f"[{rnd + 1}] {line}", flush=True)
+        if args.big:
+            if shutil.which("wrk"):
+                print(wrk(args.big, args.duration)[1], flush=True)
+            print(loopfan(args.big, args.duration, None, "loopfan")[1], flush=True)
     print()
     for (n, label), values in sorted(results.items()):
         print(f"-c {n} {label}: req/s {summary(values)}")
