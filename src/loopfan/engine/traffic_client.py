@@ -393,8 +393,8 @@ class TrafficClientWorker(ClientWorker):
         """Slots with a connection, or on their way to one: a slot whose last connect was refused (a
         server gone) is not talking - counted so, a dead server fails the run - nor one being
         reopened that never had a reply (see _should_reopen)."""
-        down = (sum(1 for r in self.reopening.values() if r.down or not (r.conn.served or r.conn.got_reply))
-                + sum(1 for r in self.to_reopen if r.down or not (r.conn.served or r.conn.got_reply)))
+        down = sum(1 for r in (*self.reopening.values(), *self.to_reopen)
+                   if r.down or not (r.conn.served or r.conn.got_reply))
         return len(self.conns) + len(self.reopening) + len(self.to_reopen) - down - self.handshakes_unfinished
 
     def _abandon_reopening(self) -> None:
