@@ -49,6 +49,11 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
     assert tr["latency_ms"]["p99"] <= tr["latency_ms"]["max"] < 5000
     assert tr["ttfb_ms"]["p50"] is not None and tr["window_s"] == pytest.approx(1.0, abs=0.2)
     assert tr["unanswered_at_end"] == 0
+    # Every message sent was answered (closed loop, no errors: nothing lost, nothing left)...
+    assert tr["sent"] == tr["replies"] + tr.get("lost_in_flight", 0) + tr["unanswered_at_end"]
+    if kind == "echo":  # ...and the bytes match (the quick paths count them apart from the loop): in
+        # the window they differ by at most a message per connection at each of its two ends
+        assert abs(tr["bytes_in_per_s"] - tr["bytes_out_per_s"]) * tr["window_s"] <= 2 * 300 * 64
     if kind == "http":
         # Every reply has a status, in the warm-up or after it (the window and the drain).
         assert tr["statuses"]["http-2xx"] + tr["warmup_statuses"]["http-2xx"] == tr["replies"]
@@ -66,6 +71,41 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
     while (h := reader.get_next_interval_histogram()) is not None:
         total += h.get_total_count()
     assert total == tr["samples"] > 0
+
+
+@pytest.mark.parametrize("mode", ["echo", "http"])
+def test_builtin_server_reads_everything_and_sees_the_close_behind_it(loopback_block: Block, mode: str) -> None:
+    """The server's sockets are edge-triggered: bytes left behind a full read, or a close that came
+    with the last bytes, must still be read (no new edge comes for them). A client sends its last
+    request and shuts down its side at once: the server answers everything, then closes."""
+    from loopfan.engine.serve import BuiltinServer
+    from loopfan.pools import parse_endpoints
+    prefix = loopback_block()
+    ep = parse_endpoints(f"{prefix}1:{free_port(f'{prefix}1')}")
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    big = bytes(range(256)) * 1200  # 300 KB: several full reads
+    with BuiltinServer.on(ep, capacity=100, mode=mode):
+        socks = [socket.create_connection((ep[0].address, ep[0].port), timeout=10) for _ in range(10)]
+        try:
+            for s in socks:  # one exchange first (the C path takes a connection's later requests)
+                first = request if mode == "http" else b"hello"
+                s.sendall(first)
+                got = s.recv(65536)
+                assert got.startswith(b"HTTP/1.1 200") if mode == "http" else got == first
+            for s in socks:
+                s.sendall(request * 3 if mode == "http" else big)
+                s.shutdown(socket.SHUT_WR)
+            for s in socks:
+                got = b""
+                while chunk := s.recv(1 << 20):  # until the server closes (a timeout fails the test)
+                    got += chunk
+                if mode == "http":
+                    assert got.count(b"HTTP/1.1 200") == 3
+                else:
+                    assert got == big
+        finally:
+            for s in socks:
+                s.close()
 
 
 def test_open_model_rate_and_send_only(builtin_listen: tuple[str, int], tmp_path: Path,

@@ -47,6 +47,8 @@ def open_listener(address: str, port: int, backlog: int, *, reuse_port: bool = F
 
 
 class ServerWorker(WorkerBase):
+    talk_events = _TALK_EVENTS  # how accepted sockets are watched when the mode reads them
+
     def __init__(self, shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
         super().__init__(pipe, config.report_interval_s)
         self.shard = shard
@@ -97,7 +99,7 @@ class ServerWorker(WorkerBase):
         accept = listener._accept  # type: ignore[attr-defined]  # (fd, addr): no socket object per connection
         register = self.epoll.register
         conns = self.conns
-        events = _TALK_EVENTS if self.talk else _HOLD_EVENTS
+        events = self.talk_events if self.talk else _HOLD_EVENTS
         for _ in range(4096):
             try:
                 fd, _addr = accept()

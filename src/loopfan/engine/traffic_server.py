@@ -25,11 +25,16 @@ from loopfan.traffic.http import RequestFramer, fixed_response
 from loopfan.traffic.ws import WsEchoServer
 
 TRAFFIC_MODES = ("echo", "http", "ws")
-_TALK = poller.IN | poller.RDHUP
+# Edge-triggered (as the traffic client, and for the same measured reason): a read that fills the
+# buffer, or that came with the peer's close or an error, is followed by a modify() so that epoll
+# looks at the socket again (no new edge would come for what is left).
+_TALK = poller.IN | poller.RDHUP | poller.ET
 _TALK_OUT = _TALK | poller.OUT
+_ENDING = poller.RDHUP | poller.HUP | poller.ERR  # the end is queued behind the data: read again for it
 
 
 class TrafficServerWorker(ServerWorker):
+    talk_events = _TALK
     def __init__(self, shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
         super().__init__(shard, config, pipe)
         self.talk = True  # register accepted sockets for reading (ServerWorker: discard only)
@@ -51,7 +56,7 @@ class TrafficServerWorker(ServerWorker):
         if events & poller.OUT and fd in self.pending_out:
             self._flush(fd)
         if events & poller.IN:
-            self._read(fd)
+            self._read(fd, events)
         elif events & (poller.RDHUP | poller.HUP | poller.ERR):
             self._drop(fd)
 
@@ -79,6 +84,8 @@ class TrafficServerWorker(ServerWorker):
                     self._drop(fd)
                     continue
                 bytes_in += len(data)
+                if len(data) == READ_SIZE or events & _ENDING:
+                    self.epoll.modify(fd, _TALK)  # (not pending here) more may wait: no edge would say so
                 if echo:
                     out = data
                 elif data == learned and _at_boundary(state.get(fd)):
@@ -105,8 +112,10 @@ class TrafficServerWorker(ServerWorker):
         self.snap.bytes_in += bytes_in
         self.snap.bytes_out += bytes_out
 
-    def _read(self, fd: int) -> None:
+    def _read(self, fd: int, events: int = 0) -> None:
         data = self._receive(fd)
+        if data and (len(data) == READ_SIZE or events & _ENDING):
+            self.epoll.modify(fd, _TALK_OUT if fd in self.pending_out else _TALK)
         if data:
             self._handle(fd, data)
 
@@ -121,7 +130,8 @@ class TrafficServerWorker(ServerWorker):
         if isinstance(st, RequestFramer):
             boundary = _at_boundary(st)
             n = st.feed(data)
-            if boundary and n == 1 and _at_boundary(st) and not st.close and st.refusal is None:
+            if (boundary and n == 1 and _at_boundary(st) and not st.close and st.refusal is None
+                    and len(data) < READ_SIZE):  # (a full read may not be all: never the quick path's)
                 self.learned_request = data
             out = self.response if n == 1 else self.response * n
             if st.refusal is not None:
