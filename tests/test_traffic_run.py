@@ -35,9 +35,22 @@ def run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> 
 # --- the built-in server in every mode -------------------------------------------------------------
 
 
+@pytest.fixture(params=["c", "python"])
+def quick_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each run once through the C quick paths (when built) and once through the Python loops alone
+    (as on a machine without a compiler); the workers are forked, so they inherit the choice."""
+    from loopfan.engine import traffic_client, traffic_server
+    if request.param == "python":
+        monkeypatch.setattr(traffic_client, "quick_replies", None)
+        monkeypatch.setattr(traffic_server, "serve_quick", None)
+    elif traffic_client.quick_replies is None:
+        pytest.skip("the C quick path is not built (no compiler)")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("kind", ["echo", "http", "ws"])
 def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Path,
-                                   capsys: pytest.CaptureFixture[str], kind: str) -> None:
+                                   capsys: pytest.CaptureFixture[str], kind: str, quick_path: str) -> None:
     log = tmp_path / "lat.hlog"
     status, rep, text = run_json(tmp_path, capsys, "-c", "300", "--per-process", "150", "--traffic", kind,
                                  "--duration", "1s", "--warmup", "0.2s", "--hdr-log", str(log))
@@ -74,7 +87,8 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
 
 
 @pytest.mark.parametrize("mode", ["echo", "http"])
-def test_builtin_server_reads_everything_and_sees_the_close_behind_it(loopback_block: Block, mode: str) -> None:
+def test_builtin_server_reads_everything_and_sees_the_close_behind_it(loopback_block: Block, quick_path: str,
+                                                                       mode: str) -> None:
     """The server's sockets are edge-triggered: bytes left behind a full read, or a close that came
     with the last bytes, must still be read (no new edge comes for them). A client sends its last
     request and shuts down its side at once: the server answers everything, then closes."""

@@ -33,6 +33,13 @@ from loopfan.traffic.schedule import OpenSchedule, unsent_ages
 from loopfan.traffic.tally import Tally
 from loopfan.traffic.ws import WsClient
 
+try:  # the quick path in C (setup.py builds it when a compiler is present); else the same in Python
+    from loopfan.engine._quick import quick_replies as _c_quick_replies
+except ImportError:  # pragma: no cover - a machine without a compiler; the tests force it by patching
+    _c_quick_replies = None  # type: ignore[assignment]
+# LOOPFAN_NO_C=1: the Python loop alone (to compare, or to rule the C module out).
+quick_replies = None if os.environ.get("LOOPFAN_NO_C") else _c_quick_replies
+
 TRAFFIC = "traffic"  # parent -> worker: start the traffic phase now
 # Edge-triggered while talking: level-triggered epoll polls every socket it returned once more on
 # the next wait, only to find most of them drained - 4 % of all CPU at 10,000 echo connections, and
@@ -576,6 +583,9 @@ class TrafficClientWorker(ClientWorker):
         hw = self.hist_whole
         write = os.write
         read = os.read
+        quick_c = quick_replies if quick else None
+        pushed: dict[int, tuple[bytes | OSError, float]] = {}  # the C quick path's reads for the loop below
+        trouble: list[tuple[int, bytes, int]] = []  # its next messages the socket did not take whole
         polled = perf()  # when the last poll returned: the loop lag is the time from there to the next
         while not self.closing:
             now = perf()
@@ -624,6 +634,16 @@ class TrafficClientWorker(ClientWorker):
                 self._max_lag_s = busy
             ready = ep.poll(wait, 4096)
             polled = perf()
+            if pushed:  # (a read left over from a batch whose connection went: nothing to hand it to)
+                pushed.clear()
+            if quick_c is not None and learned is not None and ready:
+                ready, n, n_win, k, k_win = quick_c(ready, conns, learned, end, warm_end, hw, pushed, trouble)
+                quick_n += n
+                quick_win += n_win
+                quick_out += k
+                quick_out_win += k_win
+                if trouble:
+                    self._quick_trouble(trouble)
             for fd, ev in ready:
                 found = conns.get(fd)
                 if found is None:
@@ -647,14 +667,20 @@ class TrafficClientWorker(ClientWorker):
                     self._flush(c)
                     if fd not in conns:
                         continue
-                try:
-                    data = read(fd, _READ)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    self._drop(c, cause_for(exc.errno or 0, "recv"))
-                    continue
-                t = perf()
+                if pushed and fd in pushed:  # read by the C quick path, not its reply
+                    data, t = pushed.pop(fd)
+                    if not isinstance(data, bytes):
+                        self._drop(c, cause_for(data.errno or 0, "recv"))
+                        continue
+                else:
+                    try:
+                        data = read(fd, _READ)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self._drop(c, cause_for(exc.errno or 0, "recv"))
+                        continue
+                    t = perf()
                 starts = c.starts
                 codec = c.codec
                 if (data == learned and len(starts) == 1 and not c.first and not c.out and not codec.buf
@@ -702,7 +728,7 @@ class TrafficClientWorker(ClientWorker):
                     continue
                 steady = quick and len(starts) == 1 and not c.first and not c.out and codec.fast and not codec.buf
                 nbytes = len(data)
-                if nbytes == _READ or ev & _ENDING:  # (never the quick path's: a learned reply is shorter)
+                if nbytes == _READ or ev & _ENDING:  # (never the quick path's: see _quick.c)
                     self._rearm(c)
                 snap.bytes_in += nbytes
                 if t >= warm_end and t < end:
@@ -786,6 +812,18 @@ class TrafficClientWorker(ClientWorker):
         (bytes, the EOF, the error), and edge-triggered epoll would not say so until something new
         arrives. Modifying the registration makes epoll check the socket again."""
         self.epoll.modify(c.fd, _TALK_OUT if c.out else _TALK)
+
+    def _quick_trouble(self, trouble: list[tuple[int, bytes, int]]) -> None:
+        """The C quick path's next messages that did not go out whole: as the Python quick path,
+        keep the rest for EPOLLOUT, or count the failed send."""
+        for fd, unsent, err in trouble:
+            c = self.conns[fd]
+            if err and err != errno.EAGAIN:
+                self._send_failed(c, err)
+            else:
+                c.out = unsent
+                self.epoll.modify(fd, _TALK_OUT)
+        trouble.clear()
 
     def _settle_quick(self, n: int, n_window: int, sent_bytes: int, sent_bytes_window: int, reply: bytes,
                       status: str | None) -> None:

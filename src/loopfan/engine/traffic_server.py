@@ -12,6 +12,7 @@ from a boundary, is answered without a method call. Everything else goes through
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -23,6 +24,13 @@ from loopfan.planner import ServerShard
 from loopfan.traffic.config import TrafficServerConfig
 from loopfan.traffic.http import RequestFramer, fixed_response
 from loopfan.traffic.ws import WsEchoServer
+
+try:  # the echo and HTTP answers in C (setup.py builds it when a compiler is present); else poll() below
+    from loopfan.engine._quick import serve_quick as _c_serve_quick
+except ImportError:  # pragma: no cover - a machine without a compiler; the tests force it by patching
+    _c_serve_quick = None  # type: ignore[assignment]
+# LOOPFAN_NO_C=1: the Python loop alone (to compare, or to rule the C module out).
+serve_quick = None if os.environ.get("LOOPFAN_NO_C") else _c_serve_quick
 
 TRAFFIC_MODES = ("echo", "http", "ws")
 # Edge-triggered (as the traffic client, and for the same measured reason): a read that fills the
@@ -72,6 +80,26 @@ class TrafficServerWorker(ServerWorker):
         response = self.response
         readable = poller.IN
         bytes_in = bytes_out = 0
+        if serve_quick is not None and ready and (echo or learned is not None):
+            pushed: list[tuple[int, bytes | None]] = []
+            trouble: list[tuple[int, bytes, int]] = []
+            ready, bytes_in, bytes_out = serve_quick(ready, conns, pending, state, learned, response, echo,
+                                                     RequestFramer, pushed, trouble)
+            for fd, data in pushed:
+                if data:
+                    bytes_in += len(data)
+                    if len(data) == READ_SIZE:
+                        self.epoll.modify(fd, _TALK)
+                    self._handle(fd, data)
+                else:
+                    self._drop(fd)
+            for fd, unsent, err in trouble:
+                if err and err != errno.EAGAIN:
+                    self._drop(fd)
+                else:
+                    pending[fd] = unsent
+                    self.epoll.modify(fd, _TALK_OUT)
+            learned = self.learned_request
         for fd, events in ready:
             if fd in conns and events & readable and fd not in pending:
                 try:

@@ -1,0 +1,387 @@
+/* The steady state of the traffic client and of the built-in server in C: the same work as the
+ * quick paths of traffic_client.py and traffic_server.py, without the interpreter.
+ *
+ * Why: at 10,000 echo connections in a closed loop the kernel's TCP work is ~18 us per round trip
+ * on our 2-core VM, and Python's per-message work was another ~3 us (client ~2, server ~1): C on
+ * both ends did ~108,000 round trips/s, loopfan ~84,000. With this module (and edge-triggered
+ * epoll) loopfan does ~100,000 (docs/benchmarks.md, "Echo: the quick paths in C").
+ * Optional: setup.py builds it when a C compiler is present; without it (or with LOOPFAN_NO_C=1)
+ * the Python loops do the same work - the same figures, more CPU. Linux and macOS alike: it only
+ * reads and writes the sockets the event loop says are ready. After editing this file, build it
+ * again: `python3 -m pip install -e .` (an editable install does not rebuild it by itself).
+ *
+ * quick_replies(ready, conns, learned, end, warm_end, hist, pushed, trouble)
+ *   ready    list of (fd, events) from epoll.poll()
+ *   conns    dict fd -> Conn (traffic_client.Conn)
+ *   learned  the reply bytes the quick path knows (a whole reply, boundary to boundary)
+ *   end, warm_end  perf_counter times: the window's end and the warm-up's end
+ *   hist     dict microseconds -> count (whole replies' latency, HDR-rounded to 3 digits)
+ *   pushed   dict fd -> (bytes or OSError, perf_counter time): reads done here that the Python
+ *            loop must handle (not the learned reply, EOF, an error)
+ *   trouble  list of (fd, unsent bytes, errno): a next message the socket did not take whole
+ * returns (rest, n, n_window, bytes_out, bytes_out_window): the events left for the Python loop,
+ * in their order (every event not completed here), and the quick counts to add to its locals.
+ *
+ * An event is completed here only in the quick path's exact case: a connection with one message
+ * in flight, no reply begun, nothing unsent, its codec fast and at a boundary, and a read that is
+ * byte for byte `learned` before `end`. Anything else is left to Python, untouched (not read) when
+ * the connection is not in that state, or with its read in `pushed`.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_SIZE 65536
+/* EPOLLRDHUP | EPOLLHUP | EPOLLERR: the peer's close or an error may be queued behind the data, and
+ * (edge-triggered) only the Python loop re-arms epoll for it - such events are left to it. */
+#define ENDING_BITS (0x2000 | 0x010 | 0x008)
+
+static PyObject *s_starts, *s_first, *s_out, *s_codec, *s_buf, *s_fast, *s_repeat, *s_message, *s_got_reply;
+static char read_buf[READ_SIZE];
+
+/* time.perf_counter() on Linux: CLOCK_MONOTONIC, in seconds. */
+static double perf_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* 1 if obj.name is true, 0 if false, -1 on error. */
+static int attr_true(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Whether conn is in the quick path's state (see the top): 1 yes, 0 no, -1 error. */
+static int quick_state(PyObject *conn, long events, PyObject **codec_out) {
+    int r = attr_true(conn, s_out);
+    if (r != 0) return r < 0 ? -1 : 0; /* something unsent (and so also EPOLLOUT to serve first) */
+    (void)events;
+    PyObject *starts = PyObject_GetAttr(conn, s_starts);
+    if (starts == NULL) return -1;
+    Py_ssize_t inflight = PyList_Check(starts) ? PyList_GET_SIZE(starts) : -1;
+    Py_DECREF(starts);
+    if (inflight != 1) return 0;
+    r = attr_true(conn, s_first);
+    if (r != 0) return r < 0 ? -1 : 0;
+    PyObject *codec = PyObject_GetAttr(conn, s_codec);
+    if (codec == NULL) return -1;
+    r = attr_true(codec, s_buf);
+    if (r == 0) {
+        r = attr_true(codec, s_fast);
+        if (r >= 0) r = !r; /* fast: quick (0 here means "go on") */
+    }
+    if (r != 0) {
+        Py_DECREF(codec);
+        return r < 0 ? -1 : 0;
+    }
+    *codec_out = codec;
+    return 1;
+}
+
+static int dict_add(PyObject *d, long long key, long long by) {
+    PyObject *k = PyLong_FromLongLong(key);
+    if (k == NULL) return -1;
+    PyObject *old = PyDict_GetItemWithError(d, k);
+    long long now = by;
+    if (old != NULL) {
+        now += PyLong_AsLongLong(old);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(k);
+        return -1;
+    }
+    PyObject *v = PyLong_FromLongLong(now);
+    int r = v == NULL ? -1 : PyDict_SetItem(d, k, v);
+    Py_XDECREF(v);
+    Py_DECREF(k);
+    return r;
+}
+
+/* HDR rounding to 3 significant digits, as traffic_client.hdr_round. */
+static long long hdr_round(long long us) {
+    if (us >= 2048) {
+        int bits = 64 - __builtin_clzll((unsigned long long)us);
+        int shift = bits - 11;
+        return us >> shift << shift;
+    }
+    return us < 1 ? 1 : us;
+}
+
+static PyObject *push_read(PyObject *pushed, PyObject *fd_obj, PyObject *data, double t) {
+    PyObject *tv = PyFloat_FromDouble(t);
+    if (tv == NULL) return NULL;
+    PyObject *pair = PyTuple_Pack(2, data, tv);
+    Py_DECREF(tv);
+    if (pair == NULL) return NULL;
+    int r = PyDict_SetItem(pushed, fd_obj, pair);
+    Py_DECREF(pair);
+    return r < 0 ? NULL : Py_None;
+}
+
+static PyObject *quick_replies(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ready, *conns, *learned, *hist, *pushed, *trouble;
+    double end, warm_end;
+    if (!PyArg_ParseTuple(args, "O!O!SddO!O!O!", &PyList_Type, &ready, &PyDict_Type, &conns, &learned, &end,
+                          &warm_end, &PyDict_Type, &hist, &PyDict_Type, &pushed, &PyList_Type, &trouble))
+        return NULL;
+    const char *want = PyBytes_AS_STRING(learned);
+    Py_ssize_t want_len = PyBytes_GET_SIZE(learned);
+    long long n = 0, n_window = 0, out_bytes = 0, out_window = 0;
+    Py_ssize_t count = PyList_GET_SIZE(ready);
+    PyObject *rest = PyList_New(0);
+    if (rest == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(ready, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) goto leave;
+        PyObject *fd_obj = PyTuple_GET_ITEM(item, 0);
+        long events = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        if (events == -1 && PyErr_Occurred()) goto fail;
+        if (events & ENDING_BITS) goto leave;
+        PyObject *conn = PyDict_GetItemWithError(conns, fd_obj); /* borrowed */
+        if (conn == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            goto leave;
+        }
+        PyObject *codec = NULL;
+        int q = quick_state(conn, events, &codec);
+        if (q < 0) goto fail;
+        if (q == 0) goto leave;
+        int fd = (int)PyLong_AsLong(fd_obj);
+        ssize_t got = read(fd, read_buf, READ_SIZE);
+        double t = perf_now();
+        if (got < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK) { /* woken for nothing: as the Python loop's continue */
+                Py_DECREF(codec);
+                continue;
+            }
+            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+            PyObject *ok = exc == NULL ? NULL : push_read(pushed, fd_obj, exc, t);
+            Py_XDECREF(exc);
+            Py_DECREF(codec);
+            if (ok == NULL) goto fail;
+            goto leave;
+        }
+        /* (A full read is never the learned reply: more may be waiting, and Python re-arms epoll.) */
+        if (got == READ_SIZE || got != want_len || memcmp(read_buf, want, (size_t)got) != 0 || t >= end) {
+            PyObject *data = PyBytes_FromStringAndSize(read_buf, got);
+            PyObject *ok = data == NULL ? NULL : push_read(pushed, fd_obj, data, t);
+            Py_XDECREF(data);
+            Py_DECREF(codec);
+            if (ok == NULL) goto fail;
+            goto leave;
+        }
+        /* The learned reply: complete it and send the next message (traffic_client's quick path). */
+        PyObject *starts = PyObject_GetAttr(conn, s_starts);
+        if (starts == NULL || !PyList_Check(starts) || PyList_GET_SIZE(starts) != 1) {
+            Py_XDECREF(starts);
+            Py_DECREF(codec);
+            PyErr_SetString(PyExc_RuntimeError, "quick_replies: a connection's messages in flight changed");
+            goto fail;
+        }
+        double t0 = PyFloat_AsDouble(PyList_GET_ITEM(starts, 0));
+        PyObject *tv = PyFloat_FromDouble(t);
+        if (tv == NULL || (t0 == -1.0 && PyErr_Occurred())) {
+            Py_XDECREF(tv);
+            Py_DECREF(starts);
+            Py_DECREF(codec);
+            goto fail;
+        }
+        PyList_SetItem(starts, 0, tv); /* steals tv */
+        Py_DECREF(starts);
+        if (PyObject_SetAttr(conn, s_got_reply, Py_True) < 0) {
+            Py_DECREF(codec);
+            goto fail;
+        }
+        PyObject *out = PyObject_GetAttr(codec, s_repeat);
+        if (out != NULL && !(PyBytes_Check(out) && PyBytes_GET_SIZE(out) > 0)) {
+            Py_DECREF(out);
+            out = PyObject_CallMethodNoArgs(codec, s_message);
+        }
+        Py_DECREF(codec);
+        if (out == NULL) goto fail;
+        if (!PyBytes_Check(out)) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_TypeError, "quick_replies: a codec's message is not bytes");
+            goto fail;
+        }
+        Py_ssize_t out_len = PyBytes_GET_SIZE(out);
+        ssize_t k = write(fd, PyBytes_AS_STRING(out), (size_t)out_len);
+        int werr = k < 0 ? errno : 0;
+        if (k < 0) k = 0;
+        if (k < out_len) { /* for the Python loop: keep the rest (EPOLLOUT), or the failed send */
+            PyObject *unsent = PyBytes_FromStringAndSize(PyBytes_AS_STRING(out) + k, out_len - k);
+            PyObject *rec = unsent == NULL ? NULL : Py_BuildValue("(OOi)", fd_obj, unsent,
+                                                                  werr == EWOULDBLOCK ? EAGAIN : werr);
+            Py_XDECREF(unsent);
+            int r = rec == NULL ? -1 : PyList_Append(trouble, rec);
+            Py_XDECREF(rec);
+            if (r < 0) {
+                Py_DECREF(out);
+                goto fail;
+            }
+        }
+        Py_DECREF(out);
+        n += 1;
+        out_bytes += k;
+        if (t0 >= warm_end) {
+            if (dict_add(hist, hdr_round((long long)((t - t0) * 1e6)), 1) < 0) goto fail;
+            n_window += 1;
+            out_window += k;
+        } else if (t >= warm_end) {
+            n_window += 1;
+            out_window += k;
+        }
+        continue;
+    leave:
+        if (PyList_Append(rest, item) < 0) goto fail;
+    }
+    return Py_BuildValue("(NLLLL)", rest, n, n_window, out_bytes, out_window);
+fail:
+    Py_DECREF(rest);
+    return NULL;
+}
+
+/* serve_quick(ready, conns, pending, state, learned, response, echo, framer_type, pushed, trouble)
+ * The built-in server's echo and HTTP answers over one epoll batch, as TrafficServerWorker.poll:
+ *   conns    set of accepted fds; pending: dict fd -> bytes not yet written (such fds are left alone)
+ *   state    dict fd -> RequestFramer | WsEchoServer; learned: the request answered inline, or None
+ *   echo     true: every read is written back; else a read equal to `learned` on a connection whose
+ *            framer (of framer_type) is at a boundary is answered with `response`
+ *   pushed   list of (fd, bytes or None): reads for the Python loop (b"" / None: EOF or an error)
+ *   trouble  list of (fd, unsent bytes, errno): answers the socket did not take whole
+ * returns (rest, bytes_in, bytes_out): the events left for the Python loop and the bytes moved here.
+ */
+static PyObject *s_conn;
+
+static PyObject *serve_quick(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ready, *conns, *pending, *state, *learned, *response, *framer_type, *pushed, *trouble;
+    int echo;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OSpOO!O!", &PyList_Type, &ready, &PySet_Type, &conns, &PyDict_Type,
+                          &pending, &PyDict_Type, &state, &learned, &response, &echo, &framer_type,
+                          &PyList_Type, &pushed, &PyList_Type, &trouble))
+        return NULL;
+    int have_learned = PyBytes_Check(learned);
+    long long bytes_in = 0, bytes_out = 0;
+    Py_ssize_t count = PyList_GET_SIZE(ready);
+    PyObject *rest = PyList_New(0);
+    if (rest == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(ready, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) goto leave;
+        PyObject *fd_obj = PyTuple_GET_ITEM(item, 0);
+        long events = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        if (events == -1 && PyErr_Occurred()) goto fail;
+        int r = PySet_Contains(conns, fd_obj);
+        if (r < 0) goto fail;
+        if (!r || !(events & 0x001) || (events & ENDING_BITS)) goto leave; /* EPOLLIN, and no end yet */
+        r = PyDict_Contains(pending, fd_obj);
+        if (r < 0) goto fail;
+        if (r) goto leave;
+        if (!echo) { /* HTTP: only a connection between two requests, still on the quick framer */
+            if (!have_learned) goto leave;
+            PyObject *st = PyDict_GetItemWithError(state, fd_obj); /* borrowed */
+            if (st == NULL) {
+                if (PyErr_Occurred()) goto fail;
+                goto leave;
+            }
+            if ((PyObject *)Py_TYPE(st) != framer_type) goto leave;
+            r = attr_true(st, s_buf);
+            if (r < 0) goto fail;
+            if (r) goto leave;
+            PyObject *conn = PyObject_GetAttr(st, s_conn);
+            if (conn == NULL) goto fail;
+            r = conn != Py_None;
+            Py_DECREF(conn);
+            if (r) goto leave;
+        }
+        int fd = (int)PyLong_AsLong(fd_obj);
+        ssize_t got = read(fd, read_buf, READ_SIZE);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        const char *out;
+        Py_ssize_t out_len;
+        if (got <= 0) { /* EOF or an error: the Python loop drops it */
+            PyObject *rec = PyTuple_Pack(2, fd_obj, Py_None);
+            r = rec == NULL ? -1 : PyList_Append(pushed, rec);
+            Py_XDECREF(rec);
+            if (r < 0) goto fail;
+            continue;
+        }
+        if (got == READ_SIZE) { /* more may be waiting: the Python loop answers and re-arms epoll */
+            PyObject *data = PyBytes_FromStringAndSize(read_buf, got);
+            PyObject *rec = data == NULL ? NULL : PyTuple_Pack(2, fd_obj, data);
+            Py_XDECREF(data);
+            r = rec == NULL ? -1 : PyList_Append(pushed, rec);
+            Py_XDECREF(rec);
+            if (r < 0) goto fail;
+            continue;
+        }
+        bytes_in += got;
+        if (echo) {
+            out = read_buf;
+            out_len = got;
+        } else if (got == PyBytes_GET_SIZE(learned) && memcmp(read_buf, PyBytes_AS_STRING(learned), (size_t)got) == 0) {
+            out = PyBytes_AS_STRING(response);
+            out_len = PyBytes_GET_SIZE(response);
+        } else {
+            PyObject *data = PyBytes_FromStringAndSize(read_buf, got);
+            PyObject *rec = data == NULL ? NULL : PyTuple_Pack(2, fd_obj, data);
+            Py_XDECREF(data);
+            r = rec == NULL ? -1 : PyList_Append(pushed, rec);
+            Py_XDECREF(rec);
+            if (r < 0) goto fail;
+            continue;
+        }
+        ssize_t k = write(fd, out, (size_t)out_len);
+        int werr = k < 0 ? errno : 0;
+        if (k < 0) k = 0;
+        bytes_out += k;
+        if (k < out_len) {
+            PyObject *unsent = PyBytes_FromStringAndSize(out + k, out_len - k);
+            PyObject *rec = unsent == NULL ? NULL : Py_BuildValue("(OOi)", fd_obj, unsent,
+                                                                  werr == EWOULDBLOCK ? EAGAIN : werr);
+            Py_XDECREF(unsent);
+            r = rec == NULL ? -1 : PyList_Append(trouble, rec);
+            Py_XDECREF(rec);
+            if (r < 0) goto fail;
+        }
+        continue;
+    leave:
+        if (PyList_Append(rest, item) < 0) goto fail;
+    }
+    return Py_BuildValue("(NLL)", rest, bytes_in, bytes_out);
+fail:
+    Py_DECREF(rest);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"quick_replies", quick_replies, METH_VARARGS, "The traffic client's quick path over one epoll batch."},
+    {"serve_quick", serve_quick, METH_VARARGS, "The built-in server's echo and HTTP answers over one epoll batch."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "loopfan.engine._quick", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__quick(void) {
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_starts, "starts");
+    INTERN(s_first, "first");
+    INTERN(s_out, "out");
+    INTERN(s_codec, "codec");
+    INTERN(s_buf, "buf");
+    INTERN(s_fast, "fast");
+    INTERN(s_repeat, "repeat");
+    INTERN(s_message, "message");
+    INTERN(s_got_reply, "got_reply");
+    INTERN(s_conn, "conn");
+    return PyModule_Create(&module);
+}
