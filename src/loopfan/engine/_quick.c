@@ -31,7 +31,6 @@
 #include <Python.h>
 #include <errno.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define READ_SIZE 65536
@@ -42,11 +41,16 @@
 static PyObject *s_starts, *s_first, *s_out, *s_codec, *s_buf, *s_fast, *s_repeat, *s_message, *s_got_reply;
 static char read_buf[READ_SIZE];
 
-/* time.perf_counter() on Linux: CLOCK_MONOTONIC, in seconds. */
+/* time.perf_counter(), from Python's own clock: the times here are compared with the Python loop's
+ * (CLOCK_MONOTONIC on Linux, but not the same clock everywhere - macOS). */
 static double perf_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_PerfCounterRaw(&t);
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(_PyTime_GetPerfCounter());
+#endif
 }
 
 /* 1 if obj.name is true, 0 if false, -1 on error. */
