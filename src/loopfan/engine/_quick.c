@@ -63,10 +63,9 @@ static int attr_true(PyObject *obj, PyObject *name) {
 }
 
 /* Whether conn is in the quick path's state (see the top): 1 yes, 0 no, -1 error. */
-static int quick_state(PyObject *conn, long events, PyObject **codec_out) {
+static int quick_state(PyObject *conn, PyObject **codec_out) {
     int r = attr_true(conn, s_out);
     if (r != 0) return r < 0 ? -1 : 0; /* something unsent (and so also EPOLLOUT to serve first) */
-    (void)events;
     PyObject *starts = PyObject_GetAttr(conn, s_starts);
     if (starts == NULL) return -1;
     Py_ssize_t inflight = PyList_Check(starts) ? PyList_GET_SIZE(starts) : -1;
@@ -154,7 +153,7 @@ static PyObject *quick_replies(PyObject *self, PyObject *args) {
             goto leave;
         }
         PyObject *codec = NULL;
-        int q = quick_state(conn, events, &codec);
+        int q = quick_state(conn, &codec);
         if (q < 0) goto fail;
         if (q == 0) goto leave;
         int fd = (int)PyLong_AsLong(fd_obj);
