@@ -212,6 +212,13 @@ def serve(c, nth):
                 c.sendall(data)
                 if n == 5:
                     c.close(); return
+            elif how == "echo-5-halfclose":  # echoes five, closes its side with the fifth, reads on
+                c.sendall(data)
+                if n == 5:
+                    c.shutdown(socket.SHUT_WR)
+                    while c.recv(65536):
+                        pass
+                    c.close(); return
             elif how == "reset-5":  # echoes five reads, then resets (SO_LINGER 0)
                 c.sendall(data)
                 if n == 5:
@@ -395,6 +402,18 @@ def test_connections_the_server_closes_are_opened_again(bad_server: Callable[[st
     # (the close races the 6th message: an orderly close, or a reset when the message came first)
     assert status == 1 and set(tr["errors"]) <= {"closed-awaiting-reply", "ECONNRESET"}, tr["errors"]
     assert tr["replies"] > 10 * 25 and tr["connections_reopened"] >= tr["errors_total"] - 10
+
+
+def test_a_close_that_comes_with_the_last_reply_is_seen(bad_server: Callable[[str], str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str], quick_path: str) -> None:
+    """Edge-triggered sockets: the server's close arrives with its fifth echo, in one event, and it
+    keeps reading (no reset follows). The reply is the learned one - the quick paths must still leave
+    the close to be seen at once (closed-awaiting-reply, then a reopen), not after --reply-timeout."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", bad_server("echo-5-halfclose"), "--traffic", "echo",
+                                 "--duration", "1s", "--reply-timeout", "5s")
+    tr = rep["traffic"]
+    assert status == 1 and set(tr["errors"]) == {"closed-awaiting-reply"}, tr["errors"]
+    assert tr["replies"] > 10 * 25 and tr["connections_reopened"] >= tr["errors_total"] - 10, text
 
 
 def test_reopening_never_writes_on_the_old_connection(bad_server: Callable[[str], str], tmp_path: Path,

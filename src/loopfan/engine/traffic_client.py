@@ -684,7 +684,7 @@ class TrafficClientWorker(ClientWorker):
                 starts = c.starts
                 codec = c.codec
                 if (data == learned and len(starts) == 1 and not c.first and not c.out and not codec.buf
-                        and codec.fast and t < end):
+                        and codec.fast and t < end and not ev & _ENDING):  # (the end behind it: re-armed below)
                     t0 = starts[0]
                     starts[0] = t
                     c.got_reply = True
