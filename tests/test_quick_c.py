@@ -262,7 +262,8 @@ def test_server_http_answers_the_learned_request_at_a_boundary(pair: tuple[socke
     peer.sendall(b"POST / HTTP/1.1\r\n\r\n")
     arrived(ours, b"POST")
     rest, bytes_in, bytes_out, pushed, _ = serve([(fd, IN)], {fd}, echo=False, state={fd: framer}, learned=request)
-    assert rest == [] and bytes_out == 0 and pushed == [(fd, b"POST / HTTP/1.1\r\n\r\n")]
+    assert rest == [] and pushed == [(fd, b"POST / HTTP/1.1\r\n\r\n")]
+    assert bytes_in == bytes_out == 0  # (the Python loop counts what it is handed: counted once)
 
 
 def test_the_worker_modules_use_it() -> None:

@@ -127,6 +127,43 @@ static PyObject *push_read(PyObject *pushed, PyObject *fd_obj, PyObject *data, d
     return r < 0 ? NULL : Py_None;
 }
 
+/* One (fd, events) pair of epoll.poll()'s list: 1 with *fd_obj (borrowed) and *events set, 0 when
+ * it is not such a pair (left to Python), -1 on error. */
+static int unpack_event(PyObject *item, PyObject **fd_obj, long *events) {
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) return 0;
+    *fd_obj = PyTuple_GET_ITEM(item, 0);
+    *events = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+    return *events == -1 && PyErr_Occurred() ? -1 : 1;
+}
+
+/* Write out[0:len] on fd; what the socket did not take (or the whole of it, when the write failed)
+ * goes to `trouble` as (fd, unsent bytes, errno - 0 or EAGAIN: keep it for EPOLLOUT). Returns the
+ * bytes written (>= 0), or -1 on a Python error. */
+static ssize_t write_or_hand_back(int fd, PyObject *fd_obj, const char *out, Py_ssize_t len, PyObject *trouble) {
+    ssize_t k = write(fd, out, (size_t)len);
+    int err = k < 0 ? errno : 0;
+    if (k < 0) k = 0;
+    if (k < len) {
+        PyObject *unsent = PyBytes_FromStringAndSize(out + k, len - k);
+        PyObject *rec = unsent == NULL ? NULL : Py_BuildValue("(OOi)", fd_obj, unsent, err == EWOULDBLOCK ? EAGAIN : err);
+        Py_XDECREF(unsent);
+        int r = rec == NULL ? -1 : PyList_Append(trouble, rec);
+        Py_XDECREF(rec);
+        if (r < 0) return -1;
+    }
+    return k;
+}
+
+/* Append (fd, bytes read) - or (fd, None) when buf is NULL - to the list `pushed`: 0, or -1 on error. */
+static int push_pair(PyObject *pushed, PyObject *fd_obj, const char *buf, ssize_t len) {
+    PyObject *data = buf == NULL ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize(buf, len);
+    PyObject *rec = data == NULL ? NULL : PyTuple_Pack(2, fd_obj, data);
+    Py_XDECREF(data);
+    int r = rec == NULL ? -1 : PyList_Append(pushed, rec);
+    Py_XDECREF(rec);
+    return r;
+}
+
 static PyObject *quick_replies(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ready, *conns, *learned, *hist, *pushed, *trouble;
@@ -141,12 +178,11 @@ static PyObject *quick_replies(PyObject *self, PyObject *args) {
     PyObject *rest = PyList_New(0);
     if (rest == NULL) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyList_GET_ITEM(ready, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) goto leave;
-        PyObject *fd_obj = PyTuple_GET_ITEM(item, 0);
-        long events = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
-        if (events == -1 && PyErr_Occurred()) goto fail;
-        if (events & ENDING_BITS) goto leave;
+        PyObject *item = PyList_GET_ITEM(ready, i), *fd_obj;
+        long events;
+        int u = unpack_event(item, &fd_obj, &events);
+        if (u < 0) goto fail;
+        if (u == 0 || (events & ENDING_BITS)) goto leave;
         PyObject *conn = PyDict_GetItemWithError(conns, fd_obj); /* borrowed */
         if (conn == NULL) {
             if (PyErr_Occurred()) goto fail;
@@ -215,23 +251,10 @@ static PyObject *quick_replies(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "quick_replies: a codec's message is not bytes");
             goto fail;
         }
-        Py_ssize_t out_len = PyBytes_GET_SIZE(out);
-        ssize_t k = write(fd, PyBytes_AS_STRING(out), (size_t)out_len);
-        int werr = k < 0 ? errno : 0;
-        if (k < 0) k = 0;
-        if (k < out_len) { /* for the Python loop: keep the rest (EPOLLOUT), or the failed send */
-            PyObject *unsent = PyBytes_FromStringAndSize(PyBytes_AS_STRING(out) + k, out_len - k);
-            PyObject *rec = unsent == NULL ? NULL : Py_BuildValue("(OOi)", fd_obj, unsent,
-                                                                  werr == EWOULDBLOCK ? EAGAIN : werr);
-            Py_XDECREF(unsent);
-            int r = rec == NULL ? -1 : PyList_Append(trouble, rec);
-            Py_XDECREF(rec);
-            if (r < 0) {
-                Py_DECREF(out);
-                goto fail;
-            }
-        }
+        /* (for the Python loop: the rest to keep for EPOLLOUT, or the failed send) */
+        ssize_t k = write_or_hand_back(fd, fd_obj, PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out), trouble);
         Py_DECREF(out);
+        if (k < 0) goto fail;
         n += 1;
         out_bytes += k;
         if (t0 >= warm_end) {
@@ -278,12 +301,12 @@ static PyObject *serve_quick(PyObject *self, PyObject *args) {
     PyObject *rest = PyList_New(0);
     if (rest == NULL) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyList_GET_ITEM(ready, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) goto leave;
-        PyObject *fd_obj = PyTuple_GET_ITEM(item, 0);
-        long events = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
-        if (events == -1 && PyErr_Occurred()) goto fail;
-        int r = PySet_Contains(conns, fd_obj);
+        PyObject *item = PyList_GET_ITEM(ready, i), *fd_obj;
+        long events;
+        int r = unpack_event(item, &fd_obj, &events);
+        if (r < 0) goto fail;
+        if (r == 0) goto leave;
+        r = PySet_Contains(conns, fd_obj);
         if (r < 0) goto fail;
         if (!r || !(events & 0x001) || (events & ENDING_BITS)) goto leave; /* EPOLLIN, and no end yet */
         r = PyDict_Contains(pending, fd_obj);
@@ -311,51 +334,26 @@ static PyObject *serve_quick(PyObject *self, PyObject *args) {
         if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
         const char *out;
         Py_ssize_t out_len;
-        if (got <= 0) { /* EOF or an error: the Python loop drops it */
-            PyObject *rec = PyTuple_Pack(2, fd_obj, Py_None);
-            r = rec == NULL ? -1 : PyList_Append(pushed, rec);
-            Py_XDECREF(rec);
-            if (r < 0) goto fail;
+        if (got <= 0 || got == READ_SIZE) {
+            /* EOF or an error: the Python loop drops it; a full read: more may be waiting - it
+             * answers and re-arms epoll */
+            if (push_pair(pushed, fd_obj, got <= 0 ? NULL : read_buf, got) < 0) goto fail;
             continue;
         }
-        if (got == READ_SIZE) { /* more may be waiting: the Python loop answers and re-arms epoll */
-            PyObject *data = PyBytes_FromStringAndSize(read_buf, got);
-            PyObject *rec = data == NULL ? NULL : PyTuple_Pack(2, fd_obj, data);
-            Py_XDECREF(data);
-            r = rec == NULL ? -1 : PyList_Append(pushed, rec);
-            Py_XDECREF(rec);
-            if (r < 0) goto fail;
-            continue;
-        }
-        bytes_in += got;
         if (echo) {
             out = read_buf;
             out_len = got;
         } else if (got == PyBytes_GET_SIZE(learned) && memcmp(read_buf, PyBytes_AS_STRING(learned), (size_t)got) == 0) {
             out = PyBytes_AS_STRING(response);
             out_len = PyBytes_GET_SIZE(response);
-        } else {
-            PyObject *data = PyBytes_FromStringAndSize(read_buf, got);
-            PyObject *rec = data == NULL ? NULL : PyTuple_Pack(2, fd_obj, data);
-            Py_XDECREF(data);
-            r = rec == NULL ? -1 : PyList_Append(pushed, rec);
-            Py_XDECREF(rec);
-            if (r < 0) goto fail;
+        } else { /* another request: the Python loop counts and answers it */
+            if (push_pair(pushed, fd_obj, read_buf, got) < 0) goto fail;
             continue;
         }
-        ssize_t k = write(fd, out, (size_t)out_len);
-        int werr = k < 0 ? errno : 0;
-        if (k < 0) k = 0;
+        bytes_in += got;
+        ssize_t k = write_or_hand_back(fd, fd_obj, out, out_len, trouble);
+        if (k < 0) goto fail;
         bytes_out += k;
-        if (k < out_len) {
-            PyObject *unsent = PyBytes_FromStringAndSize(out + k, out_len - k);
-            PyObject *rec = unsent == NULL ? NULL : Py_BuildValue("(OOi)", fd_obj, unsent,
-                                                                  werr == EWOULDBLOCK ? EAGAIN : werr);
-            Py_XDECREF(unsent);
-            r = rec == NULL ? -1 : PyList_Append(trouble, rec);
-            Py_XDECREF(rec);
-            if (r < 0) goto fail;
-        }
         continue;
     leave:
         if (PyList_Append(rest, item) < 0) goto fail;
