@@ -252,18 +252,19 @@ static PyObject *quick_replies(PyObject *self, PyObject *args) {
             goto fail;
         }
         /* (for the Python loop: the rest to keep for EPOLLOUT, or the failed send) */
-        ssize_t k = write_or_hand_back(fd, fd_obj, PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out), trouble);
+        Py_ssize_t out_len = PyBytes_GET_SIZE(out);
+        ssize_t k = write_or_hand_back(fd, fd_obj, PyBytes_AS_STRING(out), out_len, trouble);
         Py_DECREF(out);
         if (k < 0) goto fail;
         n += 1;
-        out_bytes += k;
+        out_bytes += k; /* written now (the rest is counted when flushed) */
         if (t0 >= warm_end) {
             if (dict_add(hist, hdr_round((long long)((t - t0) * 1e6)), 1) < 0) goto fail;
             n_window += 1;
-            out_window += k;
+            out_window += out_len; /* the whole message, as the Python loop's send_one */
         } else if (t >= warm_end) {
             n_window += 1;
-            out_window += k;
+            out_window += out_len;
         }
         continue;
     leave:

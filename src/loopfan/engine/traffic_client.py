@@ -37,8 +37,8 @@ try:  # the quick path in C (setup.py builds it when a compiler is present); els
     from loopfan.engine._quick import quick_replies as _c_quick_replies
 except ImportError:  # pragma: no cover - a machine without a compiler; the tests force it by patching
     _c_quick_replies = None  # type: ignore[assignment]
-# LOOPFAN_NO_C=1: the Python loop alone (to compare, or to rule the C module out).
-quick_replies = None if os.environ.get("LOOPFAN_NO_C") else _c_quick_replies
+# LOOPFAN_NO_C=1 (any value but 0): the Python loop alone (to compare, or to rule the C module out).
+quick_replies = None if os.environ.get("LOOPFAN_NO_C", "0") not in ("", "0") else _c_quick_replies
 
 TRAFFIC = "traffic"  # parent -> worker: start the traffic phase now
 # Edge-triggered while talking: level-triggered epoll polls every socket it returned once more on
@@ -712,10 +712,10 @@ class TrafficClientWorker(ClientWorker):
                             us = 1
                         hw[us] = hw.get(us, 0) + 1
                         quick_win += 1
-                        quick_out_win += k
+                        quick_out_win += len(out)  # (the whole message, as send_one: _flush sends the rest)
                     elif t >= warm_end:
                         quick_win += 1
-                        quick_out_win += k
+                        quick_out_win += len(out)
                     continue
                 if t >= warm_end and not warm_over:
                     # The warm-up ends at the first read after it, not at the loop's next tick: the

@@ -29,8 +29,8 @@ try:  # the echo and HTTP answers in C (setup.py builds it when a compiler is pr
     from loopfan.engine._quick import serve_quick as _c_serve_quick
 except ImportError:  # pragma: no cover - a machine without a compiler; the tests force it by patching
     _c_serve_quick = None  # type: ignore[assignment]
-# LOOPFAN_NO_C=1: the Python loop alone (to compare, or to rule the C module out).
-serve_quick = None if os.environ.get("LOOPFAN_NO_C") else _c_serve_quick
+# LOOPFAN_NO_C=1 (any value but 0): the Python loop alone (to compare, or to rule the C module out).
+serve_quick = None if os.environ.get("LOOPFAN_NO_C", "0") not in ("", "0") else _c_serve_quick
 
 TRAFFIC_MODES = ("echo", "http", "ws")
 # Edge-triggered (as the traffic client, and for the same measured reason): a read that fills the
