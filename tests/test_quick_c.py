@@ -268,7 +268,8 @@ def test_server_http_answers_the_learned_request_at_a_boundary(pair: tuple[socke
     assert bytes_in == bytes_out == 0  # (the Python loop counts what it is handed: counted once)
 
 
-@pytest.mark.skipif(os.environ.get("LOOPFAN_NO_C", "0") not in ("", "0"), reason="LOOPFAN_NO_C is set: the C paths are off")
+@pytest.mark.skipif(os.environ.get("LOOPFAN_NO_C", "0") not in ("", "0"),
+                    reason="LOOPFAN_NO_C is set: the C paths are off")
 def test_the_worker_modules_use_it() -> None:
     assert traffic_client.quick_replies is _quick.quick_replies
     assert traffic_server.serve_quick is _quick.serve_quick
