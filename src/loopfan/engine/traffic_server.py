@@ -39,6 +39,7 @@ TRAFFIC_MODES = ("echo", "http", "ws")
 _TALK = poller.IN | poller.RDHUP | poller.ET
 _TALK_OUT = _TALK | poller.OUT
 _ENDING = poller.RDHUP | poller.HUP | poller.ERR  # the end is queued behind the data: read again for it
+_ANSWERING = poller.OUT | poller.ET  # the peer has closed its side: only its answers are left to write
 
 
 class TrafficServerWorker(ServerWorker):
@@ -141,11 +142,27 @@ class TrafficServerWorker(ServerWorker):
         self.snap.bytes_out += bytes_out
 
     def _read(self, fd: int, events: int = 0) -> None:
-        data = self._receive(fd)
-        if data and (len(data) == READ_SIZE or events & _ENDING):
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not data:
+            if fd in self.pending_out:
+                # The peer is done sending, not reading: what it asked for still goes out (a
+                # client that pipelines its requests and shuts down its side got 4 MB of 20), then
+                # the close. Only writability is watched from here (the EOF stays readable).
+                self.closing_after_write.add(fd)
+                self.epoll.modify(fd, _ANSWERING)
+            else:
+                self._drop(fd)
+            return
+        self.snap.bytes_in += len(data)
+        if len(data) == READ_SIZE or events & _ENDING:
             self.epoll.modify(fd, _TALK_OUT if fd in self.pending_out else _TALK)
-        if data:
-            self._handle(fd, data)
+        self._handle(fd, data)
 
     def _handle(self, fd: int, data: bytes) -> None:
         if self.echo:
