@@ -104,7 +104,11 @@ def h11_reading(head: bytes, template: RequestTemplate) -> Known | None:
     try:
         conn.receive_data(head)
         ev = conn.next_event()
-        if type(ev) is not h11.Response or conn.next_event() is not h11.NEED_DATA:
+        if type(ev) is not h11.Response:
+            return None
+        after = conn.next_event()
+        ended = type(after) is h11.EndOfMessage  # Content-Length: 0 - the head is the whole response
+        if after is not h11.NEED_DATA and not ended:
             return None
         code = ev.status_code
         lengths = [v for k, v in ev.headers if k == b"content-length"]
@@ -112,15 +116,16 @@ def h11_reading(head: bytes, template: RequestTemplate) -> Known | None:
                 or any(k == b"transfer-encoding" for k, _ in ev.headers)):
             return None
         body_len = int(lengths[0])
-        if body_len > _FAST_MAX_BODY:
+        if body_len > _FAST_MAX_BODY or ended != (body_len == 0):
             return None  # h11 streams big bodies; the fast path would hold them whole
-        conn.receive_data(b"\0" * body_len)
-        while True:
-            ev2 = conn.next_event()
-            if type(ev2) is h11.EndOfMessage:
-                break
-            if type(ev2) is not h11.Data:
-                return None
+        if not ended:  # (never receive_data(b""): h11 reads it as the peer's close)
+            conn.receive_data(b"\0" * body_len)
+            while True:
+                ev2 = conn.next_event()
+                if type(ev2) is h11.EndOfMessage:
+                    break
+                if type(ev2) is not h11.Data:
+                    return None
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return None  # Connection: close (or similar): h11 must see this one
     except h11.ProtocolError:
