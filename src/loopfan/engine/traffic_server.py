@@ -44,6 +44,7 @@ _ANSWERING = poller.OUT | poller.ET  # the peer has closed its side: only its an
 
 class TrafficServerWorker(ServerWorker):
     talk_events = _TALK
+
     def __init__(self, shard: ServerShard, config: P.ServerConfig, pipe: Connection) -> None:
         super().__init__(shard, config, pipe)
         self.talk = True  # register accepted sockets for reading (ServerWorker: discard only)
