@@ -4,7 +4,8 @@
  * Why: at 10,000 echo connections in a closed loop the kernel's TCP work is ~18 us per round trip
  * on our 2-core VM, and Python's per-message work was another ~3 us (client ~2, server ~1): C on
  * both ends did ~108,000 round trips/s, loopfan ~84,000. With this module (and edge-triggered
- * epoll) loopfan does ~100,000 (docs/benchmarks.md, "Echo: the quick paths in C").
+ * epoll) loopfan does 92,000-101,000 where C does 95,000-111,000 (docs/benchmarks.md, "echo - the
+ * quick paths in C, and edge-triggered sockets").
  * Optional: setup.py builds it when a C compiler is present; without it (or with LOOPFAN_NO_C=1)
  * the Python loops do the same work - the same figures, more CPU. Linux and macOS alike: it only
  * reads and writes the sockets the event loop says are ready. After editing this file, build it
