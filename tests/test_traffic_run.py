@@ -141,6 +141,45 @@ def test_open_model_rate_and_send_only(builtin_listen: tuple[str, int], tmp_path
     assert rep["traffic"]["latency_ms"]["p50"] is None  # send only: nothing to time
 
 
+def test_an_open_model_that_falls_behind_says_so(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Asked for far more than two cores deliver, the run has no errors - and must not read as a
+    pass: the headline says it fell behind, by how much (exit 0 as wrk2 and k6: the latency holds
+    the verdict, and --check traffic.unsent==0 gates it)."""
+    from loopfan.results.html import _verdict
+    status, rep, text = run_json(tmp_path, capsys, "-c", "50", "--traffic", "echo", "--message-rate", "50k",
+                                 "--duration", "1s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0 and tr["requested_per_s"] == 2_500_000 and tr["unsent_at_end"] > 0
+    said = " ".join(text.split())  # (the terminal wraps its lines)
+    assert "Traffic: no errors, but behind the schedule" in said and "of the 2,500,000 messages/s requested" in said
+    assert _verdict(rep)[0] == "b-warn" and "of the rate requested" in _verdict(rep)[1]
+    # Kept up: plain "no errors".
+    status, rep, text = run_json(tmp_path, capsys, "-c", "50", "--traffic", "echo", "--rate", "500",
+                                 "--duration", "1s")
+    assert status == 0 and "Traffic: no errors\n" in text, text
+
+
+def test_traffic_with_no_connection_open_did_not_run(loopback_block: Block, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Every connect refused: the traffic phase has nothing to talk over. The report says it did not
+    run - not "no errors" and 0 messages/s over a 1 s window that never was."""
+    from loopfan.results.html import _verdict
+    from loopfan.results.schema import validation_errors
+    address = f"{loopback_block()}1"
+    target = f"{address}:{free_port(address)}"  # nothing listens there
+    status, rep, text = run_json(tmp_path, capsys, "-c", "20", target, "--traffic", "echo", "--duration", "1s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["window_s"] == 0 and tr["messages_per_s"] is None and tr["sent"] == 0
+    said = " ".join(text.split())  # (the terminal wraps its lines)
+    assert "Traffic: not run, no connection was open" in said and "every connect failed" in said
+    assert "no errors" not in said
+    assert "traffic not run" in _verdict(rep)[1]
+    assert validation_errors(rep) == []
+
+
 # --- bad input: one line, exit 2, before any socket ----------------------------------------------
 
 

@@ -800,8 +800,12 @@ class TrafficClientWorker(ClientWorker):
         if self.closing:
             end = min(perf(), end) if began else start  # (stopped in the WebSocket handshakes: no window)
         # The window is the one asked for even when every connection went before its end: a rate
-        # over the part that had connections would read better than what happened.
-        self.window_s = tc.duration_s if ended_early else max(0.0, end - warm_end)
+        # over the part that had connections would read better than what happened. With none to
+        # begin with nothing was measured: no window (the report says the traffic did not run).
+        if not self.talking_at_start:
+            self.window_s = 0.0
+        else:
+            self.window_s = tc.duration_s if ended_early else max(0.0, end - warm_end)
         # Talking when the window closed (a slot being reopened counts): the drain and the hold
         # after it may lose connections without the load having fallen.
         self.talking_at_end = self._talking()

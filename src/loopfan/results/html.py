@@ -19,7 +19,13 @@ from loopfan.engine.report import kernel_line, not_held_by_server
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
-from loopfan.traffic.report import closed_loop_reading, end_reason, lost_before_traffic
+from loopfan.traffic.report import (
+    behind_schedule,
+    closed_loop_reading,
+    end_reason,
+    lost_before_traffic,
+    nothing_to_talk_over,
+)
 from loopfan.wording import counted
 
 SECTIONS = [
@@ -83,10 +89,17 @@ def _verdict(rep: dict[str, Any]) -> tuple[str, str]:
     tr = rep.get("traffic")
     if not tr:
         return cls, text
+    if nothing_to_talk_over(tr):
+        return ("b-fail" if cls == "b-pass" else cls), text + "; traffic not run: no connection was open"
     # Traffic errors make `run` exit 1 just as failed connections do, so they turn a pass red too.
     errors = tr.get("errors_total") or 0
     rate = f"{tr['messages_per_s']:,.0f} messages/s, " if tr.get("messages_per_s") is not None else ""
     text += f"; traffic {rate}" + (f"{errors:,} errors" if errors else "no errors")
+    share = behind_schedule(tr)
+    if share is not None:
+        # (exit 0 as wrk2 and k6 do: the latency holds the verdict; --check traffic.unsent==0 gates it)
+        text += f", but {share:.1%} of the rate requested"
+        return ("b-fail" if errors and cls == "b-pass" else "b-warn" if cls == "b-pass" else cls), text
     return ("b-fail" if errors and cls == "b-pass" else cls), text
 
 
@@ -301,7 +314,9 @@ def _traffic_facts(rep: dict[str, Any]) -> str:
     facts = [
         ["protocol", _e(tr.get("kind", "-"))],
         ["model", _e(_traffic_model(rep))],
-        ["measured", _e(f"{window:.2f} s window" + (f" after {warmup:g} s warm-up" if warmup else ", no warm-up"))],
+        ["measured", _e("nothing: the traffic did not run, no connection was open when it was to begin"
+                        if nothing_to_talk_over(tr) else
+                        f"{window:.2f} s window" + (f" after {warmup:g} s warm-up" if warmup else ", no warm-up"))],
         *_traffic_volume_facts(rep),
         *_traffic_health_facts(rep),
     ]

@@ -169,6 +169,29 @@ def client_cpu_pct(rep: dict[str, Any]) -> float | None:
 _SATURATED_PCT = 90.0
 
 
+def nothing_to_talk_over(tr: dict[str, Any]) -> bool:
+    """No connection was open when the traffic phase began (every connect failed, or the server
+    closed them all first): nothing was sent or measured. Not "no errors" with 0 messages/s over a
+    window that never was - the terminal and the page say the traffic did not run."""
+    return not tr.get("connections_talking_at_start") and not tr.get("sent") and not tr.get("window_s")
+
+
+# The open model's delivered rate this far under the requested one is worth the headline: the
+# schedule itself staggers the first sends, so a run that keeps up delivers 99-100 %.
+_BEHIND_SHARE = 0.9
+
+
+def behind_schedule(tr: dict[str, Any]) -> float | None:
+    """The share of the requested rate an open-model run delivered, when the server or this host
+    fell behind it (under 90 %); None when it kept up, or for a closed loop (nothing requested).
+    Then "no errors" alone would read as a pass: the latency shows how far behind, this says so."""
+    asked, rate = tr.get("requested_per_s"), tr.get("messages_per_s")
+    if not asked or rate is None:
+        return None
+    share = float(rate) / float(asked)
+    return share if share < _BEHIND_SHARE else None
+
+
 def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     tr = rep.get("traffic")
     if not tr:
@@ -180,6 +203,12 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     cut = bool(tr.get("interrupted"))
     never = not traffic_began(tr, rep)
     cut = cut or never
+    if not never and nothing_to_talk_over(tr):
+        why = ("every connect failed: the failures above say why" if not rep.get("established") else
+               f"the server closed all {rep['established']:,} before it began: {_SERVER_LIMIT}")
+        t.add_row("traffic", f"{tr['kind']}, {tr['model']}: not run - no connection was open when the traffic "
+                  f"phase began ({why})")
+        return [Text.assemble(("Traffic: ", "bold"), ("not run, no connection was open", "bold red")), t]
     if never:
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted before the traffic began (e.g. during the "
                   "WebSocket handshakes), nothing measured")
@@ -267,6 +296,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         head.append("no reply in the measured window", style="bold red")
     elif gone > 0:
         head.append(f"{gone:,} connections stopped talking", style="bold red")
+    elif (share := behind_schedule(tr)) is not None:
+        head.append(f"no errors, but behind the schedule: {rate:,.0f} of the {tr['requested_per_s']:,.0f} messages/s "
+                    f"requested ({share:.1%}; the latency says how far behind)", style="bold yellow")
     else:
         head.append("no errors", style="bold green")
     parts: list[Any] = [head, t]
