@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loopfan.engine.traffic_client import hdr_round
-from loopfan.traffic.config import EXPECT_CONTAINS, EXPECT_ECHO, EXPECT_END, EXPECT_LENGTH, unescape
+from loopfan.traffic.config import EXPECT_CONTAINS, EXPECT_ECHO, EXPECT_END, EXPECT_LENGTH, escape, unescape
 from loopfan.traffic.http import HttpClient, RequestFramer, fixed_response, request_template
 from loopfan.traffic.raw import RawReplies
 from loopfan.traffic.results import merge, new_histogram, percentiles_ms, record, subtract
@@ -23,6 +23,20 @@ def test_unescape() -> None:
     for bad in ("\\", r"\q", r"\x4", r"\xzz"):
         with pytest.raises(ValueError):
             unescape(bad)
+
+
+@given(st.binary(max_size=200))
+def test_escape_is_what_message_takes_back(data: bytes) -> None:
+    """The report's config shows a message as --message takes it: pasted back, the same bytes."""
+    text = escape(data)
+    assert unescape(text) == data and text.isprintable() and text.isascii()
+
+
+def test_the_report_config_shows_messages_as_text() -> None:
+    from loopfan.engine.report import jsonable
+    from loopfan.traffic.config import TrafficConfig
+    cfg = jsonable(TrafficConfig(kind="raw", message=b"ping \x01\r\n", expect_marker=b"\n"))
+    assert cfg["message"] == r"ping \x01\r\n" and cfg["expect_marker"] == r"\n" and cfg["body"] == ""
 
 
 def _free_run(s: OpenSchedule, now: float) -> list[tuple[float, int]]:

@@ -31,6 +31,7 @@ from loopfan.engine.runner import (
 from loopfan.hostfacts import HostFacts
 from loopfan.render import counted, plan_to_dict
 from loopfan.results.checks import described
+from loopfan.traffic.config import escape
 from loopfan.traffic.report import report_traffic, traffic_renderables
 
 REPORT_SCHEMA = "loopfan.report/1"
@@ -92,7 +93,7 @@ def _own_backlog(result: RunResult, facts: HostFacts | None) -> dict[str, str] |
 
 
 def jsonable(value: Any) -> Any:
-    """Dataclasses, tuples, sets and enums as JSON values (config and host facts in the report)."""
+    """Dataclasses, tuples, sets, enums and bytes as JSON values (config and host facts in the report)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -103,6 +104,8 @@ def jsonable(value: Any) -> Any:
         return sorted(jsonable(v) for v in value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, bytes):  # a message, a body: as --message takes it, not Python's b'...'
+        return escape(value)
     return str(value)
 
 

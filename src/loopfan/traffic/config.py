@@ -18,6 +18,15 @@ EXPECT_LENGTH = "length"  # a reply is exactly `expect_length` bytes
 EXPECT_END = "end"  # a reply ends with `expect_marker`
 EXPECT_CONTAINS = "contains"  # a reply is complete once `expect_marker` has arrived
 
+_ESCAPED = {ord("\n"): r"\n", ord("\r"): r"\r", ord("\t"): r"\t", 0: r"\0", ord("\\"): "\\\\", 0x1B: r"\e"}
+
+
+def escape(data: bytes) -> str:
+    r"""Bytes as --message takes them (unescape's inverse): printable ASCII as it is; \n \r \t \0
+    \e \\ and \xNN for the rest. For reports: a message reads as text and pastes back exactly."""
+    return "".join(_ESCAPED.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}") for b in data)
+
+
 KINDS = ("raw", "http", "ws")
 
 
