@@ -314,7 +314,11 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t.add_row("established", f"{rep['established']:,} of {rep['target_connections']:,} "
               f"(peak concurrent {rep['peak_concurrent']:,})")
     rate = rep["connect_rate_per_s"]
-    t.add_row("connect rate", f"{rate['mean']:,.0f}/s mean over the ramp, {rate['peak']:,.0f}/s peak second")
+    ramp_s = (rep.get("duration_s") or {}).get("connect") or 0.0
+    if 0 < ramp_s < 1.0:  # (no whole second to take a peak from: the peak is the mean)
+        t.add_row("connect rate", f"{rate['mean']:,.0f}/s over a {ramp_s * 1000:,.0f} ms ramp")
+    else:
+        t.add_row("connect rate", f"{rate['mean']:,.0f}/s mean over the ramp, {rate['peak']:,.0f}/s peak second")
     lat = rep["connect_latency_ms"]
     t.add_row(
         "connect latency",

@@ -80,7 +80,7 @@ METRICS: dict[str, Metric] = {
         Metric("failed", "", True, "connections that failed, every cause"),
         Metric("peak_concurrent", "", False, "most connections open at once"),
         Metric("connect_rate.mean", "/s", False, "connects per second over the ramp"),
-        Metric("connect_rate.peak", "/s", False, "connects in the best second"),
+        Metric("connect_rate.peak", "/s", False, "connect rate in the fastest 1 s window (a shorter ramp: its mean)"),
         *[Metric(f"connect_latency.{k}", "ms", True, f"connect latency {k}") for k in (*_PCTS, "max", "mean", "min")],
         *[Metric(f"duration.{k}", "s", True, f"{k} phase") for k in PHASES],
         Metric("time_to_target", "s", True, "time until every connection was open at once"),

@@ -457,7 +457,7 @@ def _processes_table(series: dict[str, Any]) -> str:
         fd_max = _max(p["fds"])
         body.append([
             _e(f"{p['role']} #{p['index']}"), _e(p["pid"]), _e(", ".join(p["where"])),
-            _e(f"{_max(p['open']) or 0:,}"), _e(f"~{fails:,.0f}"),
+            _e(f"{_max(p['open']) or 0:,}"), _e(f"~{fails:,.0f}" if round(fails) else "0"),
             _e(f"{fd_max:,} / {p['fd_limit']:,}" if fd_max is not None and p["fd_limit"] else "-"),
             _e(fmt(_max(p["cpu_pct"]), "%")), _e(fmt(_max(p["rss_bytes"]), "B")),
             _e(fmt(_max(p["loop_lag_ms"]), "ms")),
