@@ -411,3 +411,23 @@ def test_has_data() -> None:
     assert not charts.has_data(None, [], [0, 0.0, None])
     assert charts.has_data([None, 0, 0.5])
     assert charts.has_data([0], [None, 2])
+
+
+def test_trend_of_traffic_runs_follows_their_traffic(traffic_report: dict[str, Any], tmp_path: Any,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A trend of runs that talked shows messages/s, request latency and errors beside the connect
+    figures (it showed the connect figures only), and summarises them."""
+    paths = []
+    for i, rate in enumerate([1000.0, 1100.0, 500.0]):
+        rep = copy.deepcopy(traffic_report)
+        rep["started_at"] = float(i)
+        rep["traffic"]["messages_per_s"] = rate
+        path = tmp_path / f"t{i}.json"
+        path.write_text(json.dumps(rep))
+        paths.append(str(path))
+    assert main(["trend", *paths, "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    assert "traffic.messages_per_s" in head and "traffic.latency.p99" in head and "traffic.errors" in head
+    assert "traffic.messages_per_s: min 500/s, median 1,000/s, max 1,100/s; last run vs the median of the " \
+           "others -52.4%" in out

@@ -14,13 +14,13 @@ from loopfan.errors import UsageError
 from loopfan.results.checks import Gate, described, parse_gate, run_gates
 from loopfan.results.compare import (
     NOISE_PCT,
-    TREND_COLUMNS,
     caveats,
     fmt,
     fmt_delta,
     markdown,
     rows,
     trend_caveats,
+    trend_columns,
     trend_last,
     trend_rows,
     trend_summary,
@@ -118,14 +118,16 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
     table = trend_rows(reports)
     for line in trend_caveats(sorted(reports, key=lambda nr: nr[1].get("started_at") or 0)):
         click.echo(f"loopfan: warning: {line}", err=True)  # on stderr, as compare's
-    units = {"established": "", "failed": "", "connect_rate.mean": "/s", "time_to_target": "s"}
-    head = ["run", "started", *TREND_COLUMNS]
+    units = {"established": "", "failed": "", "connect_rate.mean": "/s", "time_to_target": "s",
+             "traffic.messages_per_s": "/s", "traffic.errors": ""}
+    columns = trend_columns(table)
+    head = ["run", "started", *columns]
 
     def cells(r: dict[str, object]) -> list[str]:
         started = r.get("started_at")
         when = dt.datetime.fromtimestamp(float(started), dt.UTC).strftime("%Y-%m-%d %H:%M") \
             if isinstance(started, (int, float)) else "-"
-        vals = [fmt(r.get(c), units.get(c, "ms")) for c in TREND_COLUMNS]  # type: ignore[arg-type]
+        vals = [fmt(r.get(c), units.get(c, "ms")) for c in columns]  # type: ignore[arg-type]
         mark = f" (interrupted {r['interrupted']}: partial)" if r.get("interrupted") else ""
         return [f"{r['name']}{mark}", when, *vals]
 

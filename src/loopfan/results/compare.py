@@ -211,6 +211,15 @@ def trend_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
 
 TREND_COLUMNS = ["established", "failed", "connect_rate.mean", "connect_latency.p50", "connect_latency.p99",
                  "connect_latency.max", "time_to_target"]
+# Runs that talked are judged by their traffic too: without these a trend of HTTP runs showed
+# connect figures only.
+TRAFFIC_TREND_COLUMNS = ["traffic.messages_per_s", "traffic.latency.p50", "traffic.latency.p99", "traffic.errors"]
+
+
+def trend_columns(table: list[dict[str, Any]]) -> list[str]:
+    """The trend's columns: the connection figures, and the traffic's when any run has traffic."""
+    talked = any(r.get("traffic.messages_per_s") is not None for r in table)
+    return TREND_COLUMNS + (TRAFFIC_TREND_COLUMNS if talked else [])
 
 
 def summarised(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,7 +270,7 @@ def trend_summary(table: list[dict[str, Any]]) -> dict[str, dict[str, float | No
     over the runs that were not interrupted (summarised; the last is trend_last's run)."""
     table = summarised(table)
     out: dict[str, dict[str, float | None]] = {}
-    for col in TREND_COLUMNS:
+    for col in trend_columns(table):
         vals = [r[col] for r in table if r.get(col) is not None]
         if not vals:
             continue
