@@ -82,6 +82,14 @@ def test_compare_dash_is_stdout(two_reports: tuple[str, str], tmp_path: Path, mo
     assert not Path("-").exists()
 
 
+def test_compare_text_says_better_and_worse_in_words(two_reports: tuple[str, str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped (a CI log) the table has no colour: the verdict must be there in words too."""
+    assert main(["compare", *two_reports]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "connect_latency.p50" in line)
+    assert "(+10.0%)" in row and row.rstrip(" │|").endswith("worse")
+
+
 def test_report_refuses_dash_and_unwritable_paths(two_reports: tuple[str, str],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", two_reports[0], "-o", "-"]) == 2

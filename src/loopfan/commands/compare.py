@@ -78,12 +78,16 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
     else:
         console = Console(record=output is not None, width=110)
         t = Table(title=f"{base_json} -> {new_json}", title_justify="left")
-        for col, just in (("metric", "left"), ("baseline", "right"), ("new", "right"), ("change", "right")):
+        for col, just in (("metric", "left"), ("baseline", "right"), ("new", "right"), ("change", "right"),
+                          ("", "left")):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for r in rows(base, new, traffic=True):
             verdict = r.verdict(noise_pct)
+            # The verdict in words as well as in colour: a CI log or a pipe keeps no colour.
+            word = verdict if verdict in ("better", "worse") else ""
             t.add_row(r.metric.name, fmt(r.base, r.metric.unit), fmt(r.new, r.metric.unit),
-                      f"[{_STYLE[verdict]}]{fmt_delta(r)}[/]" if _STYLE[verdict] else fmt_delta(r))
+                      f"[{_STYLE[verdict]}]{fmt_delta(r)}[/]" if _STYLE[verdict] else fmt_delta(r),
+                      f"[{_STYLE[verdict]}]{word}[/]" if word else "")
         console.print(t)
         for line in warnings:
             console.print(f"[bold yellow]warning[/]: {line}", highlight=False)
