@@ -180,6 +180,17 @@ def test_traffic_with_no_connection_open_did_not_run(loopback_block: Block, tmp_
     assert validation_errors(rep) == []
 
 
+def test_the_live_view_counts_down_the_traffic(builtin_listen: tuple[str, int], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The traffic phase says how long it has left (its warm-up and window), as the hold does."""
+    status = main(["run", "-c", "50", "--traffic", "echo", "--duration", "2s", "--warmup", "0.5s",
+                   "--progress", "ndjson", "--json", str(tmp_path / "r.json")])
+    assert status == 0
+    rows = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    left = [r["left_s"] for r in rows if r["phase"] == "traffic" and "left_s" in r]
+    assert left and all(0 <= v <= 2.5 for v in left) and left == sorted(left, reverse=True), rows
+
+
 # --- bad input: one line, exit 2, before any socket ----------------------------------------------
 
 

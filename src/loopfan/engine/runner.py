@@ -262,6 +262,9 @@ def run_plan(
     n_servers = len(plan.server_shards)
     phase = "starting"
     hold_until: float | None = None
+    # When the traffic's warm-up and window end, once every client is talking (after WebSocket
+    # handshakes, whose length nobody knows ahead): the live view's "left" for the traffic phase.
+    traffic_until: float | None = None
     last_sample = (t0, 0)
 
     def totals() -> tuple[Totals, Totals | None]:
@@ -270,7 +273,7 @@ def run_plan(
         return c, s
 
     def tick() -> None:
-        nonlocal last_sample
+        nonlocal last_sample, traffic_until
         now = time.monotonic()
         c, s = totals()
         if now - last_sample[0] >= 1.0 or not result.rate_series:
@@ -287,6 +290,11 @@ def run_plan(
             take_sample(now)
         if on_progress:
             left = None if hold_until is None else max(0.0, hold_until - now)
+            if phase == "traffic" and config.traffic is not None:
+                if traffic_until is None and _all_talking(fleet):
+                    traffic_until = now + config.traffic.warmup_s + config.traffic.duration_s
+                if traffic_until is not None:
+                    left = max(0.0, traffic_until - now)
             rate = result.peak_rate_per_s
             if result.rate_series and len(result.rate_series) > 1:
                 (ta, ea), (tb, eb) = result.rate_series[-2], result.rate_series[-1]
@@ -513,6 +521,12 @@ def _drops_during(after: int | None, before: int | None) -> int | None:
 def _record(hist: HdrHistogram, latency: dict[int, int]) -> None:
     for us, count in latency.items():
         hist.record_value(max(HIST_LOWEST_US, min(us, HIST_HIGHEST_US)), count)
+
+
+def _all_talking(fleet: Fleet) -> bool:
+    """Every client worker has begun its traffic (it reported it, past its WebSocket handshakes)."""
+    return all(w.finished or ("traffic" in w.stats and not w.stats["traffic"].get("handshakes_waiting"))
+               for w in fleet.of("client"))
 
 
 def _handshakes_waiting(fleet: Fleet) -> int:

@@ -40,6 +40,8 @@ def last_row(p: Progress) -> dict[str, Any]:
     row: dict[str, Any] = {"phase": p.phase, "elapsed_s": round(p.elapsed_s, 3), "target": p.target,
                            "open": p.client.open, "established": p.client.established,
                            "failed": dict(p.client.failed)}
+    if p.hold_left_s is not None:  # the hold's time left, or the traffic's (warm-up and window)
+        row["left_s"] = round(p.hold_left_s, 3)
     s = p.series
     if s is None or not s.cols["t_s"]:
         return row
