@@ -295,6 +295,11 @@ def _ms(v: float | None) -> str:
     return f"{v:.3f}" if v < 10 else f"{v:.1f}"
 
 
+def not_planned(rep: dict[str, Any]) -> int:
+    """Connections a --force run never attempted: past what its plan could hold."""
+    return sum(f["count"] for f in rep.get("failures") or [] if f.get("cause") == "not-planned")
+
+
 def report_renderable(rep: dict[str, Any]) -> RichGroup:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
@@ -309,6 +314,11 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         head.append(not_held, style="bold red")
     elif ok:
         head.append("all connections established", style="bold green")
+    elif not rep["failed_total"] and (unplanned := not_planned(rep)) \
+            and rep["established"] + unplanned == rep["target_connections"]:
+        # Nothing failed: --force ran a plan that could not hold them all, and the rest were never tried.
+        head.append(f"all {rep['established']:,} planned connections established; {unplanned:,} were never "
+                    "attempted (--force past the plan's limit, see failures)", style="bold yellow")
     else:
         head.append("some connections failed", style="bold red")
     t.add_row("established", f"{rep['established']:,} of {rep['target_connections']:,} "

@@ -15,7 +15,7 @@ import html
 import json
 from typing import Any
 
-from loopfan.engine.report import kernel_line, not_held_by_server
+from loopfan.engine.report import kernel_line, not_held_by_server, not_planned
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
@@ -113,6 +113,10 @@ def _connections_verdict(rep: dict[str, Any]) -> tuple[str, str]:
     not_held = not_held_by_server(rep.get("kernel_check"))
     if not_held:  # (as the terminal says it: the client's count alone would read as a pass)
         return "b-fail", not_held
+    unplanned = not_planned(rep)
+    if unplanned and not rep.get("failed_total") and \
+            rep.get("established", 0) + unplanned == rep.get("target_connections", 0):
+        return "b-fail", f"{unplanned:,} connections never attempted (--force past the plan's limit)"
     if rep.get("established", 0) < rep.get("target_connections", 0) or rep.get("failed_total"):
         return "b-fail", "some connections failed"
     return "b-pass", "all connections established" + (f", all {len(checks)} checks passed" if checks else "")
