@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loopfan.engine import traffic_client, traffic_server
 from loopfan.engine.server import READ_SIZE
 from loopfan.traffic.http import RequestFramer
+from loopfan.traffic.ws import BINARY, PING, TEXT, WsEchoServer, encode_frame
 
 _quick = pytest.importorskip("loopfan.engine._quick", reason="the C quick path is not built (no compiler)")
 IN, OUT, RDHUP, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLRDHUP, select.EPOLLHUP
@@ -204,7 +207,7 @@ def serve(ready: list[tuple[int, int]], conns: set[int], *, echo: bool = True, p
     pushed: list[Any] = []
     trouble: list[Any] = []
     rest, bytes_in, bytes_out = _quick.serve_quick(ready, conns, pending or {}, state or {}, learned, response, echo,
-                                                   RequestFramer, pushed, trouble)
+                                                   RequestFramer, WsEchoServer, pushed, trouble)
     return rest, bytes_in, bytes_out, pushed, trouble
 
 
@@ -266,6 +269,132 @@ def test_server_http_answers_the_learned_request_at_a_boundary(pair: tuple[socke
     rest, bytes_in, bytes_out, pushed, _ = serve([(fd, IN)], {fd}, echo=False, state={fd: framer}, learned=request)
     assert rest == [] and pushed == [(fd, b"POST / HTTP/1.1\r\n\r\n")]
     assert bytes_in == bytes_out == 0  # (the Python loop counts what it is handed: counted once)
+
+
+def fast_ws() -> WsEchoServer:
+    """A built-in server's WebSocket connection past a clean handshake: on its fast path."""
+    ws = WsEchoServer()
+    ws.fast = True
+    ws.seen = None
+    return ws
+
+
+def masked(first: int, payload: bytes, key: bytes = b"\x01\x02\x03\x04") -> bytes:
+    return encode_frame(first, payload, key)
+
+
+# Reads the C path must hand to the Python loop whole (WsEchoServer.feed: a partial frame waits in
+# its buffer, anything unusual goes to wsproto): a frame cut short, an unmasked frame, a close, a
+# 64-bit length, a 16-bit length that fits in 7 bits, a control frame of 126 bytes, text that is not
+# UTF-8 (a lone continuation byte, a surrogate, an overlong encoding), a fragment.
+NOT_SIMPLE = [
+    masked(TEXT, b"hello")[:-1],
+    encode_frame(TEXT, b"hello", None),
+    masked(0x88, b"\x03\xe8"),
+    bytes((BINARY, 0x80 | 127)) + (5).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 5,
+    bytes((BINARY, 0x80 | 126)) + (5).to_bytes(2, "big") + b"\0\0\0\0" + b"x" * 5,
+    bytes((PING, 0x80 | 126)) + (126).to_bytes(2, "big") + b"\0\0\0\0" + b"x" * 126,
+    masked(TEXT, b"\x80"),
+    masked(TEXT, b"\xed\xa0\x80"),
+    masked(TEXT, b"\xc0\xaf"),
+    masked(0x01, b"part"),
+]
+
+
+def ws_round(frames: bytes, ws: WsEchoServer | None = None) -> tuple[list[Any], int, int, bytes]:
+    """Send `frames` in one piece and run serve_quick once on the server's end: (pushed, bytes in,
+    bytes out, what the client got back)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server:
+        server.setblocking(False)
+        fd = server.fileno()
+        client.sendall(frames)
+        arrived(server, frames)
+        rest, bytes_in, bytes_out, pushed, trouble = serve([(fd, IN)], {fd}, echo=False,
+                                                           state={fd: ws or fast_ws()})
+        assert rest == [] and trouble == []
+        client.setblocking(False)
+        time.sleep(0.001 if bytes_out else 0)
+        got = b""
+        while len(got) < bytes_out:
+            select.select([client], [], [], 5)
+            got += client.recv(READ_SIZE)
+        return [(f, d) for f, d in pushed], bytes_in, bytes_out, got
+
+
+def test_server_ws_echoes_whole_simple_frames_as_the_python_fast_path() -> None:
+    read = (masked(TEXT, "héllo".encode()) + masked(BINARY, bytes(range(256)) * 2)
+            + masked(PING, b"are you there") + masked(TEXT, b""))
+    pushed, bytes_in, bytes_out, got = ws_round(read)
+    assert pushed == [] and bytes_in == len(read)
+    assert got == fast_ws().feed(read) and bytes_out == len(got)
+    assert got.startswith(encode_frame(TEXT, "héllo".encode(), None)) and b"\x8a\x0dare you there" in got
+
+
+@pytest.mark.parametrize("odd", NOT_SIMPLE)
+def test_server_ws_hands_anything_else_to_python_whole(odd: bytes) -> None:
+    read = masked(TEXT, b"first") + odd  # (the good frame before it is not answered here either)
+    pushed, bytes_in, bytes_out, got = ws_round(read)
+    assert pushed == [(pushed[0][0], read)] and (bytes_in, bytes_out, got) == (0, 0, b"")
+
+
+def off_the_fast_path(how: str) -> WsEchoServer:
+    ws = WsEchoServer() if how == "handshake" else fast_ws()
+    if how == "mid-frame":
+        ws.buf = b"\x81"
+    elif how == "closing":
+        ws.closing = True
+    return ws
+
+
+@pytest.mark.parametrize("how", ["handshake", "mid-frame", "closing"])
+def test_server_ws_leaves_connections_off_the_fast_path_unread(how: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server:
+        fd = server.fileno()
+        client.sendall(masked(TEXT, b"x"))
+        arrived(server, masked(TEXT, b"x"))
+        rest, bytes_in, bytes_out, pushed, _ = serve([(fd, IN)], {fd}, echo=False, state={fd: off_the_fast_path(how)})
+        assert (rest, bytes_in, bytes_out, pushed) == ([(fd, IN)], 0, 0, [])
+        assert server.recv(100, socket.MSG_PEEK) == masked(TEXT, b"x")  # not read
+
+
+_FRAME = st.tuples(st.sampled_from([TEXT, BINARY, PING]), st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(_FRAME, min_size=1, max_size=8), st.one_of(st.none(), st.sampled_from(NOT_SIMPLE)),
+       st.integers(min_value=0, max_value=3))
+def test_server_ws_answers_as_the_python_fast_path_or_not_at_all(
+        frames: list[tuple[int, bytes, bytes]], odd: bytes | None, cut: int) -> None:
+    """Whatever the read, the C path either sends exactly what WsEchoServer.feed would send for it
+    (and the connection's state needs nothing more: the read was whole frames), or sends nothing and
+    hands the whole read over. Whole simple frames with text that decodes are always its own."""
+    read = b"".join(encode_frame(first, payload[:125] if first == PING else payload, key)
+                    for first, payload, key in frames) + (odd or b"")
+    read = read[: len(read) - cut] if cut and odd is None else read
+    python_ws = fast_ws()
+    expected = python_ws.feed(read)
+    pushed, bytes_in, bytes_out, got = ws_round(read)
+    if pushed:
+        assert pushed[0][1] == read and (bytes_in, bytes_out, got) == (0, 0, b"")
+    else:
+        assert got == expected and python_ws.fast and python_ws.buf == b"" and bytes_in == len(read)
+    simple = odd is None and not cut and all(
+        first != TEXT or _decodes(payload) for first, payload, _ in frames)
+    assert bool(pushed) is not simple
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @pytest.mark.skipif(os.environ.get("LOOPFAN_NO_C", "0") not in ("", "0"),

@@ -277,24 +277,95 @@ fail:
     return NULL;
 }
 
-/* serve_quick(ready, conns, pending, state, learned, response, echo, framer_type, pushed, trouble)
- * The built-in server's echo and HTTP answers over one epoll batch, as TrafficServerWorker.poll:
+/* serve_quick(ready, conns, pending, state, learned, response, echo, framer_type, ws_type, pushed, trouble)
+ * The built-in server's echo, HTTP and WebSocket answers over one epoll batch, as
+ * TrafficServerWorker.poll:
  *   conns    set of accepted fds; pending: dict fd -> bytes not yet written (such fds are left alone)
  *   state    dict fd -> RequestFramer | WsEchoServer; learned: the request answered inline, or None
  *   echo     true: every read is written back; else a read equal to `learned` on a connection whose
- *            framer (of framer_type) is at a boundary is answered with `response`
+ *            framer (of framer_type) is at a boundary is answered with `response`; or, on a
+ *            connection whose WsEchoServer (of ws_type) is on its fast path with nothing buffered,
+ *            a read that is whole simple frames only is echoed as WsEchoServer.feed would (below)
  *   pushed   list of (fd, bytes or None): reads for the Python loop (b"" / None: EOF or an error)
  *   trouble  list of (fd, unsent bytes, errno): answers the socket did not take whole
  * returns (rest, bytes_in, bytes_out): the events left for the Python loop and the bytes moved here.
  */
-static PyObject *s_conn;
+static PyObject *s_conn, *s_closing;
+static unsigned char ws_out_buf[READ_SIZE];
+
+/* traffic/ws.py's first bytes: FIN and the opcode */
+#define WS_TEXT 0x81
+#define WS_BINARY 0x82
+#define WS_PING 0x89
+#define WS_PONG 0x8A
+
+/* Whether data[0:n] is strictly valid UTF-8, by Python's own decoder (the fast path's check is
+ * bytes.decode("utf-8"): the same answer for every input, surrogates and overlongs included).
+ * 1 yes, 0 no, -1 on another error (memory). */
+static int utf8_valid(const unsigned char *data, Py_ssize_t n) {
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)data, n, "strict");
+    if (text != NULL) {
+        Py_DECREF(text);
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+    PyErr_Clear();
+    return 0;
+}
+
+/* WsEchoServer.feed's fast path for a read that is nothing but whole simple client frames
+ * (traffic/ws.py frame_at with (TEXT, BINARY, PING), masked): each unmasked and written back
+ * unmasked - a ping as its pong - into out, whose length goes in *out_len. Returns 1 when the whole
+ * read was such frames; 0 for anything else - a frame cut by the read's end, any other frame, a
+ * text frame that is not UTF-8 - which the Python loop then feeds whole (nothing was sent, and the
+ * connection's state is untouched: it parses from the same boundary); -1 on a Python error. The
+ * answer is never longer than the read: each frame loses its 4-byte mask key and keeps its
+ * length's encoding. */
+static int ws_echo_frames(const unsigned char *in, Py_ssize_t n, unsigned char *out, Py_ssize_t *out_len) {
+    Py_ssize_t pos = 0, o = 0;
+    while (pos < n) {
+        unsigned char first = in[pos];
+        if ((first != WS_TEXT && first != WS_BINARY && first != WS_PING) || n - pos < 2) return 0;
+        unsigned char second = in[pos + 1];
+        if (!(second & 0x80)) return 0; /* a client's frames are masked */
+        Py_ssize_t length = second & 0x7F, head = pos + 2;
+        if (length == 126 && first != WS_PING) {
+            if (n - pos < 4) return 0;
+            length = ((Py_ssize_t)in[pos + 2] << 8) | in[pos + 3];
+            if (length < 126) return 0; /* not the shortest encoding: wsproto refuses it */
+            head = pos + 4;
+        } else if (length >= 126) {
+            return 0; /* 64-bit lengths, and control frames of 126 bytes or more */
+        }
+        Py_ssize_t start = head + 4, end = start + length;
+        if (end > n) return 0;
+        const unsigned char *key = in + head;
+        out[o++] = first == WS_PING ? WS_PONG : first;
+        if (length < 126) {
+            out[o++] = (unsigned char)length;
+        } else {
+            out[o++] = 126;
+            out[o++] = (unsigned char)(length >> 8);
+            out[o++] = (unsigned char)(length & 0xFF);
+        }
+        for (Py_ssize_t i = 0; i < length; i++) out[o + i] = in[start + i] ^ key[i & 3];
+        if (first == WS_TEXT) {
+            int ok = utf8_valid(out + o, length);
+            if (ok <= 0) return ok;
+        }
+        o += length;
+        pos = end;
+    }
+    *out_len = o;
+    return 1;
+}
 
 static PyObject *serve_quick(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *ready, *conns, *pending, *state, *learned, *response, *framer_type, *pushed, *trouble;
+    PyObject *ready, *conns, *pending, *state, *learned, *response, *framer_type, *ws_type, *pushed, *trouble;
     int echo;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!OSpOO!O!", &PyList_Type, &ready, &PySet_Type, &conns, &PyDict_Type,
-                          &pending, &PyDict_Type, &state, &learned, &response, &echo, &framer_type,
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OSpOOO!O!", &PyList_Type, &ready, &PySet_Type, &conns, &PyDict_Type,
+                          &pending, &PyDict_Type, &state, &learned, &response, &echo, &framer_type, &ws_type,
                           &PyList_Type, &pushed, &PyList_Type, &trouble))
         return NULL;
     int have_learned = PyBytes_Check(learned);
@@ -314,22 +385,37 @@ static PyObject *serve_quick(PyObject *self, PyObject *args) {
         r = PyDict_Contains(pending, fd_obj);
         if (r < 0) goto fail;
         if (r) goto leave;
-        if (!echo) { /* HTTP: only a connection between two requests, still on the quick framer */
-            if (!have_learned) goto leave;
+        int ws = 0;
+        if (!echo) {
             PyObject *st = PyDict_GetItemWithError(state, fd_obj); /* borrowed */
             if (st == NULL) {
                 if (PyErr_Occurred()) goto fail;
                 goto leave;
             }
-            if ((PyObject *)Py_TYPE(st) != framer_type) goto leave;
-            r = attr_true(st, s_buf);
-            if (r < 0) goto fail;
-            if (r) goto leave;
-            PyObject *conn = PyObject_GetAttr(st, s_conn);
-            if (conn == NULL) goto fail;
-            r = conn != Py_None;
-            Py_DECREF(conn);
-            if (r) goto leave;
+            if ((PyObject *)Py_TYPE(st) == framer_type) {
+                /* HTTP: only a connection between two requests, still on the quick framer */
+                if (!have_learned) goto leave;
+                r = attr_true(st, s_buf);
+                if (r < 0) goto fail;
+                if (r) goto leave;
+                PyObject *conn = PyObject_GetAttr(st, s_conn);
+                if (conn == NULL) goto fail;
+                r = conn != Py_None;
+                Py_DECREF(conn);
+                if (r) goto leave;
+            } else if ((PyObject *)Py_TYPE(st) == ws_type) {
+                /* WebSocket: only on the fast path, at a frame boundary (nothing buffered), not closing */
+                r = attr_true(st, s_fast);
+                if (r < 0) goto fail;
+                if (!r) goto leave;
+                r = attr_true(st, s_buf);
+                if (r == 0) r = attr_true(st, s_closing);
+                if (r < 0) goto fail;
+                if (r) goto leave;
+                ws = 1;
+            } else {
+                goto leave;
+            }
         }
         int fd = (int)PyLong_AsLong(fd_obj);
         ssize_t got = read(fd, read_buf, READ_SIZE);
@@ -345,6 +431,14 @@ static PyObject *serve_quick(PyObject *self, PyObject *args) {
         if (echo) {
             out = read_buf;
             out_len = got;
+        } else if (ws) {
+            int whole = ws_echo_frames((const unsigned char *)read_buf, got, ws_out_buf, &out_len);
+            if (whole < 0) goto fail;
+            if (!whole) { /* not only whole simple frames: the Python loop feeds it all */
+                if (push_pair(pushed, fd_obj, read_buf, got) < 0) goto fail;
+                continue;
+            }
+            out = (const char *)ws_out_buf;
         } else if (got == PyBytes_GET_SIZE(learned) && memcmp(read_buf, PyBytes_AS_STRING(learned), (size_t)got) == 0) {
             out = PyBytes_AS_STRING(response);
             out_len = PyBytes_GET_SIZE(response);
@@ -368,7 +462,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"quick_replies", quick_replies, METH_VARARGS, "The traffic client's quick path over one epoll batch."},
-    {"serve_quick", serve_quick, METH_VARARGS, "The built-in server's echo and HTTP answers over one epoll batch."},
+    {"serve_quick", serve_quick, METH_VARARGS, "The built-in server's echo, HTTP and WebSocket answers over one epoll batch."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -386,5 +480,6 @@ PyMODINIT_FUNC PyInit__quick(void) {
     INTERN(s_message, "message");
     INTERN(s_got_reply, "got_reply");
     INTERN(s_conn, "conn");
+    INTERN(s_closing, "closing");
     return PyModule_Create(&module);
 }

@@ -52,6 +52,7 @@ class TrafficServerWorker(ServerWorker):
         self.response = fixed_response(size)
         self.http = config.mode == "http"
         self.echo = config.mode == "echo"
+        self.ws = config.mode == "ws"
         # HTTP: the last request that was exactly one whole request, boundary to boundary, with no
         # close and no refusal; the same bytes on a connection at a boundary get the response inline.
         self.learned_request: bytes | None = None
@@ -82,11 +83,11 @@ class TrafficServerWorker(ServerWorker):
         response = self.response
         readable = poller.IN
         bytes_in = bytes_out = 0
-        if serve_quick is not None and ready and (echo or learned is not None):
+        if serve_quick is not None and ready and (echo or learned is not None or self.ws):
             pushed: list[tuple[int, bytes | None]] = []
             trouble: list[tuple[int, bytes, int]] = []
             ready, bytes_in, bytes_out = serve_quick(ready, conns, pending, state, learned, response, echo,
-                                                     RequestFramer, pushed, trouble)
+                                                     RequestFramer, WsEchoServer, pushed, trouble)
             for fd, data in pushed:
                 if data:
                     bytes_in += len(data)
