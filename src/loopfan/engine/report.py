@@ -33,6 +33,7 @@ from loopfan.render import counted, plan_to_dict
 from loopfan.results.checks import described
 from loopfan.traffic.config import escape
 from loopfan.traffic.report import report_traffic, traffic_renderables
+from loopfan.wireshark import address_filter, connection_filter
 
 REPORT_SCHEMA = "loopfan.report/1"
 
@@ -144,15 +145,6 @@ def identity(result: RunResult, argv: list[str], facts: HostFacts | None) -> dic
 FAILED_LISTED = 200
 
 
-def _filter_of(src: str, sport: int, dst: str, dport: int) -> str:
-    """A Wireshark display filter for one connection (as much of its 4-tuple as is known)."""
-    parts = [f"ip.src=={src}"] if src else []
-    if sport:
-        parts.append(f"tcp.srcport=={sport}")
-    parts += [f"ip.dst=={dst}", f"tcp.dstport=={dport}"]
-    return " && ".join(parts)
-
-
 def _kernel_check(result: RunResult) -> dict[str, Any] | None:
     """Our count of open connections against the kernel's own socket table, read once the ramp
     is done (`ss`, filtered in the kernel by the targets' addresses and ports: seconds even at a
@@ -257,17 +249,17 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "kernel_check_skipped": result.kernel_check_skipped,
         "hold_ended_early": result.hold_ended_early,
         "isolated_clients": [
-            {"source": g.source, "target": str(g.target), "display_filter": f"ip.addr=={g.source}",
+            {"source": g.source, "target": str(g.target), "display_filter": address_filter(g.source),
              "capture_filter": f"host {g.source}"}
             for g in plan.isolated
         ],
         "failures_by_source": [
-            {"source": src, "failed": n, "display_filter": f"ip.addr=={src}"}
+            {"source": src, "failed": n, "display_filter": address_filter(src)}
             for src, n in sorted(result.client.failed_by_source.items(), key=lambda kv: -kv[1])[:FAILED_LISTED]
         ],
         "failed_connections": [
             {"cause": cause, "source": src, "source_port": sport, "target": f"{dst}:{dport}",
-             "display_filter": _filter_of(src, sport, dst, dport)}
+             "display_filter": connection_filter(src, sport, dst, dport)}
             for cause, src, sport, dst, dport in result.client.failed_samples[:FAILED_LISTED]
         ],
         "listen_overflows": result.listen_overflows,

@@ -45,6 +45,7 @@ from loopfan.isolation.pcapng import (
     read_pcap,
     write_pcapng,
 )
+from loopfan.wireshark import addresses_filter
 from loopfan.wording import counted as counted_noun
 
 FORMATS = ("pcapng", "pcap")
@@ -70,12 +71,8 @@ def capture_filter(addresses: Sequence[str]) -> str:
 
 
 def display_filter(addresses: Sequence[str]) -> str:
-    """Wireshark display filter matching those addresses in either direction.
-
-    An `||` chain, not a set: `ip.addr in {A B}` (the space-separated set of Wireshark 3.x) matches
-    almost nothing in Wireshark 4.0 - its sets want commas, which 3.x in turn refuses.
-    """
-    return " || ".join(f"ip.addr=={a}" for a in dict.fromkeys(addresses))
+    """Wireshark display filter matching those addresses in either direction."""
+    return addresses_filter(addresses)
 
 
 def labels_text(targets: Sequence[Target]) -> str:
