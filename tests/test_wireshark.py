@@ -82,6 +82,7 @@ def test_refused_ipv6_connections_are_reported_with_ipv6_filters(tmp_path: Path,
     assert rep["failed"] == {"ECONNREFUSED": 3}
     assert [f["display_filter"] for f in rep["failures_by_source"]] == ["ipv6.addr==::1"]
     for f in rep["failed_connections"]:
+        assert f["target"] == f"[::1]:{port}", f  # "::1:PORT" would read as an address
         assert f["display_filter"] == (f"ipv6.src==::1 && tcp.srcport=={f['source_port']} && "
                                        f"ipv6.dst==::1 && tcp.dstport=={port}")
     printed = " ".join(capsys.readouterr().out.split())  # the terminal report wraps long lines

@@ -29,6 +29,7 @@ from loopfan.engine.runner import (
     RunResult,
 )
 from loopfan.hostfacts import HostFacts
+from loopfan.pools import Endpoint
 from loopfan.render import counted, plan_to_dict
 from loopfan.results.checks import described
 from loopfan.traffic.config import escape
@@ -258,7 +259,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             for src, n in sorted(result.client.failed_by_source.items(), key=lambda kv: -kv[1])[:FAILED_LISTED]
         ],
         "failed_connections": [
-            {"cause": cause, "source": src, "source_port": sport, "target": f"{dst}:{dport}",
+            {"cause": cause, "source": src, "source_port": sport, "target": str(Endpoint(dst, dport)),
              "display_filter": connection_filter(src, sport, dst, dport)}
             for cause, src, sport, dst, dport in result.client.failed_samples[:FAILED_LISTED]
         ],
