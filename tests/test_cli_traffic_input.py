@@ -193,6 +193,24 @@ def test_url_targets_take_port_ranges_like_plain_ones(reached: Callable[..., run
     assert opts.config.traffic is not None and opts.config.traffic.kind == "http"
 
 
+def test_a_url_without_a_port_takes_the_schemes_port(reached: Callable[..., run_command.RunOptions]) -> None:
+    # QA: http://127.0.0.1/ was refused with "the port 127.0.0.1 is not a number or a range".
+    assert split_url_targets(("http://127.0.0.1/",)) == (("127.0.0.1:80",), "http", "/")
+    assert split_url_targets(("ws://127.0.0.2/chat",)) == (("127.0.0.2:80",), "ws", "/chat")
+    assert split_url_targets(("http://localhost",)) == (("127.0.0.1:80",), "http", "/")
+    assert [str(e) for e in reached("http://127.0.0.1/").request.targets] == ["127.0.0.1:80"]
+
+
+@pytest.mark.parametrize("url", ["http://user:secret@127.0.0.1:8097/", "http://user@127.0.0.1/",
+                                 "ws://user:secret@[::1]:9000/"])
+def test_credentials_in_a_url_are_refused_without_echoing_them(refused: Callable[..., str], url: str) -> None:
+    # QA: they were taken for part of the address ("write an IPv6 address in brackets").
+    err = refused(url)
+    assert "credentials in the URL (user:password@) are not supported; remove them" in err, err
+    assert "secret" not in err and "user@" not in err and "brackets" not in err, err
+    assert ("--header 'Authorization: Basic" in err) == url.startswith("http:"), err
+
+
 @pytest.mark.parametrize(("url", "needle"), [
     ("http://127.0.0.1:abc/", "the port abc is not a number or a range"),
     ("http://127.0.0.1:80-/", "the port 80- is not a number or a range"),

@@ -166,9 +166,11 @@ def split_url_targets(targets: tuple[str, ...]) -> tuple[tuple[str, ...], str | 
         netloc = u.netloc
         if not netloc:
             raise UsageError(f"{text}: no address; write e.g. {scheme}://127.0.0.1:8080/")
-        host, sep, port = netloc.rpartition(":") if not netloc.endswith("]") else ("", "", "")
-        if not sep:
-            host = netloc
+        if "@" in netloc:
+            raise UsageError(_credentials_refused(text, scheme, netloc))
+        host, sep, port = netloc.rpartition(":")
+        if not sep or netloc.endswith("]"):  # no port (127.0.0.1, [::1]): the scheme's own, as curl does
+            host, port = netloc, ""
         if ":" in host and not host.startswith("["):
             raise UsageError(f"{text}: write an IPv6 address in brackets, e.g. {scheme}://[::1]:8080/")
         if not host:
@@ -186,6 +188,17 @@ def split_url_targets(targets: tuple[str, ...]) -> tuple[tuple[str, ...], str | 
     if len(schemes) > 1 or len(paths) > 1:
         raise UsageError("all URL targets must share one scheme and one path; run them separately")
     return tuple(plain), next(iter(schemes), None), next(iter(paths), None)
+
+
+def _credentials_refused(text: str, scheme: str, netloc: str) -> str:
+    """The error for user:password@ in a URL. It names the URL without them (no password echoed
+    into a terminal or a CI log) and, for HTTP, the header that sends them."""
+    userinfo = netloc.rpartition("@")[0]
+    url = text.replace(f"{userinfo}@", "", 1)
+    fix = "remove them"
+    if scheme == "http":
+        fix += " and, for HTTP Basic auth, add --header 'Authorization: Basic BASE64(user:password)'"
+    return f"{url}: credentials in the URL (user:password@) are not supported; {fix}"
 
 
 def _escaped(option: str, text: str) -> bytes:
