@@ -59,6 +59,20 @@ def test_plan_fill_ratio_option(capsys: Capture) -> None:
     assert all(g["connections"] <= data["port_budget"]["budget"] for g in data["groups"])
 
 
+@linux_only
+def test_plan_takes_url_targets_as_run_does(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # QA: `plan http://127.0.0.1:8097/` was "ambiguous ... write [http://127.0.0.1]:8097/".
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert main(["plan", "-c", "10", "http://127.0.0.1-127.0.0.2:8097/", "ws://127.0.0.3/", "--json"]) == 2
+    assert "one scheme" in capsys.readouterr().err  # the same parser as run, with its rules
+    assert main(["plan", "-c", "10", "http://127.0.0.1-127.0.0.2:8097/x", "http://127.0.0.3/x", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["targets"] == ["127.0.0.1:8097", "127.0.0.2:8097", "127.0.0.3:80"]
+    assert len(data["client_shards"]) == 3  # traffic: one client process per core, as run plans it
+    assert main(["plan", "-c", "10", "127.0.0.1:8097", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["client_shards"]) == 1  # holding only
+
+
 BAD_INPUT = [
     (["plan", "-c", "50", "10.1.2.3:80"], "not a loopback address"),
     (["plan", "-c", "50", "127.0.0.1:99999"], "out of range"),
@@ -74,6 +88,7 @@ BAD_INPUT = [
     (["plan"], "--connections"),
     (["plan", "-c", "50", "127.0.0.x:80"], "not an IPv4 address"),
     (["plan", "-c", "50", "127.0.0.1"], "has no port"),
+    (["plan", "-c", "50", "https://127.0.0.1/"], "does not speak TLS"),
     (["plan", "-c", "50", "--sources", "127.0.0.1/40"], "not a valid CIDR"),
     (["plan", "-c", "50", "--bogus"], "No such option"),
     (["plan", "-c", "50", "--fill-ratio", "2"], "fill-ratio"),

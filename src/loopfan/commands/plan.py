@@ -11,9 +11,11 @@ from loopfan.commands.common import (
     build_sources,
     build_targets,
     connections_option,
+    min_processes,
     sources_option,
     write_json,
 )
+from loopfan.commands.traffic_opts import split_url_targets
 from loopfan.hostfacts import read_host_facts
 from loopfan.planner import PlanRequest, plan
 from loopfan.render import plan_headline, plan_table, plan_to_dict
@@ -41,12 +43,18 @@ def command(
 ) -> int:
     """Plan N connections: source addresses, groups, processes, memory and the first limit.
 
-    TARGET is ADDRESS:PORT with ranges allowed (127.0.0.1-127.0.0.8:9000-9003); with no TARGET the
-    plan is for loopfan's built-in server.
+    TARGET is ADDRESS:PORT with ranges allowed (127.0.0.1-127.0.0.8:9000-9003), or a URL as `run`
+    takes it (http://127.0.0.1:8080/path, ws://127.0.0.1:9000/); with no TARGET the plan is for
+    loopfan's built-in server.
     """
+    # The same parser as `run`, and the same process count: a URL target means traffic there.
+    plain, scheme, _ = split_url_targets(targets)
+    talking = min_processes(talking=scheme is not None, per_process=None)
     request = PlanRequest(
         connections=connections,
-        targets=build_targets(targets, allow_non_loopback),
+        targets=build_targets(plain, allow_non_loopback),
+        min_client_processes=talking,
+        min_server_processes=talking,
         sources=build_sources(sources, allow_non_loopback),
         fill_ratio=fill_ratio if fill_ratio is not None else costs.DEFAULT_FILL_RATIO,
     )

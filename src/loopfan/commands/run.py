@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from loopfan.commands.common import (
     build_targets,
     check_writable,
     connections_option,
+    min_processes,
     sources_option,
     write_json,
 )
@@ -224,11 +224,8 @@ def command(
         sources=build_sources(sources, allow_non_loopback),
         max_per_process=per_process,
         isolate=isolate,
-        # Talking is CPU work in the client: one client process per core at least (measured against
-        # nginx at 1,000 connections: 68.5K req/s in one process, 88.2K in two; docs/benchmarks.md).
-        min_client_processes=(os.cpu_count() or 1) if traffic is not None and per_process is None else 1,
-        # And the built-in server (when it is the target) answers on every core too.
-        min_server_processes=(os.cpu_count() or 1) if traffic is not None and per_process is None else 1,
+        min_client_processes=min_processes(talking=traffic is not None, per_process=per_process),
+        min_server_processes=min_processes(talking=traffic is not None, per_process=per_process),
         **parse_listen(listen),
     )
     config = RunConfig(
