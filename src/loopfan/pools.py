@@ -361,6 +361,12 @@ def parse_endpoints(text: str, *, allow_non_loopback: bool = False) -> tuple[End
     whole = text.strip()
     if not whole:
         raise PoolSyntaxError("empty endpoint; write ADDRESS:PORT, e.g. 127.0.0.1:8080")
+    if "://" in whole:
+        # A URL where only endpoints are taken (`serve --listen`, the Python API): read as an
+        # endpoint, "http" looks like the start of an IPv6 address and the hint would be nonsense.
+        host_port = whole.partition("://")[2].partition("/")[0].rpartition("@")[2]
+        example = host_port if host_port.rpartition(":")[2].isdigit() else "127.0.0.1:8080"
+        raise PoolSyntaxError(f"{whole!r} is a URL; write ADDRESS:PORT here, e.g. {example}")
     out: list[Endpoint] = []
     for raw in whole.split(","):
         item = raw.strip()
