@@ -170,8 +170,10 @@ def test_a_plan_the_addresses_cannot_hold_is_refused_before_any_socket_opens(
     assert printed.out == ""
     line = printed.err.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert line.startswith("loopfan: error: 20,000 connections do not fit these addresses: ephemeral ports")
-    assert "--sources" in line
+    assert line.startswith("loopfan: error: 20,000 connections do not fit these addresses: their ephemeral "
+                           "ports hold ")
+    assert "(1 source address x 1 target endpoint x " in line
+    assert "fix: give a --sources pool of at least 2 addresses" in line
     assert "or pass --force to open only the " in line  # what --force does, not "try anyway"
     assert child_pids(os.getpid()) == []
 

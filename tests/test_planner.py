@@ -245,6 +245,63 @@ def test_ports_cap_a_small_pool_and_say_how_to_lift_it(dev_facts: Facts) -> None
     assert "--sources" in p.first_limit.fix
 
 
+def _at_least(text: str, noun: str) -> int:
+    """N from 'at least N <noun>' in a fix."""
+    return int(text.split(f" {noun}")[0].rsplit("at least ", 1)[1].replace(",", ""))
+
+
+def test_ports_limit_names_every_factor_and_a_fix_that_suffices(dev_facts: Facts) -> None:
+    # QA: "1 source address x 12,704 ports per source address x target endpoint" for 38,112 =
+    # 3 endpoints x 12,704: the endpoint count was missing and the sentence did not parse.
+    facts = dev_facts()
+    targets = parse_endpoints("127.0.0.1:8000-8002")
+    p = plan(PlanRequest(connections=100_000, targets=targets, sources=parse_pool("127.0.0.9")), facts)
+    lim, budget = p.first_limit, p.budget_per_group
+    assert lim is not None and lim.resource == "ephemeral ports" and lim.connections == 3 * budget
+    assert lim.detail == (f"1 source address x 3 target endpoints x {budget:,} ports per address-endpoint pair, "
+                          f"the budget of 45% of the {facts.port_count:,}-port range")
+    # Each count the fix names is enough on its own.
+    sources = _at_least(lim.fix, "addresses")
+    assert sources == 3 and "--sources 127.0.0.0/8" in lim.fix
+    wider = parse_pool(f"127.0.0.9-127.0.0.{8 + sources}")
+    assert plan(PlanRequest(connections=100_000, targets=targets, sources=wider), facts).feasible
+    more = _at_least(lim.fix, "target endpoints")
+    assert more == 8
+    more_targets = parse_endpoints(f"127.0.0.1:8000-{8000 + more - 1}")
+    assert plan(PlanRequest(connections=100_000, targets=more_targets, sources=parse_pool("127.0.0.9")), facts).feasible
+
+
+def test_ports_limit_counts_isolated_clients_in_the_pool_it_asks_for(dev_facts: Facts) -> None:
+    target = parse_endpoints("127.0.0.1:80")
+    request = PlanRequest(connections=30_000, targets=target, sources=parse_pool("127.0.0.2-127.0.0.3"), isolate=1)
+    lim = plan(request, dev_facts()).first_limit
+    assert lim is not None and lim.resource == "ephemeral ports"
+    sources = _at_least(lim.fix, "addresses")
+    assert plan(replace(request, sources=parse_pool(f"127.0.0.2-127.0.0.{1 + sources}")), dev_facts()).feasible
+
+
+def test_ports_limit_for_ipv6_asks_for_endpoints_not_sources(dev_facts: Facts) -> None:
+    p = plan(PlanRequest(connections=100_000, targets=parse_endpoints("[::1]:8000-8002")), dev_facts())
+    lim = p.first_limit
+    assert lim is not None and lim.resource == "ephemeral ports" and "--sources" not in lim.fix
+    assert lim.detail.startswith("1 source address x 3 target endpoints x ")
+    more = _at_least(lim.fix, "target endpoints")
+    assert plan(PlanRequest(connections=100_000, targets=parse_endpoints(f"[::1]:8000-{8000 + more - 1}")),
+                dev_facts()).feasible
+
+
+def test_ports_limit_without_bind_no_port_is_per_source_address(dev_facts: Facts) -> None:
+    facts = dev_facts(bind_no_port=False)
+    targets = parse_endpoints("127.0.0.1:8000-8002")
+    lim = plan(PlanRequest(connections=50_000, targets=targets, sources=parse_pool("127.0.0.9")), facts).first_limit
+    assert lim is not None and lim.resource == "ephemeral ports"
+    assert "x 3 target endpoints" not in lim.detail and "shared by every target endpoint" in lim.detail
+    assert "target endpoints" not in lim.fix  # more endpoints would not help here
+    sources = _at_least(lim.fix, "addresses")
+    wider = parse_pool(f"127.0.0.9-127.0.0.{8 + sources}")
+    assert plan(PlanRequest(connections=50_000, targets=targets, sources=wider), facts).feasible
+
+
 def test_server_shards_hold_what_clients_send(dev_facts: Facts) -> None:
     # The pool caps the plan below N: the server must not be told to expect N.
     p = plan(PlanRequest(connections=19_000, sources=parse_pool("127.0.0.2")), dev_facts())

@@ -29,6 +29,7 @@ from loopfan.pools import (
     ip_to_str,
     parse_pool,
 )
+from loopfan.wording import counted
 
 DEFAULT_LISTEN_POOL = parse_pool(costs.DEFAULT_LISTEN_POOL_TEXT)
 _LISTEN_BLOCK = parse_pool("127.100.0.0/16")  # the default listen pool's whole block
@@ -354,7 +355,8 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
     port_capacity = pool_size * budget * (len(targets) if per_group_scope else 1)
     limits: list[Limit] = []
     if port_capacity < n or pool_size == 0:
-        limits.append(_ports_limit(port_capacity, facts, request, per_group_scope, budget, pool_size))
+        limits.append(_ports_limit(port_capacity, facts, request, per_group_scope, budget, pool_size,
+                                   wanted=n, endpoints=len(targets), ipv6=ipv6))
     held = min(n, port_capacity)
 
     if ipv6:
@@ -435,8 +437,11 @@ def _v4(address: str) -> int:
 
 
 def _ports_limit(
-    capacity: int, facts: HostFacts, request: PlanRequest, per_group: bool, budget: int, pool_size: int
+    capacity: int, facts: HostFacts, request: PlanRequest, per_group: bool, budget: int, pool_size: int,
+    *, wanted: int, endpoints: int, ipv6: bool,
 ) -> Limit:
+    """What stops the plan short of `wanted` connections for want of ports, and the fix with the
+    count that lifts it. `wanted`, `pool_size` exclude isolated clients, which have their own."""
     if not facts.loopback_route_all:
         # macOS/BSD (or Linux without its 127/8 route): only configured addresses bind. When more of
         # the pool could be configured, that is the limit, and its fix is the one command that does it.
@@ -460,19 +465,31 @@ def _ports_limit(
                 f"({request.fill_ratio:.0%} of {facts.port_count:,}, for all destinations together); "
                 "macOS and BSD bind only aliased addresses",
             )
-    scope = "source address x target endpoint" if per_group else "source address"
-    fix = "give a larger --sources pool (e.g. --sources 127.0.0.0/8)"
+    # Linux binds with IP_BIND_ADDRESS_NO_PORT: a port is taken per (source, endpoint) pair, so each
+    # endpoint multiplies the room; without it (macOS) a port is taken per source address.
+    range_text = f"the budget of {request.fill_ratio:.0%} of the {facts.port_count:,}-port range"
+    if per_group:
+        detail = (f"{counted(pool_size, 'source address')} x {counted(endpoints, 'target endpoint')} x "
+                  f"{budget:,} ports per address-endpoint pair, {range_text}")
+    else:
+        detail = (f"{counted(pool_size, 'source address')} x {budget:,} ports per address, shared by "
+                  f"every target endpoint, {range_text}")
+    if ipv6:
+        # ::1 is IPv6's only loopback address: more sources do not exist, only more endpoints help.
+        more = (f"at least {counted(math.ceil(wanted / budget), 'target endpoint')} (a server on more "
+                "[::1] ports) or " if per_group else "")
+        fix = (f"::1 is the only IPv6 source address: use {more}127.x.y.z targets, which can leave from "
+               "many source addresses")
+        return Limit("ephemeral ports", capacity, fix, detail)
+    per_source = budget * (endpoints if per_group else 1)
+    sources_needed = math.ceil(wanted / per_source) + request.isolate
+    fix = f"give a --sources pool of at least {counted(sources_needed, 'address')} (e.g. --sources 127.0.0.0/8)"
     if not facts.loopback_route_all:
         fix += " and alias it with `loopfan alias add POOL`"
-    if not request.builtin_server:
-        fix += " or more target endpoints (a server listening on more addresses or ports)"
-    return Limit(
-        "ephemeral ports",
-        capacity,
-        fix,
-        f"{pool_size:,} source address{'es' if pool_size != 1 else ''} x {budget:,} ports per {scope} "
-        f"({request.fill_ratio:.0%} of the {facts.port_count:,}-port range)",
-    )
+    if not request.builtin_server and per_group and pool_size > 0:
+        more = counted(math.ceil(wanted / (budget * pool_size)), "target endpoint")
+        fix += f" or at least {more} (a server listening on more addresses or ports)"
+    return Limit("ephemeral ports", capacity, fix, detail)
 
 
 def _host_limits(request: PlanRequest, facts: HostFacts, per_process: int) -> list[Limit]:

@@ -64,9 +64,9 @@ def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
         forced = (f"or pass --force to open only the {p.connections:,} the plan can place" if p.connections < n
                   else f"or pass --force to try all {n:,} anyway")
         if lim.resource in _LIMITS_OF_THE_REQUEST:
-            raise UsageError(f"{n:,} connections do not fit these addresses: {lim.resource} stops at "
+            raise UsageError(f"{n:,} connections do not fit these addresses: their {lim.resource} hold "
                              f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
-        raise HostError(f"this host cannot hold {n:,} connections: {lim.resource} stops at "
+        raise HostError(f"this host cannot hold {n:,} connections: the first limit, {lim.resource}, allows "
                         f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
 
 

@@ -75,8 +75,8 @@ def open_connections(
     p = plan(request, facts)
     if not p.feasible and p.first_limit is not None:
         lim = p.first_limit
-        raise HostError(f"cannot hold {connections:,} connections: {lim.resource} stops at {lim.connections:,}; "
-                        f"fix: {lim.fix}")
+        raise HostError(f"cannot hold {connections:,} connections: the first limit, {lim.resource}, allows "
+                        f"{lim.connections:,} ({lim.detail}); fix: {lim.fix}")
     server = BuiltinServer(p.server_shards) if p.server_shards else None
     fleet = Fleet(on_latency=lambda _lat: None)
     try:
