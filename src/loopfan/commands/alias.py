@@ -50,14 +50,23 @@ class HostAccess:
 HOST = HostAccess()
 
 
-def _platform_option(f: F) -> F:
+_PREVIEW_HELP = "Plan for this platform; another platform than this host's previews with --dry-run."
+# `list` reads this host's lo0, so it has no preview (and no --dry-run) to offer.
+_LIST_HELP = "`list` reads this host's lo0, so only this host's platform is accepted."
+
+
+def _platform_option(f: F, help_text: str = _PREVIEW_HELP) -> F:
     return click.option(
         "--platform",
         type=click.Choice(["auto", *aliases.ALIAS_PLATFORMS]),
         default="auto",
         show_default=True,
-        help="Plan for this platform; another platform than this host's previews with --dry-run.",
+        help=help_text,
     )(f)
+
+
+def _list_platform_option(f: F) -> F:
+    return _platform_option(f, _LIST_HELP)
 
 
 def _dry_run_option(f: F) -> F:
@@ -230,7 +239,7 @@ def remove(pool: str | None, all_added: bool, dry_run: bool, platform: str) -> i
 
 
 @command.command(name="list")
-@_platform_option
+@_list_platform_option
 def list_(platform: str) -> int:
     """Show lo0's aliases: which loopfan added, which were made by hand, and the boot daemon."""
     host = HOST.platform()

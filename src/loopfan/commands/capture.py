@@ -40,7 +40,7 @@ def say(line: str) -> None:
 @click.option("--source", "sources", multiple=True, metavar="ADDR[=LABEL]",
               help="An address to capture (repeatable); default: every active tag (loopfan tag --list).")
 @click.option("-w", "--write", "path", metavar="FILE", help="Output file (default: loopfan-DATE-TIME.pcapng).")
-@click.option("--duration", metavar="D", help="Stop after this long (30s, 2m, 500ms).")
+@click.option("--duration", metavar="DURATION", help="Stop after this long (30s, 2m, 500ms).")
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N packets.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="pcapng", show_default=True,
               help="pcapng carries the labels (Name Resolution Block) and a comment listing the tags.")

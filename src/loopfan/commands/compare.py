@@ -115,7 +115,8 @@ def _emit(text: str, output: str | None) -> None:
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, metavar="RUN.json ...")
-@click.option("--format", "fmt_name", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
+@click.option("--format", "fmt_name", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
+              help="markdown: one table row per run, for a PR comment or a CI job summary.")
 def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
     """Summarise many runs, oldest first: key numbers per run, and min/median/max with the last run's change."""
     reports = [(path, load_report(path)) for path in runs]

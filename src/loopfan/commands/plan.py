@@ -30,7 +30,9 @@ from loopfan.render import plan_headline, plan_table, plan_to_dict
     "--fill-ratio",
     type=click.FloatRange(0.01, 1.0),
     default=None,
-    help="Fill each port group at most this much (default: the measured safe ratio).",
+    metavar="RATIO",
+    help=f"Fill each port group at most this much of the ephemeral port range (default: "
+    f"{costs.DEFAULT_FILL_RATIO}, the measured safe ratio).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema loopfan.plan/1).")
 def command(

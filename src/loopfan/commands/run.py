@@ -52,6 +52,9 @@ class RunOptions:
 # (memory, open files, conntrack, the loopback route) are the host's (exit 1, as `doctor` says).
 _LIMITS_OF_THE_REQUEST = frozenset({"ephemeral ports"})
 
+# The workers' own default, written here with its unit ("10s") rather than as click's bare float.
+DEFAULT_CONNECT_TIMEOUT_S = P.ClientConfig().connect_timeout_s
+
 
 def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
     """Refuse, before any socket opens, a plan this host cannot hold (unless forced)."""
@@ -159,9 +162,9 @@ def exit_status(result: RunResult) -> int:
               help="Connections per second over the whole run (default: as fast as the host allows).")
 @click.option("--hold", "hold_s", type=DURATION, default=None,
               help="How long to hold the connections once open: 30s, 5m, forever "
-              "(default: until Ctrl-C on a terminal, 0 otherwise).")
-@click.option("--connect-timeout", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
-              help="Give up on a connection not established within this.")
+              "(default: until Ctrl-C on a terminal, 0 otherwise or after traffic).")
+@click.option("--connect-timeout", type=DURATION, default=DEFAULT_CONNECT_TIMEOUT_S, metavar="DURATION",
+              help=f"Give up on a connection not established within this (default: {DEFAULT_CONNECT_TIMEOUT_S:g}s).")
 @click.option("--listen", metavar="POOL:PORT", default=None,
               help="Where the built-in server listens (with no TARGET), one address per server process: "
               "default 127.100.0.1-127.100.255.254:7070. E.g. 127.101.0.0/16:9000 for a second run at once.")

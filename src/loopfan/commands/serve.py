@@ -34,7 +34,9 @@ from loopfan.render import counted
               "Default: the endpoints `loopfan plan -c N` chooses.")
 @click.option("-c", "--connections", type=COUNT, default=100_000, show_default=True,
               help="Connections to be ready for: decides how many processes share the endpoints.")
-@click.option("--mode", type=click.Choice(["hold", "echo", "discard", "http", "ws"]), default="hold", show_default=True)
+@click.option("--mode", type=click.Choice(["hold", "echo", "discard", "http", "ws"]), default="hold", show_default=True,
+              help="hold: keep connections open and read nothing; echo: send back what arrives; discard: read "
+              "and drop it; http: answer HTTP/1.1 requests (see --response-size); ws: echo WebSocket messages.")
 @click.option("--response-size", type=click.IntRange(min=0), default=128, show_default=True, metavar="BYTES",
               help="Mode http: the response body size.")
 @click.option("--duration", type=DURATION, default=None, help="Stop after this long (default: until Ctrl-C).")
@@ -44,7 +46,7 @@ from loopfan.render import counted
 @allow_option
 def command(listen: tuple[str, ...], connections: int, mode: str, response_size: int, duration: float | None,
             json_path: str | None, per_process: int | None, allow_non_loopback: bool) -> int:
-    """Run loopfan's built-in server on many loopback addresses (hold, echo or discard)."""
+    """Run loopfan's built-in server on many loopback addresses (--mode hold, echo, discard, http or ws)."""
     if json_path:
         check_writable(json_path, "the counts", stdout=True)  # before serving, not after an hour of it
     facts = facts_for_workers()
