@@ -21,7 +21,7 @@ from rich.console import Console
 from loopfan.engine.runner import Progress, Totals
 from loopfan.engine.timeseries import SeriesSampler
 from loopfan.results.live import ProgressSink, describe, last_row, panel
-from loopfan.results.prometheus import Exporter
+from loopfan.results.prometheus import Exporter, listen
 
 
 def client_stats(t: float, *, replies: int = 0, errors: dict[str, int] | None = None,
@@ -134,7 +134,7 @@ def test_a_hold_only_row_has_empty_traffic_columns() -> None:
 def scrape(*updates: Progress) -> str:
     """The exporter on a free loopback port, handed these Progress updates in turn, scraped once."""
     pytest.importorskip("prometheus_client")
-    exporter = Exporter("127.0.0.1", 0)
+    exporter = Exporter(listen("127.0.0.1", 0))
     exporter.start()
     try:
         for p in updates:

@@ -12,6 +12,7 @@ import functools
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -248,6 +249,28 @@ def test_prometheus_exports_the_traffic_of_a_run(listen_and_sources: list[str],
     assert 'loopfan_traffic_latency_seconds{quantile="0.99"}' in body
     assert re.search(r"^# TYPE loopfan_traffic_errors(_total)? counter$", body, re.M)
     assert "loopfan_traffic_errors_total{" not in body  # an echo run has no error to count
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_prometheus_port_taken_is_bad_input_before_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A port something else listens on: one line and exit 2 before any work, not a run that fails
+    halfway with its connections counted as closed by the peer (and no socket of ours left open)."""
+    pytest.importorskip("prometheus_client")
+
+    def no_run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(run_command, "run_plan", no_run)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = run(["-c", "10", "--hold", "1s", "--progress", "none", "--prometheus", f"127.0.0.1:{port}",
+                      "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"loopfan: error: --prometheus 127.0.0.1:{port}: cannot listen")
+    assert "choose another port" in err and "internal error" not in err
+    assert not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize("addr", ["10.0.0.1:9464", "127.0.0.1:http"])

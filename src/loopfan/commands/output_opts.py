@@ -4,12 +4,15 @@ Rules of this file: CLI edge only. Every value is checked when argv is parsed (a
 one line and exit 2, before any socket opens); the result is one frozen OutputOptions handed to
 the command as `output`, which builds the progress sink and, once the report dict exists, judges
 the checks (into rep["checks"], so report.json and the HTML page show them) and writes the page.
-Output paths are checked here too (common.check_writable), before any socket opens.
+Output paths are checked here too (common.check_writable), before any socket opens, and the
+--prometheus socket is bound here (a port already taken is exit 2 before the run, like a path that
+cannot be written); it is handed on bound and closed here when the command returns, whatever happened.
 """
 
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,7 +45,7 @@ class OutputOptions:
     html_path: str | None = None
     checks: tuple[Check, ...] = ()
     progress: str = "auto"  # auto | panel | plain | ndjson | none
-    prometheus: tuple[str, int] | None = None
+    prometheus: socket.socket | None = None  # the exporter's, bound and listening (prometheus.listen)
 
     def progress_sink(self, *, quiet: bool) -> Any:
         """The run's progress sink (a context manager and callable; start() after the forks)."""
@@ -52,7 +55,7 @@ class OutputOptions:
         if self.prometheus is not None:
             from loopfan.results.prometheus import Exporter
 
-            exporter = Exporter(*self.prometheus)
+            exporter = Exporter(self.prometheus)
         return ProgressSink(self.progress, quiet=quiet, exporter=exporter)
 
     def judge(self, rep: dict[str, Any]) -> None:
@@ -79,8 +82,17 @@ def output_options(f: F) -> F:
                 prometheus: tuple[str, int] | None, **kwargs: Any) -> Any:
         if html_path:
             check_writable(html_path, "the HTML report")  # a page is a file: '-' is refused
-        output = OutputOptions(html_path=html_path, checks=checks, progress=progress, prometheus=prometheus)
-        return f(*args, output=output, **kwargs)
+        sock = None
+        if prometheus is not None:
+            from loopfan.results.prometheus import listen
+
+            sock = listen(*prometheus)
+        try:
+            output = OutputOptions(html_path=html_path, checks=checks, progress=progress, prometheus=sock)
+            return f(*args, output=output, **kwargs)
+        finally:
+            if sock is not None:
+                sock.close()  # the exporter closed it if the run got that far; a second close is a no-op
 
     wrapper = click.option("--prometheus", type=PrometheusType(), default=None, metavar="ADDR:PORT",
                            help="Serve live metrics for Prometheus on this loopback address while the run lasts "

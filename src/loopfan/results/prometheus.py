@@ -4,7 +4,11 @@ Rules of this file: prometheus_client is an optional extra (`pip install loopfan
 imported only here and only when asked for; a missing one is a UsageError naming the install.
 The exporter listens on loopback only (loopfan's traffic and its telemetry stay on the host) in
 a private registry, and a scrape reads the latest Progress the runner handed over - no work at
-all between scrapes. start() runs after the last worker fork; stop() closes the socket.
+all between scrapes. Its socket is bound by listen() at the CLI edge, before the run starts, so a
+port already taken is bad input said at once (not a run stopped halfway, its connections counted
+as closed by the peer); the Exporter serves on that socket from start(), after the last worker
+fork (no thread may run across a fork), and stop() closes it. The workers do not keep the socket:
+a forked worker closes the fds it inherited (fleet._enter_child).
 
 A run that talks adds the loopfan_traffic_* families once its traffic phase begins (update()
 notes that phase: O(1)) and keeps them to the end, since a series that vanished when the traffic
@@ -20,9 +24,12 @@ traffic family at all.
 from __future__ import annotations
 
 import ipaddress
+import socket
+import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from loopfan.engine.runner import Progress
 from loopfan.errors import UsageError
@@ -55,6 +62,44 @@ def parse_address(text: str) -> tuple[str, int]:
         raise UsageError(f"--prometheus {text!r}: loopfan exports metrics on loopback addresses only "
                          "(127.0.0.0/8 or ::1); scrape it from this host, e.g. 127.0.0.1:9464")
     return host, port
+
+
+def _require_client() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError("--prometheus needs prometheus_client: pip install 'loopfan[prometheus]'") from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The exporter's listening socket, bound now (port 0: any free one); a port taken or an
+    address that does not bind is a UsageError naming the fix."""
+    _require_client()
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise UsageError(f"--prometheus {host}:{port}: cannot listen ({exc.strerror or exc}); choose another "
+                         "port, e.g. --prometheus 127.0.0.1:9464, or stop what listens there") from None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line per scrape on stderr: that is where the live view goes."""
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A WSGI server on a socket bound and listening already (http.server can only bind its own)."""
+
+    daemon_threads = True  # a scrape in progress must not keep loopfan from exiting
+
+    def __init__(self, sock: socket.socket, app: Callable[..., Any]) -> None:
+        socketserver.BaseServer.__init__(self, sock.getsockname()[:2], _QuietHandler)
+        self.socket = sock
+        # What HTTPServer.server_bind would have recorded after its bind (WSGI's SERVER_NAME/PORT).
+        self.server_name, self.server_port = sock.getsockname()[:2]
+        self.setup_environ()
+        self.set_app(app)
 
 
 class _Collector:
@@ -143,28 +188,24 @@ def _traffic(s: SeriesSampler, row: dict[str, Any]) -> Iterator[Any]:
 
 
 class Exporter:
-    def __init__(self, host: str, port: int) -> None:
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            raise UsageError("--prometheus needs prometheus_client: pip install 'loopfan[prometheus]'") from None
-        self.host, self.port = host, port
+    def __init__(self, sock: socket.socket) -> None:
+        """Serve on `sock` (from listen()) once started; it is the Exporter's to close from now on."""
+        _require_client()
+        self.socket = sock
+        self.port: int = sock.getsockname()[1]
         self.latest: Progress | None = None
         self.talked = False  # the run has been in its traffic phase: export the traffic families
-        self._server: Any = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
-        try:
-            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=registry)
-        except OSError as exc:
-            raise UsageError(f"--prometheus {self.host}:{self.port}: cannot listen ({exc.strerror}); "
-                             "choose another port") from None
-        self.port = self._server.server_address[1]  # the real one when 0 was asked for
+        self._server = _Server(self.socket, make_wsgi_app(registry))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="loopfan-prometheus", daemon=True)
+        self._thread.start()
 
     def update(self, p: Progress) -> None:
         self.latest = p
@@ -175,8 +216,8 @@ class Exporter:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
             self._server = None
         if self._thread is not None:
             self._thread.join(2)
             self._thread = None
+        self.socket.close()  # also when never started (the run failed before its workers were up)
