@@ -1,15 +1,23 @@
 """The report's JSON Schema (package data) and reading a report file back.
 
-Rules of this file: the schema file is the contract (docs/report.md explains it); this module only
-loads it, validates against it when jsonschema is installed (the test extra), and turns an
-unreadable or foreign file into a UsageError that says what was expected.
+Rules of this file: the schema file is the contract (docs/report.md explains it); this module
+loads it, validates against it with jsonschema (the test extra: `validation_errors`, for tests), and
+turns an unreadable, foreign or damaged file into a UsageError that says what was expected.
+
+A report read back is checked against the schema by `report_problems`, a small validator of the
+keywords the schema uses (jsonschema is not a dependency of loopfan itself), and its histograms are
+decoded once: a report with the right schema name but a damaged value ("established": "many", a
+histogram that is not base64) is bad input named at the loading edge, not a TypeError or a
+binascii error deep in compare or the page. Keys a report lacks are not judged ("required" is
+skipped): reports of earlier loopfan versions lack the keys added since, and every reader takes a
+missing key as not measured.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
-from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -19,7 +27,7 @@ REPORT_SCHEMA = "loopfan.report/1"
 SCHEMA_FILE = "report.schema.json"
 
 
-@cache
+@functools.cache
 def schema() -> dict[str, Any]:
     text = resources.files("loopfan.results").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
@@ -32,6 +40,114 @@ def validation_errors(rep: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema())
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
             for e in sorted(validator.iter_errors(rep), key=lambda e: list(e.absolute_path))]
+
+
+# The keywords report_problems judges, and those it reads past (annotations, and "required": above).
+_JUDGED = frozenset({"type", "$ref", "const", "enum", "minimum", "exclusiveMinimum", "oneOf", "properties",
+                     "additionalProperties", "items"})
+_SKIPPED = frozenset({"$schema", "$id", "title", "description", "contentEncoding", "required", "$defs"})
+KNOWN_KEYWORDS = _JUDGED | _SKIPPED
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None), "number": (int, float),
+}
+
+_READ_AS = {"integer": "an integer", "number": "a number", "object": "an object", "array": "a list",
+            "string": "a string", "boolean": "true or false"}
+
+
+def _has_type(value: Any, name: str) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never a number to JSON
+        return name == "boolean"
+    if name == "integer":  # JSON does not tell 3 from 3.0: neither does JSON Schema
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return isinstance(value, _PYTHON_TYPES[name])
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _problems(value: Any, node: dict[str, Any], at: str, out: list[str]) -> None:
+    """Append to `out` what in `value` breaks the schema `node` ('path: message')."""
+    where = at or "(top)"
+    if "$ref" in node:
+        _problems(value, _resolve(node["$ref"]), at, out)
+    types = node.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        if not any(_has_type(value, name) for name in names):
+            out.append(f"{where}: {_shown(value)} is not {' or '.join(_READ_AS.get(n, n) for n in names)}")
+            return  # the rest of the node speaks of a value of that type
+    if "const" in node and value != node["const"]:
+        out.append(f"{where}: {_shown(value)} is not {_shown(node['const'])}")
+    if "enum" in node and value not in node["enum"]:
+        out.append(f"{where}: {_shown(value)} is not one of {', '.join(map(_shown, node['enum']))}")
+    if _has_type(value, "number"):
+        if "minimum" in node and value < node["minimum"]:
+            out.append(f"{where}: {_shown(value)} is below the minimum {node['minimum']}")
+        if "exclusiveMinimum" in node and value <= node["exclusiveMinimum"]:
+            out.append(f"{where}: {_shown(value)} is not above {node['exclusiveMinimum']}")
+    if "oneOf" in node:
+        tried: list[list[str]] = []
+        for branch in node["oneOf"]:
+            found: list[str] = []
+            _problems(value, branch, at, found)
+            tried.append(found)
+        fits = sum(1 for found in tried if not found)
+        if fits == 0:
+            # The branch it comes closest to says best what is wrong: one whose type fits (its
+            # problems lie deeper down: {"kind": "smtp"} is a traffic block, not a wrong null).
+            out.extend(min(tried, key=functools.partial(_misfit, where)))
+        elif fits > 1:
+            out.append(f"{where}: {_shown(value)} fits more than one of the forms allowed")
+    if isinstance(value, dict):
+        properties = node.get("properties", {})
+        extra = node.get("additionalProperties", True)
+        for key, item in value.items():
+            sub = properties.get(key, extra)
+            if sub is False:
+                out.append(f"{where}: unexpected key {key!r}")
+            elif isinstance(sub, dict):
+                _problems(item, sub, f"{at}/{key}" if at else str(key), out)
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        for i, item in enumerate(value):
+            _problems(item, node["items"], f"{at}/{i}" if at else str(i), out)
+
+
+def _misfit(where: str, found: list[str]) -> tuple[bool, int]:
+    """How badly a oneOf branch missed: its type first, then by how many problems."""
+    return any(p.startswith(f"{where}: ") for p in found), len(found)
+
+
+def _resolve(ref: str) -> dict[str, Any]:
+    """A '#/$defs/name' reference of the schema (the only kind it uses)."""
+    node: Any = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    assert isinstance(node, dict), ref
+    return node
+
+
+def _histogram_problems(rep: dict[str, Any]) -> list[str]:
+    """Histograms whose data does not decode (base64, zlib, HDR), as the readers will decode them."""
+    from loopfan.results.checks import decode_histogram  # hdrh loads only with the reports
+
+    out = []
+    for name in rep.get("histograms") or {}:
+        try:
+            decode_histogram(rep, name)
+        except Exception as exc:  # binascii's, zlib's, hdrh's own: any says the value is damaged
+            out.append(f"histograms/{name}/data: not an HDR histogram in compressed base64 ({exc})")
+    return out
+
+
+def report_problems(rep: dict[str, Any]) -> list[str]:
+    """Every value in `rep` the schema does not allow, and every histogram that does not decode."""
+    out: list[str] = []
+    _problems(rep, schema(), "", out)
+    return out or _histogram_problems(rep)  # the histograms are decoded only when they have the right shape
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -49,4 +165,9 @@ def load_report(path: str) -> dict[str, Any]:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise UsageError(f"{path} is not a loopfan run report (schema {found!r}, expected {REPORT_SCHEMA!r}); "
                          "write one with `loopfan run --json FILE`")
+    problems = report_problems(data)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"{path} is a damaged loopfan run report: {problems[0]}{more}; give the file as "
+                         "`loopfan run --json FILE` wrote it, or run again")
     return data

@@ -1,0 +1,120 @@
+"""Reading a report back: the schema's own validator (report_problems) against jsonschema's, and a
+damaged report with the right schema name refused by every command that loads one - one line
+naming the file and the value, exit 2 - instead of an internal error from deep in the reader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_results_checks import fake_report
+
+from loopfan.cli import main
+from loopfan.results.schema import KNOWN_KEYWORDS, report_problems, schema, validation_errors
+
+
+def _bad_base64(rep: dict[str, Any]) -> None:
+    rep["histograms"]["connect_latency"]["data"] = "HISTFAAAAB"  # QA's: 'Incorrect padding'
+
+
+def _not_zlib(rep: dict[str, Any]) -> None:
+    rep["histograms"]["connect_latency"]["data"] = "HISTFAAAACl4nJNpmSzMwMDAxQABzFCaEUzOmNZg"
+
+
+# (name, how the report is damaged, the path the error names)
+DAMAGES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("bad base64", _bad_base64, "histograms/connect_latency/data"),
+    ("not zlib", _not_zlib, "histograms/connect_latency/data"),
+    ("established many", lambda r: r.update(established="many"), "established"),  # QA's: "'<' not supported"
+    ("negative count", lambda r: r.update(failed_total=-1), "failed_total"),
+    ("latency a string", lambda r: r["connect_latency_ms"].update(p99="12ms"), "connect_latency_ms/p99"),
+    ("histogram a list", lambda r: r["histograms"].update(connect_latency=[1, 2]), "histograms/connect_latency"),
+    ("check without a verdict", lambda r: r.update(checks=[{"expression": "failed==0", "passed": "yes"}]),
+     "checks/0/passed"),
+    ("traffic of an unknown kind", lambda r: r.update(traffic={"kind": "smtp"}), "traffic/kind"),
+]
+
+
+def damaged(name: str) -> dict[str, Any]:
+    rep = fake_report([100] * 100)
+    next(damage for n, damage, _ in DAMAGES if n == name)(rep)
+    return rep
+
+
+def test_the_schema_uses_only_keywords_the_validator_knows() -> None:
+    found: set[str] = set()
+
+    def walk(node: Any, *, names: bool = False) -> None:
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                if not names:
+                    found.add(key)
+                walk(sub, names=not names and key in ("properties", "$defs"))
+        elif isinstance(node, list):
+            for sub in node:
+                walk(sub)
+
+    walk(schema())
+    assert found <= KNOWN_KEYWORDS, found - KNOWN_KEYWORDS
+
+
+def test_a_whole_report_has_no_problem_and_a_partial_one_neither() -> None:
+    """Keys a report lacks are not judged: earlier loopfan versions wrote fewer."""
+    rep = fake_report([100] * 100)
+    assert report_problems(rep) == []
+    del rep["histograms"], rep["cpu_s"]
+    assert report_problems(rep) == []
+
+
+@pytest.mark.parametrize("name, at", [(n, at) for n, _, at in DAMAGES])
+def test_report_problems_name_the_damaged_value(name: str, at: str) -> None:
+    problems = report_problems(damaged(name))
+    assert problems and problems[0].startswith(f"{at}: "), problems
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in DAMAGES if n not in ("bad base64", "not zlib")])
+def test_report_problems_agree_with_jsonschema(name: str) -> None:
+    """Where jsonschema can tell (it does not decode base64), it finds the same values wrong; its
+    'required' complaints aside (the fake report is a partial one). jsonschema puts a oneOf that
+    nothing fits at the value itself; ours goes down into the branch it comes closest to."""
+    pytest.importorskip("jsonschema")
+    theirs = {e.split(":")[0] for e in validation_errors(damaged(name)) if "is a required property" not in e}
+    ours = {p.split(":")[0] for p in report_problems(damaged(name))}
+    assert theirs and ours
+    assert all(any(o == t or o.startswith(f"{t}/") for t in theirs) for o in ours), (theirs, ours)
+    assert all(any(o == t or o.startswith(f"{t}/") for o in ours) for t in theirs), (theirs, ours)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Callable[[str], tuple[str, str]]:
+    """files(damage) -> (a good report, a damaged one), written to tmp_path."""
+    def write(name: str) -> tuple[str, str]:
+        good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+        good.write_text(json.dumps(fake_report([100] * 100)))
+        bad.write_text(json.dumps(damaged(name)))
+        return str(good), str(bad)
+
+    return write
+
+
+@pytest.mark.parametrize("name, at", [(n, at) for n, _, at in DAMAGES])
+@pytest.mark.parametrize("command", ["report", "report --baseline", "compare new", "compare base", "trend"])
+def test_every_command_refuses_a_damaged_report_in_one_line(
+        name: str, at: str, command: str, files: Callable[[str], tuple[str, str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = files(name)
+    argv = {
+        "report": ["report", bad, "-o", str(tmp_path / "page.html")],
+        "report --baseline": ["report", good, "--baseline", bad, "-o", str(tmp_path / "page.html")],
+        "compare new": ["compare", good, bad],
+        "compare base": ["compare", bad, good, "--format", "markdown"],
+        "trend": ["trend", good, bad],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "internal error" not in err, err
+    assert err.startswith(f"loopfan: error: {bad} is a damaged loopfan run report: {at}: "), err
+    assert not (tmp_path / "page.html").exists()
