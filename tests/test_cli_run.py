@@ -204,6 +204,83 @@ def test_an_unwritable_json_path_is_bad_input(capsys: pytest.CaptureFixture[str]
     assert status == 2 and err.count("\n") == 1 and "cannot write the report" in err
 
 
+# --- the built-in server's endpoint taken by another program (a second run on this host) ---------------
+#
+# The endpoint is one of this test's own (builtin_listen, loopback_block), held by a listening socket
+# of the test: never loopfan's default 127.100.0.1:7070, which a real run may hold or not.
+
+
+def test_run_moves_the_builtin_server_off_a_taken_endpoint(
+        builtin_listen: tuple[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prefix, port = builtin_listen
+    out = tmp_path / "run.json"
+    with socket.create_server((f"{prefix}1", port)):
+        status = main(["run", "-c", "10", "--hold", "0.1s", "--progress", "none", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    note = f"the built-in server listens on port {port + 1}: port {port} was taken on its addresses"
+    assert f"loopfan: note: {note}" in err
+    rep = json.loads(out.read_text())
+    assert {t.rpartition(":")[2] for t in rep["plan"]["targets"]} == {str(port + 1)}
+    assert any(n.startswith(note) for n in rep["plan"]["notes"])
+
+
+def test_demo_moves_the_builtin_server_off_a_taken_endpoint(
+        builtin_listen: tuple[str, int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: `loopfan demo` failed when another run held 127.100.0.1:7070, and demo has no --listen."""
+    import loopfan.commands.demo as demo_command
+    import loopfan.commands.run as run_command
+
+    monkeypatch.setattr(demo_command, "PlanRequest", run_command.PlanRequest)  # builtin_listen's block
+    monkeypatch.setattr(demo_command, "DEMO_HOLD_S", 0.1)
+    prefix, port = builtin_listen
+    with socket.create_server((f"{prefix}1", port)):
+        status = main(["demo", "-c", "10"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert f"the built-in server listens on port {port + 1}" in captured.err
+
+
+def test_a_chosen_listen_endpoint_taken_is_bad_input_before_the_run(
+        loopback_block: Block, capsys: pytest.CaptureFixture[str]) -> None:
+    eps = endpoints(loopback_block, 4)
+    with socket.create_server((eps[0].address, eps[0].port)):
+        status = main(["run", "-c", "10", "--hold", "0", "--listen", target_text(eps)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"--listen: {eps[0]} is taken (another program listens there); choose another --listen" in err
+
+
+@pytest.mark.parametrize("command, fix", [
+    (["run"], "run it again (loopfan looks for free endpoints before every run), or choose them with --listen "
+     "POOL:PORT"),
+    (["run", "--listen", "LISTEN"], "choose another --listen POOL:PORT, e.g. 127.101.0.0/16:9000"),
+    (["demo"], "run it again (loopfan looks for free endpoints before every run)"),
+])
+def test_an_endpoint_taken_after_the_plan_says_the_fix_of_the_command(
+        command: list[str], fix: str, builtin_listen: tuple[str, int], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Taken between the probe and the server's bind (the probe is made to miss it): one line, no
+    Python class name, and a fix in options the command has."""
+    import loopfan.commands.demo as demo_command
+    import loopfan.commands.run as run_command
+
+    monkeypatch.setattr(run_command, "taken_endpoints", lambda endpoints: frozenset())
+    monkeypatch.setattr(demo_command, "PlanRequest", run_command.PlanRequest)
+    prefix, port = builtin_listen
+    argv = [a.replace("LISTEN", f"{prefix}1-{prefix}8:{port}") for a in command]
+    with socket.create_server((f"{prefix}1", port)):
+        status = main([*argv, "-c", "10", "-q", *(["--hold", "0"] if argv[0] == "run" else [])])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"loopfan: error: the built-in server could not start: cannot listen on {prefix}1:{port}: "
+                          "Address already in use (another program listens there); "), err
+    assert err.rstrip().endswith(fix), err
+    assert "Error" not in err.replace("loopfan: error", "")  # no HostError:, OSError: ...
+    if argv[0] == "demo":
+        assert "--listen" not in err  # demo has none
+
+
 # --- signals, as a real subprocess ---------------------------------------------------------------------
 
 

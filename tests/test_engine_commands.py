@@ -136,3 +136,17 @@ def test_demo_explains_what_it_did(
     rep = json.loads(out.read_text())
     assert rep["established"] == 20_000 and rep["server"]["agrees_with_client"] is True
     assert rep["client_processes"] >= 2 and rep["server_processes"] >= 2  # past one process's fd limit
+
+
+def test_serve_on_a_taken_endpoint_says_its_own_fix(loopback_block: Callable[[], str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """No Python class name in the line, and the fix in an option serve has."""
+    prefix = loopback_block()
+    port = free_port(f"{prefix}1")
+    with socket.create_server((f"{prefix}1", port)):
+        status = main(["serve", "--listen", f"{prefix}1:{port}", "-c", "10", "--duration", "1s"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1, err
+    assert err == (f"loopfan: error: the built-in server could not start: cannot listen on {prefix}1:{port}: "
+                   "Address already in use (another program listens there); choose other endpoints with "
+                   "--listen ENDPOINTS\n")

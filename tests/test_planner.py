@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from loopfan import costs
 from loopfan.errors import UsageError
 from loopfan.hostfacts import HostFacts
-from loopfan.planner import Plan, PlanRequest, plan
+from loopfan.planner import Plan, PlanRequest, moved_server, plan, server_endpoints
 from loopfan.pools import DEFAULT_SOURCE_POOL, AddressPool, Endpoint, parse_endpoints, parse_pool
 from tests.conftest import DEV_MACHINE, MAC
 
@@ -442,3 +442,50 @@ def test_min_server_processes_spreads_the_builtin_server_over_cores() -> None:
     one = plan(PlanRequest(connections=1000, min_server_processes=2, listen_pool=parse_pool("127.0.0.5"),
                            listen_port=7000), facts)
     assert len(one.server_shards) == 1
+
+
+# --- the built-in server moved past endpoints another program listens on -----------------------------
+
+
+def test_a_taken_default_server_endpoint_moves_the_server_to_the_next_port(dev_facts: Facts) -> None:
+    """A second run on this host: 127.100.0.1:7070 is taken (a host fact, injected); the server keeps
+    its addresses (the listen block shows the server side) and takes the next port."""
+    request = PlanRequest(connections=100_000)
+    p = plan(request, dev_facts())
+    first = server_endpoints(p)
+    assert first[0] == Endpoint("127.100.0.1", costs.DEFAULT_LISTEN_PORT)
+    moved = moved_server(request, p, frozenset({first[-1]}))
+    assert moved is not None and moved.listen_port == costs.DEFAULT_LISTEN_PORT + 1
+    again = server_endpoints(plan(moved, dev_facts()))
+    assert [e.address for e in again] == [e.address for e in first]
+    assert moved_server(moved, plan(moved, dev_facts()), frozenset(first)) is None  # nothing of it taken
+
+
+def test_a_server_spread_over_ports_moves_past_all_of_them(mac_facts: Callable[..., HostFacts]) -> None:
+    """Without the 127/8 route the server takes port, port+1, ...: the move starts after the last."""
+    request = PlanRequest(connections=2000, max_per_process=500)
+    p = plan(request, mac_facts())
+    ports = [e.port for e in server_endpoints(p)]
+    assert len(ports) > 1
+    moved = moved_server(request, p, frozenset(server_endpoints(p)[:1]))
+    assert moved is not None and moved.listen_port == max(ports) + 1
+
+
+def test_endpoints_the_user_chose_are_not_moved(dev_facts: Facts) -> None:
+    request = PlanRequest(connections=1000, listen_pool=parse_pool("127.101.0.1"), listen_port=9000,
+                          listen_chosen=True)
+    p = plan(request, dev_facts())
+    with pytest.raises(UsageError, match=r"--listen: 127\.101\.0\.1:9000 is taken .*choose another --listen"):
+        moved_server(request, p, frozenset({Endpoint("127.101.0.1", 9000)}))
+
+
+def test_no_port_past_65535(dev_facts: Facts) -> None:
+    request = PlanRequest(connections=1000, listen_port=65535)
+    p = plan(request, dev_facts())
+    with pytest.raises(UsageError, match=r"no free port .* --listen"):
+        moved_server(request, p, frozenset(server_endpoints(p)))
+
+
+def test_a_run_against_targets_has_no_server_to_move(dev_facts: Facts) -> None:
+    request = PlanRequest(connections=1000, targets=parse_endpoints("127.0.0.1:8080"))
+    assert moved_server(request, plan(request, dev_facts()), frozenset(parse_endpoints("127.0.0.1:8080"))) is None

@@ -9,7 +9,9 @@ and exits with the error's `exit_status`; it never shows a traceback for these.
     |   +-- PoolSyntaxError     an address, range, CIDR or endpoint that does not parse
     |   +-- NotLoopbackError    a non-loopback address without --allow-non-loopback
     +-- HostError           the host refuses or lacks something (exit 1): privileges, a missing
-    |                       kernel feature, a limit that cannot be lifted
+    |   |                   kernel feature, a limit that cannot be lifted
+    |   +-- ServerStartError    the built-in server could not listen where it was planned; the
+    |                           command that started it adds the fix in its own options
     +-- RunError            a run could not go on as a whole (exit 1)
 
 Per-connection failures are never exceptions: they are counted by cause (see `causes`).
@@ -40,6 +42,10 @@ class NotLoopbackError(UsageError):
 
 class HostError(LoopfanError):
     """The host lacks a privilege, a kernel feature or a resource that cannot be raised."""
+
+
+class ServerStartError(HostError):
+    """The built-in server did not start (an endpoint taken meanwhile, a timeout)."""
 
 
 class RunError(LoopfanError):

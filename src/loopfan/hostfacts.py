@@ -9,13 +9,14 @@ runner that tests replace. A fact that cannot be read is None, never a guess.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import resource
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -356,3 +357,21 @@ def facts_for_workers(run: CommandRunner = run_command) -> HostFacts:
     if reached < facts.nofile_usable:
         facts = dataclasses.replace(facts, nofile_soft=reached, nofile_hard=reached)
     return facts
+
+
+def taken_endpoints(endpoints: Iterable[tuple[str, int]]) -> frozenset[tuple[str, int]]:
+    """The (address, port)s another socket listens on, probed by a bind() made as the built-in server
+    makes it: SO_REUSEADDR, so a listener (or a wildcard one) on it fails with EADDRINUSE and
+    connections in TIME_WAIT do not; no SO_REUSEPORT, with which a listener of another run that set
+    it would take our bind and share its connections with us. Any other error is not "taken": the
+    server's own bind says it then. Nothing listens: the socket is closed at once."""
+    taken = set()
+    for address, port in endpoints:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    taken.add((address, port))
+    return frozenset(taken)

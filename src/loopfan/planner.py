@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from loopfan import aliases, costs
 from loopfan.errors import UsageError
@@ -58,6 +58,9 @@ class PlanRequest:
     # Isolated clients: this many single connections, each from a source address no other
     # connection uses, so that `ip.addr==ADDR` in a capture shows exactly one client.
     isolate: int = 0
+    # The user chose the built-in server's endpoints (--listen): kept as given, an error if taken.
+    # Otherwise they are loopfan's choice, moved to other ports when taken (see `moved_server`).
+    listen_chosen: bool = False
 
     def __post_init__(self) -> None:
         if self.connections <= 0:
@@ -252,6 +255,39 @@ def _pack(groups: list[Group], processes: int) -> tuple[ClientShard, ...]:
                 carry = Group(g.source, g.target, g.connections - take)
         shards.append(ClientShard(index, tuple(pending)))
     return tuple(shards)
+
+
+# How many times the built-in server moves on when its ports are taken before loopfan gives up: a
+# second and third run on one host each take the next free port, not the 50th.
+SERVER_MOVES = 50
+
+
+def server_endpoints(p: Plan) -> tuple[Endpoint, ...]:
+    """Where the plan's built-in server listens (none for a run against given targets)."""
+    return tuple(e for shard in p.server_shards for e in shard.listen)
+
+
+def moved_server(request: PlanRequest, p: Plan, taken: frozenset[Endpoint]) -> PlanRequest | None:
+    """The request again with its built-in server past the ports of `p` when another program
+    listens on some of its endpoints (`taken`: a host fact, read at the edge); None when none is.
+
+    Every run's default is the same (DEFAULT_LISTEN_POOL, port 7070), so a second run on one host
+    would fail at its server's bind. When loopfan chose the endpoints it moves to the first port
+    after the plan's own (the ports differ on hosts that spread the server over ports of 127.0.0.1)
+    on the same addresses, which keeps the listen block, and with it `ip.addr==127.100.0.0/16`,
+    the server side. Endpoints the user chose (--listen) are not moved: UsageError.
+    """
+    hit = [e for e in server_endpoints(p) if e in taken]
+    if not hit:
+        return None
+    if request.listen_chosen:
+        raise UsageError(f"--listen: {hit[0]} is taken (another program listens there); choose another "
+                         "--listen POOL:PORT, e.g. 127.101.0.0/16:9000")
+    port = max(e.port for e in server_endpoints(p)) + 1
+    if port > 65535:
+        raise UsageError(f"the built-in server found no free port on its addresses up to 65535 ({hit[0]} is "
+                         "taken); choose its endpoints with --listen POOL:PORT, e.g. 127.101.0.0/16:9000")
+    return replace(request, listen_port=port)
 
 
 def plan(request: PlanRequest, facts: HostFacts) -> Plan:

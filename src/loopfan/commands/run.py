@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import click
@@ -29,10 +29,10 @@ from loopfan.commands.traffic_opts import builtin_server_only, traffic_options, 
 from loopfan.engine import protocol as P
 from loopfan.engine.report import report_dict, report_renderable
 from loopfan.engine.runner import RunConfig, RunResult, run_plan
-from loopfan.errors import HostError, UsageError
-from loopfan.hostfacts import HostFacts, facts_for_workers
-from loopfan.planner import Plan, PlanRequest, plan
-from loopfan.pools import parse_pool
+from loopfan.errors import HostError, ServerStartError, UsageError
+from loopfan.hostfacts import HostFacts, facts_for_workers, taken_endpoints
+from loopfan.planner import SERVER_MOVES, Plan, PlanRequest, moved_server, plan, server_endpoints
+from loopfan.pools import Endpoint, parse_pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +45,9 @@ class RunOptions:
     quiet: bool = False
     force: bool = False
     output: OutputOptions = field(default_factory=OutputOptions)  # --html, --check, --progress, --prometheus
+    # What to do when the built-in server could not listen after all (its endpoints were free when
+    # planned, so something took one meanwhile), in the options of the command.
+    server_fix: str = "run it again (loopfan looks for free endpoints before every run)"
 
 
 # Limits set by what was asked (the --sources pool and the targets given), not by the host: a plan
@@ -73,13 +76,41 @@ def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
                         f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
 
 
+def plan_free_server(request: PlanRequest, facts: HostFacts) -> tuple[Plan, str | None]:
+    """The plan, its built-in server moved past endpoints another program listens on (a second run on
+    this host) unless the user chose them (then the planner's UsageError). The probe is the I/O
+    here; where to go next is the planner's (moved_server). A move is noted in the plan (so in the
+    JSON report) and returned, to be said."""
+    p = first = plan(request, facts)
+    for _ in range(SERVER_MOVES):
+        taken = taken_endpoints((e.address, e.port) for e in server_endpoints(p))
+        moved = moved_server(request, p, frozenset(Endpoint(a, port) for a, port in taken))
+        if moved is None:
+            break
+        request, p = moved, plan(moved, facts)
+    else:
+        raise HostError(f"the built-in server found no free port in {SERVER_MOVES} tries from "
+                        f"{server_endpoints(first)[0]}: other programs listen there; choose its endpoints "
+                        "with --listen POOL:PORT, e.g. 127.101.0.0/16:9000")
+    if p is not first:
+        note = (f"the built-in server listens on port {server_endpoints(p)[0].port}: port "
+                f"{server_endpoints(first)[0].port} was taken on its addresses (another program listens there)")
+        return replace(p, notes=(*p.notes, note)), note
+    return p, None
+
+
 def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any]]:
     """Plan, run, and build the report with its checks judged; nothing is shown or written yet."""
     facts = facts_for_workers()
-    p = plan(opts.request, facts)
+    p, moved = plan_free_server(opts.request, facts)
     preflight(p, facts, opts.force)
+    if moved and not opts.quiet:
+        click.echo(f"loopfan: note: {moved}", err=True)
     with opts.output.progress_sink(quiet=opts.quiet) as live:
-        result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
+        try:
+            result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
+        except ServerStartError as exc:
+            raise ServerStartError(f"{exc}; {opts.server_fix}") from None
     rep = report_dict(result, argv=argv, facts=facts)
     opts.output.judge(rep)
     return result, rep
@@ -132,7 +163,7 @@ def parse_listen(text: str | None) -> dict[str, Any]:
     pool_text, sep, port_text = text.rpartition(":")
     if not sep or not pool_text or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise UsageError(f"--listen {text!r}: write ADDRESSES:PORT, e.g. 127.101.0.0/16:9000")
-    return {"listen_pool": parse_pool(pool_text), "listen_port": int(port_text)}
+    return {"listen_pool": parse_pool(pool_text), "listen_port": int(port_text), "listen_chosen": True}
 
 
 def exit_status(result: RunResult) -> int:
@@ -238,8 +269,11 @@ def command(
         server=server,
         traffic=traffic,
     )
+    server_fix = ("choose another --listen POOL:PORT, e.g. 127.101.0.0/16:9000" if listen is not None else
+                  "run it again (loopfan looks for free endpoints before every run), or choose them with "
+                  "--listen POOL:PORT")
     opts = RunOptions(request=request, config=config, json_path=json_path, quiet=quiet, force=force,
-                      output=output)
+                      output=output, server_fix=server_fix)
     console = report_console(json_path)
     result, rep = execute(opts, ["loopfan", *sys.argv[1:]])
     error = deliver(opts, rep, lambda: console.print(report_renderable(rep)))

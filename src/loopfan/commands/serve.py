@@ -22,6 +22,7 @@ from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.causes import explain
 from loopfan.engine.runner import Totals
 from loopfan.engine.serve import BuiltinServer, process_capacity, shard_endpoints
+from loopfan.errors import ServerStartError
 from loopfan.hostfacts import facts_for_workers
 from loopfan.planner import PlanRequest, plan
 from loopfan.pools import Endpoint
@@ -67,6 +68,10 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        try:
+            server.start()
+        except ServerStartError as exc:  # the engine names no option: serve's is --listen
+            raise ServerStartError(f"{exc}; choose other endpoints with --listen ENDPOINTS") from None
         with server:
             eps = server.endpoints
             # In address order (the shards interleave them), the count with separators.

@@ -30,7 +30,7 @@ from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_pr
 from loopfan.engine.traffic_client import traffic_client_main
 from loopfan.engine.traffic_phase import await_traffic, traffic_of
 from loopfan.engine.traffic_server import server_main_for
-from loopfan.errors import HostError, LoopfanError
+from loopfan.errors import LoopfanError, ServerStartError
 from loopfan.planner import Plan
 from loopfan.traffic.config import TrafficConfig
 
@@ -319,9 +319,9 @@ def run_plan(
                 )
                 errors = [w.error for w in fleet.of("server") if w.state in ("error", "dead")]
                 if errors:
-                    raise HostError(f"the built-in server could not start: {errors[0]}")
+                    raise ServerStartError(f"the built-in server could not start: {errors[0]}")
                 if not ok:
-                    raise HostError("the built-in server did not start listening within "
+                    raise ServerStartError("the built-in server did not start listening within "
                                     f"{config.ready_timeout_s:.0f} s")
                 result.server_pids = [w.pid for w in fleet.of("server")]
             listeners_before(measure.never)  # the targets' listeners' drops so far, read before any client (kept)

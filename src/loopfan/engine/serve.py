@@ -15,7 +15,7 @@ from loopfan.engine import protocol as P
 from loopfan.engine.fleet import Fleet
 from loopfan.engine.runner import Totals
 from loopfan.engine.traffic_server import server_main_for
-from loopfan.errors import HostError
+from loopfan.errors import ServerStartError
 from loopfan.hostfacts import HostFacts, read_host_facts
 from loopfan.planner import ServerShard
 from loopfan.pools import Endpoint
@@ -100,7 +100,7 @@ class BuiltinServer:
         errors = [w.error for w in self.fleet.workers if w.state in ("error", "dead")]
         if errors or not ok:
             self.stop()
-            raise HostError(f"the built-in server could not start: {errors[0] if errors else 'timed out'}")
+            raise ServerStartError(f"the built-in server could not start: {errors[0] if errors else 'timed out'}")
         return self
 
     def poll(self, timeout_s: float = 0.0) -> Totals:

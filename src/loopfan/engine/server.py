@@ -40,9 +40,9 @@ def open_listener(address: str, port: int, backlog: int, *, reuse_port: bool = F
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise HostError(
-            f"cannot listen on {address}:{port}: {exc.strerror}; choose another --listen endpoint or port"
-        ) from None
+        # No fix named here: the options that move the server are the command's (ServerStartError).
+        why = " (another program listens there)" if exc.errno == errno.EADDRINUSE else ""
+        raise HostError(f"cannot listen on {address}:{port}: {exc.strerror}{why}") from None
     return sock
 
 

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 
 from loopfan.engine import poller
 from loopfan.engine import protocol as P
+from loopfan.errors import LoopfanError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -183,7 +184,9 @@ class WorkerBase:
             self.close_all()
             self.report()
             self.send(P.DONE, self.snap.as_dict())
-        except Exception as exc:
+        except LoopfanError as exc:  # said for the user already: no class name in front of it
+            self.send(P.ERROR, str(exc))
+        except Exception as exc:  # a bug: its class name helps whoever reads the report
             self.send(P.ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             try:
