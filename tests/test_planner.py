@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopfan import costs
-from loopfan.errors import UsageError
+from loopfan.errors import HostError, UsageError
 from loopfan.hostfacts import HostFacts
 from loopfan.planner import Plan, PlanRequest, moved_server, plan, server_endpoints
 from loopfan.pools import DEFAULT_SOURCE_POOL, AddressPool, Endpoint, parse_endpoints, parse_pool
@@ -482,7 +482,7 @@ def test_endpoints_the_user_chose_are_not_moved(dev_facts: Facts) -> None:
 def test_no_port_past_65535(dev_facts: Facts) -> None:
     request = PlanRequest(connections=1000, listen_port=65535)
     p = plan(request, dev_facts())
-    with pytest.raises(UsageError, match=r"no free port .* --listen"):
+    with pytest.raises(HostError, match=r"no free port .* --listen"):
         moved_server(request, p, frozenset(server_endpoints(p)))
 
 

@@ -431,3 +431,17 @@ def test_trend_of_traffic_runs_follows_their_traffic(traffic_report: dict[str, A
     assert "traffic.messages_per_s" in head and "traffic.latency.p99" in head and "traffic.errors" in head
     assert "traffic.messages_per_s: min 500/s, median 1,000/s, max 1,100/s; last run vs the median of the " \
            "others -52.4%" in out
+
+
+def test_trend_leaves_out_the_traffic_of_a_run_whose_traffic_never_ran(traffic_report: dict[str, Any]) -> None:
+    """Every connect refused: no traffic figure, not '0 errors' counted as a clean run."""
+    from loopfan.results.compare import trend_rows, trend_summary
+    ran = copy.deepcopy(traffic_report)
+    never = copy.deepcopy(traffic_report)
+    never["started_at"] = ran["started_at"] + 1
+    never["traffic"].update(connections_talking_at_start=0, sent=0, window_s=0.0, messages_per_s=None,
+                            errors_total=0)
+    table = trend_rows([("ran", ran), ("never", never)])
+    assert table[1]["traffic.errors"] is None and table[1]["traffic.latency.p99"] is None
+    assert table[0]["traffic.errors"] == 0
+    assert trend_summary(table)["traffic.errors"]["last"] is None

@@ -153,7 +153,7 @@ def test_an_open_model_that_falls_behind_says_so(builtin_listen: tuple[str, int]
     tr = rep["traffic"]
     assert tr["errors_total"] == 0 and tr["requested_per_s"] == 2_500_000 and tr["unsent_at_end"] > 0
     said = " ".join(text.split())  # (the terminal wraps its lines)
-    assert "Traffic: no errors, but behind the schedule" in said and "of the 2,500,000 messages/s requested" in said
+    assert "Traffic: no errors, but behind schedule" in said and "of the 2,500,000 messages/s requested" in said
     assert _verdict(rep)[0] == "b-warn" and "of the rate requested" in _verdict(rep)[1]
     # Kept up: plain "no errors".
     status, rep, text = run_json(tmp_path, capsys, "-c", "50", "--traffic", "echo", "--rate", "500",

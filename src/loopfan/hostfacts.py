@@ -367,7 +367,11 @@ def taken_endpoints(endpoints: Iterable[tuple[str, int]]) -> frozenset[tuple[str
     server's own bind says it then. Nothing listens: the socket is closed at once."""
     taken = set()
     for address, port in endpoints:
-        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:  # (a host without IPv6 refuses the socket itself: not "taken", the server's bind says it)
+            probe = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((address, port))

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from loopfan import aliases, costs
-from loopfan.errors import UsageError
+from loopfan.errors import HostError, UsageError
 from loopfan.hostfacts import HostFacts
 from loopfan.pools import (
     DEFAULT_SOURCE_POOL,
@@ -285,7 +285,7 @@ def moved_server(request: PlanRequest, p: Plan, taken: frozenset[Endpoint]) -> P
                          "--listen POOL:PORT, e.g. 127.101.0.0/16:9000")
     port = max(e.port for e in server_endpoints(p)) + 1
     if port > 65535:
-        raise UsageError(f"the built-in server found no free port on its addresses up to 65535 ({hit[0]} is "
+        raise HostError(f"the built-in server found no free port on its addresses up to 65535 ({hit[0]} is "
                          "taken); choose its endpoints with --listen POOL:PORT, e.g. 127.101.0.0/16:9000")
     return replace(request, listen_port=port)
 

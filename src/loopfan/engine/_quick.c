@@ -321,7 +321,8 @@ static int utf8_valid(const unsigned char *data, Py_ssize_t n) {
  * connection's state is untouched: it parses from the same boundary); -1 on a Python error. The
  * answer is never longer than the read: each frame loses its 4-byte mask key and keeps its
  * length's encoding. */
-static int ws_echo_frames(const unsigned char *in, Py_ssize_t n, unsigned char *out, Py_ssize_t *out_len) {
+static int ws_echo_frames(const unsigned char *in, Py_ssize_t n, unsigned char *out, Py_ssize_t cap,
+                          Py_ssize_t *out_len) {
     Py_ssize_t pos = 0, o = 0;
     while (pos < n) {
         unsigned char first = in[pos];
@@ -339,6 +340,7 @@ static int ws_echo_frames(const unsigned char *in, Py_ssize_t n, unsigned char *
         }
         Py_ssize_t start = head + 4, end = start + length;
         if (end > n) return 0;
+        if (o + 4 + length > cap) return 0; /* (never: the answer is shorter than the read - but checked) */
         const unsigned char *key = in + head;
         out[o++] = first == WS_PING ? WS_PONG : first;
         if (length < 126) {
@@ -432,7 +434,7 @@ static PyObject *serve_quick(PyObject *self, PyObject *args) {
             out = read_buf;
             out_len = got;
         } else if (ws) {
-            int whole = ws_echo_frames((const unsigned char *)read_buf, got, ws_out_buf, &out_len);
+            int whole = ws_echo_frames((const unsigned char *)read_buf, got, ws_out_buf, READ_SIZE, &out_len);
             if (whole < 0) goto fail;
             if (!whole) { /* not only whole simple frames: the Python loop feeds it all */
                 if (push_pair(pushed, fd_obj, read_buf, got) < 0) goto fail;

@@ -25,7 +25,7 @@ from loopfan.traffic.config import TrafficServerConfig
 from loopfan.traffic.http import RequestFramer, fixed_response
 from loopfan.traffic.ws import WsEchoServer
 
-try:  # the echo and HTTP answers in C (setup.py builds it when a compiler is present); else poll() below
+try:  # the echo, HTTP and WebSocket answers in C (setup.py builds it with a compiler); else poll() below
     from loopfan.engine._quick import serve_quick as _c_serve_quick
 except ImportError:  # pragma: no cover - a machine without a compiler; the tests force it by patching
     _c_serve_quick = None  # type: ignore[assignment]

@@ -24,6 +24,7 @@ traffic family at all.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import socketserver
 import threading
@@ -79,7 +80,9 @@ def listen(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         return socket.create_server((host, port), family=family)
     except OSError as exc:
-        raise UsageError(f"--prometheus {host}:{port}: cannot listen ({exc.strerror or exc}); choose another "
+        # (os.strerror: create_server's own message repeats the address, inside our line that has it)
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(f"--prometheus {host}:{port}: cannot listen ({why}); choose another "
                          "port, e.g. --prometheus 127.0.0.1:9464, or stop what listens there") from None
 
 

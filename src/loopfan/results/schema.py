@@ -8,9 +8,12 @@ A report read back is checked against the schema by `report_problems`, a small v
 keywords the schema uses (jsonschema is not a dependency of loopfan itself), and its histograms are
 decoded once: a report with the right schema name but a damaged value ("established": "many", a
 histogram that is not base64) is bad input named at the loading edge, not a TypeError or a
-binascii error deep in compare or the page. Keys a report lacks are not judged ("required" is
-skipped): reports of earlier loopfan versions lack the keys added since, and every reader takes a
-missing key as not measured.
+binascii error deep in compare or the page. The keys a report lacks are judged only in the items
+of its lists (a failure without its cause, a check without its verdict): those have carried the
+same keys since the first schema. Elsewhere "required" is skipped - reports of earlier loopfan
+versions lack the keys added since, and every reader takes a missing key as not measured. The time
+series' columns must be as long as their time axis (a chart of columns of two lengths fails deep
+in matplotlib).
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ def validation_errors(rep: dict[str, Any]) -> list[str]:
             for e in sorted(validator.iter_errors(rep), key=lambda e: list(e.absolute_path))]
 
 
-# The keywords report_problems judges, and those it reads past (annotations, and "required": above).
+# The keywords report_problems judges, and those it reads past (annotations; "required" is judged in
+# list items only: above).
 _JUDGED = frozenset({"type", "$ref", "const", "enum", "minimum", "exclusiveMinimum", "oneOf", "properties",
-                     "additionalProperties", "items"})
-_SKIPPED = frozenset({"$schema", "$id", "title", "description", "contentEncoding", "required", "$defs"})
+                     "additionalProperties", "items", "required"})
+_SKIPPED = frozenset({"$schema", "$id", "title", "description", "contentEncoding", "$defs"})
 KNOWN_KEYWORDS = _JUDGED | _SKIPPED
 
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -69,11 +73,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _problems(value: Any, node: dict[str, Any], at: str, out: list[str]) -> None:
-    """Append to `out` what in `value` breaks the schema `node` ('path: message')."""
+def _problems(value: Any, node: dict[str, Any], at: str, out: list[str], item: bool = False) -> None:
+    """Append to `out` what in `value` breaks the schema `node` ('path: message'); `item`: value is
+    an item of a list, whose required keys are judged."""
     where = at or "(top)"
     if "$ref" in node:
-        _problems(value, _resolve(node["$ref"]), at, out)
+        _problems(value, _resolve(node["$ref"]), at, out, item)
     types = node.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else list(types)
@@ -93,7 +98,7 @@ def _problems(value: Any, node: dict[str, Any], at: str, out: list[str]) -> None
         tried: list[list[str]] = []
         for branch in node["oneOf"]:
             found: list[str] = []
-            _problems(value, branch, at, found)
+            _problems(value, branch, at, found, item)
             tried.append(found)
         fits = sum(1 for found in tried if not found)
         if fits == 0:
@@ -103,6 +108,10 @@ def _problems(value: Any, node: dict[str, Any], at: str, out: list[str]) -> None
         elif fits > 1:
             out.append(f"{where}: {_shown(value)} fits more than one of the forms allowed")
     if isinstance(value, dict):
+        if item:
+            missing = [key for key in node.get("required", ()) if key not in value]
+            if missing:
+                out.append(f"{where}: lacks {', '.join(map(repr, missing))}")
         properties = node.get("properties", {})
         extra = node.get("additionalProperties", True)
         for key, item in value.items():
@@ -112,8 +121,14 @@ def _problems(value: Any, node: dict[str, Any], at: str, out: list[str]) -> None
             elif isinstance(sub, dict):
                 _problems(item, sub, f"{at}/{key}" if at else str(key), out)
     if isinstance(value, list) and isinstance(node.get("items"), dict):
-        for i, item in enumerate(value):
-            _problems(item, node["items"], f"{at}/{i}" if at else str(i), out)
+        items = node["items"]
+        if items == _NUMBERS and all(v is None or type(v) in (int, float) for v in value):
+            return  # a time series column (a long run has thousands of them): nothing to say, at once
+        for i, entry in enumerate(value):
+            _problems(entry, items, f"{at}/{i}" if at else str(i), out, True)
+
+
+_NUMBERS = {"type": ["number", "null"]}  # the items of a time series column ($defs/column)
 
 
 def _misfit(where: str, found: list[str]) -> tuple[bool, int]:
@@ -143,10 +158,37 @@ def _histogram_problems(rep: dict[str, Any]) -> list[str]:
     return out
 
 
+def _series_problems(rep: dict[str, Any]) -> list[str]:
+    """Columns of the time series that are not as long as their time axis ("t_s"): the series' own
+    and those grouped under it (latency_ms, health, ...), and each process's against the processes'."""
+    out: list[str] = []
+
+    def check(columns: dict[str, Any], length: int, at: str, skip: tuple[str, ...] = ()) -> None:
+        for key, col in columns.items():
+            if isinstance(col, list) and key not in skip and len(col) != length:
+                out.append(f"{at}/{key}: {len(col)} values for {length} times")
+
+    series = rep.get("series")
+    if not isinstance(series, dict) or not isinstance(series.get("t_s"), list):
+        return out
+    check(series, len(series["t_s"]), "series")
+    for key, group in series.items():
+        if isinstance(group, dict) and key != "processes":
+            check(group, len(series["t_s"]), f"series/{key}")
+    procs = series.get("processes")
+    if isinstance(procs, dict) and isinstance(procs.get("t_s"), list):
+        for i, item in enumerate(procs.get("items") or []):
+            if isinstance(item, dict):
+                check(item, len(procs["t_s"]), f"series/processes/items/{i}", skip=("where",))
+    return out
+
+
 def report_problems(rep: dict[str, Any]) -> list[str]:
-    """Every value in `rep` the schema does not allow, and every histogram that does not decode."""
+    """Every value in `rep` the schema does not allow, every time series column of the wrong length,
+    and every histogram that does not decode."""
     out: list[str] = []
     _problems(rep, schema(), "", out)
+    out += _series_problems(rep)
     return out or _histogram_problems(rep)  # the histograms are decoded only when they have the right shape
 
 

@@ -297,7 +297,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     elif gone > 0:
         head.append(f"{gone:,} connections stopped talking", style="bold red")
     elif (share := behind_schedule(tr)) is not None:
-        head.append(f"no errors, but behind the schedule: {rate:,.0f} of the {tr['requested_per_s']:,.0f} messages/s "
+        head.append(f"no errors, but behind schedule: {rate:,.0f} of the {tr['requested_per_s']:,.0f} messages/s "
                     f"requested ({share:.1%}; the latency says how far behind)", style="bold yellow")
     else:
         head.append("no errors", style="bold green")
