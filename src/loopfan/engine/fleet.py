@@ -25,10 +25,14 @@ _CTX = multiprocessing.get_context("fork")
 
 
 def _open_fds() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:  # no /proc (macOS): the inherited fds stay; headroom covers small fleets
-        return []
+    """This process's open fds: /proc on Linux, /dev/fd on macOS (the listing's own fd is among
+    them, closed by then: closing it again in the child is harmless)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return [int(name) for name in os.listdir(folder) if name.isdigit()]
+        except OSError:
+            continue
+    return []  # neither: the inherited fds stay; headroom covers small fleets
 
 
 def _enter_child(inherited: list[int], target: Callable[..., None], *args: object) -> None:
