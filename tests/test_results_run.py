@@ -273,6 +273,19 @@ def test_prometheus_port_taken_is_bad_input_before_the_run(tmp_path: Path, monke
     assert not (tmp_path / "r.json").exists()
 
 
+def test_prometheus_on_port_0_says_which_port_it_got(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Any free port is of no use unless the user learns which: it is said before the run."""
+    pytest.importorskip("prometheus_client")
+    def no_run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("stop here: the note comes before the run")
+
+    monkeypatch.setattr(run_command, "run_plan", no_run)
+    run(["-c", "10", "--hold", "0", "--progress", "none", "--prometheus", "127.0.0.1:0"])
+    err = capsys.readouterr().err
+    assert re.search(r"--prometheus serves on http://127\.0\.0\.1:[1-9][0-9]*/metrics", err), err
+
+
 @pytest.mark.parametrize("addr", ["10.0.0.1:9464", "127.0.0.1:http"])
 def test_prometheus_refuses_non_loopback_and_bad_ports(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["-c", "10", "--prometheus", addr]) == 2

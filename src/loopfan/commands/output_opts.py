@@ -87,6 +87,10 @@ def output_options(f: F) -> F:
             from loopfan.results.prometheus import listen
 
             sock = listen(*prometheus)
+            if prometheus[1] == 0:  # any free port: say which, or nobody can scrape it
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                click.echo(f"loopfan: note: --prometheus serves on http://{shown}:{port}/metrics", err=True)
         try:
             output = OutputOptions(html_path=html_path, checks=checks, progress=progress, prometheus=sock)
             return f(*args, output=output, **kwargs)
