@@ -72,3 +72,11 @@ def test_serve_names_every_mode() -> None:
     first_line = " ".join((serve.help or "").split("\n\n")[0].split())
     for choice in mode.type.choices:
         assert choice in first_line and choice in (mode.help or ""), choice
+
+
+def test_run_lists_its_own_options_before_the_output_ones() -> None:
+    """QA: `run --help` opened with --html, --check, --progress and --prometheus, -c after them."""
+    run = next(cmd for path, cmd, _ in COMMANDS if path == "loopfan run")
+    names = [p.name for p in _options(run)]
+    assert names[0] == "connections"
+    assert names.index("html_path") > names.index("per_process")

@@ -111,4 +111,8 @@ def output_options(f: F) -> F:
                            "'failed==0', 'established>=1M'. Repeatable.")(wrapper)
     wrapper = click.option("--html", "html_path", metavar="FILE", default=None,
                            help="Also write the self-contained HTML report (opens offline).")(wrapper)
+    # Listed after the command's own options in --help (-c first, not --html): click shows its
+    # params in reverse order of being added, and these were added last - move them to the front.
+    params = wrapper.__click_params__  # type: ignore[attr-defined]
+    params[:] = params[-4:] + params[:-4]
     return wrapper  # type: ignore[return-value]
