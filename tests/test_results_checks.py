@@ -180,3 +180,15 @@ def test_memory_client_is_the_figure_the_run_report_shows_incl_the_parent() -> N
     assert report_metrics(rep)["memory.client"] == 12_000_000
     rep["memory_bytes"] = {"user_client": 7_800_000}  # an older report: the workers alone
     assert report_metrics(rep)["memory.client"] == 7_800_000
+
+
+@pytest.mark.parametrize("gate, fix", [
+    ("latency.p99:+10", "latency.p99:+10% (relative to the baseline) or latency.p99:+10ms (absolute)"),
+    ("memory.client:+5", "memory.client:+5% (relative to the baseline) or memory.client:+5B (absolute)"),
+])
+def test_a_gate_with_a_bare_number_where_a_unit_belongs_asks_which(gate: str, fix: str) -> None:
+    """QA: 'latency.p99:+10' meant +10 ms, silently, where +10 % was meant: a gate that never fails."""
+    with pytest.raises(UsageError, match=re.escape(fix)):
+        parse_gate(gate)
+    assert parse_gate(gate + "%").relative and parse_gate("latency.p99:0").amount == 0
+    assert parse_gate("failed:3").amount == 3 and parse_gate("connect_rate.mean:-500").amount == 500

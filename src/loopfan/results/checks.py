@@ -525,6 +525,12 @@ def parse_gate(text: str) -> Gate:
     up = sign == "+" if sign else metric.lower_is_better
     direction = "up" if up else "down"
     relative = amount_text.endswith("%") and metric.unit != "%"
+    if not relative and metric.unit in _UNIT_NEEDED and re.fullmatch(_NUMBER, amount_text.strip()) \
+            and float(amount_text.strip().replace("_", "").replace(",", "")) != 0:
+        # 'latency.p99:+10' read as +10 ms where +10 % was meant: a gate that never fails. Say which.
+        raise UsageError(f"gate {text!r}: is {amount_text.strip()} a percentage or {_unit_words(metric.unit)}? "
+                         f"write {m.group(1)}:{sign or '+'}{amount_text.strip()}% (relative to the baseline) or "
+                         f"{m.group(1)}:{sign or '+'}{amount_text.strip()}{metric.unit} (absolute)")
     try:
         amount = _percent(amount_text) if relative else parse_value(amount_text, metric)
     except UsageError as exc:
@@ -532,6 +538,10 @@ def parse_gate(text: str) -> Gate:
     if amount < 0:
         raise UsageError(f"gate {text!r}: the allowance must not be negative; put the direction in the sign")
     return Gate(text.strip(), metric, direction, amount, relative)
+
+
+# Units a gate's absolute allowance must name: a bare number there is more often a forgotten %.
+_UNIT_NEEDED = ("ms", "s", "B", "B/s")
 
 
 def _percent(text: str) -> float:
