@@ -138,9 +138,29 @@ def test_demo_explains_what_it_did(
     assert rep["client_processes"] >= 2 and rep["server_processes"] >= 2  # past one process's fd limit
 
 
-def test_serve_on_a_taken_endpoint_says_its_own_fix(loopback_block: Callable[[], str],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """No Python class name in the line, and the fix in an option serve has."""
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_serve_on_a_taken_endpoint_is_refused_before_it_starts(
+        loopback_block: Callable[[], str], capsys: pytest.CaptureFixture[str], reuse_port: bool) -> None:
+    """One line, exit 2, before any process. QA: a listener with SO_REUSEPORT - another loopfan
+    serve - let a second serve start on the same port, and the kernel split the clients between an
+    echo server and a hold server."""
+    prefix = loopback_block()
+    port = free_port(f"{prefix}1")
+    with socket.create_server((f"{prefix}1", port), reuse_port=reuse_port):
+        status = main(["serve", "--listen", f"{prefix}1:{port}", "-c", "10", "--duration", "1s"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert err == (f"loopfan: error: {prefix}1:{port} is taken: another program listens there (another loopfan "
+                   "serve?); stop it, or choose other endpoints with --listen ENDPOINTS\n")
+
+
+def test_serve_on_an_endpoint_taken_after_the_probe_says_its_own_fix(
+        loopback_block: Callable[[], str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken between the probe and the bind: no Python class name in the line, and the fix in an
+    option serve has."""
+    import loopfan.commands.serve as serve_command
+    monkeypatch.setattr(serve_command, "taken_endpoints", lambda endpoints: frozenset())
     prefix = loopback_block()
     port = free_port(f"{prefix}1")
     with socket.create_server((f"{prefix}1", port)):

@@ -22,8 +22,8 @@ from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.causes import explain
 from loopfan.engine.runner import Totals
 from loopfan.engine.serve import BuiltinServer, process_capacity, shard_endpoints
-from loopfan.errors import ServerStartError
-from loopfan.hostfacts import facts_for_workers
+from loopfan.errors import ServerStartError, UsageError
+from loopfan.hostfacts import facts_for_workers, taken_endpoints
 from loopfan.planner import PlanRequest, plan
 from loopfan.pools import Endpoint
 from loopfan.render import counted
@@ -59,6 +59,16 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
         p = plan(PlanRequest(connections=connections, max_per_process=per_process), facts)
         shards = p.server_shards
         capacity_per_process = p.per_process  # (the planner's figure: it may leave more headroom)
+    # Probed as the server would bind, but without SO_REUSEPORT: with it a second serve on the same
+    # endpoints starts quietly and the kernel splits the clients between the two (QA: an echo server
+    # and a hold server answering one port). A taken endpoint is said before any process starts.
+    endpoints_used = sorted({(e.address, e.port) for shard in shards for e in shard.listen})
+    taken = sorted(taken_endpoints(endpoints_used))
+    if taken:
+        where = f"[{taken[0][0]}]:{taken[0][1]}" if ":" in taken[0][0] else f"{taken[0][0]}:{taken[0][1]}"
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise UsageError(f"{where}{more} is taken: another program listens there (another loopfan serve?); "
+                         "stop it, or choose other endpoints with --listen ENDPOINTS")
     console = Console(stderr=True)
     server = BuiltinServer(shards, server_config(mode, response_size))
     stop = {"signal": ""}
