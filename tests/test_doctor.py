@@ -293,3 +293,21 @@ def test_doctor_contradictory_flags(argv: list[str], capsys: pytest.CaptureFixtu
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("loopfan: error:") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", ["{broken", '["a"]', '{"fs.file-max": ["x"]}'])
+def test_a_damaged_undo_record_is_said_not_crashed_on(proc_sys: Path, state_dir: Path, content: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: '{broken' in the record gave 'internal error: JSONDecodeError' and blocked --fix. It is
+    the only copy of the values to restore: nothing is written, and the line says what to do."""
+    state_dir.mkdir(parents=True)
+    (state_dir / "sysctl-undo.json").write_text(content)
+    for act in (lambda: sysctl.undo(root=proc_sys), sysctl.recorded,
+                lambda: sysctl.apply([Setting("fs.file-max", "3000000")], root=proc_sys)):
+        with pytest.raises(HostError, match=r"the undo record .*sysctl-undo.json is damaged .* remove the file"):
+            act()
+    assert (proc_sys / "fs/file-max").read_text() == "2466170\n"
+    assert (state_dir / "sysctl-undo.json").read_text() == content
+    assert main(["doctor", "--undo"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err and "is damaged" in err

@@ -55,10 +55,26 @@ def write_setting(key: str, value: str, root: Path = Path("/proc/sys")) -> None:
         raise HostError(f"cannot write {key}={value}: {exc.strerror}") from None
 
 
+def _read_record(path: Path) -> dict[str, str]:
+    """The undo record {key: value before}; a file that is not one is a HostError naming it and the
+    way out (QA: '{broken' gave an internal error and blocked --fix) - never guessed around, since
+    it holds the only copy of the values to restore."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        data, why = None, getattr(exc, "strerror", None) or "not JSON"
+    else:
+        why = "not a {setting: value} record"
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int)) for v in data.values()):
+        raise HostError(f"the undo record {path} is damaged ({why}); restore the settings it names by hand "
+                        "(sysctl -w KEY=VALUE) and remove the file, then run again")
+    return {str(k): str(v) for k, v in data.items()}
+
+
 def apply(settings: Iterable[Setting], root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
     """Write settings, recording previous values first. Returns (key, old, new) per change made."""
     path = _undo_file()
-    recorded: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    recorded: dict[str, str] = _read_record(path) if path.exists() else {}
     changes = []
     for s in settings:
         old = read_setting(s.key, root)
@@ -77,8 +93,7 @@ def recorded() -> dict[str, str]:
     path = _undo_file()
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
-    return {str(k): str(v) for k, v in data.items()}
+    return _read_record(path)
 
 
 def undo(root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
@@ -86,7 +101,7 @@ def undo(root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
     path = _undo_file()
     if not path.exists():
         return []
-    recorded: dict[str, str] = json.loads(path.read_text())
+    recorded = _read_record(path)
     restored = []
     for key, old in recorded.items():
         current = read_setting(key, root)
