@@ -50,6 +50,11 @@ def _one_error_line(err: str) -> str:
         (["tag", "--name", "2130706433", "--", "true"], "reads as an IPv4 address (inet_aton takes it for 127.0.0.1)"),
         (["tag", "--name", "0x7f000001", "--", "true"], "reads as an IPv4 address"),
         (["capture", "--source", "127.0.0.28=a", "--source", "127.0.0.28=b"], "given twice, as 'a' and 'b'"),
+        # QA: the tag's own address under another label was taken and the label dropped; and a
+        # non-loopback --also was blamed on --source.
+        (["tag", "--source", "127.0.0.83", "--name", "me", "--capture", "x.pcapng", "--also", "127.0.0.83=other",
+          "--", "true"], "given twice, as 'me' and 'other'"),
+        (["tag", "--capture", "x.pcapng", "--also", "10.0.0.1", "--", "true"], "--also 10.0.0.1 is not a loopback"),
         (["alias", "add", "127.255.255.255", "--dry-run", "--platform", "macos"], "broadcast address"),
         (["alias", "add", "127.255.255.0/24", "--dry-run", "--platform", "macos"], "broadcast address"),
     ],

@@ -109,6 +109,8 @@ def command(
         _check_not_taken(source, tags_now)
     label = check_label(label if label is not None else _default_label(argv[0]))
     extra = _also_targets(also, tags_now)
+    if source is not None:  # the tag's own address in --also under another label: refused, as elsewhere
+        merge_targets([Target(source, label), *extra])
     if also and not capture_path:
         raise UsageError("--also only makes sense with --capture FILE")
     output = Path(capture_path) if capture_path else None
@@ -332,7 +334,7 @@ def _also_targets(also: tuple[str, ...], tags_now: list[TagRecord]) -> list[Targ
         if item == "tags":
             out.extend(Target(t.address, t.label, _detail(t)) for t in tags_now)
             continue
-        target = parse_target(item)
+        target = parse_target(item, what="--also")
         known = next((t for t in tags_now if t.address == target.address), None)
         if known is not None:
             target = Target(target.address, target.label or known.label, _detail(known))

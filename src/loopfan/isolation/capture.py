@@ -692,10 +692,10 @@ def finalize(
 # Parsing what users type (pure)
 
 
-def parse_target(text: str) -> Target:
-    """'127.0.0.5' or '127.0.0.5=kafka-client' -> Target; UsageError otherwise."""
+def parse_target(text: str, what: str = "--source") -> Target:
+    """'127.0.0.5' or '127.0.0.5=kafka-client' -> Target; UsageError (naming the option `what`) otherwise."""
     address, _, label = text.partition("=")
-    return Target(check_tag_address(address.strip(), what="--source"), check_label(label.strip()) if label else "")
+    return Target(check_tag_address(address.strip(), what=what), check_label(label.strip()) if label else "")
 
 
 def check_tag_address(text: str, *, what: str = "--source") -> str:
