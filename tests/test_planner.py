@@ -489,3 +489,16 @@ def test_no_port_past_65535(dev_facts: Facts) -> None:
 def test_a_run_against_targets_has_no_server_to_move(dev_facts: Facts) -> None:
     request = PlanRequest(connections=1000, targets=parse_endpoints("127.0.0.1:8080"))
     assert moved_server(request, plan(request, dev_facts()), frozenset(parse_endpoints("127.0.0.1:8080"))) is None
+
+
+def test_isolated_clients_skip_addresses_other_programs_use(dev_facts: Facts) -> None:
+    """QA: with a tag on 127.0.0.3, --isolate 3 handed out 127.0.0.2-127.0.0.4, so the 'isolated'
+    client's capture showed the tagged program too. The addresses in use are a host fact."""
+    import ipaddress
+    request = PlanRequest(connections=100, targets=parse_endpoints("127.0.0.1:8080"),
+                          sources=parse_pool("127.0.0.2-127.0.0.50"), isolate=3,
+                          isolate_avoid=frozenset({int(ipaddress.IPv4Address("127.0.0.3"))}))
+    p = plan(request, dev_facts())
+    assert [g.source for g in p.isolated] == ["127.0.0.2", "127.0.0.4", "127.0.0.5"]
+    others = {g.source for g in p.groups} - {g.source for g in p.isolated}
+    assert not others & {"127.0.0.2", "127.0.0.4", "127.0.0.5"}

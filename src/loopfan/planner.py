@@ -58,6 +58,9 @@ class PlanRequest:
     # Isolated clients: this many single connections, each from a source address no other
     # connection uses, so that `ip.addr==ADDR` in a capture shows exactly one client.
     isolate: int = 0
+    # Addresses another program uses now (a host fact read at the edge: sockets, active tags): not
+    # given to isolated clients, whose captures would show that program too.
+    isolate_avoid: frozenset[int] = frozenset()
     # The user chose the built-in server's endpoints (--listen): kept as given, an error if taken.
     # Otherwise they are loopfan's choice, moved to other ports when taken (see `moved_server`).
     listen_chosen: bool = False
@@ -367,7 +370,7 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
         )
 
     # Isolated clients take the pool's first addresses in plain order (127.0.0.2, .3, ...: easy to
-    # type into a capture filter); nothing else leaves from them.
+    # type into a capture filter) that no other program uses; nothing else leaves from them.
     isolated: list[Group] = []
     if request.isolate and ipv6:
         raise UsageError(
@@ -375,7 +378,8 @@ def plan(request: PlanRequest, facts: HostFacts) -> Plan:
             "cannot have addresses of their own; use a 127.x.y.z target or leave --isolate out"
         )
     if request.isolate:
-        iso_ips = sources_pool.take(request.isolate, spread=False)
+        busy = AddressPool(tuple((ip, ip) for ip in sorted(request.isolate_avoid)))
+        iso_ips = sources_pool.without(busy).take(request.isolate, spread=False)
         if len(iso_ips) < request.isolate or len(iso_ips) >= sources_pool.ipv4_count:
             raise UsageError(
                 f"the source pool has {sources_pool.ipv4_count:,} addresses: too few to isolate "

@@ -76,6 +76,14 @@ def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
                         f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
 
 
+def _taken_addresses() -> frozenset[int]:
+    """Host fact for --isolate: addresses other programs (and tags) use now - Linux's /proc; none
+    known elsewhere."""
+    from loopfan.isolation.registry import addresses_taken
+
+    return addresses_taken()
+
+
 def plan_free_server(request: PlanRequest, facts: HostFacts) -> tuple[Plan, str | None]:
     """The plan, its built-in server moved past endpoints another program listens on (a second run on
     this host) unless the user chose them (then the planner's UsageError). The probe is the I/O
@@ -258,6 +266,7 @@ def command(
         sources=build_sources(sources, allow_non_loopback),
         max_per_process=per_process,
         isolate=isolate,
+        isolate_avoid=_taken_addresses() if isolate else frozenset(),
         min_client_processes=min_processes(talking=traffic is not None, per_process=per_process),
         min_server_processes=min_processes(talking=traffic is not None, per_process=per_process),
         **parse_listen(listen),

@@ -9,7 +9,6 @@ clean for pipes.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import shlex
 import shutil
@@ -39,7 +38,7 @@ from loopfan.isolation.capture import (
 from loopfan.isolation.registry import (
     TagRecord,
     active_tags,
-    addresses_in_use,
+    addresses_taken,
     locked,
     pick_free_address,
     remove_record,
@@ -125,8 +124,7 @@ def command(
         if chosen is not None:
             _check_not_taken(chosen, tags_now)
         else:
-            used = addresses_in_use() | {int(ipaddress.IPv4Address(t.address)) for t in tags_now}
-            chosen = pick_free_address(used)
+            chosen = pick_free_address(addresses_taken(tags_now))
         spec = TagSpec(source=chosen, label=label, ipv6=ipv6)
         reservation = write_record(tag_record(spec, None, argv, 0))  # completed once the command runs
     if source is None:

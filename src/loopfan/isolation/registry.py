@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import tempfile
@@ -135,6 +136,13 @@ def addresses_in_use() -> set[int]:
         with contextlib.suppress(OSError):
             used |= parse_proc_net_addresses(Path(f"/proc/net/{name}").read_text())
     return used
+
+
+def addresses_taken(tags: Iterable[TagRecord] | None = None) -> frozenset[int]:
+    """What a new tag or isolated client must not use: addresses with sockets now, and the active
+    tags' (`tags`, when the caller read them under the registry's lock)."""
+    tagged = {int(ipaddress.IPv4Address(t.address)) for t in (active_tags() if tags is None else tags)}
+    return frozenset(addresses_in_use() | tagged)
 
 
 def pick_free_address(used: Iterable[int], pool: AddressPool = DEFAULT_SOURCE_POOL) -> str:
