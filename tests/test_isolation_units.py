@@ -501,3 +501,22 @@ def test_env_script_with_options_names_the_missing_program_not_an_option_argumen
     assert missing_interpreter(str(script)) == "loopfan-no-such-interp"
     script.write_text("#!/usr/bin/env -P /nonexistent-dir sh\n")  # -P: searched there, not in $PATH
     assert missing_interpreter(str(script)) == "sh"
+
+
+def test_a_label_names_one_active_tag() -> None:
+    """QA: two 'loopfan tag -- python3 ...' were both labelled python3, so ip.host=="python3" meant
+    either. A label from the command's name gets a suffix; a --name another tag has is refused."""
+    from loopfan.commands.tag import unique_label
+    from loopfan.errors import UsageError
+    from loopfan.isolation.registry import TagRecord
+
+    def tag(address: str, label: str) -> TagRecord:
+        return TagRecord(address=address, label=label, command="python3 x.py", pid=1, loopfan_pid=1,
+                         started="2026-11-29T00:00:00Z", cgroup="")
+
+    tags = [tag("127.0.0.2", "python3"), tag("127.0.0.3", "python3-2"), tag("127.0.0.4", "curl")]
+    assert unique_label("python3", tags, named=False) == "python3-3"
+    assert unique_label("wget", tags, named=False) == "wget"
+    assert unique_label("me", tags, named=True) == "me"
+    with pytest.raises(UsageError, match=r"--name 'curl' is the label of the active tag on 127.0.0.4"):
+        unique_label("curl", tags, named=True)

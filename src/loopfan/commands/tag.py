@@ -106,6 +106,7 @@ def command(
         if source == "127.0.0.1":
             raise UsageError("--source 127.0.0.1 is what untagged programs use already; pick e.g. 127.0.0.5")
         _check_not_taken(source, tags_now)
+    named = label is not None
     label = check_label(label if label is not None else _default_label(argv[0]))
     extra = _also_targets(also, tags_now)
     if source is not None:  # the tag's own address in --also under another label: refused, as elsewhere
@@ -125,6 +126,7 @@ def command(
             _check_not_taken(chosen, tags_now)
         else:
             chosen = pick_free_address(addresses_taken(tags_now))
+        label = unique_label(label, tags_now, named=named)
         spec = TagSpec(source=chosen, label=label, ipv6=ipv6)
         reservation = write_record(tag_record(spec, None, argv, 0))  # completed once the command runs
     if source is None:
@@ -318,6 +320,22 @@ def _run(
 
 def _detail(record: TagRecord) -> str:
     return f"command={record.command!r} pid={record.pid} started={record.started}"
+
+
+def unique_label(label: str, tags_now: list[TagRecord], *, named: bool) -> str:
+    """A label no active tag has: ip.host=="python3" must mean one client. A --name another tag
+    has is refused; a label taken from the command's name gets a suffix (python3-2, python3-3)."""
+    used = {t.label for t in tags_now}
+    if label not in used:
+        return label
+    if named:
+        holder = next(t.address for t in tags_now if t.label == label)
+        raise UsageError(f"--name {label!r} is the label of the active tag on {holder}; a label names one "
+                         "address - choose another --name")
+    n = 2
+    while f"{label[:60]}-{n}" in used:
+        n += 1
+    return f"{label[:60]}-{n}"
 
 
 def _default_label(program: str) -> str:
