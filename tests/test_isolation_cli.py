@@ -82,6 +82,19 @@ def test_script_with_a_missing_interpreter_is_named_before_tagging(
     assert "interpreter 'loopfan-no-such-interp'" in _one_error_line(capsys.readouterr().err)
 
 
+def test_a_script_without_a_shebang_is_refused_before_the_tag(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: it was refused only after the tag was set up ('Exec format error'); shells run such a
+    file with sh, loopfan says so instead of guessing."""
+    script = tmp_path / "plain.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    assert main(["tag", "--", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert "has no #! line" in _one_error_line(err) and f"loopfan tag -- sh {script}" in err
+    assert "tagged" not in err
+
+
 def test_unwritable_directory_path_leaves_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["capture", "--source", "127.0.0.5", "-w", str(tmp_path)]) == 2
     assert "is a directory" in _one_error_line(capsys.readouterr().err)

@@ -158,7 +158,28 @@ def check_program(name: str) -> str:
             f"{name!r} is a script whose interpreter {interpreter!r} (its #! line) is not installed; "
             "install it or fix the #! line"
         )
+    if not_runnable_by_kernel(program):
+        # (QA: refused only once the tag was set up, 'Exec format error'; a shell would have run it
+        # with sh - a guess loopfan does not make)
+        raise UsageError(f"{name!r} has no #! line, so the kernel cannot run it (shells run such files with sh); "
+                         f"add a #! line, or write: loopfan tag -- sh {name}")
     return program
+
+
+# The first bytes of files the kernel runs: ELF, and Mach-O (32/64-bit, either byte order; universal).
+_BINARY_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                 b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
+
+
+def not_runnable_by_kernel(program: str) -> bool:
+    """An executable file that is neither a #! script nor a binary the kernel knows: execve fails
+    with ENOEXEC. (Unreadable files are left to execve to judge.)"""
+    try:
+        with open(program, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return not head.startswith(b"#!") and head not in _BINARY_MAGIC
 
 
 def missing_interpreter(program: str) -> str | None:
