@@ -520,3 +520,16 @@ def test_a_label_names_one_active_tag() -> None:
     assert unique_label("me", tags, named=True) == "me"
     with pytest.raises(UsageError, match=r"--name 'curl' is the label of the active tag on 127.0.0.4"):
         unique_label("curl", tags, named=True)
+
+
+def test_a_capture_tool_that_died_is_quoted_for_its_error_not_its_statistics(tmp_path: Path) -> None:
+    """QA: dumpcap on a full disk was reported as "Packets received/dropped on interface 'Loopback:
+    lo': 295/1" - its closing statistics, printed on any exit - not the error before them."""
+    from loopfan.isolation.capture import _External
+    tool = _External(["dumpcap"], "File:", 0.1, tmp_path / "x.pcapng")
+    error = "dumpcap: Error while writing to the capture file: No space left on device"
+    tool._stderr = ["File: x.pcapng", error,
+                    "Packets received/dropped on interface 'Loopback: lo': 295/1 (pcap:0/dumpcap:0/flushed:1)"]
+    assert str(tool._died(1)) == f"dumpcap stopped while capturing on lo: {error} (exit status 1)"
+    tool._stderr = ["12 packets captured", "12 packets received by filter", "0 packets dropped by kernel"]
+    assert str(tool._died(1)) == "dumpcap stopped while capturing on lo: exit status 1"

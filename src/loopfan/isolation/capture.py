@@ -65,6 +65,12 @@ class Target:
 # Pure: filters and description
 
 
+# The capture tools' closing statistics (dumpcap; tcpdump): printed on any exit, never why it died
+# (QA: a full disk was reported as "Packets received/dropped on interface 'Loopback: lo': 295/1").
+_STATISTICS = re.compile(r"(Packets received/dropped on interface|\d+ packets? (captured|received by filter|"
+                         r"dropped by kernel))")
+
+
 def capture_filter(addresses: Sequence[str]) -> str:
     """pcap-filter syntax for tcpdump/dumpcap: 'host A or host B'."""
     return " or ".join(f"host {a}" for a in addresses)
@@ -292,7 +298,8 @@ class _External(_Backend):
     def _failure(self) -> HostError:
         """Why the tool stopped, from its own words, with the fix that fits."""
         self._drained()
-        said = [line for line in self._stderr if line and self._ready_marker not in line]
+        said = [line for line in self._stderr
+                if line and self._ready_marker not in line and not _STATISTICS.match(line)]
         denied = next((line for line in said if "permission" in line.lower()), None)
         denied = denied or next((line for line in said if "not permitted" in line), None)
         if denied is not None:
@@ -308,7 +315,8 @@ class _External(_Backend):
     def _died(self, returncode: int) -> BackendDied:
         """It stopped by itself mid-capture: its own last words, else how it ended."""
         self._drained()
-        said = [line for line in self._stderr if line and self._ready_marker not in line]
+        said = [line for line in self._stderr
+                if line and self._ready_marker not in line and not _STATISTICS.match(line)]
         if returncode < 0:  # a signal: whatever it said before (dumpcap's "File: ...") is not why
             why = f"killed by signal {-returncode}"
         else:
