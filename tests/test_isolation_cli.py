@@ -36,6 +36,8 @@ def _one_error_line(err: str) -> str:
         (["tag", "--name", "two words", "--", "true"], "label"),
         (["tag", "--capture", "/nonexistent-dir/x.pcapng", "--", "true"], "cannot write"),
         (["tag", "--also", "127.0.0.9", "--", "true"], "--also only makes sense"),
+        (["tag", "--format", "pcap", "--", "true"], "--format only makes sense"),
+        (["tag", "--backend", "tcpdump", "--", "true"], "--backend only makes sense"),
         (["capture", "--source", "192.168.1.1"], "not a loopback address"),
         (["capture", "--source", "nonsense"], "not an IPv4 address"),
         (["capture", "--source", "127.0.0.5", "-w", "/nonexistent-dir/x.pcapng"], "cannot write"),

@@ -113,6 +113,11 @@ def command(
         merge_targets([Target(source, label), *extra])
     if also and not capture_path:
         raise UsageError("--also only makes sense with --capture FILE")
+    if not capture_path:  # (QA: accepted and ignored, where --also is refused)
+        given = click.get_current_context().get_parameter_source
+        for option, name in (("--format", "fmt"), ("--backend", "backend")):
+            if given(name) is click.core.ParameterSource.COMMANDLINE:
+                raise UsageError(f"{option} only makes sense with --capture FILE")
     output = Path(capture_path) if capture_path else None
     if output is not None:
         check_writable(output)
