@@ -311,3 +311,28 @@ def test_a_damaged_undo_record_is_said_not_crashed_on(proc_sys: Path, state_dir:
     assert main(["doctor", "--undo"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error" not in err and "is damaged" in err
+
+
+def test_undo_leaves_a_setting_changed_since_the_fix(proc_sys: Path, state_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: after --fix set somaxconn to 65535, the user set 8192 by hand; --undo put 4096 back over
+    it without a word. A value changed since is not what --fix changed: it is left, and said."""
+    sysctl.apply([Setting("net.core.somaxconn", "65535"), Setting("fs.file-max", "3000000")], root=proc_sys)
+    (proc_sys / "net/core/somaxconn").write_text("8192\n")
+    changed: list[tuple[str, str, str, str]] = []
+    assert sysctl.undo(root=proc_sys, changed_since=changed) == [("fs.file-max", "3000000", "2466170")]
+    assert changed == [("net.core.somaxconn", "8192", "65535", "4096")]
+    assert sysctl.read_setting("net.core.somaxconn", proc_sys) == "8192"
+    assert not (state_dir / "sysctl-undo.json").exists() and not (state_dir / "sysctl-set.json").exists()
+    # Through the command (as root, on the fake /proc/sys): the line names the value and the way back.
+    from loopfan.commands import doctor as doctor_command
+    sysctl.apply([Setting("net.core.somaxconn", "65535")], root=proc_sys)  # (8192 now: the value before)
+    (proc_sys / "net/core/somaxconn").write_text("1024\n")
+    real_undo = sysctl.undo
+    monkeypatch.setattr(sysctl, "undo", lambda changed_since=None: real_undo(proc_sys, changed_since))
+    monkeypatch.setattr(doctor_command, "read_host_facts", lambda: type("F", (), {"is_root": True})())
+    assert main(["doctor", "--undo"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "left net.core.somaxconn at 1024: changed since --fix set it to 65535 (it was 8192 before" in out
+    assert "sysctl -w net.core.somaxconn=8192" in out

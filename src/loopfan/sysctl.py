@@ -29,6 +29,12 @@ def _undo_file() -> Path:
     return state_dir() / "sysctl-undo.json"
 
 
+def _set_file() -> Path:
+    """The values --fix wrote ({key: value}), beside the undo record: --undo leaves a setting that
+    was changed since alone (absent - a record of an earlier version - nothing is left alone)."""
+    return state_dir() / "sysctl-set.json"
+
+
 def _proc_path(key: str, root: Path) -> Path:
     return root / key.replace(".", "/")
 
@@ -73,16 +79,19 @@ def _read_record(path: Path) -> dict[str, str]:
 
 def apply(settings: Iterable[Setting], root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
     """Write settings, recording previous values first. Returns (key, old, new) per change made."""
-    path = _undo_file()
+    path, set_path = _undo_file(), _set_file()
     recorded: dict[str, str] = _read_record(path) if path.exists() else {}
+    written: dict[str, str] = _read_record(set_path) if set_path.exists() else {}
     changes = []
     for s in settings:
         old = read_setting(s.key, root)
         if old == s.value:
             continue
         recorded.setdefault(s.key, old)
+        written[s.key] = s.value
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(recorded, indent=1) + "\n")
+        set_path.write_text(json.dumps(written, indent=1) + "\n")
         write_setting(s.key, s.value, root)
         changes.append((s.key, old, s.value))
     return changes
@@ -96,16 +105,25 @@ def recorded() -> dict[str, str]:
     return _read_record(path)
 
 
-def undo(root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
-    """Restore every recorded setting; remove the record. Returns (key, current, restored)."""
-    path = _undo_file()
+def undo(root: Path = Path("/proc/sys"),
+         changed_since: list[tuple[str, str, str, str]] | None = None) -> list[tuple[str, str, str]]:
+    """Restore every recorded setting; remove the record. Returns (key, current, restored). A setting
+    someone changed after --fix is left as it is (not what --fix changed any more): appended to
+    `changed_since` as (key, current, what --fix set, the value before --fix)."""
+    path, set_path = _undo_file(), _set_file()
     if not path.exists():
         return []
     recorded = _read_record(path)
+    written = _read_record(set_path) if set_path.exists() else {}
     restored = []
     for key, old in recorded.items():
         current = read_setting(key, root)
+        if key in written and current != written[key] and current != old:
+            if changed_since is not None:
+                changed_since.append((key, current, written[key], old))
+            continue
         write_setting(key, old, root)
         restored.append((key, current, old))
     path.unlink()
+    set_path.unlink(missing_ok=True)
     return restored

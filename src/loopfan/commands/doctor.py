@@ -83,6 +83,10 @@ def _undo(console: Console) -> int:
         for key, old in previous.items():
             console.print(f"  {sysctl_command(Setting(key, old))}", highlight=False)
         return 1
-    for key, current, old in sysctl.undo():
+    changed_since: list[tuple[str, str, str, str]] = []
+    for key, current, old in sysctl.undo(changed_since=changed_since):
         console.print(f"restored {key}: {current} -> {old}", highlight=False)
+    for key, current, written, old in changed_since:
+        console.print(f"left {key} at {current}: changed since --fix set it to {written} (it was {old} before; "
+                      f"to restore that: {sysctl_command(Setting(key, old))})", highlight=False)
     return 0
