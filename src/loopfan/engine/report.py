@@ -289,8 +289,11 @@ def _ms(v: float | None) -> str:
 
 
 def not_planned(rep: dict[str, Any]) -> int:
-    """Connections a --force run never attempted: past what its plan could hold."""
-    return sum(f["count"] for f in rep.get("failures") or [] if f.get("cause") == "not-planned")
+    """Connections a --force run never attempted, when that is its whole shortfall (nothing failed,
+    the rest were past what its plan could hold); 0 otherwise. The terminal and the page say it so."""
+    unplanned = sum(f["count"] for f in rep.get("failures") or [] if f.get("cause") == "not-planned")
+    whole = not rep.get("failed_total") and rep.get("established", 0) + unplanned == rep.get("target_connections", 0)
+    return unplanned if whole else 0
 
 
 def report_renderable(rep: dict[str, Any]) -> RichGroup:
@@ -307,8 +310,7 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
         head.append(not_held, style="bold red")
     elif ok:
         head.append("all connections established", style="bold green")
-    elif not rep["failed_total"] and (unplanned := not_planned(rep)) \
-            and rep["established"] + unplanned == rep["target_connections"]:
+    elif unplanned := not_planned(rep):
         # Nothing failed: --force ran a plan that could not hold them all, and the rest were never tried.
         head.append(f"all {rep['established']:,} planned connections established; {unplanned:,} were never "
                     "attempted (--force past the plan's limit, see failures)", style="bold yellow")
