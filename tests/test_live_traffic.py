@@ -46,9 +46,10 @@ def traffic_series() -> SeriesSampler:
     return s
 
 
-def progress(phase: str, series: SeriesSampler, failed: dict[str, int] | None = None) -> Progress:
+def progress(phase: str, series: SeriesSampler, failed: dict[str, int] | None = None,
+             kind: str | None = "echo") -> Progress:
     client = Totals(attempted=100, established=100, open=100, peak_open=100, failed=failed or {})
-    return Progress(phase, 2.0, 100, client, None, 0.0, None, series)
+    return Progress(phase, 2.0, 100, client, None, 0.0, None, series, traffic_kind=kind)
 
 
 def rendered(p: Progress) -> str:
@@ -101,6 +102,9 @@ def test_plain_line_during_traffic_names_the_errors() -> None:
     assert line.startswith("traffic: 100/100 open, 50,000 messages/s, request p50 1.000 ms p99 20.0 ms, ")
     assert "errors 25/s, 35 so far (http-5xx 30, reply-timeout 5)" in line
     assert "no connection failures" in line and "connects/s" not in line
+    http = describe(progress("traffic", traffic_series(), kind="http"))
+    assert http.startswith("traffic: 100/100 open, 50,000 requests/s, request p50 1.000 ms")
+    assert "50,000 requests/s" in rendered(progress("traffic", traffic_series(), kind="http"))
     before = describe(progress("connecting", traffic_series()))
     assert before.startswith("connecting: 100/100 open, 0 connects/s, p99 - ms, no failures")
 

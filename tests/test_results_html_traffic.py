@@ -29,7 +29,7 @@ from loopfan.traffic.report import explain
 
 # Axis labels of the three traffic charts: text in the SVG (svg.fonttype none), so a page shows
 # whether a chart was drawn.
-MESSAGES_CHART = "messages per second"
+MESSAGES_CHART = "requests per second"  # the fixture is an HTTP run: its charts count requests
 LATENCY_CHART = "message latency (ms, log)"
 ERRORS_CHART = "traffic errors per second"
 
@@ -141,11 +141,13 @@ def test_traffic_section_comes_after_connect_latency(traffic_page: str) -> None:
 def test_traffic_section_shows_the_run_figures(traffic_report: dict[str, Any], traffic_page: str) -> None:
     tr = traffic_report["traffic"]
     body = section(traffic_page, "traffic")
-    assert "closed loop: each connection sends its next message when a reply arrives" in body
+    # HTTP speaks of requests and responses (the JSON keeps messages_per_s for every protocol).
+    assert "closed loop: each connection sends its next request when the response arrives" in body
     assert "s window after 0.2 s warm-up" in body
     assert fmt(tr["messages_per_s"], "/s") in body
     assert f"in {fmt(tr['bytes_in_per_s'], 'B')}/s, out {fmt(tr['bytes_out_per_s'], 'B')}/s" in body
-    assert f"{tr['replies_in_window']:,} replies and {tr['sent_in_window']:,} messages sent in the window" in body
+    assert f"{tr['replies_in_window']:,} responses and {tr['sent_in_window']:,} requests sent in the window" in body
+    assert "messages" not in body.split("HDR histograms")[0].replace("messages_per_s", "")
     assert f"{tr['sent']:,} sent, {tr['replies']:,} answered" in body
     assert f"http-2xx {tr['statuses']['http-2xx']:,} (after the warm-up)" in body
     assert f"warm-up statuses</td><td class=\"\">http-2xx {tr['warmup_statuses']['http-2xx']:,}" in body
@@ -177,7 +179,7 @@ def test_open_model_names_its_rate(traffic_report: dict[str, Any]) -> None:
     rep["traffic"]["model"] = "open (latency from the scheduled send time)"
     rep["identity"]["config"]["traffic"]["rate_per_conn_s"] = 20.0
     body = section(render(rep), "traffic")
-    assert "open model: 20 messages/s per connection (~800/s over 40 connections)" in body
+    assert "open model: 20 requests/s per connection (~800/s over 40 connections)" in body
     assert "latency from the scheduled send time" in body
     assert "reading</td>" not in body  # the Little's law reading is for a closed loop
     rep["traffic"]["requested_per_s"] = 780.0  # over the 39 connections that began talking
@@ -301,7 +303,7 @@ def test_an_older_traffic_block_still_renders(traffic_report: dict[str, Any]) ->
     for key in ("sent_in_window", "warmup_errors", "warmup_statuses", "unsent_in_latency"):
         del rep["traffic"][key]
     body = section(render(rep), "traffic")
-    assert f"{rep['traffic']['replies_in_window']:,} replies; over the whole run" in body
+    assert f"{rep['traffic']['replies_in_window']:,} responses; over the whole run" in body
     assert "warm-up statuses" not in body
 
 

@@ -133,6 +133,8 @@ class Progress:
     series: SeriesSampler | None = None
     # WebSocket opening handshakes still under way at the start of the traffic phase (no messages yet).
     handshakes_waiting: int = 0
+    # The protocol the traffic phase speaks (None: no traffic): what its figures are called.
+    traffic_kind: str | None = None
 
 
 @dataclass(slots=True)
@@ -300,7 +302,8 @@ def run_plan(
                 (ta, ea), (tb, eb) = result.rate_series[-2], result.rate_series[-1]
                 rate = (eb - ea) / (tb - ta) if tb > ta else 0.0
             on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series,
-                                 _handshakes_waiting(fleet) if phase == "traffic" else 0))
+                                 _handshakes_waiting(fleet) if phase == "traffic" else 0,
+                                 config.traffic.kind if config.traffic is not None else None))
 
     def take_sample(now: float) -> None:
         procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}

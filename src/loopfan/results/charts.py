@@ -184,17 +184,18 @@ def message_latency_over_time(series: dict[str, Any]) -> str:
                                   "message latency (ms, log)", "no reply was measured")
 
 
-def messages(series: dict[str, Any], window_mean_per_s: float | None = None) -> str:
-    """Replies per second over time, with the measured window's mean for scale."""
+def messages(series: dict[str, Any], window_mean_per_s: float | None = None, noun: str = "messages") -> str:
+    """Replies per second over time, with the measured window's mean for scale (noun: "requests" for
+    HTTP, see wording.traffic_nouns)."""
     fig, axes = _figure()
     ax = axes[0][0]
     t, msg = thin(series["t_s"], _fit(series.get("messages_per_s"), len(series["t_s"])))
-    ax.plot(t, msg, color=COLORS[3], label="messages/s", marker="." if len(t) < 30 else None)
+    ax.plot(t, msg, color=COLORS[3], label=f"{noun}/s", marker="." if len(t) < 30 else None)
     if window_mean_per_s:
         ax.axhline(window_mean_per_s, color="#555555", linestyle=":", linewidth=1,
                    label=f"measured window: {window_mean_per_s:,.0f}/s")
     ax.set_ylim(bottom=0)
-    _label(ax, "messages per second", span=series["t_s"])
+    _label(ax, f"{noun} per second", span=series["t_s"])
     _legend(ax)
     return _svg(fig)
 
@@ -334,7 +335,7 @@ def health(series: dict[str, Any]) -> str:
     return _svg(fig)
 
 
-def throughput(series: dict[str, Any]) -> str:
+def throughput(series: dict[str, Any], noun: str = "messages") -> str:
     fig, axes = _figure()
     ax = axes[0][0]
     t, bi, bo, msg = thin(series["t_s"], series["bytes_in_per_s"], series["bytes_out_per_s"],
@@ -344,8 +345,8 @@ def throughput(series: dict[str, Any]) -> str:
         ax.plot(t, [v / 1e6 for v in bo], color=COLORS[2], label="sent (MB/s)")
     if any(v > 0 for v in msg):
         ax2 = ax.twinx()
-        ax2.plot(t, msg, color=COLORS[3], label="messages/s", linestyle="--")
-        ax2.set_ylabel("messages per second")
+        ax2.plot(t, msg, color=COLORS[3], label=f"{noun}/s", linestyle="--")
+        ax2.set_ylabel(f"{noun} per second")
     if not any(v > 0 for v in bi + bo + msg):
         _empty(ax, "no payload traffic in this run (connections only)")
     ax.set_ylim(bottom=0)

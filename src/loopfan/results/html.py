@@ -26,7 +26,7 @@ from loopfan.traffic.report import (
     lost_before_traffic,
     nothing_to_talk_over,
 )
-from loopfan.wording import counted
+from loopfan.wording import counted, traffic_nouns
 
 SECTIONS = [
     ("run", "Run and checks"),
@@ -93,7 +93,8 @@ def _verdict(rep: dict[str, Any]) -> tuple[str, str]:
         return ("b-fail" if cls == "b-pass" else cls), text + "; traffic not run: no connection was open"
     # Traffic errors make `run` exit 1 just as failed connections do, so they turn a pass red too.
     errors = tr.get("errors_total") or 0
-    rate = f"{tr['messages_per_s']:,.0f} messages/s, " if tr.get("messages_per_s") is not None else ""
+    per_s = tr.get("messages_per_s")
+    rate = f"{per_s:,.0f} {traffic_nouns(tr.get('kind'))[0]}/s, " if per_s is not None else ""
     text += f"; traffic {rate}" + (f"{errors:,} errors" if errors else "no errors")
     if errors and cls == "b-pass":
         cls = "b-fail"
@@ -289,16 +290,18 @@ def _traffic_model(rep: dict[str, Any]) -> str:
     tr = rep["traffic"]
     cfg = (((rep.get("identity") or {}).get("config") or {}).get("traffic")) or {}
     rate = cfg.get("rate_per_conn_s") or 0.0
+    sent = traffic_nouns(tr.get("kind"))[0]
     if rate > 0:
         # requested_per_s counts the connections that began talking; older reports have only the plan's.
         n = tr.get("connections_talking_at_start") if tr.get("requested_per_s") else rep.get("target_connections")
         total = tr.get("requested_per_s") or rate * (n or 0)
-        return (f"open model: {rate:,.6g} messages/s per connection (~{total:,.0f}/s over {n or 0:,} connections); "
+        return (f"open model: {rate:,.6g} {sent}/s per connection (~{total:,.0f}/s over {n or 0:,} connections); "
                 "latency from the scheduled send time, so time spent waiting to send counts")
     if tr.get("model") != "closed loop":
         return str(tr.get("model", "-"))
     pipeline = cfg.get("pipeline") or 1
-    return ("closed loop: each connection sends its next message when a reply arrives"
+    one_sent, one_answer = traffic_nouns(tr.get("kind"), one=True)
+    return (f"closed loop: each connection sends its next {one_sent} when the {one_answer} arrives"
             + (f", {pipeline} in flight (--pipeline {pipeline})" if pipeline > 1 else "")
             + "; latency from the send")
 
@@ -326,7 +329,8 @@ def _traffic_facts(rep: dict[str, Any]) -> str:
         *_traffic_volume_facts(rep),
         *_traffic_health_facts(rep),
     ]
-    reading = closed_loop_reading({"model": tr.get("model"), "latency_ms": tr.get("latency_ms") or {},
+    reading = closed_loop_reading({"kind": tr.get("kind"), "model": tr.get("model"),
+                                   "latency_ms": tr.get("latency_ms") or {},
                                    "messages_per_s": tr.get("messages_per_s")})
     if reading:
         facts.append(["reading", _e(reading)])
@@ -339,15 +343,16 @@ def _traffic_volume_facts(rep: dict[str, Any]) -> list[list[str]]:
     """Messages, bytes, replies and statuses: what went over the connections."""
     tr = rep["traffic"]
     bytes_in, bytes_out = tr.get("bytes_in_per_s"), tr.get("bytes_out_per_s")
-    done = "messages sent" if _sends_only(rep) else "replies completed"
+    sent, answers = traffic_nouns(tr.get("kind"))
+    done = f"{sent} sent" if _sends_only(rep) else f"{answers} completed"
     # Older reports have no sent_in_window: they give the whole run's count instead.
-    replies = f"{tr.get('replies_in_window', 0):,} replies"
+    replies = f"{tr.get('replies_in_window', 0):,} {answers}"
     if "sent_in_window" in tr:
-        replies += f" and {tr['sent_in_window']:,} messages sent in the window"
+        replies += f" and {tr['sent_in_window']:,} {sent} sent in the window"
     replies += (f"; over the whole run (warm-up and drain included) {tr.get('sent', 0):,} sent, "
                 f"{tr.get('replies', 0):,} answered")
     facts = [
-        ["messages", _e(f"{fmt(tr.get('messages_per_s'), '/s')} ({done} inside the window)")],
+        [sent, _e(f"{fmt(tr.get('messages_per_s'), '/s')} ({done} inside the window)")],
         ["bytes", _e(f"in {fmt(bytes_in, 'B')}/s, out {fmt(bytes_out, 'B')}/s" if bytes_in is not None else "-")],
         ["replies", _e(replies)],
     ]
@@ -373,7 +378,8 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
         end_text += f"; {tr['unsent_in_latency']:,} of those are in the latency at their age at the end (a lower bound)"
     facts.append(["at the end", _e(end_text)])
     if tr.get("lost_in_flight"):
-        facts.append(["lost", _e(f"{tr['lost_in_flight']:,} messages in flight on connections that ended, "
+        facts.append(["lost", _e(f"{tr['lost_in_flight']:,} {traffic_nouns(tr.get('kind'))[0]} in flight on "
+                                 "connections that ended, "
                                  "never answered")])
     reopened, refused = tr.get("connections_reopened", 0), tr.get("reopen_failures") or {}
     if reopened or refused:
@@ -412,10 +418,11 @@ def _traffic_latency_table(tr: dict[str, Any], base: dict[str, Any] | None) -> s
                     ("baseline first byte", base.get("ttfb_ms") or {})]
     body = [[_e(name)] + [_e(fmt(values.get(key), "ms")) for _, values in sources] for name, key in _TRAFFIC_LEVELS]
     samples = tr.get("samples") or 0
+    sent, one_answer = traffic_nouns(tr.get("kind"))[0], traffic_nouns(tr.get("kind"), one=True)[1]
     return (_table(["percentile", *[head for head, _ in sources]], body, set(range(1, len(sources) + 1)))
-            + f'<p class="muted">{samples:,} messages measured (those started inside the window): latency until '
-              "the whole reply had arrived, first byte until its first byte had. HDR histograms merged over the "
-              "worker processes, 3 significant digits.</p>")
+            + f'<p class="muted">{samples:,} {sent} measured (those started inside the window): latency until '
+              f"the whole {one_answer} had arrived, first byte until its first byte had. HDR histograms merged "
+              "over the worker processes, 3 significant digits.</p>")
 
 
 # Per-interval traffic charts are drawn only from columns a report has and filled: older reports have
@@ -423,7 +430,7 @@ def _traffic_latency_table(tr: dict[str, Any], base: dict[str, Any] | None) -> s
 def _messages_chart(tr: dict[str, Any], series: dict[str, Any]) -> str:
     if not charts.has_data(series.get("messages_per_s")):
         return ""
-    return charts.messages(series, tr.get("messages_per_s"))
+    return charts.messages(series, tr.get("messages_per_s"), traffic_nouns(tr.get("kind"))[0])
 
 
 def _message_latency_chart(series: dict[str, Any]) -> str:
@@ -516,7 +523,8 @@ def render(rep: dict[str, Any], baseline: dict[str, Any] | None = None, *, noise
         + '<p class="muted">Each client process owns a set of source addresses: a process whose failures climb '
           "with EADDRNOTAVAIL@connect has run its addresses out of ports.</p>",
         "health": charts.health(series) if series else no_series,
-        "throughput": charts.throughput(series) if series else no_series,
+        "throughput": (charts.throughput(series, traffic_nouns((rep.get("traffic") or {}).get("kind"))[0])
+                       if series else no_series),
         "configuration": _config_section(rep),
     }
     if rep.get("traffic"):

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loopfan.engine.runner import Progress
+from loopfan.wording import traffic_nouns
 
 PANEL_REFRESH_PER_S = 4
 PLAIN_EVERY_S = 5.0
@@ -111,7 +112,7 @@ def panel(p: Progress) -> Group:
     if p.phase == "traffic" and p.handshakes_waiting:
         t.add_row("traffic", _handshakes(p))
     elif p.phase == "traffic":
-        t.add_row("traffic", f"{row.get('messages_per_s') or 0:,.0f} messages/s  "
+        t.add_row("traffic", f"{row.get('messages_per_s') or 0:,.0f} {traffic_nouns(p.traffic_kind)[0]}/s  "
                   f"in {(row.get('bytes_in_per_s') or 0) / 1e6:,.2f} MB/s  "
                   f"out {(row.get('bytes_out_per_s') or 0) / 1e6:,.2f} MB/s")
         t.add_row("latency", "request, last interval " + _pcts(row.get("message_latency_ms") or {}))
@@ -205,7 +206,8 @@ def describe(p: Progress) -> str:
         return f"traffic: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
     if p.phase == "traffic":
         lat = row.get("message_latency_ms") or {}
-        return (f"traffic: {p.client.open:,}/{p.target:,} open, {row.get('messages_per_s') or 0:,.0f} messages/s, "
+        return (f"traffic: {p.client.open:,}/{p.target:,} open, {row.get('messages_per_s') or 0:,.0f} "
+                f"{traffic_nouns(p.traffic_kind)[0]}/s, "
                 f"request p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
                 f"errors {_errors(row, top=3) or 'none'}, {failed or 'no connection failures'}, "
                 f"{p.elapsed_s:.1f}s{left}")

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loopfan.traffic.results import TrafficTotals, percentiles_ms
+from loopfan.wording import traffic_nouns
 
 _SERVER_LIMIT = ("the server's own connection limit is the usual cause: nginx worker_connections / "
                  "worker_rlimit_nofile, or the server process's ulimit -n")
@@ -143,7 +144,8 @@ def closed_loop_reading(tr: dict[str, Any]) -> str | None:
     in_flight = rate * mean_ms / 1000
     if in_flight < 2:
         return None
-    return (f"closed loop: ~{in_flight:,.0f} messages always in flight (messages/s x mean latency); past "
+    sent = traffic_nouns(tr.get("kind"))[0]
+    return (f"closed loop: ~{in_flight:,.0f} {sent} always in flight ({sent}/s x mean latency); past "
             "saturation more connections add latency, not throughput - --rate R measures the latency at a "
             "load you choose")
 
@@ -226,9 +228,10 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     bps_in = tr["bytes_in_per_s"] or 0.0
     bps_out = tr["bytes_out_per_s"] or 0.0
     asked = tr.get("requested_per_s")
-    t.add_row("throughput", f"{rate or 0:,.0f} messages/s" + (f" of {asked:,.0f} requested" if asked else "")
+    sent, answers = traffic_nouns(tr["kind"])
+    t.add_row("throughput", f"{rate or 0:,.0f} {sent}/s" + (f" of {asked:,.0f} requested" if asked else "")
               + f", in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
-              f"({tr['replies_in_window']:,} replies and {tr.get('sent_in_window', tr['sent']):,} messages sent "
+              f"({tr['replies_in_window']:,} {answers} and {tr.get('sent_in_window', tr['sent']):,} {sent} sent "
               "in the window)")
     t.add_row("latency", _pct_line(tr["latency_ms"]))
     t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
@@ -249,7 +252,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("reopened", line)
     in_flight = tr.get("lost_in_flight", 0)
     if in_flight:
-        t.add_row("lost", f"{in_flight:,} messages were in flight on connections that ended: never answered "
+        t.add_row("lost", f"{in_flight:,} {sent} were in flight on connections that ended: never answered "
                   "(why those connections ended: the errors)")
     talking_end = tr["connections_talking_at_end"]
     gone = tr["connections_talking_at_start"] - talking_end
@@ -297,7 +300,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     elif gone > 0:
         head.append(f"{gone:,} connections stopped talking", style="bold red")
     elif (share := behind_schedule(tr)) is not None:
-        head.append(f"no errors, but behind schedule: {rate:,.0f} of the {tr['requested_per_s']:,.0f} messages/s "
+        head.append(f"no errors, but behind schedule: {rate:,.0f} of the {tr['requested_per_s']:,.0f} {sent}/s "
                     f"requested ({share:.1%}; the latency says how far behind)", style="bold yellow")
     else:
         head.append("no errors", style="bold green")
