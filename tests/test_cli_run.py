@@ -241,6 +241,22 @@ def test_demo_moves_the_builtin_server_off_a_taken_endpoint(
     assert f"the built-in server listens on port {port + 1}" in captured.err
 
 
+def test_plan_shows_the_builtin_server_where_run_will_put_it(
+        builtin_listen: tuple[str, int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan` showed the default endpoints while another run held them; `run` then moved."""
+    import loopfan.commands.plan as plan_command
+    import loopfan.commands.run as run_command
+
+    monkeypatch.setattr(plan_command, "PlanRequest", run_command.PlanRequest)  # builtin_listen's block
+    prefix, port = builtin_listen
+    with socket.create_server((f"{prefix}1", port)):
+        status = main(["plan", "-c", "10", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert {t.rpartition(":")[2] for t in out["targets"]} == {str(port + 1)}
+    assert any(f"listens on port {port + 1}: port {port} was taken" in n for n in out["notes"])
+
+
 def test_a_chosen_listen_endpoint_taken_is_bad_input_before_the_run(
         loopback_block: Block, capsys: pytest.CaptureFixture[str]) -> None:
     eps = endpoints(loopback_block, 4)
@@ -263,9 +279,10 @@ def test_an_endpoint_taken_after_the_plan_says_the_fix_of_the_command(
     """Taken between the probe and the server's bind (the probe is made to miss it): one line, no
     Python class name, and a fix in options the command has."""
     import loopfan.commands.demo as demo_command
+    import loopfan.commands.free_server as free_server
     import loopfan.commands.run as run_command
 
-    monkeypatch.setattr(run_command, "taken_endpoints", lambda endpoints: frozenset())
+    monkeypatch.setattr(free_server, "taken_endpoints", lambda endpoints: frozenset())
     monkeypatch.setattr(demo_command, "PlanRequest", run_command.PlanRequest)
     prefix, port = builtin_listen
     argv = [a.replace("LISTEN", f"{prefix}1-{prefix}8:{port}") for a in command]

@@ -15,9 +15,10 @@ from loopfan.commands.common import (
     sources_option,
     write_json,
 )
+from loopfan.commands.free_server import plan_free_server
 from loopfan.commands.traffic_opts import split_url_targets
 from loopfan.hostfacts import read_host_facts
-from loopfan.planner import PlanRequest, plan
+from loopfan.planner import PlanRequest
 from loopfan.render import plan_headline, plan_table, plan_to_dict
 
 
@@ -60,7 +61,8 @@ def command(
         sources=build_sources(sources, allow_non_loopback),
         fill_ratio=fill_ratio if fill_ratio is not None else costs.DEFAULT_FILL_RATIO,
     )
-    p = plan(request, read_host_facts())
+    # As `run` will: the built-in server moved past ports other programs listen on (a second run).
+    p, _ = plan_free_server(request, read_host_facts())  # (the move is among the plan's notes)
     if as_json:
         write_json("-", plan_to_dict(p))
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -24,15 +24,16 @@ from loopfan.commands.common import (
     sources_option,
     write_json,
 )
+from loopfan.commands.free_server import plan_free_server
 from loopfan.commands.output_opts import OutputOptions, output_options
 from loopfan.commands.traffic_opts import builtin_server_only, traffic_options, traffic_setup
 from loopfan.engine import protocol as P
 from loopfan.engine.report import report_dict, report_renderable
 from loopfan.engine.runner import RunConfig, RunResult, run_plan
 from loopfan.errors import HostError, ServerStartError, UsageError
-from loopfan.hostfacts import HostFacts, facts_for_workers, taken_endpoints
-from loopfan.planner import SERVER_MOVES, Plan, PlanRequest, moved_server, plan, server_endpoints
-from loopfan.pools import Endpoint, parse_pool
+from loopfan.hostfacts import HostFacts, facts_for_workers
+from loopfan.planner import Plan, PlanRequest
+from loopfan.pools import parse_pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,29 +83,6 @@ def _taken_addresses() -> frozenset[int]:
     from loopfan.isolation.registry import addresses_taken
 
     return addresses_taken()
-
-
-def plan_free_server(request: PlanRequest, facts: HostFacts) -> tuple[Plan, str | None]:
-    """The plan, its built-in server moved past endpoints another program listens on (a second run on
-    this host) unless the user chose them (then the planner's UsageError). The probe is the I/O
-    here; where to go next is the planner's (moved_server). A move is noted in the plan (so in the
-    JSON report) and returned, to be said."""
-    p = first = plan(request, facts)
-    for _ in range(SERVER_MOVES):
-        taken = taken_endpoints((e.address, e.port) for e in server_endpoints(p))
-        moved = moved_server(request, p, frozenset(Endpoint(a, port) for a, port in taken))
-        if moved is None:
-            break
-        request, p = moved, plan(moved, facts)
-    else:
-        raise HostError(f"the built-in server found no free port in {SERVER_MOVES} tries from "
-                        f"{server_endpoints(first)[0]}: other programs listen there; choose its endpoints "
-                        "with --listen POOL:PORT, e.g. 127.101.0.0/16:9000")
-    if p is not first:
-        note = (f"the built-in server listens on port {server_endpoints(p)[0].port}: port "
-                f"{server_endpoints(first)[0].port} was taken on its addresses (another program listens there)")
-        return replace(p, notes=(*p.notes, note)), note
-    return p, None
 
 
 def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any]]:
