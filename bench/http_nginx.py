@@ -44,8 +44,8 @@ def wrk(n: int, duration: int) -> tuple[float, str]:
     t = timed(["wrk", "-t", "2", "-c", str(n), "-d", f"{duration}s", "--latency", URL])
     m = re.search(r"Requests/sec:\s+([\d.]+)", t.stdout)
     total = re.search(r"(\d+) requests in", t.stdout)
-    p50 = re.search(r"50%\s+(\S+)", t.stdout)
-    p99 = re.search(r"99%\s+(\S+)", t.stdout)
+    p50 = re.search(r"^\s+50%\s+(\S+)", t.stdout, re.M)  # (not "87.50%" of the thread stats)
+    p99 = re.search(r"^\s+99%\s+(\S+)", t.stdout, re.M)
     errs = re.search(r"Socket errors: (.*)", t.stdout)
     if not m:
         return 0.0, f"wrk -c {n}: failed: {t.stdout.strip().splitlines()[-1:]}"
