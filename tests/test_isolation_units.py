@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -21,6 +22,7 @@ from loopfan.errors import NotLoopbackError, UsageError
 from loopfan.isolation import bpf, programs
 from loopfan.isolation.advice import advice_for, advice_text
 from loopfan.isolation.capture import (
+    CaptureSession,
     CaptureStats,
     Target,
     capture_filter,
@@ -533,3 +535,139 @@ def test_a_capture_tool_that_died_is_quoted_for_its_error_not_its_statistics(tmp
     assert str(tool._died(1)) == f"dumpcap stopped while capturing on lo: {error} (exit status 1)"
     tool._stderr = ["12 packets captured", "12 packets received by filter", "0 packets dropped by kernel"]
     assert str(tool._died(1)) == "dumpcap stopped while capturing on lo: exit status 1"
+
+
+# dumpcap 4.0.17's stderr when its disk filled up (recorded on a 300 KiB tmpfs): the error is wrapped
+# over three lines and followed by advice, and its packet counter is redrawn after carriage returns.
+_DUMPCAP_DISK_FULL = [
+    b"Capturing on 'Loopback: lo'\n",
+    b"File: /full/c.pcapng.partial-7.pcap\n",
+    b"dumpcap: Not all the packets could be written to the file to which the capture was being saved\n",
+    b'("/full/c.pcapng.partial-7.pcap") because there is no space left on the file system\n',
+    b"on which that file resides.\n",
+    b"You will need to free up space on that file system or put the capture file on a different file system.\n",
+    b"\rPackets: 1204 \rPackets captured: 1204\n",
+    b"Packets received/dropped on interface 'Loopback: lo': 1204/1 (pcap:0/dumpcap:1/flushed:0/ps_ifdrop:0) (99.9%)\n",
+]
+
+
+@pytest.mark.parametrize("counter_first", [False, True])
+def test_a_capture_tool_on_a_full_disk_is_quoted_for_the_whole_reason(counter_first: bool, tmp_path: Path) -> None:
+    """QA: a real full disk was reported as 'Packets: 1204 Packets captured: 1204' (dumpcap's counter,
+    after CRs), and without it as 'You will need to free up space...' (its advice, not the reason).
+    One run in six, dumpcap drew its counter just before the error, on the same line."""
+    from types import SimpleNamespace
+
+    from loopfan.isolation.capture import _External
+    tool = _External(["dumpcap"], "Capturing on", 0.1, tmp_path / "x.pcapng")
+    stderr = list(_DUMPCAP_DISK_FULL)
+    if counter_first:
+        stderr[2] = b"\rPackets: 3 " + stderr[2]
+    tool._proc = SimpleNamespace(stderr=iter(stderr))  # type: ignore[assignment]
+    tool._drain()
+    tool._proc = None
+    assert str(tool._died(1)) == (
+        "dumpcap stopped while capturing on lo: dumpcap: Not all the packets could be written to the file to "
+        'which the capture was being saved ("/full/c.pcapng.partial-7.pcap") because there is no space left on '
+        "the file system on which that file resides. (exit status 1)")
+
+
+class _DeadBackend:
+    """A capture tool that died mid-capture (its partial file is written by the test)."""
+
+    name = "dumpcap"
+
+    def stop(self) -> int | None:
+        from loopfan.isolation.capture import BackendDied
+        raise BackendDied("dumpcap stopped while capturing on lo: dumpcap: no space left (exit status 1)")
+
+
+class _StoppedBackend(_DeadBackend):
+    def stop(self) -> int | None:
+        return 0
+
+
+def _session_with(backend: object, out: Path, packets: int) -> tuple[CaptureSession, Path]:
+    from loopfan.isolation.capture import partial_path
+    session = CaptureSession(out, ["127.0.0.5"])
+    tmp = partial_path(out)
+    with open(tmp, "wb") as fh:
+        writer = PcapWriter(fh, linktype=1)
+        for i in range(packets):
+            writer.write(Packet(1_700_000_000_000_000_000 + i, b"\0" * 60, 60))
+    session._backend, session._tmp = backend, tmp  # type: ignore[assignment]
+    return session, tmp
+
+
+def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing the output fails half-way, as on a full disk."""
+    import errno
+
+    from loopfan.isolation import capture
+
+    def write_pcapng(stream: io.BufferedWriter, *_args: object, **_kw: object) -> None:
+        stream.write(b"\n\r\r\n" + b"\0" * 100)
+        stream.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(capture, "write_pcapng", write_pcapng)
+
+
+@pytest.mark.parametrize("backend", [_DeadBackend(), _StoppedBackend()], ids=["tool died", "stopped"])
+@pytest.mark.parametrize("existed", [False, True], ids=["new FILE", "FILE existed"])
+def test_a_capture_that_cannot_be_saved_leaves_the_partial_file_alone_and_names_it(
+        backend: object, existed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: dumpcap on a full disk left an empty FILE beside FILE.partial-PID.pcap (the output was
+    opened, then could not be written). Now FILE is written whole or not at all - an earlier FILE
+    stays as it was - and the error names the partial file, which holds the packets. (On a clean
+    stop the partial file was even deleted after a failed save.)"""
+    from loopfan.isolation.capture import CaptureFailed, Target
+    out = tmp_path / "c.pcapng"
+    if existed:
+        out.write_bytes(b"an earlier capture")
+    session, tmp = _session_with(backend, out, packets=3)
+    _disk_full(monkeypatch)
+    with pytest.raises(CaptureFailed) as failed:
+        session.stop([Target("127.0.0.5", "client")])
+    said = str(failed.value)
+    assert f"writing {out} failed (No space left on device); the packets captured" in said, said
+    assert f"are in {tmp} (plain pcap: open it as it is)" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([tmp.name] + ([out.name] if existed else []))
+    if existed:
+        assert out.read_bytes() == b"an earlier capture"
+    assert tmp.stat().st_size == 24 + 3 * (16 + 60)
+
+
+def test_a_saved_capture_replaces_the_file_whole_keeping_its_mode(tmp_path: Path) -> None:
+    from loopfan.isolation.capture import CaptureFailed, Target
+    out = tmp_path / "c.pcap"
+    out.write_bytes(b"an earlier capture")
+    out.chmod(0o640)
+    session, _ = _session_with(_DeadBackend(), out, packets=2)
+    session.fmt = "pcap"
+    with pytest.raises(CaptureFailed, match=re.escape(f"the 2 packets captured until then are saved in {out}")):
+        session.stop([Target("127.0.0.5", "client")])
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert out.stat().st_mode & 0o777 == 0o640
+    _, packets = read_pcap(io.BytesIO(out.read_bytes()))
+    assert len(list(packets)) == 2
+
+
+def test_the_builtin_capture_failing_to_write_keeps_what_it_wrote(tmp_path: Path) -> None:
+    """QA: on a full disk the built-in backend's error ended the session, which deleted the partial
+    file - every packet of the capture - and said '[Errno 28] No space left on device'. Its failure
+    is now a death like a tool's: the session saves or keeps what was written, and names it."""
+    import errno
+    import socket
+    import threading
+
+    from loopfan.isolation.capture import BackendDied, _Builtin
+    builtin = _Builtin("lo", ["127.0.0.5"], tmp_path / "x.pcap", None)
+    builtin._thread = threading.Thread(target=lambda: None)
+    builtin._thread.start()
+    builtin._sock, other = socket.socketpair()
+    builtin.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(BackendDied) as died:
+        builtin.stop()
+    other.close()
+    assert str(died.value) == "the built-in capture stopped while capturing on lo: No space left on device"

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from loopfan.errors import HostError, UsageError
 from loopfan.isolation.pcapng import (
@@ -67,8 +68,13 @@ class Target:
 
 # The capture tools' closing statistics (dumpcap; tcpdump): printed on any exit, never why it died
 # (QA: a full disk was reported as "Packets received/dropped on interface 'Loopback: lo': 295/1").
+# dumpcap 4.0 also ends with its packet counter, redrawn after carriage returns on one line
+# ("\rPackets: 1204 \rPackets captured: 1204"): split at the CRs, each part is such a line. The
+# counter may also be drawn just before an error, which then follows it on the same line
+# ("\rPackets: 3 dumpcap: Not all the packets could be written..."): _COUNTER is cut off first.
 _STATISTICS = re.compile(r"(Packets received/dropped on interface|\d+ packets? (captured|received by filter|"
-                         r"dropped by kernel))")
+                         r"dropped by kernel)|Packets( captured)?: \d+)")
+_COUNTER = re.compile(r"^Packets: \d+ +(?=\S)")
 
 
 def capture_filter(addresses: Sequence[str]) -> str:
@@ -235,6 +241,23 @@ class _Backend:
         return False
 
 
+def _last_error(said: Sequence[str], name: str) -> str:
+    """The tool's last error, in one line: from its last 'NAME: ...' line to the end of that
+    sentence. dumpcap wraps its messages over lines and adds advice after them (on a full disk:
+    'dumpcap: Not all the packets could be written to the file ... ("FILE") because there is no
+    space left on the file system' / 'on which that file resides.' / 'You will need to free up
+    space ...'); the last line alone was the advice, not the reason."""
+    starts = [i for i, line in enumerate(said) if line.startswith(f"{name}:")]
+    if not starts:
+        return said[-1] if said else ""
+    i = starts[-1]
+    words = [said[i]]
+    while not words[-1].endswith(".") and i + 1 < len(said) and not said[i + 1].startswith(f"{name}:"):
+        i += 1
+        words.append(said[i])
+    return " ".join(words)
+
+
 def _pdeathsig(sig: int) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG: the tool dies with loopfan
@@ -261,10 +284,12 @@ class _External(_Backend):
     def _drain(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for raw in self._proc.stderr:
-            line = raw.decode(errors="replace").strip()
-            self._stderr.append(line)
-            if self._ready_marker in line:
-                self._ready.set()
+            for part in raw.decode(errors="replace").split("\r"):  # (dumpcap's counter: see _STATISTICS)
+                line = _COUNTER.sub("", part.strip())
+                if line:
+                    self._stderr.append(line)
+                if self._ready_marker in line:
+                    self._ready.set()
         self._ready.set()
 
     def start(self) -> None:
@@ -320,7 +345,8 @@ class _External(_Backend):
         if returncode < 0:  # a signal: whatever it said before (dumpcap's "File: ...") is not why
             why = f"killed by signal {-returncode}"
         else:
-            why = f"{said[-1]} (exit status {returncode})" if said else f"exit status {returncode}"
+            last = _last_error(said, self.name)
+            why = f"{last} (exit status {returncode})" if last else f"exit status {returncode}"
         return BackendDied(f"{self.name} stopped while capturing on lo: {why}")
 
     def finished(self) -> bool:
@@ -520,7 +546,10 @@ class _Builtin(_Backend):
         self._sock.close()
         self._thread = None
         if self.error is not None:
-            raise HostError(f"the built-in capture failed: {self.error}")
+            # Like a tool that died: the packets written before (a full disk) are worth keeping.
+            error = self.error
+            why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise BackendDied(f"the built-in capture stopped while capturing on lo: {why}")
         return dropped
 
 
@@ -612,33 +641,43 @@ class CaptureSession:
         return self._backend is not None and self._backend.finished()
 
     def stop(self, targets: Sequence[Target]) -> CaptureStats:
+        """Stop the backend and write the output. If the backend died mid-capture, what it wrote
+        before is saved all the same (it is the user's evidence) and CaptureFailed says so; if the
+        output cannot be written (a full disk), the partial file is kept and named, not deleted."""
         backend, tmp = self._backend, self._tmp
         if backend is None or tmp is None:
             return CaptureStats()
         self._backend = None
+        died: str | None = None
+        dropped: int | None = None
         try:
             try:
                 dropped = backend.stop()
             except BackendDied as exc:
-                raise self._salvaged(str(exc), tmp, targets) from None
-            return finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=dropped,
-                            interface=self.interface)
+                died = str(exc)
+            try:
+                stats = finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=dropped,
+                                 interface=self.interface)
+            except Exception as exc:
+                raise self._not_saved(died, tmp, exc) from None
+            if died is not None:
+                raise CaptureFailed(f"{died}; the {counted_noun(stats.packets, 'packet')} captured until then are "
+                                    f"saved in {self.output}")
+            return stats
         finally:
             self._cleanup()
 
-    def _salvaged(self, why: str, tmp: Path, targets: Sequence[Target]) -> CaptureFailed:
-        """The backend died mid-capture: save what it wrote before (it is the user's evidence), and
-        say where. If even that fails, the partial file is kept and named instead of deleted."""
-        try:
-            stats = finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=None,
-                             interface=self.interface)
-        except Exception:
-            if tmp.exists():
-                self._tmp = None  # keep it: _cleanup would delete the only copy of the packets
-                return CaptureFailed(f"{why}; the packets captured until then are in {tmp} (plain pcap)")
-            return CaptureFailed(f"{why}; it left no file, nothing was saved")
-        return CaptureFailed(f"{why}; the {counted_noun(stats.packets, 'packet')} captured until then are saved in "
-                             f"{self.output}")
+    def _not_saved(self, died: str | None, tmp: Path, exc: Exception) -> CaptureFailed:
+        """The output could not be written: keep the partial file (finalize left no output beside
+        it, and _cleanup would delete the only copy of the packets) and name it."""
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        lead = f"{died}; " if died else ""
+        if not tmp.exists():
+            return CaptureFailed(f"{lead or 'the capture failed: '}it left no file ({why}), nothing was saved")
+        self._tmp = None
+        until = " until then" if died else ""
+        return CaptureFailed(f"{lead}writing {self.output} failed ({why}); the packets captured{until} are in "
+                             f"{tmp} (plain pcap: open it as it is)")
 
     def _cleanup(self) -> None:
         if self._backend is not None:
@@ -666,14 +705,15 @@ def finalize(
     dropped: int | None,
     interface: str = "lo",
 ) -> CaptureStats:
-    """Turn the backend's pcap into the requested file; return what it holds."""
+    """Turn the backend's pcap into the requested file; return what it holds. The output is whole
+    or not there: written beside it and renamed over it at the end (see _written_whole)."""
     stats = [CaptureStats()]
     if not tmp.exists():
         raise HostError(f"the capture wrote no file ({tmp}); nothing to save")
     with open(tmp, "rb") as src:
         header, packets = read_pcap(src)
         if fmt == "pcap":
-            with open(output, "wb") as dst:
+            with _written_whole(output) as dst:
                 writer = PcapWriter(dst, linktype=header.linktype, snaplen=header.snaplen)
                 for packet in counted(packets, header.linktype, stats):
                     writer.write(packet)
@@ -683,7 +723,7 @@ def finalize(
                 names=tuple((t.address, t.label) for t in targets if t.label),
                 if_name=interface,
             )
-            with open(output, "wb") as dst:
+            with _written_whole(output) as dst:
                 write_pcapng(
                     dst,
                     PcapHeader(header.linktype, header.snaplen),
@@ -693,6 +733,35 @@ def finalize(
                 )
     s = stats[0]
     return CaptureStats(s.packets, s.connections, s.datagrams, dropped)
+
+
+@contextlib.contextmanager
+def _written_whole(output: Path) -> Iterator[BinaryIO]:
+    """A file that becomes `output` only once written and closed without error.
+
+    Opening the output itself left an empty (or cut) FILE beside the kept partial file when the
+    disk was full, and had already emptied any FILE there before. A regular file (or a new one) is
+    written as a hidden sibling and renamed over it (same directory: the rename is atomic; a
+    symlink's target is the file replaced); anything else (/dev/null, a FIFO) is written in place."""
+    target = Path(os.path.realpath(output))
+    if target.exists() and not target.is_file():
+        with open(target, "wb") as fh:
+            yield fh
+        return
+    tmp = target.with_name(f".{target.name}.loopfan-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+        with contextlib.suppress(FileNotFoundError):
+            old = target.stat()  # the file replaced keeps its mode and owner, as opening it would have
+            os.chmod(tmp, old.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, old.st_uid, old.st_gid)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 
