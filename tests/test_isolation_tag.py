@@ -985,6 +985,23 @@ def test_capture_as_pcap_prints_the_labels(tmp_path: Path, capsys: pytest.Captur
     assert "labels (pcap has no room for them): 127.0.0.82=lab" in capsys.readouterr().out
 
 
+def test_a_capture_over_an_existing_file_says_it_replaces_it(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: an earlier capture under the same name was overwritten without a word. It is still
+    replaced (as by tcpdump -w and dumpcap -w), and a line says so, with its size."""
+    out = tmp_path / "again.pcapng"
+    argv = ["capture", "--source", "127.0.0.91=again", "--duration", "0.2", "--backend", "builtin", "-w", str(out)]
+    assert main(argv) == 0
+    assert "replacing" not in capsys.readouterr().err  # a new file: nothing to say
+    size = out.stat().st_size
+    assert main(argv) == 0
+    assert f"loopfan: replacing {out} ({size:,} bytes) when the capture stops\n" in capsys.readouterr().err
+    tag = ["tag", "--source", "127.0.0.91", "--capture", str(out), "--backend", "builtin", "--", "true"]
+    size = out.stat().st_size
+    assert main(tag) == 0
+    assert f"loopfan: replacing {out} ({size:,} bytes) when the capture stops\n" in capsys.readouterr().err
+
+
 def _children_named(parent: int, name: str) -> list[int]:
     """The pids of parent's children whose comm is name (from /proc/PID/task/*/children)."""
     pids: list[int] = []

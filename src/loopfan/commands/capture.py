@@ -27,6 +27,7 @@ from loopfan.isolation.capture import (
     name_filter,
     parse_duration,
     parse_target,
+    replacing_note,
 )
 from loopfan.isolation.registry import TagRecord, active_tags
 from loopfan.render import counted
@@ -58,6 +59,7 @@ def command(
     targets = _targets(sources, tags)
     output = Path(path) if path else Path(time.strftime(f"loopfan-%Y%m%d-%H%M%S.{fmt}"))
     addresses = [t.address for t in targets]
+    replacing = replacing_note(output)
     stop_signals: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -72,6 +74,8 @@ def command(
             session.start()
             limit = f" for {seconds:g}s" if seconds else ""  # ('--duration 1' said "for 1")
             say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend}){limit}; Ctrl-C stops")
+            if replacing:
+                say(replacing)
             say(f"until it stops, packets go to {session.partial} (kept there if loopfan is killed)")
             deadline = time.monotonic() + seconds if seconds else None
             while not stop_signals and not session.finished():

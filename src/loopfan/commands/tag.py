@@ -34,6 +34,7 @@ from loopfan.isolation.capture import (
     merge_targets,
     name_filter,
     parse_target,
+    replacing_note,
 )
 from loopfan.isolation.registry import (
     TagRecord,
@@ -296,6 +297,7 @@ def _run(
         if output is not None:
             # The session's context exit stops the capture whatever happens; stop() saves it.
             session = stack.enter_context(CaptureSession(output, addresses, fmt=fmt, backend_name=backend))
+            replacing = replacing_note(output)
             try:
                 session.start()
             except CaptureFailed:
@@ -303,6 +305,8 @@ def _run(
             except HostError as exc:  # the capture's failure, not the tag's: no tag-by-hand advice
                 raise CaptureFailed(str(exc)) from None
             say(f"capturing {' '.join(addresses)} on lo into {output} ({session.backend})")
+            if replacing:
+                say(replacing)
             say(f"until it stops, packets go to {session.partial} (kept there if loopfan is killed)")
 
         def on_start(pid: int) -> None:

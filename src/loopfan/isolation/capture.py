@@ -596,6 +596,19 @@ def check_writable(path: Path) -> None:
         path.unlink()  # only a probe: a failed start must not leave an empty file behind
 
 
+def replacing_note(output: Path) -> str | None:
+    """'replacing FILE (N bytes) when the capture stops' for an existing regular file, else None.
+
+    FILE is replaced, as tcpdump -w and dumpcap -w replace theirs and loopfan's own --json and --html
+    do (the same command run again is the common case: refusing would break it), but not without a
+    word. The old file stays whole until the new one is written (_written_whole): a capture that
+    fails leaves it as it was."""
+    target = Path(os.path.realpath(output))
+    if not target.is_file():
+        return None
+    return f"replacing {output} ({counted_noun(target.stat().st_size, 'byte')}) when the capture stops"
+
+
 def partial_path(output: Path) -> Path:
     """The backend's plain pcap, next to the output and visible: if loopfan is killed before it
     can finish the output, this is where the packets are (loopfan names it when it starts)."""
