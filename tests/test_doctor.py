@@ -336,3 +336,41 @@ def test_undo_leaves_a_setting_changed_since_the_fix(proc_sys: Path, state_dir: 
     out = " ".join(capsys.readouterr().out.split())
     assert "left net.core.somaxconn at 1024: changed since --fix set it to 65535 (it was 8192 before" in out
     assert "sysctl -w net.core.somaxconn=8192" in out
+
+
+def test_doctor_undo_with_json_prints_json_like_fix_does(
+    wired: Callable[[bool], None], proc_sys: Path, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: `doctor --undo --json` printed text only, where `doctor --json` and `--fix --json` print
+    one JSON object on stdout (and what was done on stderr)."""
+    wired(True)
+    assert main(["doctor", "--undo", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"schema": "loopfan.doctor-undo/1", "ok": True,
+                                        "record": str(state_dir / "sysctl-undo.json"), "settings": []}
+    assert "nothing to undo" in captured.err
+
+    main(["doctor", "-c", "1000000", "--fix"])
+    (proc_sys / "net/ipv4/tcp_max_syn_backlog").write_text("8192\n")  # changed by hand since
+    capsys.readouterr()
+    wired(False)
+    assert main(["doctor", "--undo", "--json"]) == 1
+    captured = capsys.readouterr()
+    undo = json.loads(captured.out)
+    assert undo["ok"] is False and "not root" in captured.err
+    assert {"key": "net.core.somaxconn", "result": "not root", "value": "4096", "current": None,
+            "set_by_fix": None, "fix": "sudo sysctl -w net.core.somaxconn=4096"} in undo["settings"]
+
+    wired(True)
+    assert main(["doctor", "--undo", "--json"]) == 0
+    captured = capsys.readouterr()
+    undo = json.loads(captured.out)
+    assert undo["schema"] == "loopfan.doctor-undo/1" and undo["ok"] is True
+    assert undo["settings"] == [
+        {"key": "net.core.somaxconn", "result": "restored", "value": "4096", "current": "65535",
+         "set_by_fix": None, "fix": ""},
+        {"key": "net.ipv4.tcp_max_syn_backlog", "result": "left", "value": "2048", "current": "8192",
+         "set_by_fix": "65535", "fix": "sudo sysctl -w net.ipv4.tcp_max_syn_backlog=2048"},
+    ]
+    assert "restored net.core.somaxconn: 65535 -> 4096" in captured.err
+    assert sysctl.read_setting("net.core.somaxconn", proc_sys) == "4096"

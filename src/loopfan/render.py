@@ -17,6 +17,7 @@ from loopfan.wording import counted as counted  # (re-exported: callers import i
 
 PLAN_SCHEMA = "loopfan.plan/1"
 DOCTOR_SCHEMA = "loopfan.doctor/1"
+UNDO_SCHEMA = "loopfan.doctor-undo/1"
 
 
 
@@ -153,6 +154,11 @@ def findings_table(findings: tuple[Finding, ...]) -> Table:
             body.append(f.fix, style="bold" if f.severity in (WARN, FAIL) else "")
         t.add_row(Text(f.severity.upper(), style=_SEV_STYLE[f.severity]), body)
     return t
+
+
+def undo_to_dict(ok: bool, record: str, settings: list[dict[str, str | None]]) -> dict[str, Any]:
+    """`doctor --undo --json`: one entry per setting in the undo record (see docs/plan-schema.md)."""
+    return {"schema": UNDO_SCHEMA, "ok": ok, "record": record, "settings": settings}
 
 
 def findings_to_dict(findings: tuple[Finding, ...], ok: bool, connections: int) -> dict[str, Any]:

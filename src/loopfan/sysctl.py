@@ -25,7 +25,8 @@ def state_dir() -> Path:
     return Path(base) / "loopfan"
 
 
-def _undo_file() -> Path:
+def undo_file() -> Path:
+    """The undo record: {setting: value before --fix}."""
     return state_dir() / "sysctl-undo.json"
 
 
@@ -79,7 +80,7 @@ def _read_record(path: Path) -> dict[str, str]:
 
 def apply(settings: Iterable[Setting], root: Path = Path("/proc/sys")) -> list[tuple[str, str, str]]:
     """Write settings, recording previous values first. Returns (key, old, new) per change made."""
-    path, set_path = _undo_file(), _set_file()
+    path, set_path = undo_file(), _set_file()
     recorded: dict[str, str] = _read_record(path) if path.exists() else {}
     written: dict[str, str] = _read_record(set_path) if set_path.exists() else {}
     changes = []
@@ -99,7 +100,7 @@ def apply(settings: Iterable[Setting], root: Path = Path("/proc/sys")) -> list[t
 
 def recorded() -> dict[str, str]:
     """The settings an earlier apply() changed, with the values they had before: {key: old}."""
-    path = _undo_file()
+    path = undo_file()
     if not path.exists():
         return {}
     return _read_record(path)
@@ -110,7 +111,7 @@ def undo(root: Path = Path("/proc/sys"),
     """Restore every recorded setting; remove the record. Returns (key, current, restored). A setting
     someone changed after --fix is left as it is (not what --fix changed any more): appended to
     `changed_since` as (key, current, what --fix set, the value before --fix)."""
-    path, set_path = _undo_file(), _set_file()
+    path, set_path = undo_file(), _set_file()
     if not path.exists():
         return []
     recorded = _read_record(path)

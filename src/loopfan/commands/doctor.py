@@ -11,14 +11,15 @@ from loopfan.doctor import Setting, diagnose, settings_to_fix, sysctl_command, v
 from loopfan.errors import UsageError
 from loopfan.hostfacts import read_host_facts
 from loopfan.planner import PlanRequest, plan
-from loopfan.render import findings_table, findings_to_dict
+from loopfan.render import findings_table, findings_to_dict, undo_to_dict
 
 
 @click.command()
 @click.option(
     "-c", "--connections", type=COUNT, default=100_000, show_default=True, help="The run to check for."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON (schema loopfan.doctor/1).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print findings as JSON (schema loopfan.doctor/1; with --undo: loopfan.doctor-undo/1).")
 @click.option(
     "--fix", is_flag=True, help="Apply the kernel settings the run needs (root); records old values."
 )
@@ -36,7 +37,7 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
     if widen_ports and not fix:
         raise UsageError("--widen-ports only works with --fix; write: loopfan doctor --fix --widen-ports")
     if undo:
-        return _undo(console)
+        return _undo(console, as_json)
     facts = read_host_facts()
     p = plan(PlanRequest(connections=connections), facts)
     findings = diagnose(facts, p)
@@ -72,21 +73,40 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
     return 0 if ok else 1
 
 
-def _undo(console: Console) -> int:
+def _undo(console: Console, as_json: bool) -> int:
+    """Restore what --fix changed. With --json, stdout is a loopfan.doctor-undo/1 object (the lines
+    go to stderr, as with --fix --json); its `ok` says what the exit status says."""
+    settings: list[dict[str, str | None]] = []
+
+    def done(status: int) -> int:
+        if as_json:
+            write_json("-", undo_to_dict(status == 0, str(sysctl.undo_file()), settings))
+        return status
+
+    def entry(key: str, result: str, value: str, *, current: str | None = None, set_by_fix: str | None = None,
+              fix: str = "") -> None:
+        settings.append({"key": key, "result": result, "value": value, "current": current,
+                         "set_by_fix": set_by_fix, "fix": fix})
+
     previous = sysctl.recorded()
     if not previous:
         console.print("nothing to undo: loopfan has not changed any kernel setting here")
-        return 0
+        return done(0)
     if not read_host_facts().is_root:
         # Same rule as --fix: without root, show the exact commands instead of failing bare.
         console.print("not root: run these commands (or sudo loopfan doctor --undo):")
         for key, old in previous.items():
-            console.print(f"  {sysctl_command(Setting(key, old))}", highlight=False)
-        return 1
+            command = sysctl_command(Setting(key, old))
+            console.print(f"  {command}", highlight=False)
+            entry(key, "not root", old, fix=command)
+        return done(1)
     changed_since: list[tuple[str, str, str, str]] = []
     for key, current, old in sysctl.undo(changed_since=changed_since):
         console.print(f"restored {key}: {current} -> {old}", highlight=False)
+        entry(key, "restored", old, current=current)
     for key, current, written, old in changed_since:
+        command = sysctl_command(Setting(key, old))
         console.print(f"left {key} at {current}: changed since --fix set it to {written} (it was {old} before; "
-                      f"to restore that: {sysctl_command(Setting(key, old))})", highlight=False)
-    return 0
+                      f"to restore that: {command})", highlight=False)
+        entry(key, "left", old, current=current, set_by_fix=written, fix=command)
+    return done(0)
