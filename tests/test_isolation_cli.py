@@ -201,3 +201,79 @@ def test_run_isolate_prints_a_filter_for_every_isolated_client(
 def test_run_isolate_refuses_ipv6_targets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "-c", "10", "[::1]:21001", "--isolate", "2", "--hold", "0"]) == 2
     assert "::1 is IPv6's one loopback address" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private registry (tags and reservations), so no test sees this host's own."""
+    from loopfan.isolation import registry as reg
+
+    folder = tmp_path / "registry" / "tags"
+    monkeypatch.setattr(reg, "registry_dir", lambda: folder)
+    return folder
+
+
+def test_run_isolate_registers_its_addresses_for_the_run_only(
+    listener_port: int, registry: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: --isolate addresses were not registered like tags are: before its clients connected (and
+    between a close and a reconnect) nothing showed them taken, so a `loopfan tag` started during
+    the run could pick one. They are now taken for the run's lifetime, and free again after it."""
+    import ipaddress
+
+    from loopfan.commands import run as run_command
+    from loopfan.isolation.registry import active_reservations, addresses_taken, pick_free_address
+
+    seen: list[tuple[list[str], frozenset[int], str]] = []
+    real_run_plan = run_command.run_plan
+
+    def spy(p: run_command.Plan, *args: object, **kwargs: object) -> run_command.RunResult:
+        # As the run starts, before any isolated client has connected.
+        taken = addresses_taken()
+        seen.append(([g.source for g in p.isolated], taken, pick_free_address(taken)))
+        return real_run_plan(p, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_command, "run_plan", spy)
+    assert main(["run", "-c", "6", f"127.0.0.1:{listener_port}", "--isolate", "3", "--hold", "0"]) == 0
+    [(isolated, taken, next_tag)] = seen
+    assert len(isolated) == 3 and {int(ipaddress.IPv4Address(a)) for a in isolated} <= taken
+    assert next_tag not in isolated
+    assert active_reservations() == []  # the run ended: its record went with it
+    capsys.readouterr()
+
+
+def test_a_tag_refuses_an_isolated_clients_address(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loopfan.isolation.registry import remove_record, reserve
+
+    path = reserve(["127.0.0.93"], "loopfan run -c 10 --isolate 1")
+    try:
+        assert main(["tag", "--source", "127.0.0.93", "--", "true"]) == 2
+    finally:
+        remove_record(path)
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--source 127.0.0.93 is an isolated client's address of a running `loopfan run -c 10 --isolate 1`" in line
+
+
+def test_a_sigkilled_runs_addresses_are_free_again(registry: Path) -> None:
+    """The record of a run killed outright stays behind; like a tag's, it is stale once its pid is
+    gone, and dropped (and deleted) by the next reader."""
+    import ipaddress
+    import signal
+    import subprocess
+
+    from loopfan.isolation.registry import active_reservations, addresses_taken, reservations_dir
+
+    code = ("import sys, time; from pathlib import Path; from loopfan.isolation import registry as r; "
+            "r.reserve(['127.0.0.94'], 'loopfan run --isolate 1', Path(sys.argv[1])); print('ok', flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(registry)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ok\n"
+        assert [r.addresses for r in active_reservations()] == [("127.0.0.94",)]
+        assert int(ipaddress.IPv4Address("127.0.0.94")) in addresses_taken()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert int(ipaddress.IPv4Address("127.0.0.94")) not in addresses_taken()
+    assert list(reservations_dir().glob("*.json")) == []

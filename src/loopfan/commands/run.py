@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import click
@@ -77,26 +79,37 @@ def preflight(p: Plan, facts: HostFacts, force: bool) -> None:
                         f"{lim.connections:,} ({lim.detail}); fix: {lim.fix} - {forced}")
 
 
-def _taken_addresses() -> frozenset[int]:
-    """Host fact for --isolate: addresses other programs (and tags) use now - Linux's /proc; none
-    known elsewhere."""
-    from loopfan.isolation.registry import addresses_taken
+def plan_isolated(request: PlanRequest, facts: HostFacts, argv: list[str],
+                  stack: contextlib.ExitStack) -> tuple[Plan, str | None]:
+    """The plan; with --isolate, its isolated clients' addresses are chosen past those other
+    programs, tags and runs use now, and registered as taken until `stack` closes - under the
+    registry's lock, as a tag's address is chosen and recorded. A run killed outright (SIGKILL)
+    leaves a stale record, dropped by the next reader since its pid is gone."""
+    if not request.isolate:
+        return plan_free_server(request, facts)
+    from loopfan.isolation.registry import addresses_taken, locked, remove_record, reserve
 
-    return addresses_taken()
+    with locked():
+        request = replace(request, isolate_avoid=request.isolate_avoid | addresses_taken())
+        p, moved = plan_free_server(request, facts)
+        path = reserve((g.source for g in p.isolated), shlex.join(argv))
+    stack.callback(remove_record, path)
+    return p, moved
 
 
 def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any]]:
     """Plan, run, and build the report with its checks judged; nothing is shown or written yet."""
     facts = facts_for_workers()
-    p, moved = plan_free_server(opts.request, facts)
-    preflight(p, facts, opts.force)
-    if moved and not opts.quiet:
-        click.echo(f"loopfan: note: {moved}", err=True)
-    with opts.output.progress_sink(quiet=opts.quiet) as live:
-        try:
-            result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
-        except ServerStartError as exc:
-            raise ServerStartError(f"{exc}; {opts.server_fix}") from None
+    with contextlib.ExitStack() as stack:
+        p, moved = plan_isolated(opts.request, facts, argv, stack)
+        preflight(p, facts, opts.force)
+        if moved and not opts.quiet:
+            click.echo(f"loopfan: note: {moved}", err=True)
+        with opts.output.progress_sink(quiet=opts.quiet) as live:
+            try:
+                result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
+            except ServerStartError as exc:
+                raise ServerStartError(f"{exc}; {opts.server_fix}") from None
     rep = report_dict(result, argv=argv, facts=facts)
     opts.output.judge(rep)
     return result, rep
@@ -243,8 +256,7 @@ def command(
         targets=build_targets(targets, allow_non_loopback),
         sources=build_sources(sources, allow_non_loopback),
         max_per_process=per_process,
-        isolate=isolate,
-        isolate_avoid=_taken_addresses() if isolate else frozenset(),
+        isolate=isolate,  # (the addresses other programs use are read when planning: plan_isolated)
         min_client_processes=min_processes(talking=traffic is not None, per_process=per_process),
         min_server_processes=min_processes(talking=traffic is not None, per_process=per_process),
         **parse_listen(listen),

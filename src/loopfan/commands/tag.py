@@ -38,6 +38,7 @@ from loopfan.isolation.capture import (
 )
 from loopfan.isolation.registry import (
     TagRecord,
+    active_reservations,
     active_tags,
     addresses_taken,
     locked,
@@ -275,6 +276,12 @@ def _check_not_taken(source: str, tags: list[TagRecord]) -> None:
         raise UsageError(
             f"--source {source} is already the tag {clash.label!r} (loopfan pid {clash.loopfan_pid}); "
             "pick another address or leave --source out"
+        )
+    run = next((r for r in active_reservations() if source in r.addresses), None)
+    if run is not None:
+        raise UsageError(
+            f"--source {source} is an isolated client's address of a running `{run.command}` (loopfan pid "
+            f"{run.loopfan_pid}); pick another address or leave --source out"
         )
 
 

@@ -2,8 +2,10 @@
 
 Rules of this file: a record is written when a tag is live and removed when it ends; records whose
 loopfan process is gone are stale and ignored (and deleted when seen). `TagRecord` is a frozen
-value; the directory is the only shared state. Also here: choosing a free tag address (pure, given
-the addresses in use) and reading which loopback addresses sockets use now (/proc/net).
+value; the directory is the only shared state. The addresses of `loopfan run --isolate` are
+recorded the same way, beside the tags (`Reservation`): not tags, but taken. Also here: choosing a
+free tag address (pure, given the addresses in use) and reading which loopback addresses sockets
+use now (/proc/net).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ipaddress
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,6 +96,66 @@ def active_tags(directory: Path | None = None) -> list[TagRecord]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Addresses a run holds for its isolated clients
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    """`loopfan run --isolate K`: the K addresses its isolated clients own for the run's lifetime.
+    Their sockets show in /proc/net only while connected - not before the clients connect, nor
+    between a close and a reconnect - so without this a `loopfan tag` could take one meanwhile."""
+
+    addresses: tuple[str, ...]
+    loopfan_pid: int  # the run's parent: stale once it is gone (SIGKILL included), as a tag's record
+    command: str
+    started: str  # ISO 8601, UTC
+
+
+def reservations_dir(directory: Path | None = None) -> Path:
+    """Beside the tags' records (so under the same lock), not among them: `tag --list` and
+    `capture`'s default (every active tag) are about tags."""
+    return (directory or registry_dir()).parent / "reserved"
+
+
+def reserve(addresses: Iterable[str], command: str, directory: Path | None = None) -> Path:
+    """Record addresses as this process's own until `remove_record(path)` or its end. Call under
+    `locked()` with the choice of the addresses, as tags do."""
+    folder = reservations_dir(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = Reservation(addresses=tuple(addresses), loopfan_pid=os.getpid(), command=command,
+                         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    path = folder / f"{record.loopfan_pid}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    tmp.replace(path)
+    return path
+
+
+def active_reservations(directory: Path | None = None) -> list[Reservation]:
+    """Live reservations; stale ones (their run is gone, even by SIGKILL) are deleted on the way."""
+    out: list[Reservation] = []
+    try:
+        files = sorted(reservations_dir(directory).glob("*.json"))
+    except OSError:
+        return out
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+            record = Reservation(**{**data, "addresses": tuple(data["addresses"])})
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if not pid_alive(record.loopfan_pid):
+            remove_record(path)
+            continue
+        out.append(record)
+    return out
+
+
+def reserved_addresses(directory: Path | None = None) -> frozenset[int]:
+    return frozenset(int(ipaddress.IPv4Address(a)) for r in active_reservations(directory) for a in r.addresses)
+
+
+# ---------------------------------------------------------------------------------------------
 # Picking a free address
 
 
@@ -139,10 +202,11 @@ def addresses_in_use() -> set[int]:
 
 
 def addresses_taken(tags: Iterable[TagRecord] | None = None) -> frozenset[int]:
-    """What a new tag or isolated client must not use: addresses with sockets now, and the active
-    tags' (`tags`, when the caller read them under the registry's lock)."""
+    """What a new tag or isolated client must not use: addresses with sockets now, the active
+    tags' (`tags`, when the caller read them under the registry's lock), and those running
+    `loopfan run --isolate` hold for their isolated clients."""
     tagged = {int(ipaddress.IPv4Address(t.address)) for t in (active_tags() if tags is None else tags)}
-    return frozenset(addresses_in_use() | tagged)
+    return frozenset(addresses_in_use() | tagged | reserved_addresses())
 
 
 def pick_free_address(used: Iterable[int], pool: AddressPool = DEFAULT_SOURCE_POOL) -> str:
