@@ -374,3 +374,61 @@ def test_doctor_undo_with_json_prints_json_like_fix_does(
     ]
     assert "restored net.core.somaxconn: 65535 -> 4096" in captured.err
     assert sysctl.read_setting("net.core.somaxconn", proc_sys) == "4096"
+
+
+@pytest.fixture
+def host_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No LOOPFAN_STATE_DIR: the fixed directory (here under tmp_path) and HOME as sudo leaves them."""
+    monkeypatch.delenv("LOOPFAN_STATE_DIR", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setattr(sysctl, "_home_of", lambda user: tmp_path / "home" / user, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "alice"))
+    fixed = tmp_path / "var" / "lib" / "loopfan"
+    monkeypatch.setattr(sysctl, "SYSTEM_STATE_DIR", fixed, raising=False)
+    return fixed
+
+
+def test_the_undo_record_survives_sudo_changing_home(proc_sys: Path, host_state: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: `sudo loopfan doctor --fix` (HOME kept: /home/alice) then `sudo -i loopfan doctor --undo`
+    (HOME=/root) said 'nothing to undo' - the record was under the first HOME - and the settings
+    stayed changed. The record is the host's: it lives in one root-owned directory."""
+    sysctl.apply([Setting("net.core.somaxconn", "65535")], root=proc_sys)
+    assert json.loads((host_state / "sysctl-undo.json").read_text()) == {"net.core.somaxconn": "4096"}
+    assert (host_state / "sysctl-undo.json").stat().st_mode & 0o777 == 0o644  # read by --undo without root
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "root"))
+    assert sysctl.recorded() == {"net.core.somaxconn": "4096"}
+    assert sysctl.undo(root=proc_sys) == [("net.core.somaxconn", "65535", "4096")]
+    assert list(host_state.iterdir()) == []
+
+
+@pytest.mark.parametrize("whose", ["alice", "root"])
+def test_an_undo_record_of_an_earlier_version_is_still_found_and_moved(
+        whose: str, proc_sys: Path, host_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written by earlier versions, under the state home of whoever ran --fix - this HOME's,
+    the sudo caller's or root's - are read; a --fix moves the record to the fixed directory."""
+    monkeypatch.setenv("SUDO_USER", "alice")
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / ("root" if whose == "alice" else "alice")))
+    earlier = tmp_path / "home" / whose / ".local" / "state" / "loopfan"
+    earlier.mkdir(parents=True)
+    (earlier / "sysctl-undo.json").write_text('{"fs.file-max": "2466170"}')
+    (earlier / "sysctl-set.json").write_text('{"fs.file-max": "3000000"}')
+    (proc_sys / "fs/file-max").write_text("3000000\n")
+    assert sysctl.recorded() == {"fs.file-max": "2466170"}
+    assert sysctl.undo_file() == earlier / "sysctl-undo.json"
+
+    sysctl.apply([Setting("net.core.somaxconn", "65535"), Setting("fs.file-max", "4000000")], root=proc_sys)
+    assert list(earlier.iterdir()) == []
+    assert sysctl.recorded() == {"fs.file-max": "2466170", "net.core.somaxconn": "4096"}  # the first value wins
+    assert sysctl.undo_file() == host_state / "sysctl-undo.json"
+    restored = sysctl.undo(root=proc_sys)
+    assert sorted(restored) == [("fs.file-max", "4000000", "2466170"), ("net.core.somaxconn", "65535", "4096")]
+
+
+def test_an_undo_record_that_cannot_be_written_is_said(proc_sys: Path, host_state: Path) -> None:
+    host_state.parent.mkdir(parents=True)
+    host_state.write_text("not a directory")
+    with pytest.raises(HostError, match="cannot write the undo record"):
+        sysctl.apply([Setting("net.core.somaxconn", "65535")], root=proc_sys)
+    assert (proc_sys / "net/core/somaxconn").read_text() == "4096\n"  # nothing written without its record

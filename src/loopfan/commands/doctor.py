@@ -51,7 +51,8 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
                 console.print(f"  {sysctl_command(s)}", highlight=False)
             return 1
         else:
-            console.print("applying (previous values recorded; `loopfan doctor --undo` restores them):")
+            console.print(f"applying (previous values recorded in {sysctl.undo_dir() / 'sysctl-undo.json'}; "
+                          "`loopfan doctor --undo` restores them):", highlight=False)
             for s in settings:
                 console.print(f"  {s.key} = {s.value}", highlight=False)
             for key, old, new in sysctl.apply(settings):
@@ -77,10 +78,11 @@ def _undo(console: Console, as_json: bool) -> int:
     """Restore what --fix changed. With --json, stdout is a loopfan.doctor-undo/1 object (the lines
     go to stderr, as with --fix --json); its `ok` says what the exit status says."""
     settings: list[dict[str, str | None]] = []
+    record = str(sysctl.undo_file())  # (before --undo removes it: an earlier version's may be elsewhere)
 
     def done(status: int) -> int:
         if as_json:
-            write_json("-", undo_to_dict(status == 0, str(sysctl.undo_file()), settings))
+            write_json("-", undo_to_dict(status == 0, record, settings))
         return status
 
     def entry(key: str, result: str, value: str, *, current: str | None = None, set_by_fix: str | None = None,
