@@ -93,6 +93,34 @@ def test_a_hold_only_report_has_no_traffic_figures_not_zeros() -> None:
     assert [(c["passed"], c["actual"], c["detail"]) for c in judged] == [(False, None, "not measured in this run")] * 3
 
 
+def never_ran_report() -> dict[str, Any]:
+    """A traffic run whose every connect was refused: the block is there, but nothing talked."""
+    rep = traffic_report()
+    rep["established"] = rep["peak_concurrent"] = 0
+    rep["failed"], rep["failed_total"] = {"ECONNREFUSED": 1000}, 1000
+    rep["traffic"].update(window_s=0.0, sent=0, sent_in_window=0, replies=0, replies_in_window=0, samples=0,
+                          messages_per_s=None, bytes_in_per_s=None, bytes_out_per_s=None, statuses={},
+                          unanswered_at_end=0, lost_in_flight=0, connections_reopened=0,
+                          connections_talking_at_start=0, connections_talking_at_end=0)
+    return rep
+
+
+def test_a_run_whose_traffic_never_ran_passes_no_traffic_check_or_gate() -> None:
+    """QA: every connect refused, 'Traffic: not run' - yet traffic.errors==0 passed (actual 0), and
+    `compare --gate traffic.errors:0` passed against a clean baseline, while trend said '-'."""
+    never = never_ran_report()
+    m = report_metrics(never)
+    assert all(m[name] is None for name in METRICS if name.startswith("traffic."))
+    exprs = ("traffic.errors==0", "traffic.errors.http-5xx==0", "traffic.lost==0", "traffic.unanswered==0",
+             "traffic.statuses.http-2xx>=0")
+    judged = run_checks([parse_check(e) for e in exprs], never)
+    assert [(c["passed"], c["detail"]) for c in judged] == [(False, "not measured in this run")] * len(exprs)
+    gates = run_gates([parse_gate("traffic.errors:0"), parse_gate("traffic.lost:0")], traffic_report(), never)
+    assert [g["passed"] for g in gates] == [False, False]
+    row = {r.metric.name: r for r in rows(traffic_report(), never, traffic=True)}["traffic.errors"]
+    assert row.base == 0 and row.new is None
+
+
 @pytest.mark.parametrize("expr, passed", [
     ("traffic.latency.p99<10ms", False),
     ("traffic.latency.p99<=12.7", True),  # a bare number is the metric's unit: ms

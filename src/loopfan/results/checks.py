@@ -42,6 +42,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from loopfan.errors import UsageError
+from loopfan.traffic.report import nothing_to_talk_over
 
 # unit -> (dimension, factor to the metric's base unit for that dimension)
 _TIME_TO_MS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -327,9 +328,14 @@ def report_metrics(rep: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _traffic_metrics(tr: dict[str, Any] | None) -> dict[str, float | None]:
-    """The traffic.* metrics of a report's "traffic" block; all None without one (a hold-only run).
+    """The traffic.* metrics of a report's "traffic" block; all None without one (a hold-only run),
+    and when its traffic never ran (no connection was open as the phase began: its 0 errors are no
+    clean run, and traffic.errors==0 or a gate 'traffic.errors:0' must not pass on it - they fail
+    as not measured, as for a hold-only run, in run --check, compare and trend alike).
     Its percentiles are the merged full-run HDR histograms' values, unrounded, so deltas between
     two reports are exact like connect latency's; the mean is rounded to the microsecond."""
+    if tr and nothing_to_talk_over(tr):
+        tr = None
     tr = tr or {}
     out: dict[str, float | None] = {
         "traffic.messages_per_s": tr.get("messages_per_s"),

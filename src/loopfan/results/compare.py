@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from loopfan.results.checks import METRICS, Metric, described, has_traffic, metric_for, report_metrics, value_of
-from loopfan.traffic.report import nothing_to_talk_over
 
 NOISE_PCT = 5.0
 
@@ -205,10 +204,7 @@ def trend_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
     """One row per report, oldest first, with the numbers a trend is read from."""
     out = []
     for name, rep in sorted(reports, key=lambda nr: nr[1].get("started_at") or 0):
-        m = report_metrics(rep)
-        if rep.get("traffic") and nothing_to_talk_over(rep["traffic"]):
-            # Its traffic never ran: "0 errors" would count in the summary as a clean run.
-            m = {k: None if k.startswith("traffic.") else v for k, v in m.items()}
+        m = report_metrics(rep)  # (a run whose traffic never ran has no traffic figure: not "0 errors")
         out.append({"name": name, "started_at": rep.get("started_at"), "interrupted": interrupted(rep), **m})
     return out
 
