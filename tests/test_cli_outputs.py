@@ -199,12 +199,36 @@ def test_trend_marks_interrupted_runs_and_leaves_them_out_of_the_summary(
         rep["started_at"] = float(i)
         (tmp_path / f"r{i}.json").write_text(json.dumps(rep))
         paths.append(str(tmp_path / f"r{i}.json"))
-    assert main(["trend", *paths, "--format", "markdown"]) == 0  # (the text table wraps long names)
+    assert main(["trend", *paths, "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert f"| {paths[2]} (interrupted SIGINT: partial) |" in out
     assert "1 interrupted (partial) run left out of the summary" in out
     assert "established: min 1,000, median 1,000, max 1,000" in out
     assert f"last run: {paths[1]} (the newest, {paths[2]}, was interrupted)" in out  # which run 'last' is
+
+
+def test_trend_text_shows_every_run_name_and_column_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: in a CI log (no terminal) the text table was squeezed into 160 columns: every run read
+    'runs/bui…', an interrupted one's mark was cut too, and four columns read 'connect_…'."""
+    (tmp_path / "runs").mkdir()
+    paths = []
+    for i, rep in enumerate([fake_report([100] * 10), fake_report([100] * 10), interrupted_report()]):
+        rep["started_at"] = float(i)
+        rep["traffic"] = {"kind": "http", "model": "closed loop", "messages_per_s": 1000.0 + i, "errors_total": 0,
+                          "window_s": 1.0, "sent": 1000, "connections_talking_at_start": 10,
+                          "latency_ms": {"p50": 1.0, "p99": 2.0}}
+        path = tmp_path / "runs" / f"nightly-build-{1041 + i}.json"
+        path.write_text(json.dumps(rep))
+        paths.append(str(path))
+    assert main(["trend", *paths]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for path in paths[:2]:
+        assert f"│ {path} " in out
+    assert f"│ {paths[2]} (interrupted SIGINT: partial) " in out
+    head = next(line for line in out.splitlines() if "┃ run" in line)
+    assert all(f" {name} " in head for name in ("connect_latency.p50", "connect_latency.max", "traffic.errors",
+                                               "traffic.messages_per_s"))
 
 
 def test_trend_warns_naming_every_run_that_differs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

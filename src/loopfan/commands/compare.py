@@ -147,7 +147,10 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
             t.add_column(h, justify="left" if h in ("run", "started") else "right")
         for r in table:
             t.add_row(*cells(r))
-        Console(width=160).print(t)
+        # At its natural width: a CI log keeps a long line whole, while a table squeezed into a
+        # fixed width cut every run name to the same 'runs/bui…' (the interrupted mark with it)
+        # and the columns to 'connect_…'.
+        Console(width=Console(width=10_000).measure(t).maximum).print(t)
     left_out = sum(1 for r in table if r.get("interrupted"))
     if left_out:
         click.echo(f"{left_out} interrupted (partial) run{'s' if left_out > 1 else ''} left out of the summary")
