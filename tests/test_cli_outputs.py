@@ -231,6 +231,22 @@ def test_trend_text_shows_every_run_name_and_column_whole(tmp_path: Path, capsys
                                                "traffic.messages_per_s"))
 
 
+def test_trend_shows_a_change_from_a_median_of_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: three clean runs, then one with 50 failures: 'last run vs the median of the others -',
+    as if nothing had changed (no percentage exists from 0; the change itself does)."""
+    paths = []
+    for i, failed in enumerate([{}, {}, {}, {"ECONNREFUSED": 50}]):
+        rep = fake_report([100] * 10, failed=failed)
+        rep["started_at"] = float(i)
+        (tmp_path / f"r{i}.json").write_text(json.dumps(rep))
+        paths.append(str(tmp_path / f"r{i}.json"))
+    assert main(["trend", *paths]) == 0
+    out = capsys.readouterr().out
+    assert "failed: min 0, median 0, max 50; last run vs the median of the others +50 (the others' median is 0)" in out
+    assert main(["trend", *paths[:3]]) == 0
+    assert "failed: min 0, median 0, max 0; last run vs the median of the others +0.0%" in capsys.readouterr().out
+
+
 def test_trend_warns_naming_every_run_that_differs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """QA: the last run vs the median silently skipped the interrupted newest; and runs asking for
     other counts or targets must be named, every one of them, not only the first two files."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sys
 
 import click
@@ -161,7 +162,12 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
     for col, s in summary.items():
         unit = units.get(col, "ms")
         change = s["last_vs_median_pct"]
-        change_text = "-" if change is None else f"{change:+.1f}%"
+        if change is None:
+            change_text = "-"
+        elif math.isinf(change):  # the others' median is 0: the change is the last run's value itself
+            change_text = f"{'+' if change > 0 else ''}{fmt(s['last'], unit)} (the others' median is 0)"
+        else:
+            change_text = f"{change:+.1f}%"
         click.echo(f"{col}: min {fmt(s['min'], unit)}, median {fmt(s['median'], unit)}, max {fmt(s['max'], unit)}; "
                    f"last run vs the median of the others {change_text}")
     return 0

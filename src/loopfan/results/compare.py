@@ -12,6 +12,7 @@ without traffic: not measured, as for connect figures an older report lacks).
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -280,6 +281,10 @@ def trend_summary(table: list[dict[str, Any]]) -> dict[str, dict[str, float | No
         change = None
         if last is not None and med_others:
             change = 100.0 * (last - med_others) / abs(med_others)
+        elif last is not None and med_others == 0:
+            # From a median of 0 (no failures, no traffic errors) no percentage exists, but the change
+            # must still show: as Row.delta_pct, inf for a rise (said as "+N, the others' median is 0").
+            change = 0.0 if last == 0 else math.copysign(math.inf, last)
         out[col] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "last": last,
                     "last_vs_median_pct": change}
     return out
