@@ -50,6 +50,39 @@ def test_output_paths_are_refused_before_the_work(argv: list[str], fragment: str
     assert fragment in one_line_error(capsys)
 
 
+@pytest.mark.usefixtures("no_work")
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "-c", "10", "--json", "out.json", "--html", "out.json"], "--html out.json: --json writes that file too"),
+    (["run", "-c", "10", "--traffic", "echo", "--json", "out.json", "--hdr-log", "./out.json"],
+     "--hdr-log ./out.json: --json writes that file too"),
+    (["run", "-c", "10", "--traffic", "echo", "--html", "x", "--hdr-log", "x"], "--hdr-log x: --html writes that"),
+])
+def test_two_outputs_of_a_run_in_one_file_are_refused(argv: list[str], fragment: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: '--json run.json --html run.json' ran, exit 0, and left the page where the JSON was."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert fragment in one_line_error(capsys)
+
+
+def test_report_and_compare_never_write_over_a_report_they_read(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: 'loopfan report run.json -o run.json' replaced the report with its page (exit 0)."""
+    run, base = tmp_path / "run.json", tmp_path / "base.json"
+    text = json.dumps(fake_report([100] * 100))
+    run.write_text(text)
+    base.write_text(text)
+    assert main(["report", str(run), "-o", str(run)]) == 2
+    assert f"-o {run}: RUN.json reads that file too" in one_line_error(capsys)
+    assert main(["report", str(run), "--baseline", str(base), "-o", str(base)]) == 2
+    assert "--baseline reads that file too" in one_line_error(capsys)
+    assert main(["compare", str(base), str(run), "--format", "markdown", "-o", str(run)]) == 2
+    assert "NEW.json reads that file too" in one_line_error(capsys)
+    assert run.read_text() == text and base.read_text() == text
+    assert main(["compare", str(run), str(run)]) == 0  # one report as both sides: nothing is written
+
+
 @pytest.fixture
 def two_reports(tmp_path: Path) -> tuple[str, str]:
     base, new = tmp_path / "base.json", tmp_path / "new.json"

@@ -222,6 +222,24 @@ def check_writable(path: str, what: str, *, stdout: bool = False) -> None:
                          "give a path in one that is")
 
 
+def check_distinct(outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None) -> None:
+    """Refuse, before the work starts, two outputs naming one file (`--json run.json --html run.json`:
+    the page silently replaced the JSON) and an output naming an input (`report run.json -o
+    run.json` replaced the report with its page). Keys name each path as the user gave it (an
+    option, or an argument's metavar); '-' (stdout) and unset ones are skipped."""
+    seen: dict[str, tuple[str, bool]] = {}
+    for given, is_input in ((inputs or {}, True), (outputs, False)):
+        for name, path in given.items():
+            if not path or path == "-":
+                continue
+            key = os.path.realpath(path)
+            if key in seen:
+                other, other_is_input = seen[key]
+                does = "reads" if other_is_input else "writes"
+                raise UsageError(f"{name} {path}: {other} {does} that file too; give each output a file of its own")
+            seen[key] = (name, is_input)
+
+
 def write_json(path: str, data: Any) -> None:
     """Write JSON to a file, or to stdout for '-'."""
     text = json.dumps(data, indent=2) + "\n"

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from loopfan.commands.common import ParsedType, check_writable
+from loopfan.commands.common import ParsedType, check_distinct, check_writable
 from loopfan.errors import UsageError
 from loopfan.results.checks import Gate, described, parse_gate, run_gates
 from loopfan.results.compare import (
@@ -56,6 +56,7 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
         raise UsageError("--format html writes a page: give -o FILE (e.g. -o compare.html)")
     if output is not None:
         check_writable(output, "the comparison", stdout=fmt_name != "html")
+        check_distinct({"-o": output}, {"BASE.json": base_json, "NEW.json": new_json})
     base, new = load_report(base_json), load_report(new_json)
     results = run_gates(list(gates), base, new)
     new["checks"] = [*(new.get("checks") or []), *results]

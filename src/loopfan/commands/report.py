@@ -6,7 +6,7 @@ import os
 
 import click
 
-from loopfan.commands.common import check_writable
+from loopfan.commands.common import check_distinct, check_writable
 from loopfan.errors import UsageError
 from loopfan.results.schema import load_report
 
@@ -34,6 +34,7 @@ def command(run_json: str, output: str | None, baseline: str | None) -> int:
     """Write a self-contained HTML report (opens offline, no network requests) for a run's JSON report."""
     path = output or os.path.splitext(run_json)[0] + ".html"
     check_writable(path, "the HTML report")
+    check_distinct({"-o": path}, {"RUN.json": run_json, "--baseline": baseline})
     rep = load_report(run_json)
     base = load_report(baseline) if baseline else None
     size = write_html(path, rep, base)

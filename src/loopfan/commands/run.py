@@ -20,6 +20,7 @@ from loopfan.commands.common import (
     allow_option,
     build_sources,
     build_targets,
+    check_distinct,
     check_writable,
     connections_option,
     min_processes,
@@ -240,6 +241,7 @@ def command(
     """
     if json_path:
         check_writable(json_path, "the report", stdout=True)
+    check_distinct({"--json": json_path, "--html": output.html_path, "--hdr-log": traffic_kw.get("hdr_log")})
     if not connect_timeout:  # 0 or 'forever' were taken as 10 s without a word
         given = "forever" if connect_timeout is None else "0"
         raise UsageError(f"--connect-timeout must be a duration above 0 (got {given}); write e.g. "
