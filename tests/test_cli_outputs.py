@@ -225,6 +225,26 @@ def test_compare_warns_when_the_runs_differ_in_what_they_asked(tmp_path: Path,
     assert "different targets" not in capsys.readouterr().err
 
 
+def test_compare_warns_of_a_force_run_short_of_its_connections(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: a --force run held 450 of 1,000 (550 'not-planned', none in failed); compared with a
+    full run of the same -c, 'failed:0' passed and nothing said the new run was short."""
+    full, short = fake_report([100] * 10), fake_report([100] * 10, established=450)
+    short["failures"] = [{"cause": "not-planned", "count": 550, "meaning": "never attempted", "fix": "..."}]
+    paths = []
+    for name, rep in (("full.json", full), ("short.json", short)):
+        (tmp_path / name).write_text(json.dumps(rep))
+        paths.append(str(tmp_path / name))
+    assert main(["compare", *paths, "--gate", "failed:0"]) == 0
+    warning = (f"{paths[1]} ran past its plan with --force: 550 of 1,000 connections were never attempted "
+               "(not counted in failed)")
+    assert warning in " ".join(capsys.readouterr().err.split())
+    assert main(["compare", *paths, "--format", "markdown"]) == 0
+    assert f"> **warning:** {warning}" in capsys.readouterr().out
+    assert main(["compare", paths[0], paths[0]]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_trend_marks_interrupted_runs_and_leaves_them_out_of_the_summary(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     paths = []

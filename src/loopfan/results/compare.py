@@ -135,6 +135,12 @@ def partial_note(name: str, rep: dict[str, Any]) -> str:
             f"{rep.get('target_connections') or 0:,} connections")
 
 
+def unplanned(rep: dict[str, Any]) -> int:
+    """Connections a --force run never attempted, past what its plan could hold. They are not in
+    `failed` (nothing failed: they were never tried), so a gate 'failed:0' passes over them."""
+    return sum(f.get("count") or 0 for f in rep.get("failures") or [] if f.get("cause") == "not-planned")
+
+
 def traffic_mode(rep: dict[str, Any]) -> str:
     """'hold' for a run without traffic, else the traffic's kind and model: 'http, closed loop'."""
     tr = rep.get("traffic")
@@ -154,9 +160,13 @@ def _some(targets: list[str]) -> str:
 def caveats(base: dict[str, Any], new: dict[str, Any], base_name: str = "baseline",
             new_name: str = "new") -> list[str]:
     """Why the two runs may not compare like for like, one line each: an interrupted (partial) run,
-    and a different connection count, target set or traffic mode. Said, not refused: comparing a
-    20k run with a 100k one can be the point, but it must never happen silently."""
+    a --force run short of its connections, and a different connection count, target set or traffic
+    mode. Said, not refused: comparing a 20k run with a 100k one can be the point, but it must never
+    happen silently."""
     out = [partial_note(name, rep) for name, rep in ((base_name, base), (new_name, new)) if interrupted(rep)]
+    out += [f"{name} ran past its plan with --force: {unplanned(rep):,} of {rep.get('target_connections') or 0:,} "
+            "connections were never attempted (not counted in failed)"
+            for name, rep in ((base_name, base), (new_name, new)) if unplanned(rep)]
     b, n = base.get("target_connections"), new.get("target_connections")
     if b is not None and n is not None and b != n:
         out.append(f"the runs asked for different numbers of connections: {b:,} in {base_name}, {n:,} in {new_name}")
