@@ -255,9 +255,26 @@ def test_doctor_fix_with_json_keeps_stdout_json_alone(
     wired(True)
     assert main(["doctor", "-c", "1000000", "--fix", "--json"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["schema"] == "loopfan.doctor/1"  # what --fix did went to stderr
+    doc = json.loads(captured.out)
+    assert doc["schema"] == "loopfan.doctor/1"  # the lines saying what --fix did went to stderr
     assert "set net.core.somaxconn: 4096 -> 65535" in captured.err
+    # ...and the JSON says it too: a CI job reads what was changed without parsing text.
+    assert {"key": "net.core.somaxconn", "before": "4096", "after": "65535"} in doc["fix"]["applied"]
+    assert doc["fix"]["root"] is True and doc["fix"]["record"].endswith("sysctl-undo.json")
+    assert "sudo sysctl -w net.core.somaxconn=65535" in doc["fix"]["commands"]
     assert main(["doctor", "--undo"]) == 0
+
+
+def test_doctor_fix_json_without_root_lists_the_commands(
+    wired: Callable[[bool], None], proc_sys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: exit 1 with an empty stdout, where the commands to run went to stderr only."""
+    wired(False)
+    assert main(["doctor", "-c", "1000000", "--fix", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["fix"]["root"] is False and doc["fix"]["applied"] == []
+    assert "sudo sysctl -w net.core.somaxconn=65535" in doc["fix"]["commands"]
+    assert "fix" not in json.loads(_doctor_json(capsys))  # without --fix: no such key
 
 
 def test_doctor_fix_without_root_prints_commands(
@@ -432,3 +449,8 @@ def test_an_undo_record_that_cannot_be_written_is_said(proc_sys: Path, host_stat
     with pytest.raises(HostError, match="cannot write the undo record"):
         sysctl.apply([Setting("net.core.somaxconn", "65535")], root=proc_sys)
     assert (proc_sys / "net/core/somaxconn").read_text() == "4096\n"  # nothing written without its record
+
+
+def _doctor_json(capsys: pytest.CaptureFixture[str]) -> str:
+    main(["doctor", "-c", "1000", "--json"])
+    return capsys.readouterr().out

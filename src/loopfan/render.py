@@ -161,7 +161,9 @@ def undo_to_dict(ok: bool, record: str, settings: list[dict[str, str | None]]) -
     return {"schema": UNDO_SCHEMA, "ok": ok, "record": record, "settings": settings}
 
 
-def findings_to_dict(findings: tuple[Finding, ...], ok: bool, connections: int) -> dict[str, Any]:
+def findings_to_dict(findings: tuple[Finding, ...], ok: bool, connections: int,
+                     fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The doctor/1 object; `fixed` (with --fix): what was written, or the commands for root."""
     return {
         "schema": DOCTOR_SCHEMA,
         "connections": connections,
@@ -177,4 +179,5 @@ def findings_to_dict(findings: tuple[Finding, ...], ok: bool, connections: int) 
             }
             for f in findings
         ],
+        **({"fix": fixed} if fixed is not None else {}),
     }

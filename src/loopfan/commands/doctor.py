@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 
@@ -41,14 +43,19 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
     facts = read_host_facts()
     p = plan(PlanRequest(connections=connections), facts)
     findings = diagnose(facts, p)
+    # With --fix and --json, the JSON says what was done too (the lines on stderr are for people).
+    fixed: dict[str, Any] | None = None
     if fix:
         settings = settings_to_fix(findings, widen_ports=widen_ports)
+        fixed = {"root": facts.is_root, "applied": [], "commands": [sysctl_command(s) for s in settings]}
         if not settings:
             console.print("nothing to fix: the kernel settings already allow this run")
         elif not facts.is_root:
             console.print("not root: run these commands (or sudo loopfan doctor --fix):")
             for s in settings:
                 console.print(f"  {sysctl_command(s)}", highlight=False)
+            if as_json:
+                write_json("-", findings_to_dict(findings, False, connections, fixed))
             return 1
         else:
             console.print(f"applying (previous values recorded in {sysctl.undo_dir() / 'sysctl-undo.json'}; "
@@ -57,12 +64,14 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
                 console.print(f"  {s.key} = {s.value}", highlight=False)
             for key, old, new in sysctl.apply(settings):
                 console.print(f"set {key}: {old} -> {new}", highlight=False)
+                fixed["applied"].append({"key": key, "before": old, "after": new})
+            fixed["record"] = str(sysctl.undo_file())
             facts = read_host_facts()
             p = plan(PlanRequest(connections=connections), facts)
             findings = diagnose(facts, p)
     ok = verdict(findings)
     if as_json:
-        write_json("-", findings_to_dict(findings, ok, connections))
+        write_json("-", findings_to_dict(findings, ok, connections, fixed))
     else:
         console.print(findings_table(findings))
         if ok:
