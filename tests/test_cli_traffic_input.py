@@ -97,7 +97,13 @@ def test_hdr_log_and_json_share_one_check(refused: Callable[..., str]) -> None:
     (["http://127.0.0.1:8080/", "--ws-binary"], "not to an http:// TARGET; drop --ws-binary"),
     # HTTP only
     (["--traffic", "echo", "--method", "POST"], "--method applies to HTTP traffic"),
-    (["--traffic", "raw", "--rate", "10", "--header", "A: b"], "--header applies to HTTP traffic"),
+    (["--traffic", "raw", "--rate", "10", "--header", "A: b"], "--header applies to HTTP and WebSocket traffic"),
+    (["--traffic", "http", "--ws-subprotocol", "mqtt"], "--ws-subprotocol applies to WebSocket traffic"),
+    # the WebSocket handshake: what wsproto writes itself, and what is no token
+    (["--traffic", "ws", "--header", "Sec-WebSocket-Protocol: mqtt"], "give the subprotocols with --ws-subprotocol"),
+    (["--traffic", "ws", "--header", "Upgrade: h2c"], "the WebSocket handshake writes that header itself"),
+    (["--traffic", "ws", "--ws-subprotocol", "a b"], "--ws-subprotocol 'a b' is not a token"),
+    (["--traffic", "ws", "--header", "Bad Name: x"], "the WebSocket handshake is not valid"),
     (["ws://127.0.0.1:9000/", "--body", "x"], "not to a ws:// TARGET; drop --body"),
     (["--traffic", "ws", "--method", "GET"], "--method applies to HTTP traffic"),
     # raw only (as before, in the same words as the rest)

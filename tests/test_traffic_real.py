@@ -276,3 +276,59 @@ def test_websockets_library_echo_server(ws_server: str, tmp_path: Path, capsys: 
     tr = rep["traffic"]
     assert tr["errors_total"] == 0 and tr["statuses"]["ws-handshake-ok"] == 3000
     assert tr["replies_in_window"] > 3000
+
+
+# A server like many real ones (MQTT over WebSocket, an API behind a token): it speaks only the
+# subprotocol "mqtt" and answers 401 to a handshake without its token. The websockets library
+# picks the subprotocol and refuses a client that offers none of its own.
+WS_GATED_SERVER = r"""
+import asyncio, sys
+from http import HTTPStatus
+from websockets.asyncio.server import serve
+async def echo(ws):
+    assert ws.subprotocol == "mqtt"
+    async for message in ws:
+        await ws.send(message)
+def gate(conn, request):
+    if request.headers.get("Authorization") != "Bearer t0k" or request.headers.get("Origin") != "http://app":
+        return conn.respond(HTTPStatus.UNAUTHORIZED, "token please\n")
+    return None
+async def main():
+    async with serve(echo, sys.argv[1], int(sys.argv[2]), subprotocols=["mqtt"], process_request=gate,
+                     compression=None, backlog=4096):
+        print("ready", flush=True)
+        await asyncio.sleep(120)  # bounded even if the test forgets it
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def ws_gated_server(loopback_block: Block) -> Iterator[str]:
+    pytest.importorskip("websockets")
+    address = f"{loopback_block()}1"
+    port = free_port(address)
+    proc = subprocess.Popen([sys.executable, "-c", WS_GATED_SERVER, address, str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)  # (it logs every refused handshake)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        yield f"ws://{address}:{port}/"
+    finally:
+        _stop(proc)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_websocket_handshake_headers_and_subprotocol(ws_gated_server: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--header and --ws-subprotocol go into the opening handshake: with them the gated server talks;
+    without the token every handshake is refused, and the report says with which status."""
+    status, rep, text = run_json(tmp_path, capsys, "-c", "40", ws_gated_server, "--duration", "0.5s",
+                                 "--header", "Authorization: Bearer t0k", "--header", "Origin: http://app",
+                                 "--ws-subprotocol", "v2.mqtt", "--ws-subprotocol", "mqtt")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0 and tr["statuses"]["ws-handshake-ok"] == 40 and tr["replies_in_window"] > 40
+    status, rep, text = run_json(tmp_path, capsys, "-c", "40", ws_gated_server, "--duration", "0.5s",
+                                 "--ws-subprotocol", "mqtt")
+    assert status == 1
+    assert rep["traffic"]["errors"] == {"ws-rejected-http-401": 40}, rep["traffic"]["errors"]

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import click
 import h11
+from wsproto import ConnectionType, WSConnection
 
 from loopfan.commands.common import RATE, CountType, DurationType, check_writable, shown
 from loopfan.engine import protocol as P
@@ -35,6 +36,7 @@ from loopfan.traffic.config import (
     unescape,
 )
 from loopfan.traffic.http import request_template
+from loopfan.traffic.ws import HANDSHAKE_OWN, opening_request
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,13 +84,17 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--method", default=None, metavar="TEXT",
                  help=f"http: the request method (default {DEFAULT_METHOD})."),
     click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-                 help="http: a request header (repeatable)."),
+                 help="http: a request header; ws: a header of the opening handshake, e.g. 'Origin: "
+                 "http://127.0.0.1' (repeatable)."),
     click.option("--body", default=None, metavar="TEXT", help="http: the request body (escapes)."),
     click.option("--pipeline", type=CountType("pipeline"), default=None, metavar="N",
                  help=f"Messages in flight per connection, for traffic that awaits replies (default "
                  f"{DEFAULT_PIPELINE}: no pipelining)."),
     click.option("--ws-binary", is_flag=True, help="ws: send binary messages (default: text)."),
     click.option("--ws-ping", is_flag=True, help="ws: send pings and time the pongs instead of messages."),
+    click.option("--ws-subprotocol", "subprotocols", multiple=True, metavar="NAME",
+                 help="ws: offer this subprotocol in the handshake, e.g. mqtt (repeatable, in order of "
+                 "preference)."),
     click.option("--message-rate", type=RATE, default=None, metavar="R",
                  help="Messages per second on each connection, e.g. 100 or 2.5k (open model: latency from the "
                  "scheduled time)."),
@@ -111,15 +117,16 @@ _OPTIONS: list[Callable[[Any], Any]] = [
 ]
 
 TRAFFIC_PARAMS = ("traffic", "message", "message_file", "expect_length", "expect_end", "expect_contains",
-                  "method", "headers", "body", "pipeline", "ws_binary", "ws_ping", "message_rate",
+                  "method", "headers", "body", "pipeline", "ws_binary", "ws_ping", "subprotocols", "message_rate",
                   "total_rate", "duration", "warmup", "reply_timeout", "hdr_log", "response_size")
 # The option each parameter comes from, where click's name for it is not the option's.
-_FLAGS = {"total_rate": "--rate", "headers": "--header"}
+_FLAGS = {"total_rate": "--rate", "headers": "--header", "subprotocols": "--ws-subprotocol"}
 # What applies where. Every traffic option but --response-size (the built-in server's) needs traffic.
 _NEEDS_TRAFFIC = tuple(name for name in TRAFFIC_PARAMS if name not in ("traffic", "response_size"))
 _ONLY_FOR = {
-    "http": (("method", "headers", "body"), "HTTP traffic (an http:// TARGET or --traffic http)"),
-    "ws": (("ws_binary", "ws_ping"), "WebSocket traffic (a ws:// TARGET or --traffic ws)"),
+    "http": (("method", "body"), "HTTP traffic (an http:// TARGET or --traffic http)"),
+    "ws": (("ws_binary", "ws_ping", "subprotocols"), "WebSocket traffic (a ws:// TARGET or --traffic ws)"),
+    "http+ws": (("headers",), "HTTP and WebSocket traffic (an http:// or ws:// TARGET)"),
     "raw": (("expect_length", "expect_end", "expect_contains"),
             "--traffic raw (echo, http and ws know where their replies end)"),
 }
@@ -244,7 +251,7 @@ def _check_applies(kind: str, kind_opt: str | None, kw: dict[str, Any]) -> None:
     """Refuse an option meant for another kind of traffic (it would be ignored)."""
     chosen = f"--traffic {kind_opt}" if kind_opt else {"http": "an http:// TARGET", "ws": "a ws:// TARGET"}[kind]
     for owner, (names, where) in _ONLY_FOR.items():
-        if owner == kind:
+        if kind in owner.split("+"):
             continue
         for name in names:
             if _given(kw, name):
@@ -349,7 +356,29 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
             raise UsageError("a WebSocket text message must be UTF-8; add --ws-binary for other bytes") from None
     if opcode == "ping" and len(msg) > 125:
         raise UsageError(f"a ping carries at most 125 bytes (the message has {len(msg)}); give a shorter --message")
-    return TrafficConfig(kind="ws", message=msg, path=path or "/", ws_opcode=opcode, **common)
+    headers = _headers(tuple(kw.get("headers") or ()))
+    subprotocols = tuple(kw.get("subprotocols") or ())
+    _check_ws_handshake(path or "/", headers, subprotocols)
+    return TrafficConfig(kind="ws", message=msg, path=path or "/", ws_opcode=opcode, headers=headers,
+                         subprotocols=subprotocols, **common)
+
+
+def _check_ws_handshake(path: str, headers: tuple[tuple[str, str], ...], subprotocols: tuple[str, ...]) -> None:
+    """Refuse here what would make every connection's opening handshake fail in the workers: a
+    header wsproto writes itself, a subprotocol that is no HTTP token, a header h11 refuses."""
+    for name, _ in headers:
+        why = HANDSHAKE_OWN.get(name.lower())
+        if why is not None:
+            raise UsageError(f"--header {name}: the WebSocket handshake writes that header itself{why}; "
+                             f"drop --header {name}")
+    for proto in subprotocols:
+        if not proto or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in proto):
+            raise UsageError(f"--ws-subprotocol {shown(proto)} is not a token (letters, digits, - . _ ...); "
+                             "write e.g. --ws-subprotocol mqtt")
+    try:
+        WSConnection(ConnectionType.CLIENT).send(opening_request("127.0.0.1", path, headers, subprotocols))
+    except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+        raise UsageError(f"the WebSocket handshake is not valid ({exc}); check --header and the URL path") from None
 
 
 def server_config(mode: str, response_size: int = DEFAULT_RESPONSE_BYTES) -> P.ServerConfig:

@@ -31,7 +31,7 @@ from loopfan.traffic.raw import RawReplies
 from loopfan.traffic.results import subtract
 from loopfan.traffic.schedule import OpenSchedule, unsent_ages
 from loopfan.traffic.tally import Tally
-from loopfan.traffic.ws import WsClient
+from loopfan.traffic.ws import WsClient, opening_request
 
 try:  # the quick path in C (setup.py builds it when a compiler is present); else the same in Python
     from loopfan.engine._quick import quick_replies as _c_quick_replies
@@ -174,6 +174,7 @@ class TrafficClientWorker(ClientWorker):
         self.go_traffic = False
         self._schedule: OpenSchedule | None = None
         self._templates: dict[str, Any] = {}  # Host -> the HTTP request for it (one per endpoint)
+        self._ws_requests: dict[str, Any] = {}  # Host -> the WebSocket opening request, likewise
         self._known = KnownHeads()  # response heads h11 accepted, shared by this worker's connections
         self._phase_start = 0.0
         self.talking_at_start = 0
@@ -289,7 +290,10 @@ class TrafficClientWorker(ClientWorker):
             if template is None:
                 template = self._templates[host] = request_template(tc.method, tc.path, host, tc.headers, tc.body)
             return HttpClient(template, self.tally, self._known)
-        return WsClient(host, tc.path, tc.message, tc.ws_opcode, self.tally)
+        request = self._ws_requests.get(host)
+        if request is None:
+            request = self._ws_requests[host] = opening_request(host, tc.path, tc.headers, tc.subprotocols)
+        return WsClient(host, tc.path, tc.message, tc.ws_opcode, self.tally, request)
 
     def _drop(self, conn: Conn, cause: str) -> None:
         fd = conn.fd

@@ -38,15 +38,16 @@ class TrafficConfig:
     expect: str = EXPECT_ECHO
     expect_length: int = 0
     expect_marker: bytes = b""
-    # HTTP requests (and the WebSocket opening handshake's target and host)
+    # HTTP requests (and the WebSocket opening handshake's target, host and headers)
     method: str = "GET"
     path: str = "/"
     host: str = ""  # Host header; empty: the target endpoint
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     pipeline: int = 1  # requests in flight per connection (1 = no pipelining)
-    # WebSocket
+    # WebSocket (its opening handshake takes `headers` too)
     ws_opcode: str = "text"  # text | binary | ping
+    subprotocols: tuple[str, ...] = ()  # offered in Sec-WebSocket-Protocol, in this order
     # Pacing: 0 = closed loop (next message when the reply arrives); > 0 = open model, latency from
     # the scheduled send time.
     rate_per_conn_s: float = 0.0

@@ -154,16 +154,35 @@ def _clean_handshake(seen: bytes) -> bool:
     return seen.find(b"\r\n\r\n") == len(seen) - 4
 
 
+# Headers of the opening handshake that wsproto writes itself (or that select what it must agree
+# to): given with --header they would be sent twice or contradict it.
+HANDSHAKE_OWN = {"upgrade": "", "connection": "", "sec-websocket-key": "", "sec-websocket-version": "",
+                 "sec-websocket-protocol": " (give the subprotocols with --ws-subprotocol)",
+                 "sec-websocket-extensions": " (loopfan negotiates no extension)"}
+
+
+def opening_request(host: str, path: str, headers: tuple[tuple[str, str], ...] = (),
+                    subprotocols: tuple[str, ...] = ()) -> Request:
+    """The opening handshake's request: a Host given among `headers` replaces the endpoint's (as
+    for HTTP), the others go as they are (Origin, Authorization, Cookie ...)."""
+    given_host = [v for k, v in headers if k.lower() == "host"]
+    extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers if k.lower() != "host"]
+    return Request(host=given_host[0] if given_host else host, target=path, extra_headers=extra,
+                   subprotocols=list(subprotocols))
+
+
 class WsClient:
     __slots__ = ("buf", "dead", "event", "fast", "first", "head", "host", "out", "partial", "path",
-                 "payload", "ready", "seen", "tally", "want_pong", "ws")
+                 "payload", "ready", "request", "seen", "tally", "want_pong", "ws")
 
     repeat = b""  # no two messages are the same bytes (a fresh masking key each): call message()
 
-    def __init__(self, host: str, path: str, message: bytes, opcode: str, tally: Tally) -> None:
+    def __init__(self, host: str, path: str, message: bytes, opcode: str, tally: Tally,
+                 request: Request | None = None) -> None:
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.host = host
         self.path = path
+        self.request = request or opening_request(host, path)  # (shared by the connections to one endpoint)
         self.tally = tally
         self.ready = False
         self.dead: str | None = None
@@ -191,7 +210,7 @@ class WsClient:
         self.head = frame_head(self.first, len(message), True) if self.first else b""
 
     def opening(self) -> bytes:
-        return self.ws.send(Request(host=self.host, target=self.path))
+        return self.ws.send(self.request)
 
     def message(self) -> bytes:
         if self.fast and self.first:
