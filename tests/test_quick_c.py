@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from loopfan.engine import traffic_client, traffic_server
 from loopfan.engine.server import READ_SIZE
 from loopfan.traffic.http import RequestFramer
-from loopfan.traffic.ws import BINARY, PING, TEXT, WsEchoServer, encode_frame
+from loopfan.traffic.tally import Tally
+from loopfan.traffic.ws import BINARY, PING, TEXT, WsClient, WsEchoServer, encode_frame, frame_at
 
 _quick = pytest.importorskip("loopfan.engine._quick", reason="the C quick path is not built (no compiler)")
 IN, OUT, RDHUP, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLRDHUP, select.EPOLLHUP
@@ -98,6 +99,92 @@ def test_a_codec_without_a_repeat_is_asked_for_each_message(pair: tuple[socket.s
     rest, counts, *_ = replies([(ours.fileno(), IN)], {ours.fileno(): c})
     assert rest == [] and counts[0] == 1 and codec.made == 1
     assert peer.recv(100) == b"fresh"
+
+
+def fast_ws_client(message: bytes, opcode: str = "text") -> WsClient:
+    """A WsClient after a clean opening handshake (with wsproto's server, in memory): on its fast path."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection
+
+    ws = WsClient("127.0.0.1:1", "/", message, opcode, Tally())
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(ws.opening())
+    assert [type(e).__name__ for e in server.events()] == ["Request"]
+    ws.feed(server.send(AcceptConnection()))
+    assert ws.ready and ws.fast
+    return ws
+
+
+@pytest.mark.parametrize(("message", "opcode"), [(MSG, "text"), (b"\x00\xff" * 100, "binary"), (b"p", "ping"),
+                                                 (b"", "text")])
+def test_a_websocket_client_frame_is_made_in_c_as_message_makes_it(
+        pair: tuple[socket.socket, socket.socket], message: bytes, opcode: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C path builds WsClient's next frame itself (head, a fresh key, the masked payload), not
+    through message(): a frame the server reads as the message, under a new key each time."""
+    ours, peer = pair
+    ws = fast_ws_client(message, opcode)
+
+    def not_called(self: WsClient) -> bytes:
+        raise AssertionError("the C path called WsClient.message()")
+
+    monkeypatch.setattr(WsClient, "message", not_called)
+    c = conn_for(ours, time.perf_counter(), ws)
+    sent = []
+    for _ in range(3):
+        peer.sendall(MSG)
+        arrived(ours, MSG)
+        rest, counts, *_ = replies([(ours.fileno(), IN)], {ours.fileno(): c})
+        assert rest == [] and counts[0] == 1
+        frame = peer.recv(1000)
+        assert frame[: len(ws.head)] == ws.head and len(frame) == len(ws.head) + 4 + len(message)
+        first, end, payload = frame_at(frame, 0, (TEXT, BINARY, PING), True)
+        assert (first, end, payload) == (ws.first, len(frame), message)
+        assert frame == encode_frame(ws.first, message, frame[len(ws.head): len(ws.head) + 4])
+        sent.append(frame[len(ws.head): len(ws.head) + 4])
+    assert len(set(sent)) == 3  # a fresh key per frame (RFC 6455 5.3)
+
+
+def test_a_websocket_message_the_fast_path_does_not_send_whole_goes_through_message(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    big = b"x" * 70_000  # past 16-bit lengths: wsproto frames it (head b"")
+    ws = fast_ws_client(big, "binary")
+    assert ws.head == b""
+    c = conn_for(ours, time.perf_counter(), ws)
+    peer.sendall(MSG)
+    arrived(ours, MSG)
+    _, counts, *_ = replies([(ours.fileno(), IN)], {ours.fileno(): c})
+    assert counts[0] == 1
+    assert peer.recv(2) == bytes((BINARY, 0x80 | 127))  # wsproto's frame (64-bit length), via message()
+
+
+def test_forked_workers_draw_their_own_masking_keys(pair: tuple[socket.socket, socket.socket]) -> None:
+    """The key pool is emptied in a forked child: two workers never send the same keys."""
+    ours, peer = pair
+    ws = fast_ws_client(MSG)
+    c = conn_for(ours, time.perf_counter(), ws)
+
+    def one_key() -> bytes:
+        peer.sendall(MSG)
+        arrived(ours, MSG)
+        replies([(ours.fileno(), IN)], {ours.fileno(): c})
+        return peer.recv(1000)[2:6]
+
+    one_key()  # the parent's pool is filled
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next key, through the pipe
+        try:
+            os.write(w, one_key())
+        finally:
+            os._exit(0)
+    os.close(w)
+    child_key = os.read(r, 4)
+    os.close(r)
+    os.waitpid(pid, 0)
+    parent_next = one_key()
+    assert len(child_key) == 4 and child_key != parent_next
 
 
 def test_warm_up_replies_count_but_are_not_sampled(pair: tuple[socket.socket, socket.socket]) -> None:

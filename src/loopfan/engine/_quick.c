@@ -31,8 +31,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
+#if defined(__APPLE__)
+#include <stdlib.h> /* arc4random_buf */
+#else
+#include <sys/random.h> /* getrandom */
+#endif
 
 #define READ_SIZE 65536
 /* EPOLLRDHUP | EPOLLHUP | EPOLLERR: the peer's close or an error may be queued behind the data, and
@@ -40,6 +46,7 @@
 #define ENDING_BITS (0x2000 | 0x010 | 0x008)
 
 static PyObject *s_starts, *s_first, *s_out, *s_codec, *s_buf, *s_fast, *s_repeat, *s_message, *s_got_reply;
+static PyObject *s_head, *s_payload;
 static char read_buf[READ_SIZE];
 
 /* time.perf_counter(), from Python's own clock: the times here are compared with the Python loop's
@@ -165,6 +172,61 @@ static int push_pair(PyObject *pushed, PyObject *fd_obj, const char *buf, ssize_
     return r;
 }
 
+/* WebSocket masking keys (RFC 6455 5.3: a fresh unpredictable key per client frame), drawn from the
+ * system's CSPRNG 4 KiB at a time as traffic/ws.py's MaskKeys does; a forked worker starts with an
+ * empty pool (pthread_atfork), so no two processes send the same keys. */
+static unsigned char key_pool[4096];
+static size_t key_pos = sizeof key_pool;
+
+static void empty_key_pool(void) { key_pos = sizeof key_pool; }
+
+static int take_key(unsigned char key[4]) {
+    if (key_pos + 4 > sizeof key_pool) {
+#if defined(__APPLE__)
+        arc4random_buf(key_pool, sizeof key_pool);
+#else
+        if (getrandom(key_pool, sizeof key_pool, 0) != (ssize_t)sizeof key_pool) return -1;
+#endif
+        key_pos = 0;
+    }
+    memcpy(key, key_pool + key_pos, 4);
+    key_pos += 4;
+    return 0;
+}
+
+/* The next message of a WsClient on its fast path, as WsClient.message() makes it: codec.head (the
+ * frame's first bytes without the key; b"" when the message is not one the fast path sends whole),
+ * a fresh key, the payload masked with it. Returns a new reference; Py_None (new reference) when
+ * the codec is no such client or cannot use it (then the caller asks codec.message()). */
+static PyObject *ws_client_frame(PyObject *codec) {
+    PyObject *head = PyObject_GetAttr(codec, s_head);
+    if (head == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return NULL;
+        PyErr_Clear();
+        return Py_NewRef(Py_None);
+    }
+    PyObject *payload = PyBytes_Check(head) && PyBytes_GET_SIZE(head) > 0 ? PyObject_GetAttr(codec, s_payload) : NULL;
+    unsigned char key[4];
+    if (payload == NULL || !PyBytes_Check(payload) || take_key(key) < 0) {
+        Py_DECREF(head);
+        Py_XDECREF(payload);
+        PyErr_Clear();
+        return Py_NewRef(Py_None);
+    }
+    Py_ssize_t hl = PyBytes_GET_SIZE(head), pl = PyBytes_GET_SIZE(payload);
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, hl + 4 + pl);
+    if (frame != NULL) {
+        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(frame);
+        const unsigned char *src = (const unsigned char *)PyBytes_AS_STRING(payload);
+        memcpy(dst, PyBytes_AS_STRING(head), (size_t)hl);
+        memcpy(dst + hl, key, 4);
+        for (Py_ssize_t i = 0; i < pl; i++) dst[hl + 4 + i] = src[i] ^ key[i & 3];
+    }
+    Py_DECREF(head);
+    Py_DECREF(payload);
+    return frame;
+}
+
 static PyObject *quick_replies(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ready, *conns, *learned, *hist, *pushed, *trouble;
@@ -243,7 +305,11 @@ static PyObject *quick_replies(PyObject *self, PyObject *args) {
         PyObject *out = PyObject_GetAttr(codec, s_repeat);
         if (out != NULL && !(PyBytes_Check(out) && PyBytes_GET_SIZE(out) > 0)) {
             Py_DECREF(out);
-            out = PyObject_CallMethodNoArgs(codec, s_message);
+            out = ws_client_frame(codec); /* a WebSocket client's frame (a fresh key each), or None */
+            if (out == Py_None) {
+                Py_DECREF(out);
+                out = PyObject_CallMethodNoArgs(codec, s_message);
+            }
         }
         Py_DECREF(codec);
         if (out == NULL) goto fail;
@@ -483,5 +549,11 @@ PyMODINIT_FUNC PyInit__quick(void) {
     INTERN(s_got_reply, "got_reply");
     INTERN(s_conn, "conn");
     INTERN(s_closing, "closing");
+    INTERN(s_head, "head");
+    INTERN(s_payload, "payload");
+    if (pthread_atfork(NULL, NULL, empty_key_pool) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     return PyModule_Create(&module);
 }
