@@ -138,6 +138,23 @@ def test_json_to_stdout(loopback_block: Block, capsys: pytest.CaptureFixture[str
     assert "Run report: all connections established" in captured.err  # ... the report went to stderr
 
 
+def test_json_to_stdout_and_ndjson_progress_leave_both_streams_json(
+        loopback_block: Block, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: with `--json - --progress ndjson` the text report followed the progress objects on
+    stderr, and a CI step reading that stream as JSON lines failed on it. The text is not shown
+    there; what it says (the checks too) is in the JSON on stdout."""
+    eps = endpoints(loopback_block, 1)
+    with BuiltinServer.on(eps, capacity=100):
+        status = main(["run", "-c", "100", target_text(eps), "--hold", "1.2s", "--json", "-",
+                       "--progress", "ndjson", "--check", "established>=1M"])
+    captured = capsys.readouterr()
+    assert status == 1  # the check failed: said by the exit status and the JSON, not a text line
+    rep = json.loads(captured.out)
+    assert rep["established"] == 100 and rep["checks"][0]["passed"] is False
+    rows = [json.loads(line) for line in captured.err.splitlines()]  # every line of stderr is JSON
+    assert rows and all("phase" in r for r in rows), captured.err
+
+
 def test_nothing_listening_is_counted_not_raised(loopback_block: Block, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     (ep,) = endpoints(loopback_block, 1)  # a free port: nothing listens there

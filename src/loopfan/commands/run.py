@@ -122,6 +122,16 @@ def report_console(json_path: str | None) -> Console:
     return Console(stderr=json_path == "-")
 
 
+def shows_report(json_path: str | None, progress: str) -> bool:
+    """Whether `run` prints its text report: not when both its streams carry JSON, the report on
+    stdout (`--json -`) and the live view on stderr (`--progress ndjson`). The text would follow
+    the last progress object on stderr, and a CI step reading that stream line by line as JSON
+    failed on it. Nothing is lost: the JSON holds all the text says, checks included (`checks`),
+    and the exit status says whether the run passed. Not refused: both streams at once is a
+    reasonable CI setup (the report to `jq`, the progress to a log or a dashboard)."""
+    return not (json_path == "-" and progress == "ndjson")
+
+
 def deliver(opts: RunOptions, rep: dict[str, Any], show: Callable[[], None]) -> str | None:
     """Write the JSON, show the report, then write the HTML page; return the first failure, if
     any. The paths were checked before the run; one that fails anyway (disk full, directory removed
@@ -204,7 +214,7 @@ def exit_status(result: RunResult) -> int:
               help="Built-in server mode (with no TARGET).")
 @click.option("--json", "json_path", metavar="FILE",
               help="Write the report as JSON (schema loopfan.report/1); '-': to stdout, and the report "
-              "then goes to stderr.")
+              "then goes to stderr (with --progress ndjson: not shown, stderr is JSON lines alone).")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress; only the report.")
 @click.option("--force", is_flag=True,
               help="Run even if the plan cannot hold N: what the plan can place (fewer than N when the "
@@ -277,6 +287,11 @@ def command(
                       output=output, server_fix=server_fix)
     console = report_console(json_path)
     result, rep = execute(opts, ["loopfan", *sys.argv[1:]])
-    error = deliver(opts, rep, lambda: console.print(report_renderable(rep)))
+
+    def show() -> None:
+        if shows_report(json_path, output.progress):
+            console.print(report_renderable(rep))
+
+    error = deliver(opts, rep, show)
     status = exit_status(result)
     return after_delivery(1 if status == 0 and output.failed(rep) else status, error)
