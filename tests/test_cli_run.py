@@ -242,6 +242,22 @@ def test_run_moves_the_builtin_server_off_a_taken_endpoint(
     assert any(n.startswith(note) for n in rep["plan"]["notes"])
 
 
+def test_a_note_in_an_ndjson_stream_is_json_too(
+        builtin_listen: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    """With --progress ndjson, stderr is a stream of JSON objects: the note that the built-in server
+    moved (two CI jobs on one machine) is one of them, not a 'loopfan: note:' line among them."""
+    prefix, port = builtin_listen
+    with socket.create_server((f"{prefix}1", port)):
+        status = main(["run", "-c", "10", "--hold", "1.2s", "--progress", "ndjson", "--json", "-"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    lines = [json.loads(line) for line in captured.err.splitlines()]
+    notes = [x["note"] for x in lines if "phase" not in x]
+    assert notes == [f"the built-in server listens on port {port + 1}: port {port} was taken on its addresses "
+                     "(another program listens there)"], lines
+    assert any("phase" in x for x in lines) and json.loads(captured.out)["established"] == 10
+
+
 def test_demo_moves_the_builtin_server_off_a_taken_endpoint(
         builtin_listen: tuple[str, int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """QA: `loopfan demo` failed when another run held 127.100.0.1:7070, and demo has no --listen."""

@@ -165,6 +165,18 @@ def assert_local(addresses: list[str]) -> None:
                 ) from None
 
 
+def note(text: str) -> None:
+    """'loopfan: note: TEXT' on stderr - or {"note": TEXT}, one JSON object, when stderr is the
+    run's `--progress ndjson` stream: a note there (the built-in server moved off a taken port, as
+    when two CI jobs share a machine) was the one line of the stream that was not JSON, and a step
+    reading it line by line failed on it. Progress objects always have "phase"; notes never."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("progress") == "ndjson":
+        click.echo(json.dumps({"note": text}), err=True)
+    else:
+        click.echo(f"loopfan: note: {text}", err=True)
+
+
 def build_sources(text: str | None, allow_non_loopback: bool) -> AddressPool:
     if text is None:
         return DEFAULT_SOURCE_POOL
@@ -173,8 +185,7 @@ def build_sources(text: str | None, allow_non_loopback: bool) -> AddressPool:
         outside = [ip_to_str(lo) for lo, _ in pool.ranges if not 0x7F000000 <= lo <= 0x7FFFFFFF]
         assert_local(outside)
         if outside:
-            note = ", ".join(outside)
-            click.echo(f"loopfan: note: using non-loopback source addresses of this host: {note}", err=True)
+            note(f"using non-loopback source addresses of this host: {', '.join(outside)}")
     return pool
 
 
@@ -186,8 +197,7 @@ def build_targets(texts: tuple[str, ...], allow_non_loopback: bool) -> tuple[End
         outside = sorted({e.address for e in out if not (e.address.startswith("127.") or e.address == "::1")})
         assert_local(outside)
         if outside:
-            note = ", ".join(outside)
-            click.echo(f"loopfan: note: targeting non-loopback addresses of this host: {note}", err=True)
+            note(f"targeting non-loopback addresses of this host: {', '.join(outside)}")
     return tuple(dict.fromkeys(out))
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from loopfan.commands.common import ParsedType, check_writable
+from loopfan.commands.common import ParsedType, check_writable, note
 from loopfan.errors import UsageError
 from loopfan.results.checks import Check, parse_check, run_checks
 
@@ -90,7 +90,7 @@ def output_options(f: F) -> F:
             if prometheus[1] == 0:  # any free port: say which, or nobody can scrape it
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
-                click.echo(f"loopfan: note: --prometheus serves on http://{shown}:{port}/metrics", err=True)
+                note(f"--prometheus serves on http://{shown}:{port}/metrics")
         try:
             output = OutputOptions(html_path=html_path, checks=checks, progress=progress, prometheus=sock)
             return f(*args, output=output, **kwargs)

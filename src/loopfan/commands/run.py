@@ -24,6 +24,7 @@ from loopfan.commands.common import (
     check_writable,
     connections_option,
     min_processes,
+    note,
     sources_option,
     write_json,
 )
@@ -105,7 +106,7 @@ def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any
         p, moved = plan_isolated(opts.request, facts, argv, stack)
         preflight(p, facts, opts.force)
         if moved and not opts.quiet:
-            click.echo(f"loopfan: note: {moved}", err=True)
+            note(moved)
         with opts.output.progress_sink(quiet=opts.quiet) as live:
             try:
                 result = run_plan(p, opts.config, on_progress=live, on_started=live.start)
