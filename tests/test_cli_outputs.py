@@ -343,3 +343,31 @@ def test_small_input_gaps_are_one_line_and_exit_2(argv: list[str], fragment: str
 def test_a_bad_gate_percentage_is_one_line(two_reports: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", *two_reports, "--gate", "latency.p99:+abc%"]) == 2
     assert "'abc%' is not a percentage; write e.g. 10%" in one_line_error(capsys)
+
+
+# --- text off a terminal (a CI log, a pipe): whole lines, no padding --------------------------------
+
+
+def test_text_off_a_terminal_is_whole_lines_without_trailing_spaces(
+        two_reports: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: piped, rich took 80 columns: long lines were cut mid-sentence, and every line of a table
+    was padded with spaces to the width - noise in a CI log and in a diff of two outputs."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["plan", "-c", "1M"]) == 0
+    plan_out = capsys.readouterr().out
+    assert main(["compare", *two_reports, "--gate", "latency.p99:+1%"]) == 1
+    compare_out = capsys.readouterr().out
+    for out in (plan_out, compare_out):
+        assert out and not [line for line in out.splitlines() if line.endswith(" ")], out
+    processes = next(line for line in plan_out.splitlines() if line.startswith("processes"))
+    assert processes.endswith("(open-file limit)") and len(processes) > 80, plan_out  # one line, not cut at 80
+    assert "gate FAIL: latency.p99:+1%" in compare_out
+
+
+def test_text_off_a_terminal_takes_columns_when_set(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """$COLUMNS is the width asked for (as rich reads it): lines wrap there, still unpadded."""
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["plan", "-c", "1M"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 60 and not [line for line in lines if line.endswith(" ")], lines

@@ -136,6 +136,10 @@ def test_json_to_stdout(loopback_block: Block, capsys: pytest.CaptureFixture[str
     rep = json.loads(captured.out)  # stdout holds the JSON alone (jq, json.load) ...
     assert rep["established"] == 100
     assert "Run report: all connections established" in captured.err  # ... the report went to stderr
+    # Not a terminal: each line whole (no cut at 80 columns) and without the padding to the table's width.
+    assert not [line for line in captured.err.splitlines() if line.endswith(" ")], captured.err
+    memory = next(line for line in captured.err.splitlines() if line.startswith("memory"))
+    assert "incl. the parent, server" in memory and "kernel" in memory, captured.err
 
 
 def test_json_to_stdout_and_ndjson_progress_leave_both_streams_json(
@@ -272,6 +276,9 @@ def test_demo_moves_the_builtin_server_off_a_taken_endpoint(
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert f"the built-in server listens on port {port + 1}" in captured.err
+    # Off a terminal the explanation's panel fits its text: not as wide as a line can be there.
+    assert captured.out and max(map(len, captured.out.splitlines())) < 2_000
+    assert not [line for line in captured.out.splitlines() if line.endswith(" ")], captured.out
 
 
 def test_plan_shows_the_builtin_server_where_run_will_put_it(

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopfan.commands.common import ParsedType, check_distinct, check_writable
+from loopfan.commands.console import WIDE_COLUMNS, text_console, unpadded
 from loopfan.errors import UsageError
 from loopfan.results.checks import Gate, described, parse_gate, run_gates
 from loopfan.results.compare import (
@@ -78,7 +79,9 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
         text = markdown(base, new, results, base_json, new_json, noise_pct)
         _emit(text, output)
     else:
-        console = Console(record=output is not None, width=110)
+        console = text_console(record=output is not None)
+        if console.is_terminal:
+            console.width = 110  # (off a terminal: whole lines, commands/console.py)
         t = Table(title=f"{base_json} -> {new_json}", title_justify="left")
         for col, just in (("metric", "left"), ("baseline", "right"), ("new", "right"), ("change", "right"),
                           ("", "left")):
@@ -100,7 +103,7 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
                           f"(baseline {fmt(g.get('baseline'), unit)}, new {fmt(g.get('actual'), unit)}, "
                           f"limit {fmt(g.get('limit'), unit)}) {g.get('detail') or ''}", highlight=False)
         if output:
-            _emit(console.export_text(), output)
+            _emit(unpadded(console.export_text()), output)
     return 1 if any(not g["passed"] for g in results) else 0
 
 
@@ -152,7 +155,9 @@ def trend_command(runs: tuple[str, ...], fmt_name: str) -> int:
         # At its natural width: a CI log keeps a long line whole, while a table squeezed into a
         # fixed width cut every run name to the same 'runs/bui…' (the interrupted mark with it)
         # and the columns to 'connect_…'.
-        Console(width=Console(width=10_000).measure(t).maximum).print(t)
+        console = text_console()
+        console.width = Console(width=WIDE_COLUMNS).measure(t).maximum
+        console.print(t)
     left_out = sum(1 for r in table if r.get("interrupted"))
     if left_out:
         click.echo(f"{left_out} interrupted (partial) run{'s' if left_out > 1 else ''} left out of the summary")

@@ -59,6 +59,7 @@ def command(connections: int, json_path: str | None, quiet: bool) -> int:
 
     def show() -> None:
         console.print(report_renderable(rep))
-        console.print(Panel(explanation(rep), border_style="cyan"))
+        # Off a terminal the console is as wide as a line can be: the panel fits its text instead.
+        console.print(Panel(explanation(rep), border_style="cyan", expand=console.is_terminal))
 
     return after_delivery(exit_status(result), deliver(opts, rep, show))

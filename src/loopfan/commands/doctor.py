@@ -9,6 +9,7 @@ from rich.console import Console
 
 from loopfan import sysctl
 from loopfan.commands.common import COUNT, write_json
+from loopfan.commands.console import text_console
 from loopfan.doctor import Setting, diagnose, settings_to_fix, sysctl_command, verdict
 from loopfan.errors import UsageError
 from loopfan.hostfacts import read_host_facts
@@ -33,7 +34,7 @@ def command(connections: int, as_json: bool, fix: bool, widen_ports: bool, undo:
     Exit status: 0 when a run of N would work, 1 when it would not, 2 on bad input.
     """
     # With --json, stdout is the JSON alone (for jq): what --fix says it applies goes to stderr.
-    console = Console(stderr=as_json)
+    console = text_console(stderr=as_json)
     if fix and undo:
         raise UsageError("--fix and --undo contradict each other; give one")
     if widen_ports and not fix:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
 from loopfan import costs
 from loopfan.commands.common import (
@@ -15,6 +14,7 @@ from loopfan.commands.common import (
     sources_option,
     write_json,
 )
+from loopfan.commands.console import text_console
 from loopfan.commands.free_server import plan_free_server
 from loopfan.commands.traffic_opts import split_url_targets
 from loopfan.hostfacts import read_host_facts
@@ -66,7 +66,7 @@ def command(
     if as_json:
         write_json("-", plan_to_dict(p))
     else:
-        console = Console()
+        console = text_console()
         console.print(plan_headline(p))
         console.print(plan_table(p))
     return 0  # (informational: `loopfan doctor -c N` is the command whose exit status says "would it work")

@@ -28,6 +28,7 @@ from loopfan.commands.common import (
     sources_option,
     write_json,
 )
+from loopfan.commands.console import text_console
 from loopfan.commands.free_server import plan_free_server
 from loopfan.commands.output_opts import OutputOptions, output_options
 from loopfan.commands.traffic_opts import builtin_server_only, traffic_options, traffic_setup
@@ -119,8 +120,9 @@ def execute(opts: RunOptions, argv: list[str]) -> tuple[RunResult, dict[str, Any
 
 def report_console(json_path: str | None) -> Console:
     """Where the human report goes: stdout, or stderr when stdout carries the JSON (`--json -`), so
-    `loopfan run ... --json - | jq` reads JSON alone and the report still shows on the terminal."""
-    return Console(stderr=json_path == "-")
+    `loopfan run ... --json - | jq` reads JSON alone and the report still shows on the terminal.
+    Off a terminal its lines are whole and unpadded (commands/console.py)."""
+    return text_console(stderr=json_path == "-")
 
 
 def shows_report(json_path: str | None, progress: str) -> bool:

@@ -7,7 +7,6 @@ import signal
 import time
 
 import click
-from rich.console import Console
 
 from loopfan.commands.common import (
     COUNT,
@@ -18,6 +17,7 @@ from loopfan.commands.common import (
     check_writable,
     write_json,
 )
+from loopfan.commands.console import text_console
 from loopfan.commands.traffic_opts import server_config
 from loopfan.engine.causes import explain
 from loopfan.engine.runner import Totals
@@ -69,7 +69,7 @@ def command(listen: tuple[str, ...], connections: int, mode: str, response_size:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         raise UsageError(f"{where}{more} is taken: another program listens there (another loopfan serve?); "
                          "stop it, or choose other endpoints with --listen ENDPOINTS")
-    console = Console(stderr=True)
+    console = text_console(stderr=True)
     server = BuiltinServer(shards, server_config(mode, response_size))
     stop = {"signal": ""}
 
