@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from test_results_checks import fake_report
+from test_results_traffic_checks import traffic_report
 
 import loopfan.commands.demo as demo_command
 import loopfan.commands.run as run_command
@@ -203,8 +204,9 @@ def test_compare_warns_when_the_runs_differ_in_what_they_asked(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     small, big = fake_report([100] * 10), fake_report([100] * 10)
     big["target_connections"] = 30_000
-    small["plan"], big["plan"] = {"targets": ["127.0.0.1:80"]}, {"targets": ["127.0.0.1:8080", "127.0.0.2:8080"]}
-    big["traffic"] = {"kind": "http", "model": "closed loop"}
+    small["plan"] = {"schema": "loopfan.plan/1", "connections": 1000, "targets": ["127.0.0.1:80"]}
+    big["plan"] = {"schema": "loopfan.plan/1", "connections": 30_000, "targets": ["127.0.0.1:8080", "127.0.0.2:8080"]}
+    big["traffic"] = traffic_report()["traffic"]  # http, closed loop
     paths = []
     for name, rep in (("a.json", small), ("b.json", big)):
         (tmp_path / name).write_text(json.dumps(rep))
@@ -267,9 +269,7 @@ def test_trend_text_shows_every_run_name_and_column_whole(tmp_path: Path, capsys
     paths = []
     for i, rep in enumerate([fake_report([100] * 10), fake_report([100] * 10), interrupted_report()]):
         rep["started_at"] = float(i)
-        rep["traffic"] = {"kind": "http", "model": "closed loop", "messages_per_s": 1000.0 + i, "errors_total": 0,
-                          "window_s": 1.0, "sent": 1000, "connections_talking_at_start": 10,
-                          "latency_ms": {"p50": 1.0, "p99": 2.0}}
+        rep["traffic"] = {**traffic_report()["traffic"], "messages_per_s": 1000.0 + i}
         path = tmp_path / "runs" / f"nightly-build-{1041 + i}.json"
         path.write_text(json.dumps(rep))
         paths.append(str(path))
@@ -307,7 +307,8 @@ def test_trend_warns_naming_every_run_that_differs(tmp_path: Path, capsys: pytes
     paths = []
     for i, (n, t) in enumerate(zip(counts, targets, strict=True)):
         rep = fake_report([100] * 10)
-        rep.update(started_at=float(i), target_connections=n, plan={"targets": t})
+        rep.update(started_at=float(i), target_connections=n,
+                   plan={"schema": "loopfan.plan/1", "connections": n, "targets": t})
         (tmp_path / f"r{i}.json").write_text(json.dumps(rep))
         paths.append(str(tmp_path / f"r{i}.json"))
     assert main(["trend", *paths]) == 0

@@ -25,6 +25,7 @@ from conftest import child_pids, free_port, kernel_tcp_sockets
 from loopfan.cli import main
 from loopfan.engine.serve import BuiltinServer
 from loopfan.pools import Endpoint, parse_endpoints
+from loopfan.results.schema import report_problems
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -134,7 +135,7 @@ def test_json_to_stdout(loopback_block: Block, capsys: pytest.CaptureFixture[str
     captured = capsys.readouterr()
     assert status == 0
     rep = json.loads(captured.out)  # stdout holds the JSON alone (jq, json.load) ...
-    assert rep["established"] == 100
+    assert rep["established"] == 100 and report_problems(rep) == []  # (read back as written)
     assert "Run report: all connections established" in captured.err  # ... the report went to stderr
     # Not a terminal: each line whole (no cut at 80 columns) and without the padding to the table's width.
     assert not [line for line in captured.err.splitlines() if line.endswith(" ")], captured.err

@@ -29,7 +29,7 @@ from loopfan.cli import main
 from loopfan.hostfacts import raise_nofile_soft_limit
 from loopfan.pools import parse_pool
 from loopfan.results.html import SECTIONS
-from loopfan.results.schema import validation_errors
+from loopfan.results.schema import report_problems, validation_errors
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -74,7 +74,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def test_report_json_is_valid_and_holds_the_time_series(reports: dict[str, Path]) -> None:
     rep = load(reports["new"])
-    assert validation_errors(rep) == []
+    assert validation_errors(rep) == [] and report_problems(rep) == []
     s = rep["series"]
     n = len(s["t_s"])
     assert n >= 2 and all(len(s[k]) == n for k in ("open", "connects_per_s", "failures_per_s", "phase"))

@@ -38,7 +38,8 @@ def hold_report(connect_us: int = 400) -> dict[str, Any]:
     return {
         "schema": "loopfan.report/1", "started_at": 1.0, "target_connections": 1000, "established": 1000,
         "peak_concurrent": 1000, "failed": {}, "failed_total": 0,
-        "connect_rate_per_s": {"mean": 5000.0, "peak": 7500.0}, "connect_latency_ms": {},
+        "connect_rate_per_s": {"mean": 5000.0, "peak": 7500.0},
+        "connect_latency_ms": dict.fromkeys(("p50", "p90", "p99", "p999", "p9999", "max"), connect_us / 1000),
         "duration_s": {"connect": 0.2, "total": 1.0}, "cpu_s": 0.5,
         "histograms": {"connect_latency": histogram_dict(h)}, "traffic": None, "checks": [],
     }
@@ -57,6 +58,10 @@ def traffic_report(*, status: str = "http-2xx", p99_ms: float = 12.7, rate: floa
                        "mean": 1.82},
         "ttfb_ms": {"p50": 1.6, "p90": 2.0, "p99": 6.9, "p999": 11.8, "p9999": 15.2, "max": 15.3, "mean": 1.8},
         "samples": n, "statuses": {status: n}, "errors": errors, "errors_total": sum(errors.values()),
+        "error_causes": [{"cause": c, "count": k, "meaning": "the server answered with that status",
+                          "fix": "see the server's log"} for c, k in errors.items()],
+        "errors_by_source": {"127.0.0.2": sum(errors.values())} if errors else {},
+        "sources_with_errors": 1 if errors else 0, "hdr_log": None,
         "unanswered_at_end": 3, "unsent_at_end": 0, "connections_talking_at_start": 1000,
         "lost_in_flight": 2, "connections_reopened": 5,
         "connections_talking_at_end": 998,

@@ -20,6 +20,7 @@ import pytest
 from conftest import free_port
 
 from loopfan.cli import main
+from loopfan.results.schema import report_problems
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 Block = Callable[[], str]
@@ -29,7 +30,9 @@ def run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> 
     out = tmp_path / "run.json"
     status = main(["run", *argv, "--json", str(out), "-q"])
     printed = capsys.readouterr()
-    return status, json.loads(out.read_text()), printed.out + printed.err
+    rep = json.loads(out.read_text())
+    assert report_problems(rep) == []  # every report a run writes is one `report`, `compare` and `trend` read
+    return status, rep, printed.out + printed.err
 
 
 # --- the built-in server in every mode -------------------------------------------------------------
@@ -796,7 +799,9 @@ def interrupted_run(tmp_path: Path, into_traffic_s: float, *argv: str,
             proc.wait(timeout=10)
         reader.join(10)
     printed = "".join(line for line in lines if not line.startswith("{"))  # the report, not the live lines
-    return proc.returncode, json.loads(out.read_text()), printed
+    rep = json.loads(out.read_text())
+    assert report_problems(rep) == []  # a partial report is read back like a whole one
+    return proc.returncode, rep, printed
 
 
 def hdr_log_totals(path: Path) -> tuple[int, float]:

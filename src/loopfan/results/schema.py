@@ -8,12 +8,14 @@ A report read back is checked against the schema by `report_problems`, a small v
 keywords the schema uses (jsonschema is not a dependency of loopfan itself), and its histograms are
 decoded once: a report with the right schema name but a damaged value ("established": "many", a
 histogram that is not base64) is bad input named at the loading edge, not a TypeError or a
-binascii error deep in compare or the page. The keys a report lacks are judged only in the items
-of its lists (a failure without its cause, a check without its verdict): those have carried the
-same keys since the first schema. Elsewhere "required" is skipped - reports of earlier loopfan
-versions lack the keys added since, and every reader takes a missing key as not measured. The time
-series' columns must be as long as their time axis (a chart of columns of two lengths fails deep
-in matplotlib).
+binascii error deep in compare or the page. The keys a report lacks are judged in every object
+below the top - a list's items (a failure without its cause, a check without its verdict) and a
+block (a traffic block without its window_s, an identity without its host): each "required" list
+names keys its block has carried since the block first appeared (no required list of the schema
+has ever grown), and readers index them (a missing one was "internal error: KeyError"). At the top
+level "required" is skipped: a key an earlier loopfan version did not write is taken as not
+measured by every reader. The time series' columns must be as long as their time axis (a chart of
+columns of two lengths fails deep in matplotlib).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def validation_errors(rep: dict[str, Any]) -> list[str]:
             for e in sorted(validator.iter_errors(rep), key=lambda e: list(e.absolute_path))]
 
 
-# The keywords report_problems judges, and those it reads past (annotations; "required" is judged in
-# list items only: above).
+# The keywords report_problems judges, and those it reads past (annotations; "required" is judged
+# below the top level only: above).
 _JUDGED = frozenset({"type", "$ref", "const", "enum", "minimum", "exclusiveMinimum", "oneOf", "properties",
                      "additionalProperties", "items", "required"})
 _SKIPPED = frozenset({"$schema", "$id", "title", "description", "contentEncoding", "$defs"})
@@ -73,12 +75,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _problems(value: Any, node: dict[str, Any], at: str, out: list[str], item: bool = False) -> None:
-    """Append to `out` what in `value` breaks the schema `node` ('path: message'); `item`: value is
-    an item of a list, whose required keys are judged."""
+def _problems(value: Any, node: dict[str, Any], at: str, out: list[str]) -> None:
+    """Append to `out` what in `value` breaks the schema `node` ('path: message'); `at` is its path,
+    "" at the top level (whose required keys are not judged: the module docstring)."""
     where = at or "(top)"
     if "$ref" in node:
-        _problems(value, _resolve(node["$ref"]), at, out, item)
+        _problems(value, _resolve(node["$ref"]), at, out)
     types = node.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else list(types)
@@ -98,7 +100,7 @@ def _problems(value: Any, node: dict[str, Any], at: str, out: list[str], item: b
         tried: list[list[str]] = []
         for branch in node["oneOf"]:
             found: list[str] = []
-            _problems(value, branch, at, found, item)
+            _problems(value, branch, at, found)
             tried.append(found)
         fits = sum(1 for found in tried if not found)
         if fits == 0:
@@ -108,10 +110,6 @@ def _problems(value: Any, node: dict[str, Any], at: str, out: list[str], item: b
         elif fits > 1:
             out.append(f"{where}: {_shown(value)} fits more than one of the forms allowed")
     if isinstance(value, dict):
-        if item:
-            missing = [key for key in node.get("required", ()) if key not in value]
-            if missing:
-                out.append(f"{where}: lacks {', '.join(map(repr, missing))}")
         properties = node.get("properties", {})
         extra = node.get("additionalProperties", True)
         for key, item in value.items():
@@ -120,20 +118,28 @@ def _problems(value: Any, node: dict[str, Any], at: str, out: list[str], item: b
                 out.append(f"{where}: unexpected key {key!r}")
             elif isinstance(sub, dict):
                 _problems(item, sub, f"{at}/{key}" if at else str(key), out)
+        # After its values: a block of the wrong kind ({"kind": "smtp"}) is named by its kind first.
+        missing = [key for key in node.get("required", ()) if key not in value] if at else []
+        if missing:
+            out.append(f"{where}: {_LACKS}{', '.join(map(repr, missing))}")
     if isinstance(value, list) and isinstance(node.get("items"), dict):
         items = node["items"]
         if items == _NUMBERS and all(v is None or type(v) in (int, float) for v in value):
             return  # a time series column (a long run has thousands of them): nothing to say, at once
         for i, entry in enumerate(value):
-            _problems(entry, items, f"{at}/{i}" if at else str(i), out, True)
+            _problems(entry, items, f"{at}/{i}" if at else str(i), out)
 
 
 _NUMBERS = {"type": ["number", "null"]}  # the items of a time series column ($defs/column)
+_LACKS = "lacks "
 
 
 def _misfit(where: str, found: list[str]) -> tuple[bool, int]:
-    """How badly a oneOf branch missed: its type first, then by how many problems."""
-    return any(p.startswith(f"{where}: ") for p in found), len(found)
+    """How badly a oneOf branch missed: its type first (a value itself wrong there; a block lacking
+    a key is of the right type: a traffic block without window_s is no wrong null), then by how
+    many problems."""
+    here, lacks = f"{where}: ", f"{where}: {_LACKS}"
+    return any(p.startswith(here) and not p.startswith(lacks) for p in found), len(found)
 
 
 def _resolve(ref: str) -> dict[str, Any]:
