@@ -405,6 +405,28 @@ def test_sigint_while_connecting_writes_the_partial_report(
     assert "Traceback" not in err
 
 
+def test_a_check_of_an_interrupted_run_fails_as_judged_on_a_partial_run(
+    loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """QA: SIGINT in the hold, and `--check failed==0` said 'check pass' with "passed": true in the
+    JSON, while compare fails every gate of an interrupted run. The exit status stays the signal's."""
+    prefix = loopback_block()
+    port = free_port(*(f"{prefix}{i}" for i in range(1, 3)))
+    out = tmp_path / "partial.json"
+    proc = spawn("-c", BUILTIN_ELSEWHERE, f"{prefix}1-{prefix}2", str(port), "run", "-c", "500", "--hold", "30s",
+                 "--check", "failed==0", "--progress", "ndjson", "--json", str(out))
+    children = wait_for(lambda: len(child_pids(proc.pid)) == 2 and child_pids(proc.pid), "a server and a client worker")
+    stderr = StderrWatch(proc)
+    wait_for(lambda: stderr.has_line_starting('{"phase":"holding"'), "the hold (an ndjson line)")
+    proc.send_signal(signal.SIGINT)
+    status, printed, err = finish(proc, children)
+    assert status == 130, err
+    [check] = json.loads(out.read_text())["checks"]
+    assert (check["passed"], check.get("partial"), check["actual"]) == (False, True, 0), check
+    said = " ".join(printed.split())  # (its console may wrap: a child of pytest gets COLUMNS=80 from readline)
+    assert "check FAIL: failed==0 (actual 0) - the run was interrupted (SIGINT): a partial run passes no check" in said
+
+
 @pytest.mark.slow  # waits for a progress line, printed every 2 s
 def test_sigterm_while_holding_stops_every_worker(
     loopback_block: Block, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]

@@ -192,3 +192,19 @@ def test_a_gate_with_a_bare_number_where_a_unit_belongs_asks_which(gate: str, fi
         parse_gate(gate)
     assert parse_gate(gate + "%").relative and parse_gate("latency.p99:0").amount == 0
     assert parse_gate("failed:3").amount == 3 and parse_gate("connect_rate.mean:-500").amount == 500
+
+
+def test_a_check_on_an_interrupted_run_fails_and_says_it_was_partial() -> None:
+    """QA: `run --check failed==0` stopped by SIGINT said 'check pass' and wrote "passed": true,
+    while compare failed every gate of that same report. A run stopped half-way passes no check;
+    the record says why (partial), and keeps the figure it had."""
+    rep = fake_report([100] * 100, established=400)
+    [whole] = run_checks([parse_check("failed==0")], rep)
+    assert whole["passed"] is True and "partial" not in whole
+    rep["interrupted"] = "SIGINT"
+    [check] = run_checks([parse_check("failed==0")], rep)
+    assert (check["passed"], check["partial"], check["actual"]) == (False, True, 0)
+    assert check["detail"] == "the run was interrupted (SIGINT): a partial run passes no check"
+    [gate] = run_gates([parse_gate("failed==0")], fake_report([100] * 100), rep)  # compare: the same rule
+    assert (gate["passed"], gate["partial"]) == (False, True)
+    assert gate["detail"] == "the new run was interrupted (SIGINT): partial, not comparable"

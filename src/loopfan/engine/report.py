@@ -397,7 +397,8 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     for chk in rep.get("checks") or []:
         mark, style = ("pass", "green") if chk["passed"] else ("FAIL", "bold red")
         actual = "not measured" if chk["actual"] is None else f"{chk['actual']:g}{chk.get('unit') or ''}"
-        parts.append(Text(f"check {mark}: {described(chk)} (actual {actual})", style=style))
+        why = f" - {chk['detail']}" if chk.get("partial") else ""  # (an interrupted run passes no check)
+        parts.append(Text(f"check {mark}: {described(chk)} (actual {actual}){why}", style=style))
     if rep.get("error"):
         parts.append(Text(f"the run stopped early: {rep['error']}", style="bold red"))
     lim = rep["first_limit_hit"]

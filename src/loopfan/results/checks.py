@@ -474,8 +474,15 @@ def parse_check(text: str) -> Check:
 
 
 def run_checks(checks: list[Check], rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Judge every check on the run. On an interrupted run (a partial report) each fails, as every
+    gate does in compare: its figures stop at the signal - 0 failures of the 40,000 connections
+    opened by then, a p99 without the ramp's end - and `"passed": true` in its JSON read as a green
+    run to whatever reads the checks (the exit status, 130/143, is the signal's)."""
     metrics = report_metrics(rep)
-    return [c.evaluate(metrics, traffic=has_traffic(rep)) for c in checks]
+    results = [c.evaluate(metrics, traffic=has_traffic(rep)) for c in checks]
+    if interrupted(rep):
+        judged_partial(results, [partial_reason("the run", rep, "a partial run passes no check")])
+    return results
 
 
 # -- gates (a baseline and a new run) ------------------------------------------------------------
@@ -565,9 +572,27 @@ def run_gates(gates: list[Gate], base: dict[str, Any], new: dict[str, Any]) -> l
     bm, nm = report_metrics(base), report_metrics(new)
     traffic = has_traffic(base) or has_traffic(new)
     results = [g.evaluate(bm, nm, traffic=traffic) for g in gates]
-    partial = [f"the {which} run was interrupted ({rep['interrupted']}): partial, not comparable"
-               for which, rep in (("new", new), ("baseline", base)) if rep.get("interrupted")]
-    for result in results if partial else []:
-        result["passed"] = False
-        result["detail"] = "; ".join(partial)
+    judged_partial(results, [partial_reason(f"the {which} run", rep, "partial, not comparable")
+                             for which, rep in (("new", new), ("baseline", base)) if interrupted(rep)])
     return results
+
+
+# -- an interrupted run --------------------------------------------------------------------------
+def interrupted(rep: dict[str, Any]) -> str | None:
+    """'SIGINT' / 'SIGTERM' for a run stopped before its end (a partial report), else None."""
+    value = rep.get("interrupted")
+    return str(value) if value else None
+
+
+def partial_reason(run: str, rep: dict[str, Any], consequence: str) -> str:
+    """'the new run was interrupted (SIGTERM): partial, not comparable'."""
+    return f"{run} was interrupted ({interrupted(rep)}): {consequence}"
+
+
+def judged_partial(results: list[dict[str, Any]], reasons: list[str]) -> None:
+    """Fail every check or gate judged on an interrupted run (`reasons`: why, one per such run),
+    marked `"partial": true` with the reasons as its detail; nothing when `reasons` is empty."""
+    for result in results if reasons else []:
+        result["passed"] = False
+        result["partial"] = True
+        result["detail"] = "; ".join(reasons)

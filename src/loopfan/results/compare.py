@@ -17,7 +17,16 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from loopfan.results.checks import METRICS, Metric, described, has_traffic, metric_for, report_metrics, value_of
+from loopfan.results.checks import (
+    METRICS,
+    Metric,
+    described,
+    has_traffic,
+    interrupted,
+    metric_for,
+    report_metrics,
+    value_of,
+)
 
 NOISE_PCT = 5.0
 
@@ -123,12 +132,7 @@ def fmt_delta(row: Row) -> str:
 
 
 # -- what makes two runs not comparable ---------------------------------------------------------
-def interrupted(rep: dict[str, Any]) -> str | None:
-    """'SIGINT' / 'SIGTERM' for a run stopped before its end (a partial report), else None."""
-    value = rep.get("interrupted")
-    return str(value) if value else None
-
-
+# (interrupted(rep), the signal that stopped a run, is checks.py's: the gates there fail on it)
 def partial_note(name: str, rep: dict[str, Any]) -> str:
     """'new.json was interrupted (SIGINT): a partial run, 40,372 of 100,000 connections'."""
     return (f"{name} was interrupted ({interrupted(rep)}): a partial run, {rep.get('established') or 0:,} of "
