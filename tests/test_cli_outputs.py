@@ -116,6 +116,17 @@ def test_compare_dash_is_stdout(two_reports: tuple[str, str], tmp_path: Path, mo
     assert not Path("-").exists()
 
 
+def test_compare_text_to_a_file_is_not_printed_too(two_reports: tuple[str, str], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """-o FILE writes the table "instead of stdout" (its help): it went to both."""
+    out = tmp_path / "cmp.txt"
+    assert main(["compare", *two_reports, "-o", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    text = out.read_text()
+    assert "metric" in text and "established" in text
+    assert all(line == line.rstrip() for line in text.splitlines())
+
+
 def test_compare_text_says_better_and_worse_in_words(two_reports: tuple[str, str],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Piped (a CI log) the table has no colour: the verdict must be there in words too."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
 import sys
 
@@ -79,7 +80,9 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
         text = markdown(base, new, results, base_json, new_json, noise_pct)
         _emit(text, output)
     else:
-        console = text_console(record=output is not None)
+        # To a file (-o): recorded only, as -o's help says "instead of stdout" (it printed to both).
+        console = (Console(file=io.StringIO(), record=True, width=WIDE_COLUMNS) if output is not None
+                   else text_console())
         if console.is_terminal:
             console.width = 110  # (off a terminal: whole lines, commands/console.py)
         t = Table(title=f"{base_json} -> {new_json}", title_justify="left")
