@@ -177,6 +177,18 @@ def test_websocket_rejected_by_plain_http() -> None:
     assert out.startswith(b"HTTP/1.1 400") and s.closing
 
 
+def test_a_refused_websocket_handshake_is_explained_by_its_status() -> None:
+    """QA: a 401 from a server wanting a token read "it does not speak WebSocket at this URL; check
+    the ws:// URL's port and path" - the fix is the handshake's --header / --ws-subprotocol."""
+    from loopfan.traffic.report import explain
+
+    assert "--header 'Authorization: Bearer TOKEN'" in explain("ws-rejected-http-401")[1]
+    assert "--header" in explain("ws-rejected-http-403")[1]
+    assert "--ws-subprotocol NAME" in explain("ws-rejected-http-400")[1]
+    meaning, fix = explain("ws-rejected-http-200")  # a plain HTTP server: the URL is wrong
+    assert "does not speak WebSocket" in meaning and "port and path" in fix
+
+
 @given(st.integers(0, 10**9))
 def test_hdr_round_is_the_histograms_bucket(us: int) -> None:
     h = new_histogram()

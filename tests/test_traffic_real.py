@@ -332,3 +332,10 @@ def test_websocket_handshake_headers_and_subprotocol(ws_gated_server: str, tmp_p
                                  "--ws-subprotocol", "mqtt")
     assert status == 1
     assert rep["traffic"]["errors"] == {"ws-rejected-http-401": 40}, rep["traffic"]["errors"]
+    # QA: the fix said "check the ws:// URL's port and path" - the server speaks WebSocket, it wants a token.
+    assert "--header 'Authorization: Bearer TOKEN'" in rep["traffic"]["error_causes"][0]["fix"]
+    # With the token but no subprotocol the websockets library refuses with a 400: the fix names the option.
+    status, rep, text = run_json(tmp_path, capsys, "-c", "40", ws_gated_server, "--duration", "0.5s",
+                                 "--header", "Authorization: Bearer t0k", "--header", "Origin: http://app")
+    assert status == 1 and rep["traffic"]["errors"] == {"ws-rejected-http-400": 40}, rep["traffic"]["errors"]
+    assert "--ws-subprotocol NAME" in rep["traffic"]["error_causes"][0]["fix"]

@@ -58,6 +58,17 @@ def explain(cause: str) -> tuple[str, str]:
         return MEANINGS[cause]
     if cause.startswith("ws-rejected-http-"):
         status = cause.rsplit("-", 1)[1]
+        # A WebSocket server refuses a handshake it does not like with an HTTP status of its own: 401/403
+        # for missing credentials or a foreign Origin, 400 for a subprotocol or header it requires (the
+        # websockets library: "missing subprotocol"). Those speak WebSocket; the handshake lacks something.
+        if status in ("401", "403"):
+            return (f"the server refused the WebSocket handshake with HTTP {status}: it wants credentials, a "
+                    "cookie or another Origin", "send them in the handshake: --header 'Authorization: Bearer "
+                    "TOKEN' (or 'Cookie: ...', 'Origin: ...')")
+        if status == "400":
+            return ("the server refused the WebSocket handshake with HTTP 400: often a subprotocol or a header "
+                    "it requires", "offer the subprotocol it expects (--ws-subprotocol NAME, e.g. mqtt) and the "
+                    "headers it needs (--header 'Name: value'); check the ws:// URL's path")
         return (f"the server answered the WebSocket handshake with a plain HTTP {status}: it does not speak "
                 "WebSocket at this URL", "check the ws:// URL's port and path")
     if cause.startswith("ws-close-"):
