@@ -28,7 +28,7 @@ from loopfan.engine.fleet import Fleet, Worker
 from loopfan.engine.ramp import Stagger, client_config_for, ramp_concurrency
 from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_proc
 from loopfan.engine.traffic_client import traffic_client_main
-from loopfan.engine.traffic_phase import await_traffic, traffic_of
+from loopfan.engine.traffic_phase import all_talking, await_traffic, traffic_of
 from loopfan.engine.traffic_server import server_main_for
 from loopfan.errors import LoopfanError, ServerStartError
 from loopfan.planner import Plan
@@ -293,7 +293,7 @@ def run_plan(
         if on_progress:
             left = None if hold_until is None else max(0.0, hold_until - now)
             if phase == "traffic" and config.traffic is not None:
-                if traffic_until is None and _all_talking(fleet):
+                if traffic_until is None and all_talking(fleet.of("client")):
                     traffic_until = now + config.traffic.warmup_s + config.traffic.duration_s
                 if traffic_until is not None:
                     left = max(0.0, traffic_until - now)
@@ -524,12 +524,6 @@ def _drops_during(after: int | None, before: int | None) -> int | None:
 def _record(hist: HdrHistogram, latency: dict[int, int]) -> None:
     for us, count in latency.items():
         hist.record_value(max(HIST_LOWEST_US, min(us, HIST_HIGHEST_US)), count)
-
-
-def _all_talking(fleet: Fleet) -> bool:
-    """Every client worker has begun its traffic (it reported it, past its WebSocket handshakes)."""
-    return all(w.finished or ("traffic" in w.stats and not w.stats["traffic"].get("handshakes_waiting"))
-               for w in fleet.of("client"))
 
 
 def _handshakes_waiting(fleet: Fleet) -> int:
