@@ -933,3 +933,33 @@ def test_connect_timeout_applies_to_traffic_runs(loopback_block: Block, tmp_path
     assert status == 1, text
     assert rep["failed"].get("ETIMEDOUT", 0) >= 8, rep["failed"]
     assert took < 15, took
+
+
+def test_the_live_view_knows_of_the_handshakes_before_the_requests_are_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA at 120,000 WebSocket connections: writing a worker's 17,000 opening requests took 8 s, and
+    until its first report (after them) the live view had the connect loop's, no handshake waiting -
+    "0 messages/s ... 0s left" for 15 s, then "done" counts that fell as late workers reported. Here
+    the requests are made slow (the workers are forked: they inherit the patch)."""
+    from loopfan.engine.runner import Progress
+    from loopfan.results.live import ProgressSink
+    from loopfan.traffic.ws import WsClient
+
+    opening = WsClient.opening
+
+    def slow_opening(self: WsClient) -> bytes:
+        time.sleep(0.5)
+        return opening(self)
+
+    seen: list[Progress] = []
+    monkeypatch.setattr(WsClient, "opening", slow_opening)
+    monkeypatch.setattr(ProgressSink, "__call__", lambda self, p: seen.append(p))
+    status = main(["run", "-c", "8", "--traffic", "ws", "--duration", "0.3s", "-q",
+                   "--json", str(tmp_path / "r.json")])
+    assert status == 0
+    traffic = [p for p in seen if p.phase == "traffic"]
+    first_said = next(p for p in traffic if p.handshakes_waiting)
+    assert first_said.elapsed_s - traffic[0].elapsed_s < 1.0  # not after each worker's 2 s of requests
+    assert max(p.handshakes_waiting for p in traffic) == 8  # every worker said it, before its requests
+    # Until every handshake is done, no time is "left" of a window that has not begun.
+    assert all(p.hold_left_s is None for p in traffic[:traffic.index(first_said)])
