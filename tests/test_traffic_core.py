@@ -189,6 +189,14 @@ def test_a_refused_websocket_handshake_is_explained_by_its_status() -> None:
     assert "does not speak WebSocket" in meaning and "port and path" in fix
 
 
+def test_handshake_timeouts_name_the_timeout_they_share() -> None:
+    """QA: 54,614 of 120,000 handshakes timed out at the default 10 s (they took 40 s, loopfan's and
+    the built-in server's own CPU) and the fix said only "the server is overloaded"."""
+    from loopfan.traffic.report import explain
+
+    assert "--reply-timeout 60s" in explain("ws-handshake-timeout")[1]
+
+
 @given(st.integers(0, 10**9))
 def test_hdr_round_is_the_histograms_bucket(us: int) -> None:
     h = new_histogram()
