@@ -232,6 +232,24 @@ def test_closed_loop_reading_names_the_messages_in_flight() -> None:
     assert closed_loop_reading({**tr, "messages_per_s": 1000.0, "latency_ms": {"mean": 1.0}}) is None  # ~1 in flight
 
 
+def test_closed_loop_reading_of_a_window_short_beside_the_latency() -> None:
+    """QA: 150,000 echo connections, a 5 s window, mean latency 2.8 s (every first message went out at
+    once): "~51,535 messages always in flight" - there were 150,000, one per connection. Little's law
+    needs a steady state; the reading says the figures are not one, and how to measure it."""
+    from loopfan.traffic.report import closed_loop_reading
+
+    tr = {"kind": "echo", "model": "closed loop", "messages_per_s": 18_580.0, "latency_ms": {"mean": 2773.7},
+          "window_s": 5.0, "connections_talking_at_start": 150_000, "connections_talking_at_end": 150_000}
+    note = closed_loop_reading(tr)
+    assert note is not None and "150,000 messages always in flight (1 per connection)" in note
+    assert "gives only ~51,535" in note and "5 s window holds few round trips of 2.8 s" in note
+    assert "--duration many times the latency, after a --warmup" in note
+    # With --pipeline 4 there are four per connection; a steady state keeps the usual reading.
+    assert "600,000 messages always in flight (4 per connection)" in (closed_loop_reading(tr, 4) or "")
+    steady = {**tr, "messages_per_s": 52_000.0}
+    assert "~144,232 messages always in flight (messages/s x mean latency)" in (closed_loop_reading(steady) or "")
+
+
 @given(st.lists(st.tuples(st.floats(0, 3e6), st.integers(0, 400)), max_size=30), st.floats(1, 5e4))
 def test_unsent_ages_are_exact_on_the_step_grid(parked: list[tuple[float, int]], step_us: float) -> None:
     from loopfan.traffic.schedule import unsent_ages

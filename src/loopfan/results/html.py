@@ -25,6 +25,7 @@ from loopfan.traffic.report import (
     end_reason,
     lost_before_traffic,
     nothing_to_talk_over,
+    pipeline_of,
 )
 from loopfan.wording import counted, traffic_nouns
 
@@ -331,7 +332,10 @@ def _traffic_facts(rep: dict[str, Any]) -> str:
     ]
     reading = closed_loop_reading({"kind": tr.get("kind"), "model": tr.get("model"),
                                    "latency_ms": tr.get("latency_ms") or {},
-                                   "messages_per_s": tr.get("messages_per_s")})
+                                   "messages_per_s": tr.get("messages_per_s"), "window_s": tr.get("window_s"),
+                                   "connections_talking_at_start": tr.get("connections_talking_at_start"),
+                                   "connections_talking_at_end": tr.get("connections_talking_at_end")},
+                                  pipeline_of(rep))
     if reading:
         facts.append(["reading", _e(reading)])
     if tr.get("hdr_log"):
