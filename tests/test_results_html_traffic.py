@@ -30,7 +30,7 @@ from loopfan.traffic.report import explain
 # Axis labels of the three traffic charts: text in the SVG (svg.fonttype none), so a page shows
 # whether a chart was drawn.
 MESSAGES_CHART = "requests per second"  # the fixture is an HTTP run: its charts count requests
-LATENCY_CHART = "message latency (ms, log)"
+LATENCY_CHART = "request latency (ms, log)"  # QA: it said "message latency" beside "requests per second"
 ERRORS_CHART = "traffic errors per second"
 
 

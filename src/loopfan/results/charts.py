@@ -176,12 +176,13 @@ def latency_over_time(series: dict[str, Any]) -> str:
                                   "no connection was established")
 
 
-def message_latency_over_time(series: dict[str, Any]) -> str:
-    """The traffic's request/response latency per interval (series["message_latency_ms"])."""
+def message_latency_over_time(series: dict[str, Any], noun: str = "message", answer: str = "reply") -> str:
+    """The traffic's request/response latency per interval (series["message_latency_ms"]); noun and
+    answer: "request" and "response" for HTTP (wording.traffic_nouns), as the charts beside it."""
     n = len(series["t_s"])
     lat = series.get("message_latency_ms") or {}
     return _percentiles_over_time(series, {k: _fit(lat.get(k), n) for k, _ in LATENCY_KEYS},
-                                  "message latency (ms, log)", "no reply was measured")
+                                  f"{noun} latency (ms, log)", f"no {answer} was measured")
 
 
 def messages(series: dict[str, Any], window_mean_per_s: float | None = None, noun: str = "messages") -> str:

@@ -437,18 +437,18 @@ def _messages_chart(tr: dict[str, Any], series: dict[str, Any]) -> str:
     return charts.messages(series, tr.get("messages_per_s"), traffic_nouns(tr.get("kind"))[0])
 
 
-def _message_latency_chart(series: dict[str, Any]) -> str:
+def _message_latency_chart(tr: dict[str, Any], series: dict[str, Any]) -> str:
     lat = series.get("message_latency_ms") or {}
     if not charts.has_data(*[lat.get(k) for k, _ in charts.LATENCY_KEYS]):
         return ""
-    return charts.message_latency_over_time(series)
+    return charts.message_latency_over_time(series, *traffic_nouns(tr.get("kind"), one=True))
 
 
 def _traffic_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     tr = rep["traffic"]
     series = rep.get("series") or {}
     base = (baseline or {}).get("traffic") or None
-    messages, latency = _messages_chart(tr, series), _message_latency_chart(series)
+    messages, latency = _messages_chart(tr, series), _message_latency_chart(tr, series)
     note = "" if messages or latency else (
         '<p class="muted">The time series of this report has no per-interval traffic figures.</p>')
     return (_traffic_facts(rep) + messages + note + "<h3>Latency</h3>" + latency
