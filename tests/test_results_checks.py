@@ -182,6 +182,17 @@ def test_memory_client_is_the_figure_the_run_report_shows_incl_the_parent() -> N
     assert report_metrics(rep)["memory.client"] == 7_800_000
 
 
+def test_loop_lag_max_leaves_the_close_out() -> None:
+    """QA: a 300,000-connection hold run's loop_lag.max was 2,218 ms, all of it its close (servers
+    reading 18,750 FINs each); while connecting the worst was 225 ms and while holding none."""
+    rep = fake_report([100])
+    rep["series"] = {"phase": ["connecting", "holding", "closing", "stopping"],
+                     "health": {"loop_lag_ms_max": [225.5, 0.3, 2217.8, None]}}
+    assert report_metrics(rep)["loop_lag.max"] == 225.5
+    del rep["series"]["phase"]  # a series without phases: every row, as before
+    assert report_metrics(rep)["loop_lag.max"] == 2217.8
+
+
 @pytest.mark.parametrize("gate, fix", [
     ("latency.p99:+10", "latency.p99:+10% (relative to the baseline) or latency.p99:+10ms (absolute)"),
     ("memory.client:+5", "memory.client:+5% (relative to the baseline) or memory.client:+5B (absolute)"),
