@@ -30,6 +30,7 @@ from loopfan.engine.runner import (
 )
 from loopfan.hostfacts import HostFacts
 from loopfan.pools import Endpoint
+from loopfan.redact import redacted_command, redacted_headers
 from loopfan.render import counted, plan_to_dict
 from loopfan.results.checks import described
 from loopfan.traffic.config import escape
@@ -138,8 +139,16 @@ def identity(result: RunResult, argv: list[str], facts: HostFacts | None) -> dic
             "machine": platform.machine(),
             "facts": jsonable(facts) if facts is not None else None,
         },
-        "config": jsonable(result.config),
+        "config": _without_secrets(jsonable(result.config)),
     }
+
+
+def _without_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's configuration with credential header values replaced (redact.py)."""
+    traffic = config.get("traffic")
+    if isinstance(traffic, dict) and traffic.get("headers"):
+        config = {**config, "traffic": {**traffic, "headers": redacted_headers(traffic["headers"])}}
+    return config
 
 
 # Failed connections listed with their 4-tuple in the report (the counts by cause are complete).
@@ -217,7 +226,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             "failed": dict(result.server.failed),
         }
     mem = result.memory
-    command = argv if argv is not None else sys.argv
+    command = redacted_command(argv if argv is not None else sys.argv)  # (no token travels with a report)
     series = result.series.as_dict() if result.series is not None else None
     return {
         "schema": REPORT_SCHEMA,
