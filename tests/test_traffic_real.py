@@ -328,6 +328,7 @@ def test_websocket_handshake_headers_and_subprotocol(ws_gated_server: str, tmp_p
     assert status == 0, text
     tr = rep["traffic"]
     assert tr["errors_total"] == 0 and tr["statuses"]["ws-handshake-ok"] == 40 and tr["replies_in_window"] > 40
+    assert tr["statuses"]["ws-subprotocol-mqtt"] == 40  # the one the server chose, counted
     status, rep, text = run_json(tmp_path, capsys, "-c", "40", ws_gated_server, "--duration", "0.5s",
                                  "--ws-subprotocol", "mqtt")
     assert status == 1

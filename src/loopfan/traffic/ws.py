@@ -274,6 +274,8 @@ class WsClient:
                     self.fast = self.seen is not None and _clean_handshake(self.seen)
                     self.seen = None
                     self.tally.status("ws-handshake-ok")
+                    if self.request.subprotocols:  # which one the server chose: none is allowed (RFC 6455 4.2.2)
+                        self.tally.status(f"ws-subprotocol-{ev.subprotocol or 'none'}")
                 elif isinstance(ev, RejectConnection):
                     status = ev.status_code
                     self.dead = f"ws-rejected-http-{status}"
