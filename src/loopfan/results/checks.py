@@ -159,12 +159,14 @@ def _refuse_unknown_member(name: str, key: str) -> None:
                          "(or any errno name, e.g. failed.EHOSTUNREACH)")
     if key.startswith("traffic.statuses.") and not _STATUS.fullmatch(key[17:]):
         raise UsageError(f"unknown status in {name!r}; statuses are http-1xx ... http-5xx, "
-                         "http-connection-close, ws-handshake-ok and ws-close-CODE (e.g. ws-close-1011)")
+                         "http-connection-close, ws-handshake-ok, ws-close-CODE (e.g. ws-close-1011) and "
+                         "ws-subprotocol-NAME (or -none)")
 
 
 # EADDRNOTAVAIL is counted by where it happened (EADDRNOTAVAIL@connect, @bind), never bare.
 _ERRNO_NAMES = frozenset(errno.errorcode.values()) - {"EADDRNOTAVAIL"}
-_STATUS = re.compile(r"http-[1-5]xx|http-connection-close|ws-handshake-ok|ws-close-\d+")
+_STATUS = re.compile(r"http-[1-5]xx|http-connection-close|ws-handshake-ok|ws-close-\d+"
+                     r"|ws-subprotocol-[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # (a subprotocol is an HTTP token)
 
 
 def _lookup(key: str) -> Metric | None:
@@ -174,7 +176,8 @@ def _lookup(key: str) -> Metric | None:
         return Metric(key, "", True, f"traffic errors with cause {key[15:]}")
     if key.startswith("traffic.statuses.") and len(key) > 17:
         status = key[17:]
-        return Metric(key, "", status not in _GOOD_STATUSES, f"replies with status {status}")
+        chosen = status.startswith("ws-subprotocol-") and status != "ws-subprotocol-none"  # (one asked for)
+        return Metric(key, "", status not in _GOOD_STATUSES and not chosen, f"replies with status {status}")
     if key.startswith("latency.") and key[8:] in _ALIAS_KEYS:
         return Metric(key, "ms", True, f"request latency {key[8:]} on a run with traffic, connect latency otherwise")
     return METRICS.get(key)
