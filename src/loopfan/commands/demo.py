@@ -17,6 +17,9 @@ from loopfan.render import counted
 DEMO_CONNECTIONS = 100_000
 DEMO_HOLD_S = 3.0
 
+# The demo's explanation off a terminal: a paragraph, wrapped where it reads well.
+_READING_COLUMNS = 100
+
 
 def explanation(rep: dict[str, object]) -> str:
     plan = rep["plan"]
@@ -59,7 +62,9 @@ def command(connections: int, json_path: str | None, quiet: bool) -> int:
 
     def show() -> None:
         console.print(report_renderable(rep))
-        # Off a terminal the console is as wide as a line can be: the panel fits its text instead.
-        console.print(Panel(explanation(rep), border_style="cyan", expand=console.is_terminal))
+        # Off a terminal the console is as wide as a line can be (tables stay whole): this paragraph
+        # is wrapped at a reading width instead of running on for 800 columns in a CI log.
+        console.print(Panel(explanation(rep), border_style="cyan", expand=console.is_terminal,
+                            width=None if console.is_terminal else min(console.width, _READING_COLUMNS)))
 
     return after_delivery(exit_status(result), deliver(opts, rep, show))
