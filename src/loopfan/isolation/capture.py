@@ -476,19 +476,26 @@ class _Builtin(_Backend):
         sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: kernel receive time, ns
         sock.bind((self.interface, 0x0003))  # ETH_P_ALL
         sock.settimeout(0.1)
+        # The file and its header exist before start() returns, not when the reader thread first
+        # runs: the session names the file next ("packets go to ...", kept if loopfan is killed),
+        # and on a busy machine the thread had not opened it yet (a SIGKILL then left no file).
+        try:
+            fh = open(self.out, "wb")  # noqa: SIM115 - closed by _run
+        except OSError as exc:
+            sock.close()
+            raise HostError(f"cannot write {self.out}: {exc.strerror}; give a writable path") from None
+        writer = PcapWriter(fh, linktype=_linktype_of(self.interface), snaplen=SNAPLEN)
+        writer.flush()
         self._sock = sock
-        linktype = _linktype_of(self.interface)
-        self._thread = threading.Thread(target=self._run, args=(sock, linktype), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sock, fh, writer), daemon=True)
         self._thread.start()
 
-    def _run(self, sock: socket.socket, linktype: int) -> None:
+    def _run(self, sock: socket.socket, fh: BinaryIO, writer: PcapWriter) -> None:
         try:
-            with open(self.out, "wb") as fh:
-                writer = PcapWriter(fh, linktype=linktype, snaplen=SNAPLEN)
-                # Flushed at once and then every FLUSH_EVERY_S (or when idle): a SIGKILLed loopfan
-                # leaves a readable file with all but the last fraction of a second's packets.
+            with fh:
+                # Flushed at once (in start) and then every FLUSH_EVERY_S (or when idle): a SIGKILLed
+                # loopfan leaves a readable file with all but the last fraction of a second's packets.
                 # One write() per quarter second costs nothing next to a recvmsg() per packet.
-                writer.flush()
                 flushed_at, dirty = time.monotonic(), False
                 written = 0
                 while True:
