@@ -229,13 +229,14 @@ asyncio.run(main())
 """
 
 
-def _ws_server(loopback_block: Block, *extra: str) -> Iterator[str]:
+def _ws_server(loopback_block: Block, *extra: str, script: str = "", quiet: bool = False) -> Iterator[str]:
+    """A websockets-library server (WS_SERVER, or `script`) on a loopback address of this test's own."""
     pytest.importorskip("websockets")
     address = f"{loopback_block()}1"
     port = free_port(address)
     # (the closing variant logs every close it initiates as a failed handler: not worth showing)
-    proc = subprocess.Popen([sys.executable, "-c", WS_SERVER, address, str(port), *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL if extra else None)
+    proc = subprocess.Popen([sys.executable, "-c", script or WS_SERVER, address, str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if extra or quiet else None)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         yield f"ws://{address}:{port}/"
@@ -304,18 +305,7 @@ asyncio.run(main())
 
 @pytest.fixture
 def ws_gated_server(loopback_block: Block) -> Iterator[str]:
-    pytest.importorskip("websockets")
-    address = f"{loopback_block()}1"
-    port = free_port(address)
-    proc = subprocess.Popen([sys.executable, "-c", WS_GATED_SERVER, address, str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)  # (it logs every refused handshake)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        yield f"ws://{address}:{port}/"
-    finally:
-        _stop(proc)
-        if proc.stdout:
-            proc.stdout.close()
+    yield from _ws_server(loopback_block, script=WS_GATED_SERVER, quiet=True)  # (it logs every refused handshake)
 
 
 def test_websocket_handshake_headers_and_subprotocol(ws_gated_server: str, tmp_path: Path,
