@@ -140,8 +140,11 @@ def test_open_model_rate_and_send_only(builtin_listen: tuple[str, int], tmp_path
     status, rep, text = run_json(tmp_path, capsys, "-c", "50", "--traffic", "raw", "--mode", "discard",
                                  "--message-rate", "20", "--duration", "0.5s", "--message", r"ping\n")
     assert status == 0, text
-    assert rep["traffic"]["sent"] == pytest.approx(50 * 20 * 0.5, rel=0.15)
-    assert rep["traffic"]["latency_ms"]["p50"] is None  # send only: nothing to time
+    # Every message due was sent, or is counted as due but not sent (a client kept from its last
+    # turns - a busy machine - sends fewer: not the point here); one per connection at the edges.
+    tr = rep["traffic"]
+    assert tr["sent"] + tr["unsent_at_end"] == pytest.approx(50 * 20 * 0.5, abs=50), tr
+    assert tr["latency_ms"]["p50"] is None and tr["unsent_in_latency"] == 0  # send only: nothing to time
 
 
 def test_an_open_model_that_falls_behind_says_so(builtin_listen: tuple[str, int], tmp_path: Path,
@@ -520,8 +523,13 @@ def test_open_model_slots_survive_their_connections(bad_server: Callable[[str], 
     _, rep, _ = run_json(tmp_path, capsys, "-c", "20", bad_server("echo-5"), "--traffic", "echo",
                          "--pipeline", "4", "--message-rate", "200", "--duration", "1s")
     tr = rep["traffic"]
-    assert tr["connections_talking_at_end"] == 20
-    assert tr["messages_per_s"] == pytest.approx(20 * 200, rel=0.25), tr  # ~every due message went out
+    assert tr["connections_talking_at_end"] == 20 and tr["requested_per_s"] == 20 * 200
+    # Every message due went out, or is counted as due but not sent: a slot off the schedule does
+    # neither. (Not the replies per second: the server closes with up to 3 of 4 pipelined messages
+    # unanswered, and on a busy machine more are in flight when it does - 2,961/s of 4,000, lost
+    # in flight and counted so below.)
+    due = tr["requested_per_s"] * tr["window_s"]
+    assert tr["sent_in_window"] + tr["unsent_at_end"] == pytest.approx(due, abs=20), tr  # (one per slot at the edges)
     assert tr["sent"] == tr["replies"] + tr["lost_in_flight"] + tr["unanswered_at_end"]
 
 
