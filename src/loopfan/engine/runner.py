@@ -135,6 +135,14 @@ class Progress:
     handshakes_waiting: int = 0
     # The protocol the traffic phase speaks (None: no traffic): what its figures are called.
     traffic_kind: str | None = None
+    # When the ramp ended (s since the start; None while it runs): an interval of the series that
+    # began before it holds the ramp's connects, not what is true in the hold (QA: a holding panel
+    # showed the ramp's last 28,986 connects/s for a second, at scale longer).
+    ramp_ended_s: float | None = None
+    # Our open count when the close began (None before): the close's progress is what left since.
+    # (Each worker closes all its connections at once and then reports, so the count falls in
+    # steps of a worker's share; QA read "closing: 30,000/30,000 open" until then.)
+    open_at_close: int | None = None
 
 
 @dataclass(slots=True)
@@ -267,6 +275,8 @@ def run_plan(
     # When the traffic's warm-up and window end, once every client is talking (after WebSocket
     # handshakes, whose length nobody knows ahead): the live view's "left" for the traffic phase.
     traffic_until: float | None = None
+    ramp_ended_s: float | None = None  # (for the live view: see Progress)
+    open_at_close: int | None = None
     last_sample = (t0, 0)
 
     def totals() -> tuple[Totals, Totals | None]:
@@ -303,7 +313,8 @@ def run_plan(
                 rate = (eb - ea) / (tb - ta) if tb > ta else 0.0
             on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series,
                                  _handshakes_waiting(fleet) if phase == "traffic" else 0,
-                                 config.traffic.kind if config.traffic is not None else None))
+                                 config.traffic.kind if config.traffic is not None else None,
+                                 ramp_ended_s, open_at_close))
 
     def take_sample(now: float) -> None:
         procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}
@@ -361,6 +372,7 @@ def run_plan(
                 elif now - last_progress[0] > config.stall_timeout_s:
                     break
             result.phases_s["connect"] = time.monotonic() - t_ramp
+            ramp_ended_s = time.monotonic() - t0
             result.ramp_established = Totals.of(clients).established
             ramp_complete = stagger.done
             _note_failures(fleet, result)
@@ -412,6 +424,7 @@ def run_plan(
             # 4. Close: clients first (the server sees orderly closes), then the server.
             phase = "closing"
             t_close = time.monotonic()
+            open_at_close = Totals.of(clients).open
             fleet.send(clients, P.CLOSE)
             fleet.wait_until(lambda: all(w.finished for w in clients), config.close_timeout_s, tick)
             result.phases_s["close"] = time.monotonic() - t_close
@@ -444,6 +457,13 @@ def run_plan(
             result.listen_drops = _delta(measure.listen_drops(), listen_drops_before)
             result.phases_s["stop"] = time.monotonic() - t_stop
             result.phases_s["total"] = time.monotonic() - t0
+            if on_progress:
+                # The live view's last frame stays on screen above the report: every worker's final
+                # counts, not the last tick's (QA: the server still "open 21,507" after the close).
+                on_progress(Progress(phase, result.phases_s["total"], plan.request.connections, result.client,
+                                     result.server, 0.0, None, series, 0,
+                                     config.traffic.kind if config.traffic is not None else None,
+                                     ramp_ended_s, open_at_close))
     return result
 
 

@@ -7,9 +7,14 @@ start(), after the runner's last fork (forking with a live thread is unsafe). Ou
 stderr, so stdout keeps the report (and `--json -`). The panel's cost is measured by
 bench/report_overhead.py (docs/benchmarks.md "Reporting overhead").
 
-What is shown follows the phase: connects, connect latency and failures while connecting (and
-holding); messages/s, request latency and traffic errors while the phase is "traffic", when the
-connect figures are all zero. Connection failures are shown in every phase. The refresh thread reads
+What is shown follows the phase: connects, connect latency and failures while connecting;
+messages/s, request latency and traffic errors while the phase is "traffic", when the connect
+figures are all zero. Once the ramp is over (measuring, holding, closing) the connects are done:
+the rates shown are those of the last interval only when it began after the ramp ended, so the
+ramp's last rate is never shown as the hold's; while closing, the open count becomes how many of
+the connections open at the close are closed. Connection failures are shown in every phase.
+Everything shown comes from the Progress handed over (facts, not the clock), so the panel and
+the lines are pure functions of it. The refresh thread reads
 the sampler's columns while the runner appends to them: it reads each column's last element and
 copies dicts before iterating, so a row half appended shows at worst one column's previous value.
 """
@@ -17,6 +22,7 @@ copies dicts before iterating, so a row half appended shows at worst one column'
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from types import TracebackType
@@ -43,11 +49,17 @@ def last_row(p: Progress) -> dict[str, Any]:
                            "failed": dict(p.client.failed)}
     if p.hold_left_s is not None:  # the hold's time left, or the traffic's (warm-up and window)
         row["left_s"] = round(p.hold_left_s, 3)
+    close = closing(p)
+    if close is not None:
+        row["closing"] = {"closed": close[0], "of": close[1]}
     s = p.series
     if s is None or not s.cols["t_s"]:
         return row
     i = -1
-    row["t_s"] = s.cols["t_s"][i]
+    t_s = s.cols["t_s"]
+    row["t_s"] = t_s[i]
+    # The interval this row covers began at the previous row's edge (the first at the start).
+    row["from_t_s"] = t_s[-2] if len(t_s) > 1 else 0.0
     for key in ("connects_per_s", "closes_per_s", "failures_per_s", "bytes_in_per_s", "bytes_out_per_s",
                 "messages_per_s"):
         row[key] = s.cols[key][i]
@@ -59,11 +71,32 @@ def last_row(p: Progress) -> dict[str, Any]:
     row["errors_per_s"] = s.errors_per_s[i]
     by_cause = dict(s.errors_by_cause)
     row["errors_by_cause_per_s"] = {c: col[i] for c, col in by_cause.items() if col[i]}
-    t_s = s.cols["t_s"]
     row["errors_so_far"] = so_far(s.errors_per_s, t_s)
     row["errors_by_cause_so_far"] = {c: n for c, col in by_cause.items() if (n := so_far(col, t_s))}
     row["health"] = {k: col[i] for k, col in s.health.items()}
     return row
+
+
+def closing(p: Progress) -> tuple[int, int] | None:
+    """(closed, of): while closing, how many of the connections open when the close began are
+    closed by now (the workers' reports; a worker closes its share at once, then reports)."""
+    if p.phase not in ("closing", "stopping") or p.open_at_close is None:
+        return None
+    return max(0, p.open_at_close - p.client.open), p.open_at_close
+
+
+def after_ramp(p: Progress) -> bool:
+    """The ramp is over and no traffic runs: the connects are done (measuring, holding, closing)."""
+    return p.ramp_ended_s is not None and p.phase != "traffic"
+
+
+def rates_now(p: Progress, row: dict[str, Any]) -> bool:
+    """The last interval's rates say what is true in this phase: always while ramping; after the
+    ramp only once an interval that began after it ended is in (until then the last interval is
+    the ramp's, its connects/s at their height)."""
+    if "t_s" not in row:
+        return False
+    return not after_ramp(p) or row["from_t_s"] >= (p.ramp_ended_s or 0.0) - 1e-3
 
 
 def so_far(per_s: list[float], t_s: list[float]) -> int:
@@ -95,20 +128,46 @@ def _errors(row: dict[str, Any], top: int = 4) -> str:
     return f"{rate:,.0f}/s, {so_far:,} so far{by_cause}"
 
 
+def _left(left_s: float) -> str:
+    # Rounded up, as countdowns are: "0s left" only when nothing is left.
+    return f"{math.ceil(left_s - 1e-9)}s left"
+
+
+def _rates(p: Progress, row: dict[str, Any]) -> list[str] | None:
+    """['0 connects/s', '12 closes/s', '0 failures/s'] of the last interval; None after the ramp
+    until an interval of its own is in (the last one is the ramp's)."""
+    if not after_ramp(p):
+        return [f"{row.get('connects_per_s', p.rate_per_s):,.0f} connects/s",
+                f"{row.get('closes_per_s', 0):,.0f} closes/s", f"{row.get('failures_per_s', 0):,.0f} failures/s"]
+    if not rates_now(p, row):
+        return None
+    connects = row.get("connects_per_s") or 0
+    # Connects after the ramp are news (a stalled ramp's stragglers): said then, else left out.
+    return ([f"{connects:,.0f} connects/s"] if connects else []) + [
+        f"{row.get('closes_per_s') or 0:,.0f} closes/s", f"{row.get('failures_per_s') or 0:,.0f} failures/s"]
+
+
 def panel(p: Progress) -> Group:
     row = last_row(p)
     head = Text.assemble((f"{p.phase:<12}", "bold"), f" {p.elapsed_s:6.1f}s")
     if p.hold_left_s is not None:
-        head.append(f"  ({p.hold_left_s:.0f}s left)", style="dim")
+        head.append(f"  ({_left(p.hold_left_s)})", style="dim")
     elif p.phase == "holding":
         head.append("  (until Ctrl-C; the report follows)", style="dim")
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold", no_wrap=True)
     t.add_column()
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(ProgressBar(total=max(1, p.target), completed=min(p.client.open, p.target), width=40),
-                f"{p.client.open:,} / {p.target:,} open")
-    t.add_row("open", bar)
+    close = closing(p)
+    if close is not None:
+        closed, of = close
+        bar.add_row(ProgressBar(total=max(1, of), completed=min(closed, of), width=40),
+                    f"{closed:,} of {of:,} closed")
+        t.add_row("close", bar)
+    else:
+        bar.add_row(ProgressBar(total=max(1, p.target), completed=min(p.client.open, p.target), width=40),
+                    f"{p.client.open:,} / {p.target:,} open")
+        t.add_row("open", bar)
     if p.phase == "traffic" and p.handshakes_waiting:
         t.add_row("traffic", _handshakes(p))
     elif p.phase == "traffic":
@@ -118,15 +177,23 @@ def panel(p: Progress) -> Group:
         t.add_row("latency", "request, last interval " + _pcts(row.get("message_latency_ms") or {}))
         t.add_row("errors", _errors(row) or Text("none", style="green"))
     else:
-        t.add_row("rates", f"{row.get('connects_per_s', p.rate_per_s):,.0f} connects/s  "
-                  f"{row.get('closes_per_s', 0):,.0f} closes/s  {row.get('failures_per_s', 0):,.0f} failures/s")
-        t.add_row("latency", "connect, last interval " + _pcts(row.get("latency_ms") or {}))
+        rates = _rates(p, row)
+        t.add_row("rates", "  ".join(rates) if rates is not None else
+                  Text("- (the ramp is done; the first interval after it is under way)", style="dim"))
+        lat = row.get("latency_ms") or {}
+        # After the ramp there is no connect to time: the row only when stragglers connected.
+        # (Connects, not latency samples: a worker reports the ramp's last ones a moment late.)
+        if not after_ramp(p) or (rates_now(p, row) and row.get("connects_per_s")):
+            t.add_row("latency", "connect, last interval " + _pcts(lat))
     failed = sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:4]
     t.add_row("failures", ", ".join(f"{k} {v:,}" for k, v in failed) if failed else Text("none", style="green"))
     h = row.get("health") or {}
     fds = h.get("fds_used_max_pct")
+    # CPU and loop lag are the interval's too: the ramp's busiest second is not the hold's.
+    cpu = f"{h.get('workers_cpu_pct') or 0:.0f}%" if rates_now(p, row) or not after_ramp(p) else "-"
+    lag = _ms(h.get("loop_lag_ms_max")) if rates_now(p, row) or not after_ramp(p) else "-"
     t.add_row("generator", f"fds {'-' if fds is None else f'{fds:.0f}%'} of limit (fullest worker)  "
-              f"cpu {h.get('workers_cpu_pct') or 0:.0f}%  loop lag {_ms(h.get('loop_lag_ms_max'))} ms")
+              f"cpu {cpu}  loop lag {lag} ms")
     if p.server is not None:
         t.add_row("server", f"accepted {p.server.established:,}, open {p.server.open:,}")
     return Group(head, t)
@@ -201,7 +268,7 @@ def _handshakes(p: Progress) -> str:
 def describe(p: Progress) -> str:
     row = last_row(p)
     failed = ", ".join(f"{k} {v:,}" for k, v in sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:3])
-    left = "" if p.hold_left_s is None else f", {p.hold_left_s:.0f}s left"
+    left = "" if p.hold_left_s is None else f", {_left(p.hold_left_s)}"
     if p.phase == "traffic" and p.handshakes_waiting:
         return f"traffic: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
     if p.phase == "traffic":
@@ -211,6 +278,15 @@ def describe(p: Progress) -> str:
                 f"request p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
                 f"errors {_errors(row, top=3) or 'none'}, {failed or 'no connection failures'}, "
                 f"{p.elapsed_s:.1f}s{left}")
+    close = closing(p)
+    counts = (f"{close[0]:,} of {close[1]:,} closed" if close is not None
+              else f"{p.client.open:,}/{p.target:,} open")
+    if after_ramp(p):
+        # The connects are done: the last interval's closes and failures once it is the hold's own.
+        # (no failures per second said when none: the cumulative failures follow)
+        rates = [r for r in _rates(p, row) or [] if r != "0 failures/s"]
+        said = "".join(r + ", " for r in rates)
+        return f"{p.phase}: {counts}, {said}{failed or 'no failures'}, {p.elapsed_s:.1f}s{left}"
     lat_p99 = (row.get("latency_ms") or {}).get("p99")
-    return (f"{p.phase}: {p.client.open:,}/{p.target:,} open, {row.get('connects_per_s', p.rate_per_s):,.0f} "
+    return (f"{p.phase}: {counts}, {row.get('connects_per_s', p.rate_per_s):,.0f} "
             f"connects/s, p99 {_ms(lat_p99)} ms, {failed or 'no failures'}, {p.elapsed_s:.1f}s{left}")
