@@ -449,6 +449,30 @@ def test_another_run_on_the_same_port_is_not_counted(loopback_block: Block) -> N
     assert result.exit_status == 0
 
 
+def test_the_first_signal_is_the_one_reported(loopback_block: Block) -> None:
+    """QA: Ctrl-C, then a SIGTERM while loopfan closed (a supervisor's timeout), and the report said
+    'interrupted (SIGTERM)' with status 143. The first signal stopped the run: it is the one named;
+    the second is noted. (The signals go to this process while run_plan's handlers are in place.)"""
+    p = plan(builtin_request(loopback_block, 200, None), read_host_facts())
+    sent: list[str] = []
+
+    def on_progress(progress: Progress) -> None:
+        if progress.phase == "holding" and not sent:
+            sent.append("SIGINT")
+            os.kill(os.getpid(), signal.SIGINT)
+        elif progress.phase == "closing" and sent == ["SIGINT"]:
+            sent.append("SIGTERM")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = run_plan(p, RunConfig(hold_s=30.0), on_progress=on_progress)
+    assert sent == ["SIGINT", "SIGTERM"]
+    assert (result.interrupted, result.signals_after, result.exit_status) == ("SIGINT", ["SIGTERM"], 130)
+    assert result.client.established == 200 and result.phases_s["hold"] < 5.0
+    rep = report_dict(result, argv=["test"])
+    assert (rep["interrupted"], rep["signals_after_interrupt"]) == ("SIGINT", ["SIGTERM"])
+    assert "interrupted (SIGINT; SIGTERM too, while closing) - partial" in render_text(rep)
+
+
 def test_a_refused_target_ends_the_hold_at_once(loopback_block: Block) -> None:
     (target,) = endpoints(loopback_block, 1)  # nothing listens there
     p = plan(PlanRequest(connections=200, targets=(target,)), read_host_facts())

@@ -278,6 +278,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "target_listeners": _listeners(result),
         "server": server,
         "interrupted": result.interrupted,
+        "signals_after_interrupt": result.signals_after,
         "worker_failures": result.worker_failures,
         "error": result.error,
         "time_to_target_s": series["time_to_target_s"] if series else None,
@@ -297,6 +298,13 @@ def _ms(v: float | None) -> str:
     return f"{v:.3f}" if v < 10 else f"{v:.1f}"
 
 
+def interrupted_by(rep: dict[str, Any]) -> str:
+    """'SIGINT', or 'SIGINT; SIGTERM too, while closing': the signal that stopped the run, and any
+    that came while it closed and reported (they changed nothing: the close and report went on)."""
+    later = [s for s in rep.get("signals_after_interrupt") or () if s]
+    return str(rep["interrupted"]) + (f"; {', '.join(later)} too, while closing" if later else "")
+
+
 def not_planned(rep: dict[str, Any]) -> int:
     """Connections a --force run never attempted, when that is its whole shortfall (nothing failed,
     the rest were past what its plan could hold); 0 otherwise. The terminal and the page say it so."""
@@ -314,7 +322,7 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     not_held = not_held_by_server(kc)
     head = Text("Run report: ", style="bold")
     if rep["interrupted"]:
-        head.append(f"interrupted ({rep['interrupted']}) - partial", style="bold yellow")
+        head.append(f"interrupted ({interrupted_by(rep)}) - partial", style="bold yellow")
     elif not_held:
         head.append(not_held, style="bold red")
     elif ok:

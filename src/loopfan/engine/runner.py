@@ -155,7 +155,8 @@ class RunResult:
     phases_s: dict[str, float] = field(default_factory=dict)
     rate_series: list[tuple[float, int]] = field(default_factory=list)  # (t since start, established)
     peak_rate_per_s: float = 0.0
-    interrupted: str | None = None  # "SIGINT" / "SIGTERM"
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM": the first signal, the one that stopped the run
+    signals_after: list[str] = field(default_factory=list)  # signals while it closed after that one
     worker_failures: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, int | None] = field(default_factory=dict)
     cpu_s: float = 0.0
@@ -222,13 +223,22 @@ class RunResult:
 
 
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag the run loop checks, so the run can close and report."""
+    """Turns SIGINT/SIGTERM into a flag the run loop checks, so the run can close and report.
+
+    The first signal is the one that interrupted the run, and stays so: a Ctrl-C followed by a
+    SIGTERM while loopfan closes (a supervisor's timeout, `timeout`, CI cancelling) named the
+    SIGTERM in the report and its exit status. Later signals are kept apart, for a note."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.later: list[str] = []  # signals after the first, each named once, in order
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signal = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.signal is None:
+            self.signal = name
+        elif name not in self.later:
+            self.later.append(name)
 
 
 @contextmanager
@@ -451,6 +461,7 @@ def run_plan(
             _note_failures(fleet, result)
             fleet.shutdown()
             result.interrupted = interrupt.signal
+            result.signals_after = list(interrupt.later)
             result.cpu_s = _children_cpu_s() - cpu_before
             after = measure.listen_overflows()
             result.listen_overflows = _delta(after, overflows_before)
