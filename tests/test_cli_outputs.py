@@ -4,11 +4,13 @@ costs the report. Runs here are small in-process runs against the built-in serve
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from test_results_checks import fake_report
 from test_results_traffic_checks import traffic_report
 
@@ -16,6 +18,7 @@ import loopfan.commands.demo as demo_command
 import loopfan.commands.run as run_command
 from loopfan.cli import main
 from loopfan.errors import UsageError
+from loopfan.results.compare import heading
 
 
 @pytest.fixture
@@ -133,6 +136,59 @@ def test_compare_text_says_better_and_worse_in_words(two_reports: tuple[str, str
     assert main(["compare", *two_reports]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "connect_latency.p50" in line)
     assert "(+10.0%)" in row and row.rstrip(" │|").endswith("worse")
+
+
+LONG_DIR = "some/long/dir/for/the/nightly/runs/of/the/load/tests"
+
+
+@pytest.fixture
+def two_long_paths(tmp_path: Path) -> tuple[str, str]:
+    base = tmp_path / LONG_DIR / "main" / "run-2026-11-29T20-00-00.json"
+    new = tmp_path / LONG_DIR / "pr-1234" / "run-2026-11-29T21-30-00.json"
+    for path, p50 in ((base, 100), (new, 110)):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(fake_report([p50] * 100)))
+    return str(base), str(new)
+
+
+def test_compare_names_long_paths_readably_at_80_columns(two_long_paths: tuple[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: the table's title 'BASE -> NEW' wrapped into ragged lines at 80/100 columns when the paths
+    were long. The heading names each on its own line; their common directory goes on a line of
+    its own when the whole paths do not fit, so what tells them apart is whole and lined up."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["compare", *two_long_paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    common = str(Path(two_long_paths[0]).parent.parent)
+    at = lines.index("baseline  main/run-2026-11-29T20-00-00.json")
+    assert lines[at + 1] == "new       pr-1234/run-2026-11-29T21-30-00.json"
+    # The common directory first (pytest's own is long: folded at the width, every character kept).
+    assert lines[0].startswith("in        ") and "".join(line[10:] for line in lines[:at]) == common + "/"
+    assert "metric" in lines[at + 3] and "->" not in "".join(lines)  # the table follows, untitled
+    monkeypatch.setenv("COLUMNS", "300")  # room for the whole paths: they are shown whole
+    assert main(["compare", *two_long_paths]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [f"baseline  {two_long_paths[0]}",
+                                                        f"new       {two_long_paths[1]}"]
+
+
+def test_compare_heading_without_a_common_directory_folds_rather_than_cuts() -> None:
+    long_name = "x" * 120 + ".json"
+    assert heading(long_name, "/abs/new.json", 80) == [("baseline", long_name), ("new", "/abs/new.json")]
+    assert heading("/a/" + long_name, "/b/new.json", 80) == [("baseline", "/a/" + long_name), ("new", "/b/new.json")]
+    assert heading("base.json", "new.json", 80) == [("baseline", "base.json"), ("new", "new.json")]
+    console = Console(file=io.StringIO(), width=80, record=True)
+    assert main_heading_lines(long_name, console) == 2  # folded at the width, every character kept
+
+
+def main_heading_lines(name: str, console: Console) -> int:
+    from loopfan.commands.compare import _heading
+
+    console.print(_heading(name, "new.json", console.width))
+    text = console.export_text()
+    assert "".join(line[10:].rstrip() for line in text.splitlines()[:-1]) == name
+    return len(text.splitlines()) - 1
 
 
 def test_report_refuses_dash_and_unwritable_paths(two_reports: tuple[str, str],

@@ -10,6 +10,7 @@ import sys
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from loopfan.commands.common import ParsedType, check_distinct, check_writable
 from loopfan.commands.console import WIDE_COLUMNS, text_console, unpadded
@@ -20,6 +21,7 @@ from loopfan.results.compare import (
     caveats,
     fmt,
     fmt_delta,
+    heading,
     markdown,
     rows,
     trend_caveats,
@@ -84,8 +86,11 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
         console = (Console(file=io.StringIO(), record=True, width=WIDE_COLUMNS) if output is not None
                    else text_console())
         if console.is_terminal:
-            console.width = 110  # (off a terminal: whole lines, commands/console.py)
-        t = Table(title=f"{base_json} -> {new_json}", title_justify="left")
+            # At most 110 columns, and never wider than the terminal: the lines a terminal wraps
+            # itself (a warning, a gate) broke mid-word. (Off a terminal: whole lines, commands/console.py.)
+            console.width = min(console.width, 110)
+        console.print(_heading(base_json, new_json, console.width))
+        t = Table()
         for col, just in (("metric", "left"), ("baseline", "right"), ("new", "right"), ("change", "right"),
                           ("", "left")):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -108,6 +113,16 @@ def command(base_json: str, new_json: str, gates: tuple[Gate, ...], fmt_name: st
         if output:
             _emit(unpadded(console.export_text()), output)
     return 1 if any(not g["passed"] for g in results) else 0
+
+
+def _heading(base_json: str, new_json: str, width: int) -> Table:
+    """Which report is which, above the table: a line each (results.compare.heading)."""
+    names = Table.grid(padding=(0, 2))
+    names.add_column(style="bold", no_wrap=True)
+    names.add_column(overflow="fold")  # a path longer than the line is folded, never cut
+    for label, text in heading(base_json, new_json, width):
+        names.add_row(label, Text(text))
+    return names
 
 
 def _emit(text: str, output: str | None) -> None:

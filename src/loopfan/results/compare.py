@@ -13,6 +13,7 @@ without traffic: not measured, as for connect figures an older report lacks).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +187,24 @@ def caveats(base: dict[str, Any], new: dict[str, Any], base_name: str = "baselin
 
 
 _MARK = {"better": "better", "worse": "**worse**", "same": "~", "": ""}
+
+
+def heading(base_name: str, new_name: str, width: int) -> list[tuple[str, str]]:
+    """The text table's heading, one (label, text) line each: which report is the baseline and
+    which the new run. Whole paths when they fit `width` after the label; else their common
+    directory on a line of its own ("in") and each path from there, the part that tells them apart
+    (QA: two 75-character paths as the table's title, "A -> B", wrapped at 80 columns into three
+    ragged lines). A path still too long is left to the caller to fold: never cut."""
+    lines = [("baseline", base_name), ("new", new_name)]
+    if len("baseline  ") + max(len(base_name), len(new_name)) <= width:
+        return lines
+    try:
+        common = os.path.commonpath([os.path.dirname(base_name), os.path.dirname(new_name)])
+    except ValueError:  # one absolute, one relative: no directory in common
+        return lines
+    if common in ("", os.sep):
+        return lines
+    return [("in", common + os.sep), *((label, os.path.relpath(path, common)) for label, path in lines)]
 
 
 def markdown(base: dict[str, Any], new: dict[str, Any], gates: list[dict[str, Any]],
