@@ -473,6 +473,18 @@ def test_the_first_signal_is_the_one_reported(loopback_block: Block) -> None:
     assert "interrupted (SIGINT; SIGTERM too, while closing) - partial" in render_text(rep)
 
 
+def test_a_server_that_cannot_start_leaves_the_live_view_no_last_frame(loopback_block: Block) -> None:
+    """The last frame (every worker's final counts) is for a run that started its clients; before
+    that, the error is said alone (a plain progress line printed 'stopping: 0/10 open' above it)."""
+    request = builtin_request(loopback_block, 10, None)
+    p = plan(request, read_host_facts())
+    listen = p.server_shards[0].listen[0]
+    phases: list[str] = []
+    with socket.create_server((listen.address, listen.port)), pytest.raises(HostError):
+        run_plan(p, RunConfig(hold_s=0.1), on_progress=lambda progress: phases.append(progress.phase))
+    assert "stopping" not in phases
+
+
 def test_a_refused_target_ends_the_hold_at_once(loopback_block: Block) -> None:
     (target,) = endpoints(loopback_block, 1)  # nothing listens there
     p = plan(PlanRequest(connections=200, targets=(target,)), read_host_facts())

@@ -468,7 +468,7 @@ def run_plan(
             result.listen_drops = _delta(measure.listen_drops(), listen_drops_before)
             result.phases_s["stop"] = time.monotonic() - t_stop
             result.phases_s["total"] = time.monotonic() - t0
-            if on_progress:
+            if on_progress and fleet.of("client"):  # (none: an error before the run, said alone)
                 # The live view's last frame stays on screen above the report: every worker's final
                 # counts, not the last tick's (QA: the server still "open 21,507" after the close).
                 on_progress(Progress(phase, result.phases_s["total"], plan.request.connections, result.client,
