@@ -366,6 +366,75 @@ def test_compare_command_shows_traffic_rows_and_gates(tmp_path: Path, capsys: py
     assert "did you mean traffic.errors?" in err
 
 
+# --- traffic error causes: a name no run counts is refused --------------------------------------------------
+# traffic.errors.TYPO==0 would always pass (a cause never seen is 0): a CI gate that can never fail.
+
+
+@pytest.mark.parametrize("cause, fragment", [
+    ("timout", "unknown traffic error cause in 'traffic.errors.timout'; did you mean traffic.errors.reply-timeout?"),
+    ("TYPO", "known causes: closed-by-peer, "),
+    ("http-503", "did you mean traffic.errors.http-5xx?"),  # counted by class
+    ("ws-close-normal", "did you mean traffic.errors.ws-close-CODE?"),
+    ("ws-rejected-http-4011", "did you mean traffic.errors.ws-rejected-http-STATUS?"),
+    ("econnreset", "did you mean traffic.errors.ECONNRESET?"),
+    ("http-2xx", "http-2xx in 'traffic.errors.http-2xx' is a status, not a traffic error; "
+                 "write traffic.statuses.http-2xx"),
+    ("ws-handshake-ok", "write traffic.statuses.ws-handshake-ok"),
+])
+def test_a_traffic_error_cause_no_run_counts_is_refused(cause: str, fragment: str) -> None:
+    for parse, text in ((parse_check, f"traffic.errors.{cause}==0"), (parse_gate, f"traffic.errors.{cause}:0")):
+        with pytest.raises(UsageError) as exc:
+            parse(text)
+        assert fragment in str(exc.value) and "\n" not in str(exc.value), (text, str(exc.value))
+
+
+@pytest.mark.parametrize("cause", ["reply-timeout", "closed-by-peer", "no-reply-ever", "bad-reply", "http-4xx",
+                                   "http-5xx", "ws-close-1011", "ws-rejected-http-401", "ws-handshake-timeout",
+                                   "ECONNRESET", "EPIPE", "errno200"])
+def test_a_known_cause_absent_from_the_report_counts_as_zero(cause: str) -> None:
+    """Known but not seen in this run: 0 where the traffic was counted (passes), not measured on a
+    hold-only run (fails), as for failed.CAUSE."""
+    check, gate = parse_check(f"traffic.errors.{cause}==0"), parse_gate(f"traffic.errors.{cause}:0")
+    [judged] = run_checks([check], traffic_report())
+    assert judged["passed"] and judged["actual"] == 0, judged
+    [judged] = run_gates([gate], traffic_report(), traffic_report())
+    assert judged["passed"] and (judged["baseline"], judged["actual"]) == (0, 0), judged
+    [judged] = run_checks([check], hold_report())
+    assert not judged["passed"] and judged["detail"] == "not measured in this run"
+
+
+def test_a_misspelt_traffic_error_cause_stops_the_run_before_it_starts(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import loopfan.commands.run as run_command
+
+    def no_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(run_command, "run_plan", no_run)
+    assert main(["run", "-c", "10", "--traffic", "http", "--check", "traffic.errors.timout==0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "unknown traffic error cause in 'traffic.errors.timout'" in err
+    assert "did you mean traffic.errors.reply-timeout?" in err
+
+
+def test_compare_refuses_a_gate_on_a_traffic_error_cause_no_run_counts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(traffic_report()))
+    new.write_text(json.dumps(traffic_report(status="http-5xx")))
+    for gate in ("traffic.errors.http-503:0", "traffic.errors.http-503==0"):
+        assert main(["compare", str(base), str(new), "--gate", gate]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured
+        assert "did you mean traffic.errors.http-5xx?" in captured.err
+    # The name it meant judges the run: 50,000 5xx against none.
+    assert main(["compare", str(base), str(new), "--gate", "traffic.errors.http-5xx:0"]) == 1
+    assert "gate FAIL: traffic.errors.http-5xx:0" in capsys.readouterr().out
+    # A known cause neither run had: 0 in both, so the gate passes.
+    assert main(["compare", str(base), str(new), "--gate", "traffic.errors.reply-timeout:0"]) == 0
+
+
 # --- end to end -----------------------------------------------------------------------------------------
 
 

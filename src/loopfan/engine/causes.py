@@ -8,6 +8,7 @@ two meanings depending on the call (mechanics.md), so the phase is part of the k
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import dataclass
 
 
@@ -76,6 +77,16 @@ def cause_for(err: int, phase: str) -> str:
     if name == "EADDRNOTAVAIL":
         return f"EADDRNOTAVAIL@{'bind' if phase == 'bind' else 'connect'}"
     return name
+
+
+# Any errno can end a connection; cause_for names it by its symbol, or errnoN where Python has none.
+# (EADDRNOTAVAIL is never counted bare, always with where it happened: EADDRNOTAVAIL@connect, @bind.)
+ERRNO_CAUSES = frozenset(errno.errorcode.values()) - {"EADDRNOTAVAIL"}
+
+
+def is_errno_cause(name: str) -> bool:
+    """Whether `name` is an errno as cause_for counts it ('EHOSTUNREACH', 'errno200'; not 'EADDRNOTAVAIL')."""
+    return name in ERRNO_CAUSES or re.fullmatch(r"errno\d+", name) is not None
 
 
 def explain(name: str) -> Cause:

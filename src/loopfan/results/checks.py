@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import errno
 import math
 import operator
 import re
@@ -41,7 +40,9 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
+from loopfan.engine.causes import CAUSES, ERRNO_CAUSES, is_errno_cause
 from loopfan.errors import UsageError
+from loopfan.traffic.causes import FAMILIES, MEANINGS, is_traffic_cause, known_traffic_causes
 from loopfan.traffic.report import nothing_to_talk_over
 
 # unit -> (dimension, factor to the metric's base unit for that dimension)
@@ -142,29 +143,55 @@ def expression_metric(name: str) -> Metric:
 
 def _refuse_unknown_member(name: str, key: str) -> None:
     """A cause or status no run can count makes a check that always passes (its count stays 0):
-    refuse it. One that can happen but did not in this run stays valid (it is 0, and passes).
-    Connection failure causes are a closed set (engine.causes: the named ones and errno names);
-    statuses have a fixed shape. Traffic error causes are open-ended (server close codes, errnos,
-    new protocol causes): not judged here."""
+    refuse it, naming the one most likely meant. One that can happen but did not in this run stays
+    valid (it is 0, and passes). Connection failure causes are a closed set (engine.causes: the named
+    ones and errno names); traffic error causes are named ones plus open families (traffic.causes:
+    http-5xx, ws-close-1011, ws-rejected-http-401, errno names); statuses have a fixed shape."""
     if key.startswith("failed."):
-        from loopfan.engine.causes import CAUSES
-
         cause = key[7:]
-        if cause in CAUSES or cause in _ERRNO_NAMES or re.fullmatch(r"errno\d+", cause):
+        if cause in CAUSES or is_errno_cause(cause):
             return
-        hint = difflib.get_close_matches(cause, [*CAUSES, *_ERRNO_NAMES], 1, 0.6) or \
-            [c for c in (*CAUSES, *_ERRNO_NAMES) if c.lower() == cause.lower()]
-        did_you_mean = f"did you mean failed.{hint[0]}? " if hint else ""
+        hint = _nearest(cause, [*CAUSES, *ERRNO_CAUSES])
+        did_you_mean = f"did you mean failed.{hint}? " if hint else ""
         raise UsageError(f"unknown failure cause in {name!r}; {did_you_mean}known causes: {', '.join(CAUSES)} "
                          "(or any errno name, e.g. failed.EHOSTUNREACH)")
+    if key.startswith("traffic.errors."):
+        cause = key[15:]
+        if is_traffic_cause(cause):
+            return
+        if _STATUS.fullmatch(cause):  # http-2xx, ws-handshake-ok: counted, but as statuses, never as errors
+            raise UsageError(f"{cause} in {name!r} is a status, not a traffic error; "
+                             f"write traffic.statuses.{cause}")
+        hint = _traffic_cause_hint(cause)
+        did_you_mean = f"did you mean traffic.errors.{hint}? " if hint else ""
+        raise UsageError(f"unknown traffic error cause in {name!r}; {did_you_mean}known causes: "
+                         f"{known_traffic_causes()}")
     if key.startswith("traffic.statuses.") and not _STATUS.fullmatch(key[17:]):
         raise UsageError(f"unknown status in {name!r}; statuses are http-1xx ... http-5xx, "
                          "http-connection-close, ws-handshake-ok, ws-close-CODE (e.g. ws-close-1011) and "
                          "ws-subprotocol-NAME (or -none)")
 
 
-# EADDRNOTAVAIL is counted by where it happened (EADDRNOTAVAIL@connect, @bind), never bare.
-_ERRNO_NAMES = frozenset(errno.errorcode.values()) - {"EADDRNOTAVAIL"}
+def _nearest(name: str, known: list[str]) -> str | None:
+    """The known name a mistyped one most likely meant: the closest spelling, else the same in another case."""
+    close = difflib.get_close_matches(name, known, 1, 0.6)
+    return close[0] if close else next((k for k in known if k.lower() == name.lower()), None)
+
+
+def _traffic_cause_hint(cause: str) -> str | None:
+    """The traffic error cause an unknown name most likely meant: an HTTP status is counted by its
+    class (http-503 -> http-5xx), a family member with the wrong tail is shown the family's shape
+    (ws-close-normal -> ws-close-CODE), anything else by spelling."""
+    status = re.fullmatch(r"http-([4-9])\d\d", cause)
+    if status:
+        return f"http-{status.group(1)}xx"
+    for shape, _ in FAMILIES:
+        prefix = shape.split("CODE")[0].split("STATUS")[0]
+        if shape != prefix and cause.startswith(prefix):
+            return shape
+    return _nearest(cause, [*MEANINGS, *ERRNO_CAUSES])
+
+
 _STATUS = re.compile(r"http-[1-5]xx|http-connection-close|ws-handshake-ok|ws-close-\d+"
                      r"|ws-subprotocol-[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # (a subprotocol is an HTTP token)
 

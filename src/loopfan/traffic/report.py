@@ -12,75 +12,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from loopfan.traffic.causes import SERVER_LIMIT, explain
 from loopfan.traffic.results import TrafficTotals, percentiles_ms
 from loopfan.wording import traffic_nouns
-
-_SERVER_LIMIT = ("the server's own connection limit is the usual cause: nginx worker_connections / "
-                 "worker_rlimit_nofile, or the server process's ulimit -n")
-
-MEANINGS: dict[str, tuple[str, str]] = {
-    "closed-by-peer": ("the server closed an idle keep-alive connection", _SERVER_LIMIT),
-    "closed-awaiting-reply": ("the server closed the connection instead of answering (or it stopped)",
-                              "look at the server's error log and whether it is still running; " + _SERVER_LIMIT),
-    "closed-mid-reply": ("the server closed the connection in the middle of a reply",
-                         "the server crashed or cut the reply short: look at its logs"),
-    "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one (the "
-                      "kernel accepted it, the server never served it)",
-                      "the server's accept loop is stuck - often at its open-file limit; " + _SERVER_LIMIT),
-    "unexpected-reply": ("more replies arrived than messages were sent",
-                         "raw: --expect-length / --expect-end split one reply into several - make them "
-                         "match the whole reply; ws: the server sends messages of its own"),
-    "reply-incomplete": ("part of a reply arrived, the rest never did within --reply-timeout",
-                         "raw: check --expect-length / --expect-end / --expect-contains match what the "
-                         "server sends; otherwise the server stalls mid-reply"),
-    "reply-timeout": ("a reply did not complete within --reply-timeout", "a longer --reply-timeout, or a "
-                      "lower rate; check the server is not overloaded"),
-    "reply-mismatch": ("an echo reply differed from the message", "the server is not an echo server"),
-    "bad-reply": ("the server's bytes are not valid for the protocol (garbage)", "check the target speaks "
-                  "the protocol chosen with --traffic"),
-    "http-4xx": ("the server answered 4xx (client error)", "check the method, path and headers; a 403 on some "
-                 "source addresses means the server refuses those clients"),
-    "http-5xx": ("the server answered 5xx (server error)", "look at the server's error log"),
-    "http-connection-close": ("the server ended keep-alive (Connection: close)", "raise the server's "
-                              "keepalive_requests / keepalive_timeout"),
-    "ws-bad-handshake": ("the WebSocket opening handshake failed", "check the target is a WebSocket server"),
-    "ws-closed-in-handshake": ("the server closed the connection during the WebSocket handshake",
-                               "check the target is a WebSocket server; " + _SERVER_LIMIT),
-    # Every connection's handshake starts at once, and they cost CPU at both ends (~0.2 ms each in
-    # wsproto): QA, 120,000 against the built-in server took 40 s on a busy 2-core host - 54,614 timed
-    # out at the default 10 s; with --reply-timeout 60s all were done and the run passed.
-    "ws-handshake-timeout": ("the WebSocket opening handshake got no answer within --reply-timeout (every "
-                             "connection's starts at once, before the clock)",
-                             "give the handshakes longer, e.g. --reply-timeout 60s (100,000 at once can take "
-                             "tens of seconds of CPU at both ends); else the server is overloaded or not "
-                             "listening for WebSocket"),
-    "ECONNRESET": ("the server reset the connection", _SERVER_LIMIT),
-    "EPIPE": ("the connection was closed while sending", _SERVER_LIMIT),
-}
-
-
-def explain(cause: str) -> tuple[str, str]:
-    if cause in MEANINGS:
-        return MEANINGS[cause]
-    if cause.startswith("ws-rejected-http-"):
-        status = cause.rsplit("-", 1)[1]
-        # A WebSocket server refuses a handshake it does not like with an HTTP status of its own: 401/403
-        # for missing credentials or a foreign Origin, 400 for a subprotocol or header it requires (the
-        # websockets library: "missing subprotocol"). Those speak WebSocket; the handshake lacks something.
-        if status in ("401", "403"):
-            return (f"the server refused the WebSocket handshake with HTTP {status}: it wants credentials, a "
-                    "cookie or another Origin", "send them in the handshake: --header 'Authorization: Bearer "
-                    "TOKEN' (or 'Cookie: ...', 'Origin: ...')")
-        if status == "400":
-            return ("the server refused the WebSocket handshake with HTTP 400: often a subprotocol or a header "
-                    "it requires", "offer the subprotocol it expects (--ws-subprotocol NAME, e.g. mqtt) and the "
-                    "headers it needs (--header 'Name: value'); check the ws:// URL's path")
-        return (f"the server answered the WebSocket handshake with a plain HTTP {status}: it does not speak "
-                "WebSocket at this URL", "check the ws:// URL's port and path")
-    if cause.startswith("ws-close-"):
-        code = cause.rsplit("-", 1)[1]
-        return (f"the server closed the WebSocket with code {code}", "look at the server's logs for the reason")
-    return ("an unexpected error", "please report it with the JSON report")
 
 
 def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
@@ -244,7 +178,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     cut = cut or never
     if not never and nothing_to_talk_over(tr):
         why = ("every connect failed: the failures above say why" if not rep.get("established") else
-               f"the server closed all {rep['established']:,} before it began: {_SERVER_LIMIT}")
+               f"the server closed all {rep['established']:,} before it began: {SERVER_LIMIT}")
         t.add_row("traffic", f"{tr['kind']}, {tr['model']}: not run - no connection was open when the traffic "
                   f"phase began ({why})")
         return [Text.assemble(("Traffic: ", "bold"), ("not run, no connection was open", "bold red")), t]
@@ -305,7 +239,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     lost_before = lost_before_traffic(tr, rep)
     if lost_before > 0:
         t.add_row("lost before", f"{lost_before:,} of {rep['established']:,} connections were closed by the server "
-                  f"before the traffic began: {_SERVER_LIMIT}")
+                  f"before the traffic began: {SERVER_LIMIT}")
     if tr["unanswered_at_end"] or tr["unsent_at_end"]:
         sampled = tr.get("unsent_in_latency", 0)
         lower = f"; {sampled:,} of those are in the latency at their age at the end (a lower bound)"

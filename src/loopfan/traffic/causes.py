@@ -1,0 +1,108 @@
+"""Traffic error causes: every name a run counts in the traffic block's "errors" (and a check
+names as traffic.errors.CAUSE), with its meaning and its fix - the traffic twin of engine/causes.py.
+
+Rules of this file: the one list. The protocol objects (traffic/http.py, ws.py, raw.py) and the
+client loop (engine/traffic_client.py) count a traffic error only under a name defined here: a named
+cause (MEANINGS), a member of an open family (FAMILIES: the part after the prefix comes from the
+server - a status, a close code) or an errno as engine.causes.cause_for names it. A test reads their
+source to hold them to it. Checks refuse any other name: one no run can count would make
+`traffic.errors.TYPO==0` a check that always passes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from loopfan.engine.causes import is_errno_cause
+
+SERVER_LIMIT = ("the server's own connection limit is the usual cause: nginx worker_connections / "
+                "worker_rlimit_nofile, or the server process's ulimit -n")
+
+MEANINGS: dict[str, tuple[str, str]] = {
+    "closed-by-peer": ("the server closed an idle keep-alive connection", SERVER_LIMIT),
+    "closed-awaiting-reply": ("the server closed the connection instead of answering (or it stopped)",
+                              "look at the server's error log and whether it is still running; " + SERVER_LIMIT),
+    "closed-mid-reply": ("the server closed the connection in the middle of a reply",
+                         "the server crashed or cut the reply short: look at its logs"),
+    "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one (the "
+                      "kernel accepted it, the server never served it)",
+                      "the server's accept loop is stuck - often at its open-file limit; " + SERVER_LIMIT),
+    "unexpected-reply": ("more replies arrived than messages were sent",
+                         "raw: --expect-length / --expect-end split one reply into several - make them "
+                         "match the whole reply; ws: the server sends messages of its own"),
+    "reply-incomplete": ("part of a reply arrived, the rest never did within --reply-timeout",
+                         "raw: check --expect-length / --expect-end / --expect-contains match what the "
+                         "server sends; otherwise the server stalls mid-reply"),
+    "reply-timeout": ("a reply did not complete within --reply-timeout", "a longer --reply-timeout, or a "
+                      "lower rate; check the server is not overloaded"),
+    "reply-mismatch": ("an echo reply differed from the message", "the server is not an echo server"),
+    "bad-reply": ("the server's bytes are not valid for the protocol (garbage)", "check the target speaks "
+                  "the protocol chosen with --traffic"),
+    "http-4xx": ("the server answered 4xx (client error)", "check the method, path and headers; a 403 on some "
+                 "source addresses means the server refuses those clients"),
+    "http-5xx": ("the server answered 5xx (server error)", "look at the server's error log"),
+    "http-connection-close": ("the server ended keep-alive (Connection: close)", "raise the server's "
+                              "keepalive_requests / keepalive_timeout"),
+    "ws-bad-handshake": ("the WebSocket opening handshake failed", "check the target is a WebSocket server"),
+    "ws-closed-in-handshake": ("the server closed the connection during the WebSocket handshake",
+                               "check the target is a WebSocket server; " + SERVER_LIMIT),
+    # Every connection's handshake starts at once, and they cost CPU at both ends (~0.2 ms each in
+    # wsproto): QA, 120,000 against the built-in server took 40 s on a busy 2-core host - 54,614 timed
+    # out at the default 10 s; with --reply-timeout 60s all were done and the run passed.
+    "ws-handshake-timeout": ("the WebSocket opening handshake got no answer within --reply-timeout (every "
+                             "connection's starts at once, before the clock)",
+                             "give the handshakes longer, e.g. --reply-timeout 60s (100,000 at once can take "
+                             "tens of seconds of CPU at both ends); else the server is overloaded or not "
+                             "listening for WebSocket"),
+    "ECONNRESET": ("the server reset the connection", SERVER_LIMIT),
+    "EPIPE": ("the connection was closed while sending", SERVER_LIMIT),
+}
+
+
+def explain(cause: str) -> tuple[str, str]:
+    if cause in MEANINGS:
+        return MEANINGS[cause]
+    if cause.startswith("ws-rejected-http-"):
+        status = cause.rsplit("-", 1)[1]
+        # A WebSocket server refuses a handshake it does not like with an HTTP status of its own: 401/403
+        # for missing credentials or a foreign Origin, 400 for a subprotocol or header it requires (the
+        # websockets library: "missing subprotocol"). Those speak WebSocket; the handshake lacks something.
+        if status in ("401", "403"):
+            return (f"the server refused the WebSocket handshake with HTTP {status}: it wants credentials, a "
+                    "cookie or another Origin", "send them in the handshake: --header 'Authorization: Bearer "
+                    "TOKEN' (or 'Cookie: ...', 'Origin: ...')")
+        if status == "400":
+            return ("the server refused the WebSocket handshake with HTTP 400: often a subprotocol or a header "
+                    "it requires", "offer the subprotocol it expects (--ws-subprotocol NAME, e.g. mqtt) and the "
+                    "headers it needs (--header 'Name: value'); check the ws:// URL's path")
+        return (f"the server answered the WebSocket handshake with a plain HTTP {status}: it does not speak "
+                "WebSocket at this URL", "check the ws:// URL's port and path")
+    if cause.startswith("ws-close-"):
+        code = cause.rsplit("-", 1)[1]
+        return (f"the server closed the WebSocket with code {code}", "look at the server's logs for the reason")
+    return ("an unexpected error", "please report it with the JSON report")
+
+
+# Open families: (the name's shape as people read it, the names it takes). HTTP errors are counted
+# by class, from the status line's three digits (h11 takes any, 100-999; 400 and up are errors);
+# a WebSocket close carries the server's close code (RFC 6455 7.4), a refused handshake its HTTP status.
+FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("http-4xx ... http-9xx", re.compile(r"http-[4-9]xx")),
+    ("ws-close-CODE", re.compile(r"ws-close-\d+")),
+    ("ws-rejected-http-STATUS", re.compile(r"ws-rejected-http-\d{3}")),
+)
+
+
+def is_traffic_cause(name: str) -> bool:
+    """Whether some run can count a traffic error under `name` (whether or not this one did)."""
+    return (name in MEANINGS or any(pattern.fullmatch(name) for _, pattern in FAMILIES)
+            # an errno, as cause_for(err, "send" / "recv") names it (EADDRNOTAVAIL: @connect)
+            or is_errno_cause(name) or name == "EADDRNOTAVAIL@connect")
+
+
+def known_traffic_causes() -> str:
+    """The names for people, one line: the named causes, the families' shapes, errno names."""
+    named = [c for c in MEANINGS if not is_errno_cause(c) and not any(p.fullmatch(c) for _, p in FAMILIES)]
+    return ", ".join([*named, *(shape for shape, _ in FAMILIES),
+                      "or any errno name (e.g. EHOSTUNREACH)"])
+

@@ -1,0 +1,98 @@
+"""traffic/causes.py: the one list of traffic error causes, and the code held to it.
+
+A check names a cause (traffic.errors.CAUSE) and is refused when no run can count it; that is only
+right while every name the client counts is on the list. The source test reads the places that
+count an error and checks each literal name against it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import loopfan
+from loopfan.traffic.causes import MEANINGS, explain, is_traffic_cause, known_traffic_causes
+
+SRC = Path(loopfan.__file__).parent
+# Where traffic errors get their names: the client loop and the protocol objects it asks.
+COUNTING = ["engine/traffic_client.py", "traffic/http.py", "traffic/ws.py", "traffic/raw.py"]
+# What an f-string's holes hold there: an HTTP status class digit, a close code, an HTTP status.
+HOLE_SAMPLES = ("4", "1011", "401")
+
+
+def _counted_names(tree: ast.AST) -> list[ast.expr]:
+    """The expressions a traffic error's name comes from: tally.error(NAME), _drop(conn, NAME),
+    codec.dead = NAME, `return NAME` in the *_cause helpers, and cause / cls = NAME."""
+    found: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "error" and node.args:
+                found.append(node.args[0])
+            elif node.func.attr == "_drop" and len(node.args) == 2:
+                found.append(node.args[1])
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if ((isinstance(target, ast.Attribute) and target.attr == "dead")
+                        or (isinstance(target, ast.Name) and target.id in ("cause", "cls"))):
+                    found.append(node.value)
+        elif isinstance(node, ast.FunctionDef) and node.name.endswith("_cause"):
+            found += [r.value for r in ast.walk(node) if isinstance(r, ast.Return) and r.value is not None]
+    return found
+
+
+def _literal_names(expr: ast.expr) -> list[str | list[str]]:
+    """The names an expression can give, where the source spells them: a string, or for an f-string
+    the names it gives with sample values in its holes. Variables and calls give none here."""
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return [expr.value] if expr.value else []  # ("": dropped without counting anything)
+    if isinstance(expr, ast.IfExp):
+        return [*_literal_names(expr.body), *_literal_names(expr.orelse)]
+    if isinstance(expr, ast.JoinedStr):
+        return [["".join(p.value if isinstance(p, ast.Constant) else sample for p in expr.values)
+                 for sample in HOLE_SAMPLES]]
+    return []
+
+
+def test_every_name_the_client_counts_is_a_known_cause() -> None:
+    names: list[str | list[str]] = []
+    for rel in COUNTING:
+        for expr in _counted_names(ast.parse((SRC / rel).read_text(encoding="utf-8"))):
+            names += _literal_names(expr)
+    flat = {n if isinstance(n, str) else n[0] for n in names}
+    # (the scan still finds the places: a refactor that hid them would make this test vacuous)
+    assert {"reply-timeout", "closed-by-peer", "reply-mismatch", "ws-handshake-timeout", "bad-reply"} <= flat
+    assert any(isinstance(n, list) and n[0].startswith("ws-close-") for n in names)
+    for name in names:
+        if isinstance(name, str):
+            assert is_traffic_cause(name), f"{name!r} is counted but not in traffic/causes.py"
+        else:  # an f-string: some sample fills it with a member of a family
+            assert any(is_traffic_cause(n) for n in name), f"{name} fits no family in traffic/causes.py"
+
+
+@pytest.mark.parametrize("name", [
+    *MEANINGS, "http-4xx", "http-5xx", "http-6xx", "ws-close-1000", "ws-close-4999", "ws-rejected-http-401",
+    "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "errno200", "EADDRNOTAVAIL@connect",
+])
+def test_known_causes(name: str) -> None:
+    assert is_traffic_cause(name)
+
+
+@pytest.mark.parametrize("name", [
+    "timout", "reply-timout", "http-503", "http-2xx", "http-3xx", "ws-close-", "ws-close-normal",
+    "ws-rejected-http-4011", "ws-rejected-401", "econnreset", "EADDRNOTAVAIL", "EADDRNOTAVAIL@bind",
+    "ws-handshake-ok", "worker-died", "",
+])
+def test_names_no_run_counts_as_a_traffic_error(name: str) -> None:
+    assert not is_traffic_cause(name)
+
+
+def test_every_named_cause_is_explained_and_listed() -> None:
+    listed = known_traffic_causes()
+    for name in MEANINGS:
+        assert explain(name) == MEANINGS[name]
+    for shape in ("reply-timeout", "http-4xx ... http-9xx", "ws-close-CODE", "ws-rejected-http-STATUS",
+                  "errno name"):
+        assert shape in listed
+    assert "\n" not in listed
