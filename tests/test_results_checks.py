@@ -165,6 +165,19 @@ def test_a_cause_that_did_not_occur_in_this_run_is_still_valid(expr: str) -> Non
     parse_check("traffic.statuses.ws-close-1011==0")  # (a hold-only report measures no statuses)
 
 
+def test_a_cause_that_says_where_it_happened_can_be_checked() -> None:
+    """failed.EADDRNOTAVAIL==0 is refused with 'did you mean failed.EADDRNOTAVAIL@connect?' - and
+    that name, the one the report counts, was then refused too: '@' was no character of a name."""
+    rep = fake_report([100] * 10, failed={"EADDRNOTAVAIL@connect": 3})
+    checks = [parse_check("failed.EADDRNOTAVAIL@connect==0"), parse_check("failed.EADDRNOTAVAIL@bind==0")]
+    assert [(c["actual"], c["passed"]) for c in run_checks(checks, rep)] == [(3, False), (0, True)]
+    [gate] = run_gates([parse_gate("failed.EADDRNOTAVAIL@connect:0")], fake_report([100] * 10), rep)
+    assert (gate["baseline"], gate["actual"], gate["passed"]) == (0, 3, False)
+    parse_check("traffic.errors.EADDRNOTAVAIL@connect==0")  # (cause_for names it so after a send or recv too)
+    with pytest.raises(UsageError, match=re.escape("did you mean failed.EADDRNOTAVAIL@connect?")):
+        parse_check("failed.EADDRNOTAVAIL@conect==0")
+
+
 @pytest.mark.parametrize("expr, fragment", [
     ("latency.p99:+abc%", "'abc%' is not a percentage; write e.g. 10%"),
     ("latency.p99:+%", "is not a percentage"),

@@ -469,9 +469,10 @@ def _example(metric: Metric) -> str:
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
 }
-# Metric names hold dashes: failed.closed-by-peer, traffic.statuses.http-5xx.
-_NAME = re.compile(r"^\s*[A-Za-z_][\w.%-]*")
-_CHECK = re.compile(r"^\s*([A-Za-z_][\w.%-]*)\s*(<=|>=|==|!=|<|>|=)\s*(.+?)\s*$")
+# Metric names hold dashes (failed.closed-by-peer, traffic.statuses.http-5xx) and an @
+# (failed.EADDRNOTAVAIL@connect: the cause says where it happened).
+_NAME = re.compile(r"^\s*[A-Za-z_][\w.%@-]*")
+_CHECK = re.compile(r"^\s*([A-Za-z_][\w.%@-]*)\s*(<=|>=|==|!=|<|>|=)\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +532,7 @@ def run_checks(checks: list[Check], rep: dict[str, Any]) -> list[dict[str, Any]]
 
 
 # -- gates (a baseline and a new run) ------------------------------------------------------------
-_GATE = re.compile(r"^\s*([A-Za-z_][\w.%-]*)\s*:\s*([+-]?)\s*(.+?)\s*$")
+_GATE = re.compile(r"^\s*([A-Za-z_][\w.%@-]*)\s*:\s*([+-]?)\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
