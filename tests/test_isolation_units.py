@@ -232,6 +232,22 @@ def test_advice_picks_the_program() -> None:
 # --- registry -----------------------------------------------------------------------------------
 
 
+def test_the_registry_follows_loopfan_runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$LOOPFAN_RUNTIME_DIR gives a private registry - tags and --isolate reservations beside them -
+    as the test suite uses (as root the default is the host's /run/loopfan, shared with real tags)."""
+    from loopfan.isolation import registry
+
+    monkeypatch.setenv("LOOPFAN_RUNTIME_DIR", str(tmp_path / "run"))
+    assert registry.registry_dir() == tmp_path / "run" / "tags"
+    assert registry.reservations_dir() == tmp_path / "run" / "reserved"
+    path = registry.reserve(["127.0.0.77"], "loopfan run --isolate 1")
+    assert path.parent == tmp_path / "run" / "reserved"
+    assert [r.addresses for r in registry.active_reservations()] == [("127.0.0.77",)]
+    registry.remove_record(path)
+    monkeypatch.delenv("LOOPFAN_RUNTIME_DIR")
+    assert registry.registry_dir() != tmp_path / "run" / "tags"
+
+
 def test_proc_net_addresses_and_free_pick() -> None:
     text = (
         "  sl  local_address rem_address   st\n"

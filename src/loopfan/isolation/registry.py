@@ -37,7 +37,12 @@ class TagRecord:
 
 
 def registry_dir() -> Path:
-    """/run/loopfan/tags for root, else the per-user runtime directory (or a per-user temp one)."""
+    """$LOOPFAN_RUNTIME_DIR/tags when set; else /run/loopfan/tags for root, else the per-user
+    runtime directory (or a per-user temp one). The variable is for a private registry (a test
+    suite, a sandbox): loopfan processes see each other's tags only when they share the directory."""
+    explicit = os.environ.get("LOOPFAN_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit) / "tags"
     if os.geteuid() == 0 and os.access("/run", os.W_OK):
         return Path("/run/loopfan/tags")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
