@@ -6,8 +6,10 @@ import functools
 import multiprocessing
 import os
 import random
+import shutil
 import socket
 import struct
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +21,10 @@ import pytest
 from hypothesis import settings
 
 import loopfan.commands.run as run_command
+from loopfan import sysctl
+from loopfan.errors import HostError
 from loopfan.hostfacts import HostFacts, raise_nofile_soft_limit
+from loopfan.isolation import cgroup, registry
 from loopfan.pools import parse_pool
 
 # CI runs the property tests derandomized: the same examples every run, so a red CI is a real
@@ -29,6 +34,85 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+# --- The suite leaves no state on the machine -----------------------------------------------------
+#
+# loopfan keeps state in real places: doctor's undo record in /var/lib/loopfan, the tag and
+# --isolate registry in /run/loopfan (as root), a user's records under ~/.local/state/loopfan. A
+# test that reached one of them (an empty /var/lib/loopfan once appeared after a full run) changes
+# the host, and with the registry even meets real tags and other runs. So the whole session, and
+# every process it starts (they inherit os.environ), gets private ones - LOOPFAN_STATE_DIR and
+# LOOPFAN_RUNTIME_DIR, set before any test module is imported - and at the end a real location
+# that did not exist before the session and exists now fails the run, named. Nothing that existed
+# before is touched; the private directories are removed. Tag cgroups (loopfan.tag.PID.LABEL) are
+# host state too: one new since the start whose loopfan is gone, still there after the watchdogs'
+# grace, fails the run the same way (a live owner may be a real tag of someone else's).
+
+_PRIVATE_ENV = ("LOOPFAN_STATE_DIR", "LOOPFAN_RUNTIME_DIR")
+
+
+def real_state_locations() -> list[Path]:
+    """Where loopfan would keep state with this environment, and the places named in its history."""
+    home = Path.home()
+    return sorted({
+        sysctl.SYSTEM_STATE_DIR, sysctl.undo_dir(), sysctl.state_dir(), home / ".local" / "state" / "loopfan",
+        Path("/run/loopfan"), registry.registry_dir().parent, Path(tempfile.gettempdir()) / f"loopfan-{os.geteuid()}",
+        home / ".loopfan", home / ".cache" / "loopfan",
+    })
+
+
+def tag_cgroups() -> set[Path]:
+    """loopfan's tag cgroups at the top of the cgroup2 tree it would use (none without cgroup2)."""
+    try:
+        return {p for p in cgroup.find_cgroup2_root().iterdir() if cgroup.owner_of(p.name) is not None}
+    except (OSError, HostError):
+        return set()
+
+
+def _orphaned_tag_cgroups(before: set[Path]) -> list[Path]:
+    def orphans() -> list[Path]:
+        return sorted(p for p in tag_cgroups() - before if not cgroup.pid_alive(cgroup.owner_of(p.name) or 0))
+
+    deadline = time.monotonic() + LEAK_GRACE_S  # a killed loopfan's watchdog removes its group by then
+    while (found := orphans()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+_state_guard: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _state_guard["absent"] = [p for p in real_state_locations() if not os.path.lexists(p)]
+    _state_guard["cgroups"] = tag_cgroups()
+    private = Path(tempfile.mkdtemp(prefix="loopfan-tests-"))
+    _state_guard["private"] = private
+    os.environ["LOOPFAN_STATE_DIR"] = str(private / "state")
+    os.environ["LOOPFAN_RUNTIME_DIR"] = str(private / "run")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    private = _state_guard.pop("private", None)
+    if private is not None:
+        shutil.rmtree(private, ignore_errors=True)
+    created = [p for p in _state_guard.get("absent", []) if os.path.lexists(p)]
+    created += _orphaned_tag_cgroups(_state_guard.get("cgroups", set()))
+    _state_guard["created"] = created
+    if created:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    created = _state_guard.get("created")
+    if created:
+        terminalreporter.write_sep("=", "the suite left state on this machine", red=True, bold=True)
+        for path in created:
+            terminalreporter.write_line(f"created {path} (absent when the session started): a test or a process "
+                                        "it started wrote real state (or another loopfan on this host did, "
+                                        "meanwhile) - give it a private directory "
+                                        f"({' / '.join(_PRIVATE_ENV)}, or a fixture), then remove {path}", red=True)
 
 # The development/CI machine as HostFacts: 20,000 fds not raisable, 24 GiB, the default sysctls.
 DEV_MACHINE = HostFacts(

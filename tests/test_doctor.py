@@ -454,3 +454,19 @@ def test_an_undo_record_that_cannot_be_written_is_said(proc_sys: Path, host_stat
 def _doctor_json(capsys: pytest.CaptureFixture[str]) -> str:
     main(["doctor", "-c", "1000", "--json"])
     return capsys.readouterr().out
+
+
+def test_the_suite_and_the_processes_it_starts_keep_state_in_private_directories() -> None:
+    """tests/conftest.py: no test reaches /var/lib/loopfan or /run/loopfan unless it says so - an
+    empty /var/lib/loopfan once appeared after a full run - and a subprocess inherits that."""
+    import subprocess
+    import sys
+
+    from loopfan.isolation import registry
+
+    assert sysctl.undo_dir() != sysctl.SYSTEM_STATE_DIR and sysctl.state_dir() == sysctl.undo_dir()
+    assert not registry.registry_dir().is_relative_to("/run/loopfan")
+    code = "from loopfan import sysctl; from loopfan.isolation import registry; " \
+           "print(sysctl.undo_dir()); print(registry.registry_dir())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.split() == [str(sysctl.undo_dir()), str(registry.registry_dir())]
