@@ -6,6 +6,7 @@ import h11
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from wsproto.events import CloseConnection
 
 from loopfan.engine.traffic_client import hdr_round
 from loopfan.traffic.config import EXPECT_CONTAINS, EXPECT_ECHO, EXPECT_END, EXPECT_LENGTH, escape, unescape
@@ -165,6 +166,35 @@ def test_websocket_round_trip_ping_and_close() -> None:
         for _ in range(3):
             assert c.feed(s.feed(c.message())) == 1
         assert tally.statuses == {"ws-handshake-ok": 1}
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xff\xff\xff garbage",  # a reserved opcode
+    b"\x81\x02\xff\xfe",  # a text frame that is not UTF-8
+    b"HTTP/1.1 200 OK\r\n\r\n",  # an HTTP head where frames should be
+])
+@pytest.mark.parametrize("fast", [True, False])
+def test_garbage_from_the_server_is_a_bad_reply_not_its_close(garbage: bytes, fast: bool) -> None:
+    """QA: a server that sent garbage after the handshake was reported as "the server closed the
+    WebSocket with code 1002": wsproto's own verdict on the bytes (it closes with 1002/1007 itself)
+    arrives as a CloseConnection too. It is the server's garbage (bad-reply); the close frame that
+    answers it is still sent, as RFC 6455 7.1.7 asks."""
+    tally = Tally()
+    c = WsClient("127.0.0.1:9", "/", b"hi", "text", tally)
+    s = WsEchoServer()
+    assert c.feed(s.feed(c.opening())) == 0 and c.ready
+    c.fast = fast  # (both paths: the fast one hands unusual frames to wsproto)
+    assert c.feed(s.feed(c.message())) == 1
+    assert c.feed(garbage) == 0
+    assert c.dead == "bad-reply" and tally.statuses == {"ws-handshake-ok": 1}
+    assert c.out[:1] == b"\x88"  # our close frame, to be sent
+    # A close the server sends is still the server's, counted by its code.
+    tally = Tally()
+    c = WsClient("127.0.0.1:9", "/", b"hi", "text", tally)
+    s = WsEchoServer()
+    c.feed(s.feed(c.opening()))
+    c.feed(s.ws.send(CloseConnection(code=1011)))
+    assert c.dead == "ws-close-1011" and tally.statuses == {"ws-handshake-ok": 1, "ws-close-1011": 1}
 
 
 def test_websocket_rejected_by_plain_http() -> None:

@@ -21,6 +21,7 @@ import contextlib
 import os
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -282,10 +283,18 @@ class WsClient:
                     return done
                 elif isinstance(ev, CloseConnection):
                     code = ev.code
-                    self.tally.status(f"ws-close-{int(code)}")
+                    # wsproto reports two things as CloseConnection: the server's close frame (its
+                    # state moves to REMOTE_CLOSING, or CLOSED after ours), and its own verdict on
+                    # bytes that are not WebSocket (a reserved opcode, bad UTF-8: 1002, 1007...),
+                    # which leaves the state alone. The second is the server's garbage, not its
+                    # close: counted as bad-reply, as for HTTP (QA: "the server closed the
+                    # WebSocket with code 1002" sent users to logs that had nothing to say).
+                    closed_by_server = ws.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED)
+                    if closed_by_server:
+                        self.tally.status(f"ws-close-{int(code)}")
                     with contextlib.suppress(LocalProtocolError):  # already closing: nothing to say
-                        self.out += ws.send(ev.response())
-                    self.dead = f"ws-close-{int(code)}"
+                        self.out += ws.send(ev.response())  # (our close with wsproto's code: RFC 6455 7.1.7)
+                    self.dead = f"ws-close-{int(code)}" if closed_by_server else "bad-reply"
                     return done
         except RemoteProtocolError:
             self.dead = "bad-reply" if self.ready else "ws-bad-handshake"
