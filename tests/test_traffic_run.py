@@ -8,6 +8,9 @@ Every run is small and short; every server a test starts is stopped by pid in a 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +90,30 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
     while (h := reader.get_next_interval_histogram()) is not None:
         total += h.get_total_count()
     assert total == tr["samples"] > 0
+
+
+HDR_JAR = "/usr/share/java/hdrhistogram.jar"  # Debian's libhdrhistogram-java: HdrHistogram's reference code
+
+
+@pytest.mark.skipif(not os.path.exists(HDR_JAR) or shutil.which("java") is None,
+                    reason="HdrHistogram's Java tools are not installed (apt-get install libhdrhistogram-java)")
+def test_the_hdr_log_opens_in_hdrhistograms_own_java_tools(builtin_listen: tuple[str, int], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """hdrh (the Python port) reading back what it helped write proves little on its own: the
+    reference implementation's HistogramLogProcessor - what HistogramLogAnalyzer and the plotting
+    tools are built on - must read the --hdr-log too, and find every sample and the same max."""
+    log = tmp_path / "lat.hlog"
+    status, rep, text = run_json(tmp_path, capsys, "-c", "100", "--traffic", "echo", "--duration", "1s",
+                                 "--warmup", "0.2s", "--hdr-log", str(log))
+    assert status == 0, text
+    tr = rep["traffic"]
+    done = subprocess.run(["java", "-cp", HDR_JAR, "org.HdrHistogram.HistogramLogProcessor", "-i", str(log),
+                           "-outputValueUnitRatio", "1000"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"#\[Max\s*=\s*([\d.]+), Total count\s*=\s*(\d+)\]", done.stdout)
+    assert found, done.stdout[-2000:]
+    assert int(found.group(2)) == tr["samples"] > 0
+    assert float(found.group(1)) == pytest.approx(tr["latency_ms"]["max"], abs=0.001)  # (ms: us / 1000)
 
 
 @pytest.mark.parametrize(("mode", "requests"), [("echo", 1), ("http", 3), ("http", 200)])
