@@ -277,6 +277,24 @@ def serve(c, nth):
                 c.sendall(b"\x16\x03\x01 this is not the protocol you asked for\r\n\r\n")
             elif how == "halfclose":
                 c.sendall(data[: len(data) // 2]); c.close(); return
+            elif how == "http-halfbody":  # a response cut off in its body, then a close
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"); c.close(); return
+            elif how in ("ws-garbage", "ws-halfframe"):
+                # A clean WebSocket handshake, then the first message answered with bytes that are
+                # no frame (a reserved opcode), or with half a frame and a close.
+                if not head.startswith(b"done"):
+                    key = re.search(rb"Sec-WebSocket-Key: *(\S+)\r\n", head, re.I)
+                    if key and head.endswith(b"\r\n\r\n"):
+                        head = b"done"
+                        magic = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+                        accept = base64.b64encode(hashlib.sha1(key.group(1) + magic).digest())
+                        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                  b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                    continue
+                if how == "ws-garbage":
+                    c.sendall(b"\xff\xff\xff this is not a frame")
+                else:
+                    c.sendall(b"\x81\x7e\x01\x00" + b"a" * 10); c.close(); return
             elif how == "http":
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             elif how in ("http-turns", "echo-turns"):
@@ -421,6 +439,10 @@ def bad_server(loopback_block: Block) -> Iterator[Callable[[str], str]]:
     ("garbage", ["--traffic", "echo"], "reply-mismatch"),
     ("halfclose", ["--traffic", "echo"], "closed-mid-reply"),
     ("http", ["--traffic", "ws"], "ws-rejected-http-200"),
+    ("http-halfbody", ["--traffic", "http"], "closed-mid-reply"),
+    # (garbage after a WebSocket handshake: wsproto closes with 1002 itself - not the server's close)
+    ("ws-garbage", ["--traffic", "ws"], "bad-reply"),
+    ("ws-halfframe", ["--traffic", "ws"], "closed-mid-reply"),
 ])
 def test_misbehaving_server_is_counted(bad_server: Callable[[str], str], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str], how: str, argv: list[str],
