@@ -40,12 +40,25 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60
     return Timed(r.stdout + r.stderr, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
 
 
+# This checkout's source tree: what "loopfan" in a benchmark's output means.
+CHECKOUT_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def run_env(src: str | None, environ: dict[str, str]) -> dict[str, str]:
+    """The environment of a `loopfan run`: PYTHONPATH is `src` when given (the tree to compare
+    with), else the one the caller set, else this checkout's src/. Without that last default a
+    `python -m loopfan` child imports whatever loopfan is installed - an editable install of
+    another clone measured the other clone's code under this checkout's name."""
+    env = dict(environ)
+    env["PYTHONPATH"] = src or environ.get("PYTHONPATH") or CHECKOUT_SRC
+    return env
+
+
 def loopfan_run(args: list[str], src: str | None = None) -> tuple[dict[str, Any], Timed]:
-    """`python -m loopfan run ARGS -q --json ...` from this checkout, or from the source tree `src`
-    (another checkout's src/ folder, for side-by-side runs of two versions)."""
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src
+    """`python -m loopfan run ARGS -q --json ...` from this checkout (or the PYTHONPATH the caller
+    set), or from the source tree `src` (another checkout's src/ folder, for side-by-side runs of
+    two versions)."""
+    env = run_env(src, dict(os.environ))
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r.json")
         t = timed([sys.executable, "-m", "loopfan", "run", *args, "-q", "--json", out], env=env)
