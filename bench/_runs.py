@@ -9,6 +9,7 @@ VM: CPU per message moves little when the host steals time, messages per second 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import resource
@@ -44,6 +45,9 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60
 CHECKOUT_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
+_WARNED: set[str] = set()  # trees already said to lack the C module
+
+
 def run_env(src: str | None, environ: dict[str, str]) -> dict[str, str]:
     """The environment of a `loopfan run`: PYTHONPATH is `src` when given (the tree to compare
     with), else the one the caller set, else this checkout's src/. Without that last default a
@@ -59,6 +63,11 @@ def loopfan_run(args: list[str], src: str | None = None) -> tuple[dict[str, Any]
     set), or from the source tree `src` (another checkout's src/ folder, for side-by-side runs of
     two versions)."""
     env = run_env(src, dict(os.environ))
+    tree = env["PYTHONPATH"].split(os.pathsep)[0]
+    if tree not in _WARNED and not glob.glob(os.path.join(tree, "loopfan", "engine", "_quick*.so")):
+        _WARNED.add(tree)  # (the report does not say which loops ran: say it here, once per tree)
+        print(f"note: {tree} has no built C module (python3 setup.py build_ext --inplace): "
+              "its runs measure the Python loops", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r.json")
         t = timed([sys.executable, "-m", "loopfan", "run", *args, "-q", "--json", out], env=env)
