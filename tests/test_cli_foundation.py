@@ -88,7 +88,7 @@ BAD_INPUT = [
     (["plan"], "--connections"),
     (["plan", "-c", "50", "127.0.0.x:80"], "not an IPv4 address"),
     (["plan", "-c", "50", "127.0.0.1"], "has no port"),
-    (["plan", "-c", "50", "https://127.0.0.1/"], "does not speak TLS"),
+    (["plan", "-c", "50", "ftp://127.0.0.1/"], "unknown scheme"),
     (["plan", "-c", "50", "--sources", "127.0.0.1/40"], "not a valid CIDR"),
     (["plan", "-c", "50", "--bogus"], "No such option"),
     (["plan", "-c", "50", "--fill-ratio", "2"], "fill-ratio"),

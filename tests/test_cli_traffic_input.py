@@ -20,7 +20,7 @@ import pytest
 
 import loopfan.commands.run as run_command
 from loopfan.cli import main
-from loopfan.commands.traffic_opts import TRAFFIC_PARAMS, flag, split_url_targets
+from loopfan.commands.traffic_opts import TRAFFIC_PARAMS, flag, parse_url_targets, split_url_targets
 from loopfan.traffic.config import EXPECT_ECHO, EXPECT_END, EXPECT_NONE, TrafficConfig
 from loopfan.traffic.report import report_traffic, traffic_renderables
 from loopfan.traffic.results import TrafficTotals
@@ -365,3 +365,49 @@ def test_interrupted_while_connecting_says_the_traffic_never_began() -> None:
     text = _rendered(_interrupted_report(TrafficTotals(), 0.0))
     assert "Traffic: interrupted before the traffic began" in text and "nothing measured" in text
     assert "no errors" not in text
+
+
+# --- 6. TLS: https:// and wss:// ----------------------------------------------------------------
+
+
+def test_tls_urls_are_http_and_ws_in_tls_with_the_urls_host_for_the_certificate(
+        reached: Callable[..., run_command.RunOptions], tmp_path: Path) -> None:
+    assert parse_url_targets(("https://127.0.0.1/x",)) == (("127.0.0.1:443",), "http", "/x", "")
+    assert parse_url_targets(("wss://[::1]:9443/",)) == (("[::1]:9443",), "ws", "/", "")
+    assert parse_url_targets(("https://localhost:8443-8444/",)) == (("127.0.0.1:8443-8444",), "http", "/", "localhost")
+    assert parse_url_targets(("http://127.0.0.1:80/",))[3] is None
+    tc = reached("https://127.0.0.1:18443/", "--insecure").config.traffic
+    assert tc is not None and (tc.kind, tc.tls, tc.tls_verify, tc.tls_cafile, tc.tls_server_name) == (
+        "http", True, False, None, "")
+    pem = tmp_path / "ca.pem"
+    pytest.importorskip("trustme").CA().cert_pem.write_to_path(str(pem))
+    tc = reached("wss://localhost:9443/chat", "--cacert", str(pem), "--header", "Host: example.test").config.traffic
+    # A Host header changes the request, not the name the certificate is checked for (nor SNI).
+    assert tc is not None and (tc.kind, tc.tls_verify, tc.tls_cafile, tc.tls_server_name, tc.path) == (
+        "ws", True, str(pem), "localhost", "/chat")
+    plain = reached("http://127.0.0.1:18080/").config.traffic
+    assert plain is not None and not plain.tls
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (("https://127.0.0.1:18443/", "--cacert", "/nonexistent/ca.pem"),
+     "cannot read --cacert /nonexistent/ca.pem: No such file or directory; give the PEM file of the CA"),
+    (("https://127.0.0.1:18443/", "--cacert", __file__), f"--cacert {__file__} holds no PEM certificate (NO_CERT"),
+    (("https://127.0.0.1:18443/", "--cacert", __file__, "--insecure"), "not both"),
+    (("http://127.0.0.1:18080/", "--insecure"), "--insecure applies to TLS (an https:// or wss:// TARGET); drop"),
+    (("--traffic", "echo", "--cacert", "x.pem"), "--cacert applies to TLS"),
+    (("--cacert", "x.pem"), "--cacert applies to TLS"),
+    (("https://127.0.0.1:18443/", "http://127.0.0.2:18443/"), "one scheme"),
+    (("https://127.0.0.1:18443/", "https://localhost:18444/"), "name one host"),
+    (("--traffic", "ws", "https://127.0.0.1:18443/"), "does not match"),
+    (("ftp://127.0.0.1/",), "unknown scheme 'ftp'"),
+])
+def test_tls_input_is_refused_in_one_line(refused: Callable[..., str], argv: tuple[str, ...], needle: str) -> None:
+    assert needle in refused(*argv)
+
+
+def test_tls_options_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--cacert FILE" in text and "--insecure" in text and "https://127.0.0.1:8443/" in text
+

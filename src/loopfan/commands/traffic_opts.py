@@ -7,13 +7,16 @@ built-in server when a TARGET is given, any of them without traffic - is refused
 silently: options with a default take None here, so "given" is "not None", and the defaults are
 applied in the builder. URL targets (http://127.0.0.1:8080/path, ws://127.0.0.1:9000/, with ranges
 as in plain targets) become ADDRESS:PORT text for the usual endpoint parser (which applies the
-loopback rules) plus the scheme and the path.
+loopback rules) plus the scheme and the path; https:// and wss:// are the same in TLS, with the URL's
+host name kept for SNI and the certificate check.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -36,6 +39,7 @@ from loopfan.traffic.config import (
     unescape,
 )
 from loopfan.traffic.http import request_template
+from loopfan.traffic.tls import client_context
 from loopfan.traffic.ws import HANDSHAKE_OWN, opening_request
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,8 +51,11 @@ DEFAULT_DURATION_S = 10.0
 DEFAULT_REPLY_TIMEOUT_S = 10.0
 DEFAULT_RESPONSE_BYTES = 128
 TRAFFIC_CHOICES = ("echo", "raw", "http", "ws")
-_SCHEMES = {"http": "http", "ws": "ws"}
-_DEFAULT_PORT = {"http": 80, "ws": 80}
+# URL scheme -> the traffic kind it means; https and wss are the same in TLS.
+_SCHEMES = {"http": "http", "ws": "ws", "https": "http", "wss": "ws"}
+_TLS_SCHEMES = ("https", "wss")
+_DEFAULT_PORT = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+_ADDRESS_HOST = re.compile(r"\[.*\]|[0-9.-]+")  # an address or a range of them (not a name)
 _PORTS = re.compile(r"\d+(-\d+)?")  # a URL's port: one, or a range as in plain targets
 # The built-in server mode that answers each traffic kind (with no TARGET).
 SERVER_MODE_FOR = {"echo": "echo", "raw": "echo", "http": "http", "ws": "ws"}
@@ -70,7 +77,7 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--traffic", "traffic", type=click.Choice(TRAFFIC_CHOICES), default=None,
                  help="Talk over the connections once open: echo (raw TCP, the reply equals the message), "
                  "raw (raw TCP, see --expect-*), http (HTTP/1.1 keep-alive), ws (WebSocket). "
-                 "Implied by an http:// or ws:// TARGET."),
+                 "Implied by an http://, https://, ws:// or wss:// TARGET."),
     click.option("--message", "message", metavar="TEXT", default=None,
                  help=r"The message (escapes: \n \r \t \0 \e \\ \xNN; http: the body, if no --body). "
                  "Default: 64 bytes."),
@@ -111,6 +118,12 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                  f"default {DEFAULT_REPLY_TIMEOUT_S:g}s)."),
     click.option("--hdr-log", default=None, metavar="FILE",
                  help="Write latency interval histograms in the HdrHistogram log format (microseconds)."),
+    click.option("--cacert", "cacert", metavar="FILE", default=None,
+                 help="https:// and wss://: trust the CA certificate(s) in this PEM file instead of the system's "
+                 "(e.g. a test CA)."),
+    click.option("--insecure", "insecure", is_flag=True,
+                 help="https:// and wss://: do not verify the server's certificate (the traffic is still "
+                 "encrypted; nothing says who the server is)."),
     click.option("--response-size", type=click.IntRange(min=0), default=None, metavar="BYTES",
                  help="The built-in server's response body size in mode http (with no TARGET; default "
                  f"{DEFAULT_RESPONSE_BYTES})."),
@@ -118,7 +131,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
 
 TRAFFIC_PARAMS = ("traffic", "message", "message_file", "expect_length", "expect_end", "expect_contains",
                   "method", "headers", "body", "pipeline", "ws_binary", "ws_ping", "subprotocols", "message_rate",
-                  "total_rate", "duration", "warmup", "reply_timeout", "hdr_log", "response_size")
+                  "total_rate", "duration", "warmup", "reply_timeout", "hdr_log", "cacert", "insecure",
+                  "response_size")
 # The option each parameter comes from, where click's name for it is not the option's.
 _FLAGS = {"total_rate": "--rate", "headers": "--header", "subprotocols": "--ws-subprotocol"}
 # What applies where. Every traffic option but --response-size (the built-in server's) needs traffic.
@@ -156,20 +170,30 @@ def traffic_options(f: F) -> F:
 
 
 def split_url_targets(targets: tuple[str, ...]) -> tuple[tuple[str, ...], str | None, str | None]:
-    """(ADDRESS:PORT texts, scheme or None, path or None) from TARGETs that may be URLs."""
+    """(ADDRESS:PORT texts, traffic kind (http or ws) or None, path or None) from TARGETs that may be URLs."""
+    plain, kind, path, _ = parse_url_targets(targets)
+    return plain, kind, path
+
+
+def parse_url_targets(
+    targets: tuple[str, ...]
+) -> tuple[tuple[str, ...], str | None, str | None, str | None]:
+    """split_url_targets' three, plus TLS: None for plain text (or no URL), else the name for SNI
+    and the certificate check - the URL's host name, or "" when the URL gives an address (or a
+    range): then each connection's peer address is checked, against the certificate's IP SANs."""
     plain: list[str] = []
     schemes: set[str] = set()
     paths: set[str] = set()
+    names: set[str] = set()
     for text in targets:
         if "://" not in text:
             plain.append(text)
             continue
         u = urlsplit(text)
         scheme = u.scheme.lower()
-        if scheme in ("https", "wss"):
-            raise UsageError(f"{text}: loopfan does not speak TLS; use http:// or ws://")
         if scheme not in _SCHEMES:
-            raise UsageError(f"{text}: unknown scheme {u.scheme!r}; use http://ADDRESS:PORT/path or ws://...")
+            raise UsageError(f"{text}: unknown scheme {u.scheme!r}; use http://ADDRESS:PORT/path, https://, ws:// "
+                             "or wss://")
         netloc = u.netloc
         if not netloc:
             raise UsageError(f"{text}: no address; write e.g. {scheme}://127.0.0.1:8080/")
@@ -187,14 +211,20 @@ def split_url_targets(targets: tuple[str, ...]) -> tuple[tuple[str, ...], str | 
         elif not _PORTS.fullmatch(port):
             raise UsageError(f"{text}: the port {port} is not a number or a range; write e.g. "
                              f"{scheme}://127.0.0.1:8080/ or {scheme}://127.0.0.1:8080-8083/")
+        names.add("" if _ADDRESS_HOST.fullmatch(host) else host.lower())
         if host.lower() == "localhost":
             host = "127.0.0.1"
         plain.append(f"{host}:{port}")
-        schemes.add(_SCHEMES[scheme])
+        schemes.add(scheme)
         paths.add((u.path or "/") + (f"?{u.query}" if u.query else ""))
     if len(schemes) > 1 or len(paths) > 1:
         raise UsageError("all URL targets must share one scheme and one path; run them separately")
-    return tuple(plain), next(iter(schemes), None), next(iter(paths), None)
+    if len(names) > 1:
+        raise UsageError("all https:// / wss:// targets must name one host (it is the name the certificate is "
+                         "checked for); run them separately")
+    scheme_given = next(iter(schemes), None)
+    tls = next(iter(names)) if scheme_given in _TLS_SCHEMES else None
+    return (tuple(plain), _SCHEMES[scheme_given] if scheme_given else None, next(iter(paths), None), tls)
 
 
 def _credentials_refused(text: str, scheme: str, netloc: str) -> str:
@@ -203,7 +233,7 @@ def _credentials_refused(text: str, scheme: str, netloc: str) -> str:
     userinfo = netloc.rpartition("@")[0]
     url = text.replace(f"{userinfo}@", "", 1)
     fix = "remove them"
-    if scheme == "http":
+    if scheme in ("http", "https"):
         fix += " and, for HTTP Basic auth, add --header 'Authorization: Basic BASE64(user:password)'"
     return f"{url}: credentials in the URL (user:password@) are not supported; {fix}"
 
@@ -271,7 +301,8 @@ def _seconds(kw: dict[str, Any], name: str, default: float) -> float:
 
 def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw: Any) -> TrafficConfig | None:
     """The run's TrafficConfig from the traffic options (None: no traffic, hold only)."""
-    _, scheme, path = split_url_targets(targets)
+    _, scheme, path, tls_name = parse_url_targets(targets)
+    tls_opts = _tls_options(tls_name, kw)
     kind_opt: str | None = kw.get("traffic")
     if kind_opt is None and scheme is None:
         given = [name for name in _NEEDS_TRAFFIC if _given(kw, name)]
@@ -307,6 +338,7 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
         "reply_timeout_s": _seconds(kw, "reply_timeout", DEFAULT_REPLY_TIMEOUT_S),
         "hdr_log": kw.get("hdr_log"),
         "pipeline": kw.get("pipeline") or DEFAULT_PIPELINE,
+        **tls_opts,
     }
     if common["duration_s"] <= 0:
         raise UsageError("--duration must be more than 0 with traffic; write e.g. --duration 10s")
@@ -361,6 +393,31 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
     _check_ws_handshake(path or "/", headers, subprotocols)
     return TrafficConfig(kind="ws", message=msg, path=path or "/", ws_opcode=opcode, headers=headers,
                          subprotocols=subprotocols, **common)
+
+
+def _tls_options(tls_name: str | None, kw: dict[str, Any]) -> dict[str, Any]:
+    """TrafficConfig's TLS fields, from an https:// / wss:// TARGET (tls_name not None) and
+    --cacert / --insecure, which apply to nothing else. The CA file is read here, once, so a missing
+    or unreadable one is a usage error rather than a failure in every worker."""
+    cafile, insecure = kw.get("cacert"), bool(kw.get("insecure"))
+    if tls_name is None:
+        for name in ("cacert", "insecure"):
+            if _given(kw, name):
+                raise UsageError(f"{flag(name)} applies to TLS (an https:// or wss:// TARGET); drop {flag(name)}")
+        return {}
+    if cafile is not None and insecure:
+        raise UsageError("give --cacert (trust this CA) or --insecure (verify nothing), not both")
+    if cafile is not None:
+        cafile = os.path.abspath(cafile)  # (the workers read it)
+        try:
+            client_context(cafile, True)
+        except ssl.SSLError as exc:  # (an OSError too: first)
+            raise UsageError(f"--cacert {kw['cacert']} holds no PEM certificate ({exc.reason or exc}); give the CA "
+                             "certificate in PEM (-----BEGIN CERTIFICATE-----)") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read --cacert {kw['cacert']}: {exc.strerror or exc}; give the PEM file of "
+                             "the CA that signed the server's certificate") from None
+    return {"tls": True, "tls_server_name": tls_name, "tls_cafile": cafile, "tls_verify": not insecure}
 
 
 def _check_ws_handshake(path: str, headers: tuple[tuple[str, str], ...], subprotocols: tuple[str, ...]) -> None:

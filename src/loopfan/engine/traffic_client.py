@@ -31,6 +31,7 @@ from loopfan.traffic.raw import RawReplies
 from loopfan.traffic.results import subtract
 from loopfan.traffic.schedule import OpenSchedule, unsent_ages
 from loopfan.traffic.tally import Tally
+from loopfan.traffic.tls import TlsClient, TlsFacts, client_context
 from loopfan.traffic.ws import WsClient, opening_request
 
 try:  # the quick path in C (setup.py builds it when a compiler is present); else the same in Python
@@ -192,7 +193,13 @@ class TrafficClientWorker(ClientWorker):
         self.reopened = 0
         self.reopening_at_end = 0  # still connecting when the traffic ended (closed then)
         self._by_idx: list[Conn | None] = []
-        self.handshakes_waiting = 0  # WebSocket opening handshakes under way (before the traffic starts)
+        # TLS: one context for the worker's connections (loading the CAs costs milliseconds), made at
+        # the first connection; what the first handshake agreed goes in the report.
+        self._tls_context: Any = None
+        self.tls_facts = TlsFacts()
+        # Connections set up by an opening handshake (TLS, WebSocket, or both) before they talk.
+        self.handshaking = traffic.kind == "ws" or traffic.tls
+        self.handshakes_waiting = 0  # opening handshakes under way (before the traffic starts)
         self.handshakes_unfinished = 0  # ... and still under way at an interrupt: those connections never talked
         self.interrupted = False  # the run was stopped during the traffic phase: no drain
         self.warmup_replies = 0
@@ -238,6 +245,7 @@ class TrafficClientWorker(ClientWorker):
             "talking_at_start": self.talking_at_start,
             "handshakes_waiting": self.handshakes_waiting,
             "handshakes_unfinished": self.handshakes_unfinished,
+            "tls": self.tls_facts.as_dict(),
             "interrupted": self.interrupted,
             "warmup_replies": self.warmup_replies,
             "errors": _minus(self.tally.errors, self.warmup_errors),
@@ -282,6 +290,16 @@ class TrafficClientWorker(ClientWorker):
         self._interval_start = now
 
     def _codec(self, peer: tuple[str, int]) -> Any:
+        """The protocol state of a new connection to `peer`, in TLS for https:// and wss://."""
+        inner = self._plain_codec(peer)
+        tc = self.traffic
+        if not tc.tls:
+            return inner
+        if self._tls_context is None:
+            self._tls_context = client_context(tc.tls_cafile, tc.tls_verify)
+        return TlsClient(inner, self._tls_context, tc.tls_server_name or peer[0], self.tally, self.tls_facts)
+
+    def _plain_codec(self, peer: tuple[str, int]) -> Any:
         """The protocol state of a new connection to `peer`: the Host header and the WebSocket
         handshake name the endpoint each connection actually reached (a TARGET may be several)."""
         tc = self.traffic
@@ -486,7 +504,7 @@ class TrafficClientWorker(ClientWorker):
         ep = self.epoll
         perf = time.perf_counter
         self.phase = "traffic"
-        if tc.kind == "ws":
+        if self.handshaking:
             # Said at once, before the connections are set up and the requests go out: at 120,000
             # connections that took a worker of 17,000 8 s, and until its first report the live view
             # had the connect loop's (no handshake waiting): "0 messages/s", then "done" counts that fell.
@@ -512,7 +530,7 @@ class TrafficClientWorker(ClientWorker):
             by_idx[c.idx] = c
 
         self.talking_at_start = len(conns)
-        if tc.kind == "ws":
+        if self.handshaking:
             self._handshakes(tc.reply_timeout_s)
             self.handshakes_waiting = 0
             # Interrupted in the handshakes: only the connections whose handshake was done talked.
@@ -671,8 +689,9 @@ class TrafficClientWorker(ClientWorker):
                         self.read_control()
                     elif fd in self.reopening:
                         fresh = self._reopened(fd, now)
-                        if fresh is not None and tc.kind == "ws":
-                            # Its messages start when the handshake completes (the branch below).
+                        if fresh is not None and self.handshaking:
+                            # Its messages start when the handshake completes (the branch below);
+                            # a TLS connection makes its TLS handshake again, from the start.
                             fresh.opened = perf()
                             self._write(fresh, fresh.codec.opening())
                         elif fresh is not None and now < end:
@@ -800,7 +819,7 @@ class TrafficClientWorker(ClientWorker):
                         elif c.next_due:
                             send_due(c, c.next_due, t)
                 elif not raw and codec.ready and not c.started and not starts:
-                    # The WebSocket handshake just completed: start this connection's messages.
+                    # The opening handshake (WebSocket, TLS) just completed: start this connection's messages.
                     # (Not a reply: a slot is kept for replies to messages, not for handshakes.)
                     c.started = True
                     if t >= end:
@@ -879,8 +898,9 @@ class TrafficClientWorker(ClientWorker):
             self.tally.status(status, n)
 
     def _handshakes(self, timeout_s: float) -> None:
-        """Every WebSocket opening handshake, before the clock starts: they are connection set-up,
-        not traffic. A connection whose handshake fails or times out is counted and closed."""
+        """Every opening handshake (TLS, then WebSocket), before the clock starts: they are
+        connection set-up, not traffic. A connection whose handshake fails or times out is counted
+        and closed."""
         perf = time.perf_counter
         conns = self.conns
         for c in list(conns.values()):
@@ -906,7 +926,7 @@ class TrafficClientWorker(ClientWorker):
                     waiting.discard(fd)
                     continue
                 if not data:
-                    self._drop(c, "ws-closed-in-handshake")
+                    self._drop(c, c.codec.closed_in_handshake)
                     waiting.discard(fd)
                     continue
                 if len(data) == _READ or ev & _ENDING:
@@ -931,12 +951,13 @@ class TrafficClientWorker(ClientWorker):
         for fd in waiting:
             late = conns.get(fd)
             if late is not None:
-                self._drop(late, "ws-handshake-timeout")
+                self._drop(late, late.codec.handshake_timeout)
 
     def close_all(self) -> None:
         # WebSocket: say goodbye (close code 1000) before the TCP close, so the server sees a normal
         # closing handshake rather than a dropped connection.
-        if self.traffic.kind == "ws":
+        # TLS: the close_notify alert follows (HTTP over TLS sends only that).
+        if self.traffic.kind == "ws" or self.traffic.tls:
             for c in self.conns.values():
                 if c.codec.ready and c.codec.dead is None:
                     with contextlib.suppress(OSError):
@@ -969,7 +990,7 @@ class TrafficClientWorker(ClientWorker):
         late = [c for c in self.conns.values() if (c.starts and now - c.starts[0] > timeout_s)
                 or (not c.codec.ready and now - (c.opened or self._phase_start) > timeout_s)]
         for c in late:
-            self._drop(c, "ws-handshake-timeout" if not c.codec.ready else _late_cause(c))
+            self._drop(c, c.codec.handshake_timeout if not c.codec.ready else _late_cause(c))
 
     def _count_unsent(self, parked: list[float], end: float, warm_end: float,
                       hl: dict[int, int]) -> None:

@@ -54,6 +54,21 @@ MEANINGS: dict[str, tuple[str, str]] = {
                              "give the handshakes longer, e.g. --reply-timeout 60s (100,000 at once can take "
                              "tens of seconds of CPU at both ends); else the server is overloaded or not "
                              "listening for WebSocket"),
+    "tls-cert-verify-failed": ("the server's TLS certificate was not trusted: not signed by a trusted CA, "
+                               "or not for the URL's host (an address URL is checked against the "
+                               "certificate's IP addresses)",
+                               "trust the CA that signed it with --cacert FILE (PEM), or skip the check "
+                               "with --insecure (then nothing is verified)"),
+    "tls-handshake-failed": ("the TLS handshake failed: the server sent an alert or closed, or does not "
+                             "speak TLS on this port",
+                             "check the port serves TLS (an http:// server answers https:// with garbage) "
+                             "and the server's error log (protocol versions, ciphers, SNI)"),
+    "tls-handshake-timeout": ("the TLS handshake got no answer within --reply-timeout (every connection's "
+                              "starts at once, before the clock)",
+                              "give the handshakes longer, e.g. --reply-timeout 60s (each costs CPU at both "
+                              "ends); else the server is overloaded or not listening for TLS"),
+    "tls-error": ("the server's bytes are not valid TLS records after the handshake",
+                  "look at the server's error log; a proxy in between may corrupt the stream"),
     "ECONNRESET": ("the server reset the connection", SERVER_LIMIT),
     "EPIPE": ("the connection was closed while sending", SERVER_LIMIT),
 }

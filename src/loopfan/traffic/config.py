@@ -48,6 +48,13 @@ class TrafficConfig:
     # WebSocket (its opening handshake takes `headers` too)
     ws_opcode: str = "text"  # text | binary | ping
     subprotocols: tuple[str, ...] = ()  # offered in Sec-WebSocket-Protocol, in this order
+    # TLS (https://, wss://): each connection's TLS handshake comes first. The name sent as SNI and
+    # verified is the URL's host name; "" (the URL gave an address): each connection's peer address,
+    # checked against the certificate's IP SANs. cafile: trust only this PEM's CAs (None: the system's).
+    tls: bool = False
+    tls_server_name: str = ""
+    tls_cafile: str | None = None
+    tls_verify: bool = True
     # Pacing: 0 = closed loop (next message when the reply arrives); > 0 = open model, latency from
     # the scheduled send time.
     rate_per_conn_s: float = 0.0

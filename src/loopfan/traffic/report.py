@@ -17,9 +17,24 @@ from loopfan.traffic.results import TrafficTotals, percentiles_ms
 from loopfan.wording import traffic_nouns
 
 
+def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: str) -> dict[str, Any]:
+    """The traffic block's "tls": what the first handshake agreed, and what was trusted."""
+    out: dict[str, Any] = {
+        "version": t.tls.get("version"),  # (None: no handshake completed)
+        "cipher": t.tls.get("cipher"),
+        "verified": verify,
+        "trusted": ("nothing checked (--insecure)" if not verify else f"--cacert {cafile}" if cafile
+                    else "the system's CAs"),
+        "server_name": server_name or "each connection's address (checked against the certificate's IP SANs)",
+    }
+    if t.tls.get("verify_error"):
+        out["first_verify_error"] = t.tls["verify_error"]
+    return out
+
+
 def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
                     hdr_log: str | None, awaits_reply: bool = True,
-                    rate_per_conn_s: float = 0.0) -> dict[str, Any] | None:
+                    rate_per_conn_s: float = 0.0, tls: dict[str, Any] | None = None) -> dict[str, Any] | None:
     if t is None:
         return None
     window = t.window_s
@@ -70,6 +85,7 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         # Interrupted in the WebSocket handshakes: connections that never got to talk (not lost).
         "ws_handshakes_interrupted": t.handshakes_unfinished,
         "hdr_log": hdr_log,
+        **({"tls": tls} if tls is not None else {}),
     }
 
 
@@ -204,6 +220,12 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
               + f", in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
               f"({tr['replies_in_window']:,} {answers} and {tr.get('sent_in_window', tr['sent']):,} {sent} sent "
               "in the window)")
+    tls = tr.get("tls")
+    if tls:
+        agreed = f"{tls['version']} {tls['cipher']}" if tls.get("version") else "no handshake completed"
+        t.add_row("tls", f"{agreed}; certificate " + (f"checked against {tls['trusted']}" if tls["verified"]
+                                                         else "NOT verified (--insecure)")
+                  + (f"; first failure: {tls['first_verify_error']}" if tls.get("first_verify_error") else ""))
     t.add_row("latency", _pct_line(tr["latency_ms"]))
     t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
     note = closed_loop_reading(tr, pipeline_of(rep))
@@ -294,8 +316,11 @@ def report_traffic(result: Any) -> dict[str, Any] | None:
     tc = result.config.traffic
     if tc is None:
         return None
+    tls = None
+    if tc.tls and result.traffic is not None:
+        tls = tls_block(result.traffic, tc.tls_verify, tc.tls_cafile, tc.tls_server_name)
     return traffic_section(result.traffic, tc.label, tc.open_model, tc.warmup_s, tc.hdr_log, tc.awaits_reply,
-                           tc.rate_per_conn_s)
+                           tc.rate_per_conn_s, tls)
 
 
 def end_reason(tr: dict[str, Any]) -> str:

@@ -60,6 +60,9 @@ class TrafficTotals:
     handshakes_waiting: int = 0  # WebSocket opening handshakes under way (before the traffic starts)
     handshakes_unfinished: int = 0  # ... still under way at an interrupt (those connections never talked)
     interrupted: bool = False  # some worker's traffic was cut short by an interrupt (no drain)
+    # TLS: what the first worker to complete a handshake agreed (version, cipher), and the first
+    # certificate verification failure's words; empty without TLS.
+    tls: dict[str, str] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     errors_by_source: dict[str, int] = field(default_factory=dict)
@@ -93,6 +96,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
             setattr(t, name, getattr(t, name) + int(s.get(name, 0)))
         t.window_s = max(t.window_s, float(s.get("window_s", 0.0)))
         t.interrupted = t.interrupted or bool(s.get("interrupted"))
+        for k, v in (s.get("tls") or {}).items():
+            t.tls.setdefault(k, str(v))
         _add(t.errors, s.get("errors", {}))
         _add(t.statuses, s.get("statuses", {}))
         _add(t.errors_by_source, s.get("errors_by_source", {}))

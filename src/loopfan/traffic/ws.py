@@ -177,6 +177,9 @@ class WsClient:
                  "payload", "ready", "request", "seen", "tally", "want_pong", "ws")
 
     repeat = b""  # no two messages are the same bytes (a fresh masking key each): call message()
+    # The causes when the opening handshake does not complete: no answer in time, the server closed.
+    handshake_timeout = "ws-handshake-timeout"
+    closed_in_handshake = "ws-closed-in-handshake"
 
     def __init__(self, host: str, path: str, message: bytes, opcode: str, tally: Tally,
                  request: Request | None = None) -> None:
