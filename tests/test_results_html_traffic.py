@@ -131,6 +131,15 @@ def traffic_page(traffic_report: dict[str, Any]) -> str:
     return render(traffic_report)
 
 
+def test_tls_is_said_on_the_page(traffic_report: dict[str, Any], traffic_page: str) -> None:
+    assert "TLS" not in section(traffic_page, TRAFFIC_SECTION[0])  # (plain text: not a word of it)
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"]["tls"] = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "verified": False,
+                             "trusted": "nothing checked (--insecure)", "server_name": "localhost"}
+    assert "TLSv1.3 TLS_AES_256_GCM_SHA384; certificate NOT verified (--insecure)" in section(
+        render(rep), TRAFFIC_SECTION[0])
+
+
 def test_traffic_section_comes_after_connect_latency(traffic_page: str) -> None:
     ids = section_ids(traffic_page)
     assert ids == [sid for sid, _ in SECTIONS[:4]] + [TRAFFIC_SECTION[0]] + [sid for sid, _ in SECTIONS[4:]]

@@ -211,6 +211,7 @@ def test_a_gate_gives_latency_one_meaning_for_both_reports() -> None:
     ("traffic.unsent", True), ("traffic.replies", False), ("traffic.sent", False), ("traffic.samples", False),
     ("traffic.talking.start", False), ("traffic.talking.end", False), ("latency.p99", True),
     ("traffic.statuses.ws-subprotocol-mqtt", False), ("traffic.statuses.ws-subprotocol-none", True),
+    ("traffic.statuses.tls-handshake-ok", False), ("traffic.errors.tls-cert-verify-failed", True),
 ])
 def test_directions(name: str, lower_is_better: bool) -> None:
     assert metric_for(name).lower_is_better is lower_is_better

@@ -1,5 +1,6 @@
 """Traffic against real servers on loopback: nginx (HTTP keep-alive, 20K connections in the slow
-test) and an independent WebSocket echo server built on the `websockets` library.
+test) and an independent WebSocket echo server built on the `websockets` library; both also in TLS,
+with a test CA and a certificate for the server's address made by `trustme`.
 
 Each server is started by the test in a private temp dir on a free loopback port, bounded in time,
 and stopped by its pid in a fixture's finally. nginx tests skip (with the reason) when nginx is
@@ -26,6 +27,7 @@ from conftest import free_port
 
 import loopfan.commands.run as run_command
 from loopfan.cli import main
+from loopfan.results.schema import report_problems
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 Block = Callable[[], str]
@@ -51,7 +53,8 @@ http {{
     keepalive_requests {keepalive};
     keepalive_timeout 300s;
     server {{
-        listen {address}:{port} reuseport backlog=65535;
+        listen {address}:{port}{ssl} reuseport backlog=65535;
+        {certificate}
         location / {{ {deny} return 200 "hello from nginx\\n"; }}
     }}
 }}
@@ -87,7 +90,8 @@ def nginx(tmp_path: Path, loopback_block: Block) -> Iterator[Callable[..., str]]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(workers: int = 4, nofile: int = 20_000, conns: int = 19_000, deny: str = "",
-              keepalive: int = 10_000_000) -> str:
+              keepalive: int = 10_000_000, tls: Any = None) -> str:
+        """nginx's URL; with `tls` (a trustme.CA) it serves https with a certificate for its address."""
         assert NGINX is not None
         d = tmp_path / f"nginx{len(procs)}"
         d.mkdir()
@@ -95,13 +99,19 @@ def nginx(tmp_path: Path, loopback_block: Block) -> Iterator[Callable[..., str]]
         port = free_port(address)
         conf = d / "nginx.conf"
         refuse = f'if ($remote_addr = "{deny}") {{ return 403; }}' if deny else ""
+        certificate = ""
+        if tls is not None:
+            pem = d / "server.pem"
+            tls.issue_cert(address).private_key_and_cert_chain_pem.write_to_path(str(pem))
+            certificate = f"ssl_certificate {pem}; ssl_certificate_key {pem};"
         conf.write_text(NGINX_CONF.format(workers=workers, nofile=nofile, conns=conns, dir=d, address=address,
-                                          port=port, deny=refuse, keepalive=keepalive))
+                                          port=port, deny=refuse, keepalive=keepalive,
+                                          ssl=" ssl" if tls is not None else "", certificate=certificate))
         proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(proc)
         _wait_listening(address, port, proc, "nginx")
-        return f"http://{address}:{port}/"
+        return f"{'https' if tls is not None else 'http'}://{address}:{port}/"
 
     try:
         yield start
@@ -334,3 +344,112 @@ def test_websocket_handshake_headers_and_subprotocol(ws_gated_server: str, tmp_p
                                  "--header", "Authorization: Bearer t0k", "--header", "Origin: http://app")
     assert status == 1 and rep["traffic"]["errors"] == {"ws-rejected-http-400": 40}, rep["traffic"]["errors"]
     assert "--ws-subprotocol NAME" in rep["traffic"]["error_causes"][0]["fix"]
+
+
+# --- TLS: https:// and wss:// ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path) -> tuple[Any, str]:
+    """(a trustme CA, its certificate's PEM file for --cacert)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    pem = tmp_path / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    return ca, str(pem)
+
+
+@needs_nginx
+def test_nginx_over_tls(nginx: Callable[..., str], test_ca: tuple[Any, str], tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    ca, pem = test_ca
+    url = nginx(workers=2, tls=ca)
+    status, rep, text = run_json(tmp_path, capsys, "-c", "300", url, "--cacert", pem, "--duration", "1s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0, tr["error_causes"]
+    assert tr["statuses"] == {"http-2xx": tr["replies"], "tls-handshake-ok": 300} and tr["replies"] > 300
+    assert tr["sent"] == tr["replies"] and tr["unanswered_at_end"] == 0
+    tls = tr["tls"]
+    assert tls["version"].startswith("TLSv1.") and tls["cipher"] and tls["verified"] is True
+    assert tls["trusted"] == f"--cacert {pem}" and "first_verify_error" not in tls
+    assert report_problems(rep) == []
+    # The terminal says it too (the page: test_results_html_traffic).
+    assert f"{tls['version']} {tls['cipher']}; certificate checked against --cacert" in " ".join(text.split())
+
+
+@needs_nginx
+def test_nginx_over_tls_with_a_certificate_not_trusted(nginx: Callable[..., str], test_ca: tuple[Any, str],
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca, _ = test_ca
+    url = nginx(workers=1, tls=ca)
+    # The system's CAs do not know the test CA: every handshake fails, counted by cause with the fix.
+    status, rep, text = run_json(tmp_path, capsys, "-c", "50", url, "--duration", "0.5s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {"tls-cert-verify-failed": 50}, tr["errors"]
+    fix = tr["error_causes"][0]["fix"]
+    assert "--cacert FILE" in fix and "--insecure" in fix
+    assert tr["tls"]["version"] is None and "certificate" in tr["tls"]["first_verify_error"]
+    assert report_problems(rep) == []
+    # --insecure: nothing verified, the traffic runs (and the report says it was not verified).
+    status, rep, text = run_json(tmp_path, capsys, "-c", "50", url, "--duration", "0.5s", "--insecure")
+    assert status == 0, text
+    assert rep["traffic"]["errors_total"] == 0 and rep["traffic"]["tls"]["verified"] is False
+    assert "NOT verified (--insecure)" in text
+
+
+@needs_nginx
+def test_tls_connections_the_server_closes_handshake_again(nginx: Callable[..., str], test_ca: tuple[Any, str],
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca, pem = test_ca
+    url = nginx(workers=2, keepalive=10, tls=ca)  # (the bounds of the plain-text test above)
+    status, rep, text = run_json(tmp_path, capsys, "-c", "50", url, "--cacert", pem, "--duration", "1s")
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0, tr["error_causes"]
+    closes = tr["statuses"]["http-connection-close"]
+    assert tr["replies"] > 50 * 10 and tr["connections_reopened"] >= closes - 50 > 0
+    # Every reopened connection made its TLS handshake again (those reopened just before the end
+    # may not have finished it).
+    handshakes = tr["statuses"]["tls-handshake-ok"]
+    assert 50 + tr["connections_reopened"] - 50 <= handshakes <= 50 + tr["connections_reopened"]
+    assert tr["connections_talking_at_end"] == 50
+
+
+WSS_SERVER = r"""
+import asyncio, ssl, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3])
+    async with serve(echo, sys.argv[1], int(sys.argv[2]), ssl=ctx, max_queue=None, compression=None,
+                     backlog=4096):
+        print("ready", flush=True)
+        await asyncio.sleep(120)  # bounded even if the test forgets it
+asyncio.run(main())
+"""
+
+
+def test_wss_against_the_websockets_library(loopback_block: Block, test_ca: tuple[Any, str], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    ca, pem = test_ca
+    address = f"{loopback_block()}1"
+    server_pem = tmp_path / "wss-server.pem"
+    ca.issue_cert(address).private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    server = _ws_server(lambda: address[:-1], str(server_pem), script=WSS_SERVER, quiet=True)
+    url = next(server).replace("ws://", "wss://")
+    try:
+        status, rep, text = run_json(tmp_path, capsys, "-c", "300", url, "--cacert", pem, "--duration", "1s",
+                                     "--reply-timeout", "15s")
+    finally:
+        server.close()
+    assert status == 0, text
+    tr = rep["traffic"]
+    assert tr["errors_total"] == 0, tr["error_causes"]
+    assert tr["statuses"]["ws-handshake-ok"] == 300 and tr["statuses"]["tls-handshake-ok"] == 300
+    assert tr["replies"] > 300 and tr["sent"] == tr["replies"] and tr["unanswered_at_end"] == 0
+    assert tr["tls"]["version"].startswith("TLSv1.") and report_problems(rep) == []

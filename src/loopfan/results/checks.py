@@ -68,7 +68,7 @@ _TRAFFIC_LATENCY_KEYS = (*_PCTS, "max", "mean")
 _ALIAS_KEYS = _TRAFFIC_LATENCY_KEYS
 # Statuses that are successes: more of them is better. Every other status (http-4xx, http-5xx,
 # ws-close-CODE, 1xx/3xx) is worse when it rises.
-_GOOD_STATUSES = ("http-2xx", "ws-handshake-ok")
+_GOOD_STATUSES = ("http-2xx", "ws-handshake-ok", "tls-handshake-ok")
 
 # A run's phases in order, as duration_s names them (engine/runner.py): one list for the metrics
 # a check may name and the values a report gives them.
@@ -168,8 +168,8 @@ def _refuse_unknown_member(name: str, key: str) -> None:
                          f"{known_traffic_causes()}")
     if key.startswith("traffic.statuses.") and not _STATUS.fullmatch(key[17:]):
         raise UsageError(f"unknown status in {name!r}; statuses are http-1xx ... http-5xx, "
-                         "http-connection-close, ws-handshake-ok, ws-close-CODE (e.g. ws-close-1011) and "
-                         "ws-subprotocol-NAME (or -none)")
+                         "http-connection-close, ws-handshake-ok, tls-handshake-ok, ws-close-CODE (e.g. "
+                         "ws-close-1011) and ws-subprotocol-NAME (or -none)")
 
 
 def _nearest(name: str, known: list[str]) -> str | None:
@@ -192,7 +192,7 @@ def _traffic_cause_hint(cause: str) -> str | None:
     return _nearest(cause, [*MEANINGS, *ERRNO_CAUSES])
 
 
-_STATUS = re.compile(r"http-[1-5]xx|http-connection-close|ws-handshake-ok|ws-close-\d+"
+_STATUS = re.compile(r"http-[1-5]xx|http-connection-close|ws-handshake-ok|tls-handshake-ok|ws-close-\d+"
                      r"|ws-subprotocol-[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # (a subprotocol is an HTTP token)
 
 

@@ -26,6 +26,7 @@ from loopfan.traffic.report import (
     lost_before_traffic,
     nothing_to_talk_over,
     pipeline_of,
+    tls_line,
 )
 from loopfan.wording import counted, traffic_nouns
 
@@ -401,6 +402,8 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
         talking += (f"; {tr['ws_handshakes_interrupted']:,} were still in their WebSocket handshake at the "
                     "interrupt")
     facts.append(["connections talking", _e(talking)])
+    if tr.get("tls"):
+        facts.append(["tls", _e(tls_line(tr["tls"]))])
     return facts
 
 

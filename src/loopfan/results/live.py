@@ -260,7 +260,7 @@ class ProgressSink:
 
 
 def _handshakes(p: Progress) -> str:
-    """WebSocket opening handshakes under way: the messages (and the clock) start once they are done."""
+    """Opening handshakes (TLS, WebSocket) under way: the messages (and the clock) start once they are done."""
     return (f"handshakes {max(0, p.client.open - p.handshakes_waiting):,}/{p.client.open:,} done, "
             "messages start after them")
 

@@ -32,6 +32,14 @@ def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: s
     return out
 
 
+def tls_line(tls: dict[str, Any]) -> str:
+    """The traffic block's "tls" in one line (the terminal and the page say the same)."""
+    agreed = f"{tls['version']} {tls['cipher']}" if tls.get("version") else "no handshake completed"
+    trust = f"checked against {tls.get('trusted')}" if tls.get("verified") else "NOT verified (--insecure)"
+    failed = f"; first failure: {tls['first_verify_error']}" if tls.get("first_verify_error") else ""
+    return f"{agreed}; certificate {trust}{failed}"
+
+
 def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
                     hdr_log: str | None, awaits_reply: bool = True,
                     rate_per_conn_s: float = 0.0, tls: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -220,12 +228,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
               + f", in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
               f"({tr['replies_in_window']:,} {answers} and {tr.get('sent_in_window', tr['sent']):,} {sent} sent "
               "in the window)")
-    tls = tr.get("tls")
-    if tls:
-        agreed = f"{tls['version']} {tls['cipher']}" if tls.get("version") else "no handshake completed"
-        t.add_row("tls", f"{agreed}; certificate " + (f"checked against {tls['trusted']}" if tls["verified"]
-                                                         else "NOT verified (--insecure)")
-                  + (f"; first failure: {tls['first_verify_error']}" if tls.get("first_verify_error") else ""))
+    if tr.get("tls"):
+        t.add_row("tls", tls_line(tr["tls"]))
     t.add_row("latency", _pct_line(tr["latency_ms"]))
     t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
     note = closed_loop_reading(tr, pipeline_of(rep))
