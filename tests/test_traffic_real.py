@@ -453,3 +453,20 @@ def test_wss_against_the_websockets_library(loopback_block: Block, test_ca: tupl
     assert tr["statuses"]["ws-handshake-ok"] == 300 and tr["statuses"]["tls-handshake-ok"] == 300
     assert tr["replies"] > 300 and tr["sent"] == tr["replies"] and tr["unanswered_at_end"] == 0
     assert tr["tls"]["version"].startswith("TLSv1.") and report_problems(rep) == []
+
+
+def test_a_tls_handshake_with_no_answer_times_out(loopback_block: Block, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # A listener that never accepts: the kernel completes the TCP handshakes, nobody reads the
+    # ClientHello. Counted as tls-handshake-timeout after --reply-timeout, with its fix.
+    address = f"{loopback_block()}1"
+    with socket.socket() as listener:
+        listener.bind((address, 0))
+        listener.listen(64)
+        url = f"https://{address}:{listener.getsockname()[1]}/"
+        status, rep, text = run_json(tmp_path, capsys, "-c", "20", url, "--insecure", "--duration", "0.5s",
+                                     "--reply-timeout", "0.5s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {"tls-handshake-timeout": 20}, tr["errors"]
+    assert "--reply-timeout" in tr["error_causes"][0]["fix"] and tr["tls"]["version"] is None
