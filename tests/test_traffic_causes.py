@@ -17,14 +17,15 @@ from loopfan.traffic.causes import MEANINGS, explain, is_traffic_cause, known_tr
 
 SRC = Path(loopfan.__file__).parent
 # Where traffic errors get their names: the client loop and the protocol objects it asks.
-COUNTING = ["engine/traffic_client.py", "traffic/http.py", "traffic/ws.py", "traffic/raw.py"]
+COUNTING = ["engine/traffic_client.py", "traffic/http.py", "traffic/ws.py", "traffic/raw.py", "traffic/tls.py"]
 # What an f-string's holes hold there: an HTTP status class digit, a close code, an HTTP status.
 HOLE_SAMPLES = ("4", "1011", "401")
 
 
 def _counted_names(tree: ast.AST) -> list[ast.expr]:
     """The expressions a traffic error's name comes from: tally.error(NAME), _drop(conn, NAME),
-    codec.dead = NAME, `return NAME` in the *_cause helpers, and cause / cls = NAME."""
+    codec.dead = NAME, `return NAME` in the *_cause helpers, cause / cls = NAME, and the names a
+    handshaking codec gives its failures (handshake_timeout / closed_in_handshake = NAME)."""
     found: list[ast.expr] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -35,20 +36,31 @@ def _counted_names(tree: ast.AST) -> list[ast.expr]:
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 if ((isinstance(target, ast.Attribute) and target.attr == "dead")
-                        or (isinstance(target, ast.Name) and target.id in ("cause", "cls"))):
+                        or (isinstance(target, ast.Name)
+                            and target.id in ("cause", "cls", "handshake_timeout", "closed_in_handshake"))):
                     found.append(node.value)
         elif isinstance(node, ast.FunctionDef) and node.name.endswith("_cause"):
             found += [r.value for r in ast.walk(node) if isinstance(r, ast.Return) and r.value is not None]
     return found
 
 
-def _literal_names(expr: ast.expr) -> list[str | list[str]]:
-    """The names an expression can give, where the source spells them: a string, or for an f-string
-    the names it gives with sample values in its holes. Variables and calls give none here."""
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """A module's string constants (TLS_ERROR = "tls-error"): names counted through them count too."""
+    return {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            for t in node.targets if isinstance(t, ast.Name) and t.id.isupper()}
+
+
+def _literal_names(expr: ast.expr, constants: dict[str, str] | None = None) -> list[str | list[str]]:
+    """The names an expression can give, where the source spells them: a string (or a module
+    constant holding one), or for an f-string the names it gives with sample values in its holes.
+    Other variables and calls give none here."""
+    if isinstance(expr, ast.Name) and constants and expr.id in constants:
+        return [constants[expr.id]]
     if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
         return [expr.value] if expr.value else []  # ("": dropped without counting anything)
     if isinstance(expr, ast.IfExp):
-        return [*_literal_names(expr.body), *_literal_names(expr.orelse)]
+        return [*_literal_names(expr.body, constants), *_literal_names(expr.orelse, constants)]
     if isinstance(expr, ast.JoinedStr):
         return [["".join(p.value if isinstance(p, ast.Constant) else sample for p in expr.values)
                  for sample in HOLE_SAMPLES]]
@@ -58,11 +70,13 @@ def _literal_names(expr: ast.expr) -> list[str | list[str]]:
 def test_every_name_the_client_counts_is_a_known_cause() -> None:
     names: list[str | list[str]] = []
     for rel in COUNTING:
-        for expr in _counted_names(ast.parse((SRC / rel).read_text(encoding="utf-8"))):
-            names += _literal_names(expr)
+        tree = ast.parse((SRC / rel).read_text(encoding="utf-8"))
+        for expr in _counted_names(tree):
+            names += _literal_names(expr, _constants(tree))
     flat = {n if isinstance(n, str) else n[0] for n in names}
     # (the scan still finds the places: a refactor that hid them would make this test vacuous)
-    assert {"reply-timeout", "closed-by-peer", "reply-mismatch", "ws-handshake-timeout", "bad-reply"} <= flat
+    assert {"reply-timeout", "closed-by-peer", "reply-mismatch", "ws-handshake-timeout", "bad-reply",
+            "tls-error", "tls-cert-verify-failed"} <= flat
     assert any(isinstance(n, list) and n[0].startswith("ws-close-") for n in names)
     for name in names:
         if isinstance(name, str):
