@@ -687,3 +687,25 @@ def test_the_builtin_capture_failing_to_write_keeps_what_it_wrote(tmp_path: Path
         builtin.stop()
     other.close()
     assert str(died.value) == "the built-in capture stopped while capturing on lo: No space left on device"
+
+
+def test_a_write_failure_ends_the_message_with_its_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fix comes last, after where the packets are - saved in FILE or kept in the partial file."""
+    from loopfan.isolation.capture import BackendDied, CaptureFailed
+    from loopfan.isolation.writewatch import WRITE_FIX
+
+    class _Unsaved:
+        name = "tcpdump"
+
+        def stop(self) -> int | None:
+            raise BackendDied("tcpdump could not write x: no space left", fix=WRITE_FIX)
+
+    session, _ = _session_with(_Unsaved(), tmp_path / "c.pcapng", packets=2)
+    with pytest.raises(CaptureFailed) as saved:
+        session.stop([Target("127.0.0.5", "client")])
+    assert str(saved.value).endswith(f"saved in {tmp_path / 'c.pcapng'}; {WRITE_FIX}")
+    session, tmp = _session_with(_Unsaved(), tmp_path / "d.pcapng", packets=2)
+    _disk_full(monkeypatch)
+    with pytest.raises(CaptureFailed) as kept:
+        session.stop([Target("127.0.0.5", "client")])
+    assert str(kept.value).endswith(f"are in {tmp} (plain pcap: open it as it is); {WRITE_FIX}")

@@ -46,6 +46,17 @@ from loopfan.isolation.pcapng import (
     read_pcap,
     write_pcapng,
 )
+from loopfan.isolation.writewatch import (
+    WRITE_FIX,
+    CountCheck,
+    captured_count,
+    is_count_reply,
+    is_write_error,
+    packets_unsaved,
+    signal_caught,
+    unsaved_cause,
+    unsaved_message,
+)
 from loopfan.wireshark import addresses_filter
 from loopfan.wording import counted as counted_noun
 
@@ -218,7 +229,13 @@ def classic_filter(addresses: Sequence[str], snaplen: int = SNAPLEN) -> bytes:
 
 
 class BackendDied(HostError):
-    """The capture tool stopped by itself while capturing: what it wrote so far is still worth keeping."""
+    """The capture tool stopped by itself while capturing (or could no longer write and was
+    stopped): what it wrote so far is still worth keeping. `fix`, when known, ends the message the
+    session builds, after where the packets are."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class CaptureFailed(HostError):
@@ -267,7 +284,7 @@ class _External(_Backend):
     """tcpdump or dumpcap, started in its own session (the terminal's Ctrl-C is ours to relay)."""
 
     def __init__(self, argv: list[str], ready_marker: str, flush_s: float, out: Path,
-                 count: int | None = None) -> None:
+                 count: int | None = None, *, watch_writes: bool = False) -> None:
         self.argv = argv
         self._out = out
         self._started_ns = time.time_ns()
@@ -280,12 +297,30 @@ class _External(_Backend):
         self._ready = threading.Event()
         self._started_ok = False
         self._drainer: threading.Thread | None = None
+        # tcpdump goes on capturing when it can no longer write (see writewatch.py): a watcher
+        # thread asks it for its count while the file stands still, and stops it if it lost packets.
+        self._watch_writes = watch_writes
+        self._watcher: threading.Thread | None = None
+        self._watch_stop = threading.Event()
+        self._captured: int | None = None  # its last count of packets handed to the file
+        self._replies = 0  # answers to SIGUSR1 seen
+        self._replied = threading.Condition()
+        self._still_check: CountCheck | None = None  # the first answer since the file last grew
+        self._write_failure: str | None = None
 
     def _drain(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for raw in self._proc.stderr:
             for part in raw.decode(errors="replace").split("\r"):  # (dumpcap's counter: see _STATISTICS)
                 line = _COUNTER.sub("", part.strip())
+                captured = captured_count(line)
+                if captured is not None:
+                    self._captured = captured
+                if is_count_reply(line):  # asked for by the watcher: not something it said
+                    with self._replied:
+                        self._replies += 1
+                        self._replied.notify_all()
+                    continue
                 if line:
                     self._stderr.append(line)
                 if self._ready_marker in line:
@@ -313,6 +348,94 @@ class _External(_Backend):
             self.stop()
             raise self._failure()
         self._started_ok = True
+        if self._watch_writes:
+            self._watcher = threading.Thread(target=self._watch, daemon=True)
+            self._watcher.start()
+
+    # --- a tool that cannot write but goes on ------------------------------------------------
+
+    WATCH_EVERY_S = 0.5
+
+    def _watch(self) -> None:
+        """Until stopped: a write error in the tool's stderr, or packets counted while the file
+        stands still (asked only then: a growing file is fine, and a quiet one costs a signal per
+        WATCH_EVERY_S), stops the tool and leaves the reason for stop()."""
+        proc = self._proc
+        assert proc is not None
+        scanned, last_size = 0, -1
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            status = ""  # not Linux, or not ours to read: stderr alone is watched
+        can_ask = signal_caught(status, signal.SIGUSR1)
+        while not self._watch_stop.wait(self.WATCH_EVERY_S) and proc.poll() is None:
+            said = self._stderr[scanned:]
+            scanned += len(said)
+            error = next((line for line in said if is_write_error(line)), None)
+            if error is not None:
+                self._give_up(unsaved_message(self.name, str(self._out), said=error))
+                return
+            size = self._size()
+            if size != last_size or not can_ask:
+                last_size, self._still_check = size, None
+                continue
+            check = self._ask_count()
+            if check is None:
+                continue
+            if self._still_check is None or check.size_after_bytes != check.size_before_bytes:
+                self._still_check = check if check.size_after_bytes == check.size_before_bytes else None
+                last_size = check.size_after_bytes
+                continue
+            lost = packets_unsaved(self._still_check, check)
+            if lost:
+                self._give_up(unsaved_message(self.name, str(self._out), cause=self._cause(), lost=lost))
+                return
+
+    def _size(self) -> int:
+        try:
+            return self._out.stat().st_size
+        except OSError:
+            return -1
+
+    def _ask_count(self) -> CountCheck | None:
+        """SIGUSR1, and its answer (tcpdump prints its count; see writewatch.py), between two
+        reads of the file's size."""
+        proc = self._proc
+        assert proc is not None
+        before = self._size()
+        with self._replied:
+            seen = self._replies
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)
+            if not self._replied.wait_for(lambda: self._replies > seen, timeout=2.0) or self._captured is None:
+                return None
+            captured = self._captured
+        return CountCheck(before, captured, self._size())
+
+    def _cause(self) -> str:
+        try:
+            fs = os.statvfs(self._out.parent)
+        except OSError:
+            return unsaved_cause(None)
+        # tcpdump writes as root when loopfan is root (-Z root): the blocks kept for root count then.
+        blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+        return unsaved_cause(blocks * fs.f_frsize)
+
+    def _give_up(self, why: str) -> None:
+        """Stop a tool that cannot save what it captures; stop() reports `why`."""
+        self._write_failure = why
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGINT)
+
+    def _final_write_check(self) -> None:
+        """After the tool's end: its closing count against the last answer while the file stood
+        still - packets lost after the watcher's last look (traffic that stopped soon after)."""
+        if self._write_failure is None and self._still_check is not None and self._captured is not None:
+            last = CountCheck(self._size(), self._captured, self._size())
+            lost = packets_unsaved(self._still_check, last)
+            if lost:
+                self._write_failure = unsaved_message(self.name, str(self._out), cause=self._cause(), lost=lost)
 
     def _drained(self) -> None:
         """Once the tool has exited, wait for the drain thread to read its last stderr lines (its
@@ -347,6 +470,8 @@ class _External(_Backend):
         else:
             last = _last_error(said, self.name)
             why = f"{last} (exit status {returncode})" if last else f"exit status {returncode}"
+            if last and is_write_error(last):
+                return BackendDied(f"{self.name} stopped while capturing on lo: {why}", fix=WRITE_FIX)
         return BackendDied(f"{self.name} stopped while capturing on lo: {why}")
 
     def finished(self) -> bool:
@@ -385,6 +510,10 @@ class _External(_Backend):
         proc = self._proc
         if proc is None:
             return None
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         ended_by_us = False
         # Ended before we stopped it: it died (tcpdump and dumpcap exit 0 on SIGTERM too, so a
         # `kill PID` or a systemd stop looks clean), unless its --count was reached.
@@ -399,6 +528,11 @@ class _External(_Backend):
                 proc.kill()
                 proc.wait()
                 ended_by_us = True
+        self._drained()
+        self._final_write_check()
+        if self._write_failure is not None and self._started_ok:
+            self._started_ok = False
+            raise BackendDied(self._write_failure, fix=WRITE_FIX)
         # Both tools exit 0 on SIGINT or at their --count. Anything else while capturing means it died
         # by itself - checked after the wait too: a tool just SIGKILLed may not have exited yet at poll().
         if (ended_by_itself or proc.returncode not in (0, -signal.SIGINT)) and not ended_by_us and self._started_ok:
@@ -430,7 +564,7 @@ def tcpdump_backend(tool: str, interface: str, addresses: Sequence[str], out: Pa
     if count:
         argv += ["-c", str(count)]
     return _External([*argv, capture_filter(addresses)], "listening on", flush_s=_TCPDUMP_TIMEOUT_S + 0.2,
-                     out=out, count=count)
+                     out=out, count=count, watch_writes=True)
 
 
 def dumpcap_backend(tool: str, interface: str, addresses: Sequence[str], out: Path, count: int | None) -> _External:
@@ -669,20 +803,22 @@ class CaptureSession:
             return CaptureStats()
         self._backend = None
         died: str | None = None
+        fix = ""  # what to do, when the backend knows: the message's last words
         dropped: int | None = None
         try:
             try:
                 dropped = backend.stop()
             except BackendDied as exc:
-                died = str(exc)
+                died, fix = str(exc), f"; {exc.fix}" if exc.fix else ""
             try:
                 stats = finalize(tmp, self.output, targets, fmt=self.fmt, started=self.started, dropped=dropped,
                                  interface=self.interface)
             except Exception as exc:
-                raise self._not_saved(died, tmp, exc) from None
+                failed = self._not_saved(died, tmp, exc)
+                raise CaptureFailed(f"{failed}{fix}") from None
             if died is not None:
                 raise CaptureFailed(f"{died}; the {counted_noun(stats.packets, 'packet')} captured until then are "
-                                    f"saved in {self.output}")
+                                    f"saved in {self.output}{fix}")
             return stats
         finally:
             self._cleanup()
