@@ -186,6 +186,18 @@ def mac_facts() -> Callable[..., HostFacts]:
     return make
 
 
+@pytest.fixture(autouse=True)
+def private_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's tags and `run --isolate` reservations go to a registry of its own (the
+    commands it starts inherit the variable), never the host's /run/loopfan: a test's tag is not
+    listed by the user's `loopfan tag --list`, and the user's tags do not change the test."""
+    from loopfan.isolation.registry import RUNTIME_DIR_ENV
+
+    path = tmp_path_factory.mktemp("loopfan-run")
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(path))
+    return path
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private LOOPFAN_STATE_DIR, so no test reads or writes the real state."""

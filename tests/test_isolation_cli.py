@@ -277,3 +277,32 @@ def test_a_sigkilled_runs_addresses_are_free_again(registry: Path) -> None:
         proc.wait(timeout=10)
     assert int(ipaddress.IPv4Address("127.0.0.94")) not in addresses_taken()
     assert list(reservations_dir().glob("*.json")) == []
+
+
+def test_tag_list_shows_the_addresses_of_run_isolate(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: `tag --list` showed tags only, so an address refused to a tag as taken by a run was
+    nowhere to be seen. Each reserved address is a row: the address, 'run --isolate', the run's pid."""
+    from loopfan.isolation.registry import remove_record, reserve
+
+    assert main(["tag", "--list"]) == 0
+    assert capsys.readouterr().out == "no active tags, and no addresses held by `loopfan run --isolate`\n"
+    path = reserve(["127.0.0.95", "127.0.0.96"], "loopfan run -c 10 --isolate 2")
+    try:
+        assert main(["tag", "--list"]) == 0
+    finally:
+        remove_record(path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ADDRESS", "LABEL", "PID", "STARTED", "COMMAND"]
+    for line, address in zip(lines[1:], ["127.0.0.95", "127.0.0.96"], strict=True):
+        row = rf"{address} +run --isolate +{os.getpid()}  \S+Z +loopfan run -c 10 --isolate 2"
+        assert re.fullmatch(row, line), line
+
+
+def test_the_registry_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests (and separate setups) keep their records out of /run/loopfan with LOOPFAN_RUNTIME_DIR;
+    the suite sets it for every test (conftest.private_registry)."""
+    from loopfan.isolation.registry import RUNTIME_DIR_ENV, registry_dir, reservations_dir
+
+    assert not str(registry_dir()).startswith("/run/loopfan")
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
+    assert registry_dir() == tmp_path / "tags" and reservations_dir() == tmp_path / "reserved"

@@ -709,3 +709,85 @@ def test_a_write_failure_ends_the_message_with_its_fix(tmp_path: Path, monkeypat
     with pytest.raises(CaptureFailed) as kept:
         session.stop([Target("127.0.0.5", "client")])
     assert str(kept.value).endswith(f"are in {tmp} (plain pcap: open it as it is); {WRITE_FIX}")
+
+
+# --- a record's loopfan: pid and start time ----------------------------------------------------------
+
+
+def test_the_start_time_is_field_22_even_after_an_odd_command_name() -> None:
+    from loopfan.isolation.registry import stat_start_ticks
+
+    rest = " ".join(str(n) for n in range(3, 53))  # fields 3..52, each its own number
+    assert stat_start_ticks(f"1234 (python3) {rest}") == 22
+    assert stat_start_ticks(f"1234 (a) b (c d) {rest}") == 22  # ')' and spaces in the name
+    assert stat_start_ticks("1234 (cut short) S 1") is None
+    assert stat_start_ticks("") is None
+
+
+@pytest.mark.parametrize(("running", "recorded", "current", "live"), [
+    (False, 500, 500, False),  # gone
+    (False, None, None, False),
+    (True, 500, 500, True),  # the writer itself
+    (True, 500, 9_000, False),  # the pid was reused after a SIGKILL
+    (True, None, 9_000, True),  # a record of an earlier version: the pid decides, as before
+    (True, 500, None, True),  # no /proc (macOS), or it went away meanwhile: the pid decides
+])
+def test_a_record_is_live_while_its_pid_runs_the_process_that_wrote_it(
+        running: bool, recorded: int | None, current: int | None, live: bool) -> None:
+    from loopfan.isolation.registry import record_live
+
+    assert record_live(pid_running=running, recorded_start=recorded, current_start=current) is live
+
+
+def test_a_record_whose_pid_was_reused_is_stale_and_deleted(tmp_path: Path) -> None:
+    """QA: after a SIGKILL the pid may go to an unrelated process, which kept the tag (or the
+    reservation) 'live' for good. Here our own pid plays the reused one: a start time not ours."""
+    import dataclasses
+    import json
+
+    from loopfan.isolation.registry import (
+        TagRecord,
+        active_reservations,
+        active_tags,
+        process_start_ticks,
+        reservations_dir,
+        reserve,
+        write_record,
+    )
+
+    me, started = os.getpid(), process_start_ticks(os.getpid())
+    assert started is not None
+
+    def tag(address: str, start: int | None) -> TagRecord:
+        return TagRecord(address=address, label="x", command="curl", pid=1, loopfan_pid=me,
+                         started="2026-11-29T00:00:00+00:00", cgroup="", loopfan_start_ticks=start)
+
+    tags = tmp_path / "tags"
+    write_record(tag("127.0.0.2", started), tags)
+    reused = write_record(tag("127.0.0.3", started + 1), tags)
+    old = tags / "old.json"  # written by an earlier version: no start time
+    old.write_text(json.dumps({k: v for k, v in dataclasses.asdict(tag("127.0.0.4", None)).items()
+                               if k != "loopfan_start_ticks"}))
+    assert [t.address for t in active_tags(tags)] == ["127.0.0.2", "127.0.0.4"]
+    assert not reused.exists()
+
+    live = reserve(["127.0.0.5"], "loopfan run --isolate 1", tags)
+    assert json.loads(live.read_text())["loopfan_start_ticks"] == started
+    stale = reservations_dir(tags) / "1.json"
+    stale.write_text(json.dumps({**json.loads(live.read_text()), "addresses": ["127.0.0.6"],
+                                 "loopfan_start_ticks": started - 1}))
+    assert [r.addresses for r in active_reservations(tags)] == [("127.0.0.5",)]
+    assert not stale.exists()
+
+
+def test_tag_list_rows_hold_tags_and_run_isolate_addresses_oldest_first() -> None:
+    from loopfan.commands.tag import list_rows
+    from loopfan.isolation.registry import Reservation, TagRecord
+
+    tag = TagRecord(address="127.0.0.7", label="client", command="curl x", pid=0, loopfan_pid=11,
+                    started="2026-11-29T10:00:05+00:00", cgroup="")
+    run = Reservation(addresses=("127.0.0.2", "127.0.0.3"), loopfan_pid=42, command="loopfan run --isolate 2",
+                      started="2026-11-29T10:00:01Z")
+    assert [row.split()[:3] for row in list_rows([tag], [run])] == [
+        ["127.0.0.2", "run", "--isolate"], ["127.0.0.3", "run", "--isolate"], ["127.0.0.7", "client", "-"]]
+    assert " 42  2026-11-29T10:00:01Z " in list_rows([], [run])[0]

@@ -37,6 +37,7 @@ from loopfan.isolation.capture import (
     replacing_note,
 )
 from loopfan.isolation.registry import (
+    Reservation,
     TagRecord,
     active_reservations,
     active_tags,
@@ -71,7 +72,8 @@ def say(line: str) -> None:
               "them (EPERM) so clients trying localhost fall back to 127.0.0.1.")
 @click.option("--no-wait", is_flag=True,
               help="Do not wait for processes COMMAND leaves running; they outlive the tag, untagged.")
-@click.option("--list", "list_tags", is_flag=True, help="Show active tags and exit.")
+@click.option("--list", "list_tags", is_flag=True,
+              help="Show active tags (and addresses `loopfan run --isolate` holds) and exit.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS...]")
 def command(
     source: str | None,
@@ -396,13 +398,32 @@ def _also_targets(also: tuple[str, ...], tags_now: list[TagRecord]) -> list[Targ
 
 
 def _list() -> int:
-    tags = active_tags()
-    if not tags:
-        click.echo("no active tags")
+    rows = list_rows(active_tags(), active_reservations())
+    if not rows:
+        click.echo("no active tags, and no addresses held by `loopfan run --isolate`")
         return 0
     click.echo(f"{'ADDRESS':<16}{'LABEL':<20}{'PID':>8}  {'STARTED':<26}COMMAND")
-    for t in tags:
-        pid = str(t.pid) if t.pid else "-"  # 0: the command is being started
-        click.echo(f"{t.address:<16}{t.label:<20}{pid:>8}  {t.started:<26}{t.command}")
+    for row in rows:
+        click.echo(row)
     return 0
 
+
+# What stands in the LABEL column for a run's isolated-client address: a label cannot hold a space
+# (check_label), so it cannot be mistaken for a tag's.
+RUN_ISOLATE_LABEL = "run --isolate"
+
+
+def list_rows(tags: list[TagRecord], reservations: list[Reservation]) -> list[str]:
+    """`tag --list`'s lines, oldest first: every tag, and every address a running `loopfan run
+    --isolate` holds for its isolated clients (label 'run --isolate', the run's pid) - what holds
+    which address, so that a --source refused as taken can be looked up here."""
+    held: list[tuple[str, str, str, str, str]] = []
+    for t in tags:
+        pid = str(t.pid) if t.pid else "-"  # 0: the command is being started
+        held.append((t.started, t.address, t.label, pid, t.command))
+    for r in reservations:
+        held.extend((r.started, a, RUN_ISOLATE_LABEL, str(r.loopfan_pid), r.command) for a in r.addresses)
+    # ISO 8601 either way, but tags end "+00:00" and reservations "Z": compare the time alone.
+    held.sort(key=lambda h: h[0][:19])
+    return [f"{address:<16}{label:<20}{pid:>8}  {started:<26}{command}"
+            for started, address, label, pid, command in held]

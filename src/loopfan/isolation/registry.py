@@ -1,7 +1,9 @@
 """Active tags: one small JSON record per running `loopfan tag`, so others can list and capture them.
 
 Rules of this file: a record is written when a tag is live and removed when it ends; records whose
-loopfan process is gone are stale and ignored (and deleted when seen). `TagRecord` is a frozen
+loopfan process is gone are stale and ignored (and deleted when seen). "Gone" is judged by pid and,
+where the record has it, the process's start time: after a SIGKILL the pid may be reused by an
+unrelated process, which must not keep the record alive (`record_live`). `TagRecord` is a frozen
 value; the directory is the only shared state. The addresses of `loopfan run --isolate` are
 recorded the same way, beside the tags (`Reservation`): not tags, but taken. Also here: choosing a
 free tag address (pure, given the addresses in use) and reading which loopback addresses sockets
@@ -34,13 +36,21 @@ class TagRecord:
     loopfan_pid: int
     started: str  # ISO 8601, UTC
     cgroup: str
+    # loopfan_pid's start (/proc/PID/stat starttime, clock ticks after boot); None where unknown
+    # (macOS, records of earlier versions): then the pid alone says whether the record is live.
+    loopfan_start_ticks: int | None = None
+
+
+# Where the registry lives instead of /run/loopfan (and the per-user defaults): a test suite, or
+# separate setups on one host, keep their tags and reservations apart with it.
+RUNTIME_DIR_ENV = "LOOPFAN_RUNTIME_DIR"
 
 
 def registry_dir() -> Path:
     """$LOOPFAN_RUNTIME_DIR/tags when set; else /run/loopfan/tags for root, else the per-user
     runtime directory (or a per-user temp one). The variable is for a private registry (a test
     suite, a sandbox): loopfan processes see each other's tags only when they share the directory."""
-    explicit = os.environ.get("LOOPFAN_RUNTIME_DIR")
+    explicit = os.environ.get(RUNTIME_DIR_ENV)
     if explicit:
         return Path(explicit) / "tags"
     if os.geteuid() == 0 and os.access("/run", os.W_OK):
@@ -93,11 +103,50 @@ def active_tags(directory: Path | None = None) -> list[TagRecord]:
             record = TagRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if not pid_alive(record.loopfan_pid):
+        if not owner_alive(record.loopfan_pid, record.loopfan_start_ticks):
             remove_record(path)
             continue
         out.append(record)
     return sorted(out, key=lambda r: r.started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Is a record's loopfan still the process that wrote it?
+
+
+def stat_start_ticks(stat_text: str) -> int | None:
+    """Field 22 of /proc/PID/stat (starttime: clock ticks after boot at which the process started).
+    Counted after the last ')': the command name (field 2) may hold spaces and parentheses."""
+    fields = stat_text.rpartition(")")[2].split()
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state)
+    except (IndexError, ValueError):
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started, or None where /proc does not say (macOS; a pid that is gone)."""
+    try:
+        return stat_start_ticks(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
+        return None
+
+
+def record_live(*, pid_running: bool, recorded_start: int | None, current_start: int | None) -> bool:
+    """Whether a record's loopfan is the process that wrote it (pure). A running pid with another
+    start time is a reused pid - the writer was killed (SIGKILL leaves its record) and an unrelated
+    process got its number. Without both start times (an older record; no /proc) the pid decides."""
+    if not pid_running:
+        return False
+    if recorded_start is None or current_start is None:
+        return True
+    return recorded_start == current_start
+
+
+def owner_alive(pid: int, recorded_start: int | None) -> bool:
+    running = pid_alive(pid)
+    current = process_start_ticks(pid) if running and recorded_start is not None else None
+    return record_live(pid_running=running, recorded_start=recorded_start, current_start=current)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +163,7 @@ class Reservation:
     loopfan_pid: int  # the run's parent: stale once it is gone (SIGKILL included), as a tag's record
     command: str
     started: str  # ISO 8601, UTC
+    loopfan_start_ticks: int | None = None  # as TagRecord's
 
 
 def reservations_dir(directory: Path | None = None) -> Path:
@@ -128,7 +178,8 @@ def reserve(addresses: Iterable[str], command: str, directory: Path | None = Non
     folder = reservations_dir(directory)
     folder.mkdir(parents=True, exist_ok=True)
     record = Reservation(addresses=tuple(addresses), loopfan_pid=os.getpid(), command=command,
-                         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         loopfan_start_ticks=process_start_ticks(os.getpid()))
     path = folder / f"{record.loopfan_pid}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(record)))
@@ -149,7 +200,7 @@ def active_reservations(directory: Path | None = None) -> list[Reservation]:
             record = Reservation(**{**data, "addresses": tuple(data["addresses"])})
         except (OSError, ValueError, TypeError, KeyError):
             continue
-        if not pid_alive(record.loopfan_pid):
+        if not owner_alive(record.loopfan_pid, record.loopfan_start_ticks):
             remove_record(path)
             continue
         out.append(record)

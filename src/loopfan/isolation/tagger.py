@@ -37,7 +37,7 @@ from loopfan.errors import HostError, UsageError
 from loopfan.isolation import bpf, programs
 from loopfan.isolation.cgroup import Cgroup, cgroup_name, find_cgroup2_root, remove_stale
 from loopfan.isolation.programs import Counter
-from loopfan.isolation.registry import TagRecord
+from loopfan.isolation.registry import TagRecord, process_start_ticks
 from loopfan.render import counted
 
 IPV6_POLICIES = ("report", "refuse")
@@ -589,4 +589,5 @@ def tag_record(spec: TagSpec, tag: Tag | None, argv: Sequence[str], pid: int) ->
         loopfan_pid=os.getpid(),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
         cgroup=str(tag.cgroup.path) if tag is not None else "",
+        loopfan_start_ticks=process_start_ticks(os.getpid()),
     )
