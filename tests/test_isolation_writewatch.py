@@ -110,23 +110,26 @@ def test_answers_to_sigusr1_are_counts_not_words_of_the_tool(tmp_path: Path) -> 
 
 
 # A tcpdump stand-in: answers SIGUSR1 with its count, exits 0 on SIGINT with its statistics. Packets
-# "arrive" 10 per question; with `healthy` each is written to the file first, else none is (the
-# disk is full). argv: OUT healthy(0|1)
+# "arrive" 10 per question; when `healthy` each is written to the file first, when `full` none is
+# (the disk is full); when `late`, none arrives until the stop, and 5 then, unsaved.
+# argv: OUT healthy|full|late
 _FAKE_TCPDUMP = r"""
 import os, signal, struct, sys, time
 out = open(sys.argv[1], "wb", buffering=0)
 out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
-healthy = sys.argv[2] == "1"
+healthy, late = sys.argv[2] == "healthy", sys.argv[2] == "late"
 n = 0
 def count(*_):
     global n
-    for _ in range(10):
+    for _ in range(0 if late else 10):
         n += 1
         if healthy:
             out.write(struct.pack("<IIII", int(time.time()), 0, 4, 4) + b"ping")
     said = f"tcpdump: {n} packets captured, {n} packets received by filter, 0 packets dropped by kernel\n"
     os.write(2, said.encode())
 def stop(*_):
+    global n
+    n += 5 if late else 0
     os.write(2, f"{n} packets captured\n{n} packets received by filter\n0 packets dropped by kernel\n".encode())
     os._exit(0)
 signal.signal(signal.SIGUSR1, count)
@@ -137,8 +140,8 @@ while True:
 """
 
 
-def _fake_tool(out: Path, *, healthy: bool) -> _External:
-    tool = _External([sys.executable, "-c", _FAKE_TCPDUMP, str(out), "1" if healthy else "0"], "listening on",
+def _fake_tool(out: Path, mode: str) -> _External:
+    tool = _External([sys.executable, "-c", _FAKE_TCPDUMP, str(out), mode], "listening on",
                      flush_s=0.2, out=out, watch_writes=True)
     tool.name = "tcpdump"
     tool.WATCH_EVERY_S = 0.1  # type: ignore[misc]
@@ -147,7 +150,7 @@ def _fake_tool(out: Path, *, healthy: bool) -> _External:
 
 def test_a_tool_whose_file_stands_still_while_it_counts_packets_is_stopped(tmp_path: Path) -> None:
     out = tmp_path / "x.pcap"
-    tool = _fake_tool(out, healthy=False)
+    tool = _fake_tool(out, "full")
     tool.start()
     try:
         for _ in range(100):  # stopped by the watcher within a few questions (0.1 s apart here)
@@ -166,9 +169,22 @@ def test_a_tool_whose_file_stands_still_while_it_counts_packets_is_stopped(tmp_p
 
 def test_a_tool_that_writes_what_it_counts_is_left_alone(tmp_path: Path) -> None:
     out = tmp_path / "x.pcap"
-    tool = _fake_tool(out, healthy=True)
+    tool = _fake_tool(out, "healthy")
     tool.start()
     tool._watch_stop.wait(1.0)  # ~10 questions
     assert not tool.finished()
     tool.stop()
     assert out.stat().st_size > 24
+
+
+def test_packets_lost_after_the_last_question_are_found_from_the_closing_count(tmp_path: Path) -> None:
+    """Traffic that stops soon after the disk filled: no question sees the count grow, the
+    closing statistics do."""
+    out = tmp_path / "x.pcap"
+    tool = _fake_tool(out, "late")
+    tool.start()
+    tool._watch_stop.wait(0.6)  # the file stands still: asked, nothing counted
+    assert not tool.finished()
+    with pytest.raises(BackendDied) as died:
+        tool.stop()
+    assert str(died.value).endswith("it went on capturing without a word (at least 5 packets went unsaved)")

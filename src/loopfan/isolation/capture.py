@@ -435,7 +435,8 @@ class _External(_Backend):
             last = CountCheck(self._size(), self._captured, self._size())
             lost = packets_unsaved(self._still_check, last)
             if lost:
-                self._write_failure = unsaved_message(self.name, str(self._out), cause=self._cause(), lost=lost)
+                self._write_failure = unsaved_message(self.name, str(self._out), cause=self._cause(), lost=lost,
+                                                      stopped=False)
 
     def _drained(self) -> None:
         """Once the tool has exited, wait for the drain thread to read its last stderr lines (its

@@ -102,11 +102,13 @@ def unsaved_cause(free_bytes: int | None) -> str:
             "(a quota, or an I/O error?)")
 
 
-def unsaved_message(tool: str, path: str, *, cause: str = "", lost: int = 0, said: str = "") -> str:
+def unsaved_message(tool: str, path: str, *, cause: str = "", lost: int = 0, said: str = "",
+                    stopped: bool = True) -> str:
     """The one line for a tool that could not save what it captured (the fix is added by the
-    session): in its own words when it `said` so, else the `cause` found and the packets `lost`."""
+    session): in its own words when it `said` so, else the `cause` found and the packets `lost`.
+    `stopped`: loopfan stopped it for that (else it was found out only when the capture ended)."""
+    end = ", so loopfan stopped it" if stopped else ""
     if said:
-        return f"{tool} could not write {path} (it said: {said}), so loopfan stopped it"
+        return f"{tool} could not write {path} (it said: {said}){end}"
     what = f"at least {lost:,} packets went unsaved" if lost else "what it captured went unsaved"
-    return (f"{tool} could not write {path}: {cause}; it went on capturing without a word ({what}), "
-            "so loopfan stopped it")
+    return f"{tool} could not write {path}: {cause}; it went on capturing without a word ({what}){end}"
