@@ -73,7 +73,7 @@ def say(line: str) -> None:
 @click.option("--no-wait", is_flag=True,
               help="Do not wait for processes COMMAND leaves running; they outlive the tag, untagged.")
 @click.option("--list", "list_tags", is_flag=True,
-              help="Show active tags (and addresses `loopfan run --isolate` holds) and exit.")
+              help="Show active tags, and addresses held for isolated clients by `loopfan run`; then exit.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS...]")
 def command(
     source: str | None,
