@@ -4,6 +4,7 @@ naming the file and the value, exit 2 - instead of an internal error from deep i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +22,16 @@ def _bad_base64(rep: dict[str, Any]) -> None:
     rep["histograms"]["connect_latency"]["data"] = "HISTFAAAAB"  # QA's: 'Incorrect padding'
 
 
+NOT_ZLIB = "HISTFAAAACl4nJNpmSzMwMDAxQABzFCaEUzOmNZg"
+
+
 def _not_zlib(rep: dict[str, Any]) -> None:
-    rep["histograms"]["connect_latency"]["data"] = "HISTFAAAACl4nJNpmSzMwMDAxQABzFCaEUzOmNZg"
+    rep["histograms"]["connect_latency"]["data"] = NOT_ZLIB
+
+
+def _ttfb_not_zlib(rep: dict[str, Any]) -> None:
+    """A traffic run's time-to-first-byte histogram (optional: absent without traffic), damaged."""
+    rep["histograms"]["ttfb"] = dict(rep["histograms"]["connect_latency"], data=NOT_ZLIB)
 
 
 def _traffic_without_window(rep: dict[str, Any]) -> None:
@@ -38,6 +47,8 @@ DAMAGES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("negative count", lambda r: r.update(failed_total=-1), "failed_total"),
     ("latency a string", lambda r: r["connect_latency_ms"].update(p99="12ms"), "connect_latency_ms/p99"),
     ("histogram a list", lambda r: r["histograms"].update(connect_latency=[1, 2]), "histograms/connect_latency"),
+    ("ttfb not zlib", _ttfb_not_zlib, "histograms/ttfb/data"),
+    ("ttfb without its unit", lambda r: r["histograms"].update(ttfb={"count": 3}), "histograms/ttfb"),
     ("check without a verdict", lambda r: r.update(checks=[{"expression": "failed==0", "kind": "check",
                                                              "metric": "failed", "actual": 0, "passed": "yes"}]),
      "checks/0/passed"),
@@ -82,6 +93,17 @@ def test_a_whole_report_has_no_problem_and_a_partial_one_neither() -> None:
     assert report_problems(rep) == []
 
 
+def test_a_traffic_report_carries_its_ttfb_histogram_optionally() -> None:
+    """histograms.ttfb (a traffic run's time to first byte) is a histogram like connect_latency's,
+    and optional: reports without traffic, and those of earlier versions, have none."""
+    rep = traffic_report()
+    rep["histograms"]["ttfb"] = dict(rep["histograms"]["connect_latency"])
+    assert report_problems(rep) == []
+    assert schema()["properties"]["histograms"]["required"] == ["connect_latency"]
+    if importlib.util.find_spec("jsonschema") is not None:
+        assert [e for e in validation_errors(rep) if not e.startswith("(top):")] == []
+
+
 def test_a_block_lacking_a_key_is_named_with_every_key_it_lacks() -> None:
     """Below the top level every object keeps the keys it has carried since it first appeared: one
     lacking some is damaged, named at the block (a traffic block without window_s is no wrong null)."""
@@ -97,7 +119,7 @@ def test_report_problems_name_the_damaged_value(name: str, at: str) -> None:
     assert problems and problems[0].startswith(f"{at}: "), problems
 
 
-@pytest.mark.parametrize("name", [n for n, _, _ in DAMAGES if n not in ("bad base64", "not zlib")])
+@pytest.mark.parametrize("name", [n for n, _, _ in DAMAGES if n not in ("bad base64", "not zlib", "ttfb not zlib")])
 def test_report_problems_agree_with_jsonschema(name: str) -> None:
     """Where jsonschema can tell (it does not decode base64), it finds the same values wrong; its
     'required' complaints at the top level aside (the fake report is a partial one there; ours

@@ -287,9 +287,18 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
         "plan": plan_to_dict(plan),
         "identity": identity(result, command, facts),
         "series": series,
-        "histograms": {"connect_latency": histogram_dict(result.connect_latency)},
+        "histograms": histograms(result),
         "checks": [],
     }
+
+
+def histograms(result: RunResult) -> dict[str, Any]:
+    """The full-run histograms: connect latency always, time to first byte when the run talked
+    (its percentiles are traffic.ttfb_ms; its intervals the --hdr-log's Tag=ttfb lines)."""
+    out = {"connect_latency": histogram_dict(result.connect_latency)}
+    if result.traffic is not None:
+        out["ttfb"] = histogram_dict(result.traffic.ttfb)
+    return out
 
 
 def _ms(v: float | None) -> str:
