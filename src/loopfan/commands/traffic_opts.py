@@ -117,7 +117,9 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                  help="A reply not complete within this counts as a timeout (and ends the connection; "
                  f"default {DEFAULT_REPLY_TIMEOUT_S:g}s)."),
     click.option("--hdr-log", default=None, metavar="FILE",
-                 help="Write latency interval histograms in the HdrHistogram log format (microseconds)."),
+                 help="Write the latency interval histograms in the HdrHistogram log format (microseconds): "
+                 "request latency untagged, per second; time to first byte tagged 'ttfb', per second; connect "
+                 "latency tagged 'connect', one interval spanning the ramp (HistogramLogProcessor -tag ttfb)."),
     click.option("--cacert", "cacert", metavar="FILE", default=None,
                  help="https:// and wss://: trust the CA certificate(s) in this PEM file instead of the system's "
                  "(e.g. a test CA)."),

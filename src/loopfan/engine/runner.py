@@ -28,7 +28,7 @@ from loopfan.engine.fleet import Fleet, Worker
 from loopfan.engine.ramp import Stagger, client_config_for, ramp_concurrency
 from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_proc
 from loopfan.engine.traffic_client import traffic_client_main
-from loopfan.engine.traffic_phase import all_talking, await_traffic, traffic_of
+from loopfan.engine.traffic_phase import RampSpan, all_talking, await_traffic, traffic_of
 from loopfan.engine.traffic_server import server_main_for
 from loopfan.errors import LoopfanError, ServerStartError
 from loopfan.planner import Plan
@@ -354,6 +354,8 @@ def run_plan(
             # 2. Ramp: every client worker opens its shard.
             phase = "connecting"
             t_ramp = time.monotonic()
+            # The --hdr-log's time origin: its connect interval spans the ramp (traffic_phase.RampSpan).
+            ramp_started = (time.time(), time.perf_counter())
             n_clients = len(plan.client_shards)
             concurrency = ramp_concurrency(config.ramp_concurrency, n_clients)
             client_config = client_config_for(config.client, n_clients, concurrency, config.connect_rate_per_s)
@@ -382,6 +384,7 @@ def run_plan(
                 elif now - last_progress[0] > config.stall_timeout_s:
                     break
             result.phases_s["connect"] = time.monotonic() - t_ramp
+            ramp_end_clock = time.perf_counter()
             ramp_ended_s = time.monotonic() - t0
             result.ramp_established = Totals.of(clients).established
             ramp_complete = stagger.done
@@ -410,8 +413,10 @@ def run_plan(
             if config.traffic is not None and interrupt.signal is None:
                 phase = "traffic"
                 t_traffic = time.monotonic()
+                ramp = RampSpan(started_at=ramp_started[0], start_clock=ramp_started[1], end_clock=ramp_end_clock,
+                                connect_latency=result.connect_latency)
                 result.traffic = await_traffic(fleet, clients, config.traffic, tick,
-                                               lambda: interrupt.signal is not None)
+                                               lambda: interrupt.signal is not None, ramp)
                 result.phases_s["traffic"] = time.monotonic() - t_traffic
 
             # 3. Hold.

@@ -28,7 +28,7 @@ from loopfan.planner import ClientShard
 from loopfan.traffic.config import TrafficConfig
 from loopfan.traffic.http import HttpClient, KnownHeads, request_template
 from loopfan.traffic.raw import RawReplies
-from loopfan.traffic.results import subtract
+from loopfan.traffic.results import Interval, subtract
 from loopfan.traffic.schedule import OpenSchedule, unsent_ages
 from loopfan.traffic.tally import Tally
 from loopfan.traffic.tls import TlsClient, TlsFacts, client_context
@@ -89,7 +89,7 @@ class TrafficSnapshot(P.Snapshot):
     def __init__(self) -> None:
         super().__init__()
         self.traffic: dict[str, Any] = {}
-        self.intervals: list[tuple[float, float, dict[int, int]]] = []
+        self.intervals: list[Interval] = []
 
     def as_dict(self) -> dict[str, Any]:
         d = P.Snapshot.as_dict(self)
@@ -164,11 +164,13 @@ class TrafficClientWorker(ClientWorker):
         self.warmup_statuses: dict[str, int] = {}
         self.warmup_by_source: dict[str, int] = {}
         # Latency interval histograms closed on the one-second grid of the shared monotonic clock
-        # (start, end, {us: count}), waiting for the next report: the parent writes the HdrHistogram
-        # log from these, so each interval holds what completed in it, not what reached the parent.
-        self.intervals: list[tuple[float, float, dict[int, int]]] = []
+        # (start, end, latency {us: count}, time to first byte {us: count}), waiting for the next
+        # report: the parent writes the HdrHistogram log from these, so each interval holds what
+        # completed in it, not what reached the parent.
+        self.intervals: list[Interval] = []
         self._interval_start = 0.0
         self._interval_base: dict[int, int] = {}
+        self._interval_base_ttfb: dict[int, int] = {}
         self.phase = "connecting"
         self.window_s = 0.0
         self._ran = False
@@ -285,8 +287,11 @@ class TrafficClientWorker(ClientWorker):
     def _close_interval(self, now: float) -> None:
         """End the latency interval that began at _interval_start (a grid second, or the start)."""
         cumulative = _merged(self.hist_latency, self.hist_whole)
-        self.intervals.append((self._interval_start, now, subtract(cumulative, self._interval_base)))
+        cumulative_ttfb = _merged(self.hist_ttfb, self.hist_whole)
+        self.intervals.append((self._interval_start, now, subtract(cumulative, self._interval_base),
+                               subtract(cumulative_ttfb, self._interval_base_ttfb)))
         self._interval_base = cumulative
+        self._interval_base_ttfb = cumulative_ttfb
         self._interval_start = now
 
     def _codec(self, peer: tuple[str, int]) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
@@ -33,37 +34,76 @@ def traffic_of(workers: list[Worker]) -> TrafficTotals:
     return merge(w.stats.get("traffic") or {} for w in workers)
 
 
+# The log's tags (HdrHistogram log format 1.3: "Tag=NAME," opens an interval line). Untagged lines
+# are the request/response latency, as they were before tags: readers that know no tags keep
+# reading what they always read, and HistogramLogProcessor without -tag selects just those.
+TTFB_TAG = "ttfb"  # time to first byte, per interval, like the request latency
+CONNECT_TAG = "connect"  # connect latency: one interval spanning the ramp
+
+
+@dataclass(frozen=True, slots=True)
+class RampSpan:
+    """The ramp as the log places it: when it began (wall clock, and the clock the workers stamp
+    their intervals with: time.perf_counter), when it ended, and the connect latency it measured."""
+
+    started_at: float  # time.time() as the ramp began: the log's StartTime
+    start_clock: float  # time.perf_counter() then
+    end_clock: float
+    connect_latency: HdrHistogram
+
+
+def interval_line(start_s: float, length_s: float, hist: HdrHistogram, tag: str | None = None) -> str:
+    """One interval as HdrHistogram's Java HistogramLogWriter writes it ("Tag=%s,%.3f,%.3f,%.3f,%s"):
+    start and length in seconds relative to StartTime, the max in milliseconds (us / 1000) - hdrh's
+    own writer floors it to whole ms, and has no tags."""
+    prefix = f"Tag={tag}," if tag else ""
+    return f"{prefix}{start_s:.3f},{length_s:.3f},{hist.get_max_value() / 1000:.3f},{hist.encode().decode()}\n"
+
+
 class HdrIntervalLog:
     """Latency interval histograms in the HdrHistogram log format (values in microseconds).
 
     Each client worker closes its intervals itself, on whole seconds of the monotonic clock all
     processes share (TrafficClientWorker._close_interval), so an interval holds the replies that
     completed in it - not the ones that reached the parent then, up to a report late. Interval k
-    of every worker is merged into one line, written once every worker has moved past it.
+    of every worker is merged into one line per series (untagged: request latency; Tag=ttfb: time
+    to first byte), written once every worker has moved past it. With the ramp given, StartTime is
+    the ramp's start and the connect latency comes first, as one Tag=connect interval spanning it
+    (the traffic's lines follow, at their time since then); without, StartTime is now.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, ramp: RampSpan | None = None) -> None:
         self.fh: IO[str] = open(path, "w")  # noqa: SIM115 - closed by close()
         self.writer = HistogramLogWriter(self.fh)
-        self.t0 = time.time()
-        self.t0_clock = time.perf_counter()  # the workers' clock at t0
-        self.pending: dict[int, tuple[float, float, HdrHistogram]] = {}  # second -> start, end, merged
+        if ramp is not None:
+            self.t0, self.t0_clock = ramp.started_at, ramp.start_clock
+        else:
+            self.t0 = time.time()
+            self.t0_clock = time.perf_counter()  # the workers' clock at t0
+        # second -> start, end, merged latency, merged time to first byte
+        self.pending: dict[int, tuple[float, float, HdrHistogram, HdrHistogram]] = {}
         self.written_upto = -1  # the last second written
-        self.writer.output_comment("[Logged with loopfan: request/response latency, microseconds]")
-        self.writer.output_log_format_version()
+        self.writer.output_comment("[Logged with loopfan: microseconds; untagged lines: request/response latency, "
+                                   f"Tag={TTFB_TAG}: time to first byte, Tag={CONNECT_TAG}: connect latency]")
+        # Written here, not by hdrh's writer (which says 1.2): tags came with version 1.3.
+        self.writer.output_comment("[Histogram log format version 1.3]")
         iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.t0))
         self.fh.write(f"#[StartTime: {self.t0:.3f} (seconds since epoch), {iso}]\n")
         self.writer.output_legend()
+        if ramp is not None:
+            length_s = max(0.0, ramp.end_clock - ramp.start_clock)
+            self.fh.write(interval_line(0.0, length_s, ramp.connect_latency, CONNECT_TAG))
 
     def collect(self, workers: list[Worker]) -> None:
         for w in workers:
-            for start, end, samples in w.intervals:
+            for start, end, samples, ttfb in w.intervals:
                 second = math.floor(start)
                 if second <= self.written_upto:  # late for a line already written: into the next one
                     second = self.written_upto + 1
-                lo, hi, h = self.pending.get(second) or (start, end, new_histogram())
+                lo, hi, h, h_ttfb = self.pending.get(second) or (start, end, new_histogram(), new_histogram())
                 record(h, {int(us): n for us, n in samples.items()})
-                self.pending[second] = (min(lo, start), max(hi, end), h)
+                record(h_ttfb, {int(us): n for us, n in ttfb.items()})
+                self.pending[second] = (min(lo, start), max(hi, end), h, h_ttfb)
             w.intervals.clear()
 
     def maybe_write(self, workers: list[Worker], force: bool = False) -> None:
@@ -74,7 +114,7 @@ class HdrIntervalLog:
         for second in sorted(self.pending):
             if not force and second > ready_upto:
                 break
-            start, end, h = self.pending.pop(second)
+            start, end, h, h_ttfb = self.pending.pop(second)
             # Lines tile the time: a middle second is [k, k + 1) whatever each worker's loop turn
             # added (1-10 ms of overlap otherwise); the first and the last keep their true edges.
             start = max(start, float(second))
@@ -84,10 +124,8 @@ class HdrIntervalLog:
             rel_end = max(rel_start, end - self.t0_clock)
             h.set_start_time_stamp(int((self.t0 + rel_start) * 1000))
             h.set_end_time_stamp(int((self.t0 + rel_end) * 1000))
-            # The line as HdrHistogram's Java HistogramLogWriter writes it: start and length relative
-            # to StartTime, the max in milliseconds (us / 1000) - hdrh's writer floors it to whole ms.
-            self.fh.write(f"{rel_start:.3f},{rel_end - rel_start:.3f},{h.get_max_value() / 1000:.3f},"
-                          f"{h.encode().decode()}\n")
+            self.fh.write(interval_line(rel_start, rel_end - rel_start, h))
+            self.fh.write(interval_line(rel_start, rel_end - rel_start, h_ttfb, TTFB_TAG))
             self.written_upto = second
 
     def close(self) -> None:
@@ -95,12 +133,12 @@ class HdrIntervalLog:
 
 
 def await_traffic(fleet: Fleet, clients: list[Worker], tc: TrafficConfig, tick: Callable[[], None],
-                  stopped: Callable[[], bool]) -> TrafficTotals:
+                  stopped: Callable[[], bool], ramp: RampSpan | None = None) -> TrafficTotals:
     """Start the traffic phase on every client worker, then pump the fleet until each says it is
     done (or died), writing the HdrHistogram log as intervals come in. Interrupted, the workers are
     told to stop and their last figures and intervals awaited (briefly), so the report and the log
-    both hold what was measured up to the interrupt."""
-    log = HdrIntervalLog(tc.hdr_log) if tc.hdr_log else None
+    both hold what was measured up to the interrupt. `ramp`: the connect latency for the log."""
+    log = HdrIntervalLog(tc.hdr_log, ramp) if tc.hdr_log else None
     fleet.send(clients, TRAFFIC)
     # How long the workers may take once they all talk: warm-up, window, the drain (up to the reply
     # timeout) and a report. Before that, WebSocket opening handshakes (each worker gives them up to

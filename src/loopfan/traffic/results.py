@@ -21,6 +21,12 @@ HIST_HIGHEST_US = 600_000_000
 HIST_DIGITS = 3
 
 
+# One worker's interval on the one-second grid: (start, end) on the clock every process shares
+# (time.perf_counter), then the request latency and the time to first byte recorded in it, each
+# {microseconds: count}. The parent merges interval k of every worker into the --hdr-log's lines.
+Interval = tuple[float, float, dict[int, int], dict[int, int]]
+
+
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
 
