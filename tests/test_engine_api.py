@@ -827,3 +827,22 @@ def test_timeouts_against_a_small_listen_backlog_blame_the_servers_backlog(loopb
     lim = report_dict(result, argv=["test"], facts=facts)["first_limit_hit"]
     assert lim is not None and lim["cause"] == "ETIMEDOUT", lim
     assert lim["resource"] == "the server's listen backlog (8)" and "somaxconn is" in lim["fix"], lim
+
+
+def test_the_live_rates_are_the_phases_own_and_current(loopback_block: Block) -> None:
+    """A ramp paced at 2,000/s for 1.5 s: the live connects/s reads about 2,000 while it ramps (QA:
+    a 30K/s ramp read "3,368 connects/s", the last completed interval's), and never a connect in
+    the hold (QA: the ramp's figure stayed for up to an interval after it)."""
+    from loopfan.results.live import rates_now_per_s
+
+    p = plan(builtin_request(loopback_block, 3000, None), read_host_facts())
+    seen: list[Progress] = []
+    result = run_plan(p, RunConfig(hold_s=0.6, connect_rate_per_s=2000), on_progress=seen.append)
+    assert result.client.established == 3000
+    ramping = [rates_now_per_s(q)["connects"] for q in seen
+               if q.phase == "connecting" and 0.5 <= q.elapsed_s - q.rates_since_s <= 1.3]
+    assert ramping and all(r is not None and 1400 <= r <= 2600 for r in ramping), ramping
+    holding = [q for q in seen if q.phase == "holding"]
+    assert all(q.ramp_ended_s is not None and q.rates_since_s > q.ramp_ended_s for q in holding)
+    assert all(rates_now_per_s(q)["connects"] in (None, 0) for q in holding)
+    assert any(rates_now_per_s(q)["closes"] == 0 for q in holding)  # the hold's own, once its reports are in

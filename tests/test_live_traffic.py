@@ -2,8 +2,9 @@
 request latency and traffic errors while the phase is "traffic", and connect figures before; the
 Prometheus exporter serves the same figures (scraped over loopback, text parsed).
 
-The series is a real SeriesSampler fed by fake workers (the cumulative STATS a client worker sends,
-with its "traffic" part), so the figures come out of the same code a run uses; no sockets, no sleeps.
+The series is a real SeriesSampler and the recent reports (the rates as they are now) a real
+RecentCounts, both fed by fake workers (the cumulative STATS a client worker sends, with its
+"traffic" part), so the figures come out of the same code a run uses; no sockets, no sleeps.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from conftest import FakeWorker
 from rich.console import Console
 
+from loopfan.engine.live_rates import Recent, RecentCounts
 from loopfan.engine.runner import Progress, Totals
 from loopfan.engine.timeseries import SeriesSampler
 from loopfan.results.live import ProgressSink, describe, last_row, panel
@@ -32,24 +34,38 @@ def client_stats(t: float, *, replies: int = 0, errors: dict[str, int] | None = 
                         "latency_us": latency_us or {}}}
 
 
-def traffic_series() -> SeriesSampler:
-    """Connect at t=0; then two traffic intervals: 50,000 replies each; errors 10, then 25 more."""
+Fed = tuple[SeriesSampler, Recent]
+
+
+def fed_by(*reports: tuple[float, dict[str, Any], str]) -> Fed:
+    """A series and the recent reports of one worker that reported these (t, stats, phase), each
+    sampled as a row at its time."""
     s = SeriesSampler(target=100, t0=0.0)
+    recent = RecentCounts(t0=0.0)
     w = FakeWorker("client", 0)
-    w.stats = client_stats(0.0)
-    s.sample(0.0, "connecting", [w], {}, 0.0)
-    w.stats = client_stats(1.0, replies=50_000, errors={"http-5xx": 10}, latency_us={1000: 40_000, 5000: 10_000})
-    s.sample(1.0, "traffic", [w], {}, 0.0)
-    w.stats = client_stats(2.0, replies=100_000, errors={"http-5xx": 30, "reply-timeout": 5},
-                           latency_us={1000: 80_000, 5000: 19_000, 20_000: 1000})
-    s.sample(2.0, "traffic", [w], {}, 0.0)
-    return s
+    for t, stats, phase in reports:
+        w.stats = stats
+        recent.note(t, [w])
+        s.sample(t, phase, [w], {}, 0.0)
+    return s, recent.snapshot()
 
 
-def progress(phase: str, series: SeriesSampler, failed: dict[str, int] | None = None,
+def traffic_series() -> Fed:
+    """Connect at t=0; then two traffic intervals: 50,000 replies each; errors 10, then 25 more."""
+    return fed_by(
+        (0.0, client_stats(0.0), "connecting"),
+        (1.0, client_stats(1.0, replies=50_000, errors={"http-5xx": 10}, latency_us={1000: 40_000, 5000: 10_000}),
+         "traffic"),
+        (2.0, client_stats(2.0, replies=100_000, errors={"http-5xx": 30, "reply-timeout": 5},
+                           latency_us={1000: 80_000, 5000: 19_000, 20_000: 1000}), "traffic"))
+
+
+def progress(phase: str, fed: Fed, failed: dict[str, int] | None = None,
              kind: str | None = "echo") -> Progress:
+    """At 2.0 s; the traffic (or the phase) began at 0.0 s."""
     client = Totals(attempted=100, established=100, open=100, peak_open=100, failed=failed or {})
-    return Progress(phase, 2.0, 100, client, None, 0.0, None, series, traffic_kind=kind)
+    series, recent = fed
+    return Progress(phase, 2.0, 100, client, None, 0.0, None, series, traffic_kind=kind, recent=recent)
 
 
 def rendered(p: Progress) -> str:
@@ -80,19 +96,21 @@ def test_panel_shows_traffic_during_the_traffic_phase() -> None:
 def test_panel_keeps_the_connect_figures_while_connecting() -> None:
     s = SeriesSampler(target=100, t0=0.0)
     s.note_latency({400: 100})
-    s.sample(0.5, "connecting", [FakeWorker("client", 0, client_stats(0.5))], {}, 0.0)
-    text = rendered(progress("connecting", s))
+    w = FakeWorker("client", 0, client_stats(1.5))
+    s.sample(1.5, "connecting", [w], {}, 0.0)
+    recent = RecentCounts(t0=0.0)
+    recent.workers_start_now(1.0)
+    recent.note(1.5, [w])
+    text = rendered(progress("connecting", (s, recent.snapshot())))
     assert "connects/s" in text and "connect, last interval p50 0.400 ms" in text
     assert "messages/s" not in text and "so far" not in text
 
 
 def test_panel_says_none_when_the_traffic_has_no_errors() -> None:
-    s = SeriesSampler(target=100, t0=0.0)
-    w = FakeWorker("client", 0, client_stats(0.0))
-    s.sample(0.0, "connecting", [w], {}, 0.0)
-    w.stats = client_stats(1.0, replies=1000, latency_us={2000: 1000})
-    s.sample(1.0, "traffic", [w], {}, 0.0)
-    text = rendered(progress("traffic", s))
+    fed = fed_by((0.0, client_stats(0.0), "connecting"),
+                 (1.0, client_stats(1.0, replies=1000, latency_us={2000: 1000}), "traffic"),
+                 (2.0, client_stats(2.0, replies=2000, latency_us={2000: 2000}), "traffic"))
+    text = rendered(progress("traffic", fed))
     assert "1,000 messages/s" in text and re.search(r"^errors +none", text, re.M)
 
 
@@ -124,10 +142,8 @@ def test_sinks_write_traffic_in_plain_and_ndjson() -> None:
 
 
 def test_a_hold_only_row_has_empty_traffic_columns() -> None:
-    s = SeriesSampler(target=100, t0=0.0)
-    s.sample(0.5, "holding", [FakeWorker("client", 0, {"t": 0.5, "established": 100, "open": 100, "failed": {}})],
-             {}, 0.0)
-    row = last_row(progress("holding", s))
+    fed = fed_by((0.5, {"t": 0.5, "established": 100, "open": 100, "failed": {}}, "holding"))
+    row = last_row(progress("holding", fed))
     assert row["errors_per_s"] == 0 and row["errors_so_far"] == 0 and row["errors_by_cause_so_far"] == {}
     assert row["message_latency_ms"]["p99"] is None
 
@@ -195,19 +211,50 @@ def test_prometheus_traffic_families_come_with_the_traffic_phase_and_stay() -> N
 
 
 def test_prometheus_exports_no_traffic_for_a_hold_only_run() -> None:
-    s = SeriesSampler(target=100, t0=0.0)
-    s.sample(0.5, "holding", [FakeWorker("client", 0, {"t": 0.5, "established": 100, "open": 100, "failed": {}})],
-             {}, 0.0)
-    text = scrape(progress("connecting", s), progress("holding", s))
+    fed = fed_by((0.5, {"t": 0.5, "established": 100, "open": 100, "failed": {}}, "holding"))
+    text = scrape(progress("connecting", fed), progress("holding", fed))
     assert "loopfan_connections_open 100" in text and "loopfan_traffic" not in text
 
 
 def test_the_live_line_says_handshakes_are_under_way() -> None:
     """QA: during 9 s of WebSocket handshakes the line read "60,000/60,000 open, 0 messages/s"."""
-    s = traffic_series()
-    p = progress("traffic", s)
-    waiting = Progress(p.phase, p.elapsed_s, p.target, p.client, None, 0.0, None, s, handshakes_waiting=40)
+    p = progress("traffic", traffic_series())
+    waiting = Progress(p.phase, p.elapsed_s, p.target, p.client, None, 0.0, None, p.series, handshakes_waiting=40)
     line = describe(waiting)
     assert line.startswith("traffic: handshakes 60/100 done, messages start after them") and "messages/s" not in line
     assert "handshakes 60/100 done" in rendered(waiting)
     assert "handshakes" not in describe(p)  # once they are done: the messages
+
+
+def test_the_first_traffic_moments_show_the_traffic_rate_not_a_share_of_the_measuring() -> None:
+    """QA: the first traffic row spans measuring time too, so messages/s read low (or 0) at first.
+    Here the measuring ran 1.0-1.5 s and the traffic began at 1.5 s, 40,000 messages a second."""
+    reports = [(t, client_stats(t, replies=max(0, round(40_000 * (t - 1.5)))), "traffic" if t > 1.5 else "measuring")
+               for t in (1.0, 1.25, 1.5, 1.75)]
+    series, recent = fed_by(*reports)
+    p = Progress("traffic", 1.8, 100, Totals(attempted=100, established=100, open=100, peak_open=100), None, 0.0,
+                 None, series, traffic_kind="echo", recent=recent, rates_since_s=1.5)
+    assert series.cols["messages_per_s"][-1] == 40_000  # (the row's interval is the traffic's alone here)
+    assert "40,000 messages/s" in rendered(p) and "in 8.00 MB/s  out 3.20 MB/s" in rendered(p)
+    assert "40,000 messages/s" in describe(p)
+    early = Progress("traffic", 1.6, 100, p.client, None, 0.0, None, series, traffic_kind="echo",
+                     recent=fed_by(*reports[:3])[1], rates_since_s=1.5)
+    assert "- messages/s  in - MB/s  out - MB/s" in rendered(early)  # not yet known: not "0 messages/s"
+
+
+def test_prometheus_connects_per_second_is_the_phases_own() -> None:
+    """QA: connects_per_second kept the ramp's figure for up to an interval into the hold."""
+    ramp = [(t, {"t": t, "established": min(100, round(400 * t)), "open": min(100, round(400 * t)), "failed": {}},
+             "connecting") for t in (0.0, 0.1, 0.2, 0.25)]
+    held = [(t, {**ramp[-1][1], "t": t}, "holding") for t in (0.5, 0.75)]
+    series, ramp_recent = fed_by(*ramp)  # the series' last row: the ramp's, 400 connects/s
+    recent = fed_by(*ramp, *held)[1]
+    client = Totals(attempted=100, established=100, open=100, peak_open=100)
+    connecting = Progress("connecting", 0.25, 100, client, None, 0.0, None, series, recent=ramp_recent)
+    holding = Progress("holding", 0.8, 100, client, None, 0.0, None, series, ramp_ended_s=0.25, recent=recent,
+                       rates_since_s=0.3)
+    _, values = samples(scrape(connecting))
+    assert values["loopfan_connects_per_second"] == pytest.approx(400)
+    assert series.cols["connects_per_s"][-1] == 400
+    _, values = samples(scrape(holding))
+    assert values["loopfan_connects_per_second"] == 0

@@ -25,6 +25,7 @@ from loopfan.engine import measure
 from loopfan.engine import protocol as P
 from loopfan.engine.client import client_main
 from loopfan.engine.fleet import Fleet, Worker
+from loopfan.engine.live_rates import Recent, RecentCounts
 from loopfan.engine.ramp import Stagger, client_config_for, ramp_concurrency
 from loopfan.engine.timeseries import DEFAULT_INTERVAL_S, SeriesSampler, read_proc
 from loopfan.engine.traffic_client import traffic_client_main
@@ -143,6 +144,11 @@ class Progress:
     # (Each worker closes all its connections at once and then reports, so the count falls in
     # steps of a worker's share; QA read "closing: 30,000/30,000 open" until then.)
     open_at_close: int | None = None
+    # The client workers' recent reports, for rates as they are now (live_rates; None: none kept),
+    # and when what those rates cover began: the current phase's start, or, in the traffic phase,
+    # when every client was talking (WebSocket handshakes before that send no messages).
+    recent: Recent | None = None
+    rates_since_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -271,6 +277,7 @@ def run_plan(
         series.note_latency(lat)
 
     fleet = Fleet(on_latency=on_latency)
+    recent = RecentCounts(t0)
     cpu_before = _children_cpu_s()
     slab_before = measure.slab_bytes()
     overflows_before = measure.listen_overflows()
@@ -281,6 +288,7 @@ def run_plan(
     listeners_before = measure.start_listeners(targets)
     n_servers = len(plan.server_shards)
     phase = "starting"
+    rates_since = t0  # (for the live view: see Progress)
     hold_until: float | None = None
     # When the traffic's warm-up and window end, once every client is talking (after WebSocket
     # handshakes, whose length nobody knows ahead): the live view's "left" for the traffic phase.
@@ -294,8 +302,13 @@ def run_plan(
         s = Totals.of(fleet.of("server")) if n_servers else None
         return c, s
 
+    def enter(name: str) -> None:
+        """The run's phase is now `name`: the live rates count from here (never a phase before)."""
+        nonlocal phase, rates_since
+        phase, rates_since = name, time.monotonic()
+
     def tick() -> None:
-        nonlocal last_sample, traffic_until
+        nonlocal last_sample, traffic_until, rates_since
         now = time.monotonic()
         c, s = totals()
         if now - last_sample[0] >= 1.0 or not result.rate_series:
@@ -308,6 +321,8 @@ def run_plan(
         # established count in `established`, never in what the run holds.
         series.note_progress(now, c.open)
         series.note_reports(fleet.of("client"), now)
+        if on_progress:  # (only a live view reads them)
+            recent.note(now, fleet.of("client"))
         if series.due(now):
             take_sample(now)
         if on_progress:
@@ -315,6 +330,7 @@ def run_plan(
             if phase == "traffic" and config.traffic is not None:
                 if traffic_until is None and all_talking(fleet.of("client")):
                     traffic_until = now + config.traffic.warmup_s + config.traffic.duration_s
+                    rates_since = max(rates_since, now)
                 if traffic_until is not None:
                     left = max(0.0, traffic_until - now)
             rate = result.peak_rate_per_s
@@ -324,7 +340,7 @@ def run_plan(
             on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series,
                                  _handshakes_waiting(fleet) if phase == "traffic" else 0,
                                  config.traffic.kind if config.traffic is not None else None,
-                                 ramp_ended_s, open_at_close))
+                                 ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0))
 
     def take_sample(now: float) -> None:
         procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}
@@ -334,7 +350,7 @@ def run_plan(
         try:
             # 1. The built-in server, if the plan has one: every shard listening before any client.
             if n_servers:
-                phase = "starting server"
+                enter("starting server")
                 for shard in plan.server_shards:
                     fleet.spawn("server", shard.index, server_main_for(config.server), shard, config.server)
                 ok = fleet.wait_until(
@@ -352,10 +368,11 @@ def run_plan(
             result.phases_s["start"] = time.monotonic() - t0
 
             # 2. Ramp: every client worker opens its shard.
-            phase = "connecting"
+            enter("connecting")
             t_ramp = time.monotonic()
             # The --hdr-log's time origin: its connect interval spans the ramp (traffic_phase.RampSpan).
             ramp_started = (time.time(), time.perf_counter())
+            recent.workers_start_now(t_ramp)
             n_clients = len(plan.client_shards)
             concurrency = ramp_concurrency(config.ramp_concurrency, n_clients)
             client_config = client_config_for(config.client, n_clients, concurrency, config.connect_rate_per_s)
@@ -391,7 +408,7 @@ def run_plan(
             _note_failures(fleet, result)
 
             # Peak readings: after the ramp, while everything is held.
-            phase = "measuring"
+            enter("measuring")
             tick()  # (the live view and /metrics say so: the readings take up to seconds)
             t_measure = time.monotonic()
             result.memory = {
@@ -411,7 +428,7 @@ def run_plan(
 
             # 2b. Traffic: every client worker talks over its connections, all starting together.
             if config.traffic is not None and interrupt.signal is None:
-                phase = "traffic"
+                enter("traffic")
                 t_traffic = time.monotonic()
                 ramp = RampSpan(started_at=ramp_started[0], start_clock=ramp_started[1], end_clock=ramp_end_clock,
                                 connect_latency=result.connect_latency)
@@ -421,7 +438,7 @@ def run_plan(
 
             # 3. Hold.
             if interrupt.signal is None:
-                phase = "holding"
+                enter("holding")
                 t_hold = time.monotonic()
                 hold_until = None if config.hold_s is None else t_hold + config.hold_s
                 while interrupt.signal is None and (hold_until is None or time.monotonic() < hold_until):
@@ -437,7 +454,7 @@ def run_plan(
                 hold_until = None
 
             # 4. Close: clients first (the server sees orderly closes), then the server.
-            phase = "closing"
+            enter("closing")
             t_close = time.monotonic()
             open_at_close = Totals.of(clients).open
             fleet.send(clients, P.CLOSE)
@@ -450,7 +467,7 @@ def run_plan(
                 raise
             result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoopfanError) else str(exc)
         finally:
-            phase = "stopping"
+            enter("stopping")
             t_stop = time.monotonic()
             result.client, result.server = totals()
             # Before the built-in server stops: its listeners' drop counts go with them.
@@ -479,7 +496,7 @@ def run_plan(
                 on_progress(Progress(phase, result.phases_s["total"], plan.request.connections, result.client,
                                      result.server, 0.0, None, series, 0,
                                      config.traffic.kind if config.traffic is not None else None,
-                                     ramp_ended_s, open_at_close))
+                                     ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0))
     return result
 
 

@@ -112,7 +112,7 @@ def _r(v: float, nd: int = 1) -> float:
     return round(v, nd)
 
 
-def _counters(stats: dict[str, Any]) -> dict[str, float]:
+def counters(stats: dict[str, Any]) -> dict[str, float]:
     """A client worker's cumulative counters that the rows are rates of, per-cause ones included."""
     traffic = stats.get("traffic") or {}
     out: dict[str, float] = {
@@ -284,18 +284,18 @@ class SeriesSampler:
         the parent's too: CLOCK_MONOTONIC is system-wide), if it is news."""
         key = (w.role, w.index)
         self._running[key] = not w.finished
-        counters = _counters(w.stats)
+        counts = counters(w.stats)
         knots = self._knots.get(key)
         if knots is None:  # a worker starts from zero, at the last edge
             knots = self._knots[key] = [(self.t0 + self._edge[0], {})]
         stamp = float(w.stats.get("t", now))
         if knots and stamp <= knots[-1][0]:
-            if counters == knots[-1][1]:
+            if counts == knots[-1][1]:
                 return
             # Counts newer than a knot but stamped at or before it (a report that arrived after the
             # edge it belongs before): they land just after it, in the next row, never lost.
             stamp = knots[-1][0] + 1e-6
-        knots.append((stamp, counters))
+        knots.append((stamp, counts))
 
     def _row_counts(self, now: float) -> tuple[float, dict[str, float], dict[str, float]]:
         """The row's time (its edge), the workers' summed counters there, and the rates since the

@@ -9,10 +9,15 @@ bench/report_overhead.py (docs/benchmarks.md "Reporting overhead").
 
 What is shown follows the phase: connects, connect latency and failures while connecting;
 messages/s, request latency and traffic errors while the phase is "traffic", when the connect
-figures are all zero. Once the ramp is over (measuring, holding, closing) the connects are done:
-the rates shown are those of the last interval only when it began after the ramp ended, so the
-ramp's last rate is never shown as the hold's; while closing, the open count becomes how many of
-the connections open at the close are closed. Connection failures are shown in every phase.
+figures are all zero. Once the ramp is over (measuring, holding, closing) the connects are done;
+while closing, the open count becomes how many of the connections open at the close are closed.
+Connection failures are shown in every phase.
+
+The rates (connects, closes, failures, messages, bytes and errors per second) are as they are now:
+over the last second of the workers' reports, cut where the phase began (live_rates), so a 30K/s
+ramp reads about 30K/s from its first reports on, and a phase never shows the one before's. The
+latency percentiles, CPU and loop lag are the series' last interval's (a percentile needs the
+interval's histogram); after the ramp, CPU and loop lag only from an interval that began after it.
 Everything shown comes from the Progress handed over (facts, not the clock), so the panel and
 the lines are pure functions of it. The refresh thread reads
 the sampler's columns while the runner appends to them: it reads each column's last element and
@@ -34,12 +39,25 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from loopfan.engine.live_rates import COUNTERS
 from loopfan.engine.runner import Progress
 from loopfan.wording import traffic_nouns
 
 PANEL_REFRESH_PER_S = 4
 PLAIN_EVERY_S = 5.0
 MODES = ("auto", "panel", "plain", "ndjson", "none")
+# The rates as they are now, named as the NDJSON's now_per_s says them (the live_rates counters').
+NOW_KEYS = {"established": "connects", "closed": "closes", "failed": "failures", "messages": "messages",
+            "bytes_in": "bytes_in", "bytes_out": "bytes_out", "errors": "errors"}
+
+
+def rates_now_per_s(p: Progress) -> dict[str, float | None]:
+    """{'connects': 29_850.0, 'closes': 0.0, ...} per second as they are now: over the last second of
+    the client workers' reports, since the phase began (live_rates.total_rate). None, every one,
+    when too little of the phase is known yet (it began a moment ago) or no reports are kept."""
+    if p.recent is None:
+        return dict.fromkeys(NOW_KEYS.values())
+    return {NOW_KEYS[c]: p.recent.rate_per_s(c, now_s=p.elapsed_s, since_s=p.rates_since_s) for c in COUNTERS}
 
 
 def last_row(p: Progress) -> dict[str, Any]:
@@ -52,6 +70,7 @@ def last_row(p: Progress) -> dict[str, Any]:
     close = closing(p)
     if close is not None:
         row["closing"] = {"closed": close[0], "of": close[1]}
+    row["now_per_s"] = {k: None if v is None else round(v, 1) for k, v in rates_now_per_s(p).items()}
     s = p.series
     if s is None or not s.cols["t_s"]:
         return row
@@ -90,10 +109,10 @@ def after_ramp(p: Progress) -> bool:
     return p.ramp_ended_s is not None and p.phase != "traffic"
 
 
-def rates_now(p: Progress, row: dict[str, Any]) -> bool:
-    """The last interval's rates say what is true in this phase: always while ramping; after the
-    ramp only once an interval that began after it ended is in (until then the last interval is
-    the ramp's, its connects/s at their height)."""
+def interval_of_this_phase(p: Progress, row: dict[str, Any]) -> bool:
+    """The series' last interval says what is true in this phase (its latency, CPU and loop lag):
+    always while ramping; after the ramp only once an interval that began after it ended is in
+    (until then the last interval is the ramp's, its busiest second)."""
     if "t_s" not in row:
         return False
     return not after_ramp(p) or row["from_t_s"] >= (p.ramp_ended_s or 0.0) - 1e-3
@@ -118,9 +137,14 @@ def _pcts(lat: dict[str, Any]) -> str:
             f"max {_ms(lat.get('max'))}")
 
 
+def _per_s(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
 def _errors(row: dict[str, Any], top: int = 4) -> str:
-    """'12/s, 340 so far (http-5xx 300, reply-timeout 40)', or '' when there were none."""
-    rate, so_far = row.get("errors_per_s") or 0, row.get("errors_so_far") or 0
+    """'12/s, 340 so far (http-5xx 300, reply-timeout 40)', or '' when there were none (the rate
+    as it is now, the count so far from the series)."""
+    rate, so_far = row["now_per_s"].get("errors") or 0, row.get("errors_so_far") or 0
     if not rate and not so_far:
         return ""
     causes = sorted((row.get("errors_by_cause_so_far") or {}).items(), key=lambda kv: -kv[1])[:top]
@@ -133,18 +157,21 @@ def _left(left_s: float) -> str:
     return f"{math.ceil(left_s - 1e-9)}s left"
 
 
+# What the rates row says until the phase's first reports are in (it began a moment ago).
+RATES_WAITING = "- (the first reports of this phase are under way)"
+
+
 def _rates(p: Progress, row: dict[str, Any]) -> list[str] | None:
-    """['0 connects/s', '12 closes/s', '0 failures/s'] of the last interval; None after the ramp
-    until an interval of its own is in (the last one is the ramp's)."""
-    if not after_ramp(p):
-        return [f"{row.get('connects_per_s', p.rate_per_s):,.0f} connects/s",
-                f"{row.get('closes_per_s', 0):,.0f} closes/s", f"{row.get('failures_per_s', 0):,.0f} failures/s"]
-    if not rates_now(p, row):
+    """['30,120 connects/s', '0 closes/s', '0 failures/s'] as they are now; None until the phase's
+    first reports are in."""
+    now = row["now_per_s"]
+    connects, closes, failures = now["connects"], now["closes"], now["failures"]
+    if connects is None or closes is None or failures is None:
         return None
-    connects = row.get("connects_per_s") or 0
     # Connects after the ramp are news (a stalled ramp's stragglers): said then, else left out.
-    return ([f"{connects:,.0f} connects/s"] if connects else []) + [
-        f"{row.get('closes_per_s') or 0:,.0f} closes/s", f"{row.get('failures_per_s') or 0:,.0f} failures/s"]
+    said = not after_ramp(p) or round(connects) > 0
+    return ([f"{connects:,.0f} connects/s"] if said else []) + [f"{closes:,.0f} closes/s",
+                                                                f"{failures:,.0f} failures/s"]
 
 
 def panel(p: Progress) -> Group:
@@ -171,27 +198,27 @@ def panel(p: Progress) -> Group:
     if p.phase == "traffic" and p.handshakes_waiting:
         t.add_row("traffic", _handshakes(p))
     elif p.phase == "traffic":
-        t.add_row("traffic", f"{row.get('messages_per_s') or 0:,.0f} {traffic_nouns(p.traffic_kind)[0]}/s  "
-                  f"in {(row.get('bytes_in_per_s') or 0) / 1e6:,.2f} MB/s  "
-                  f"out {(row.get('bytes_out_per_s') or 0) / 1e6:,.2f} MB/s")
+        now = row["now_per_s"]
+        t.add_row("traffic", f"{_per_s(now['messages'])} {traffic_nouns(p.traffic_kind)[0]}/s  "
+                  f"in {_mb(now['bytes_in'])} MB/s  out {_mb(now['bytes_out'])} MB/s")
         t.add_row("latency", "request, last interval " + _pcts(row.get("message_latency_ms") or {}))
         t.add_row("errors", _errors(row) or Text("none", style="green"))
     else:
         rates = _rates(p, row)
-        t.add_row("rates", "  ".join(rates) if rates is not None else
-                  Text("- (the ramp is done; the first interval after it is under way)", style="dim"))
+        if p.phase != "stopping":  # (the last frame, kept above the report: the run is over, no rate is)
+            t.add_row("rates", "  ".join(rates) if rates is not None else Text(RATES_WAITING, style="dim"))
         lat = row.get("latency_ms") or {}
         # After the ramp there is no connect to time: the row only when stragglers connected.
         # (Connects, not latency samples: a worker reports the ramp's last ones a moment late.)
-        if not after_ramp(p) or (rates_now(p, row) and row.get("connects_per_s")):
+        if not after_ramp(p) or (interval_of_this_phase(p, row) and row.get("connects_per_s")):
             t.add_row("latency", "connect, last interval " + _pcts(lat))
     failed = sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:4]
     t.add_row("failures", ", ".join(f"{k} {v:,}" for k, v in failed) if failed else Text("none", style="green"))
     h = row.get("health") or {}
     fds = h.get("fds_used_max_pct")
     # CPU and loop lag are the interval's too: the ramp's busiest second is not the hold's.
-    cpu = f"{h.get('workers_cpu_pct') or 0:.0f}%" if rates_now(p, row) or not after_ramp(p) else "-"
-    lag = _ms(h.get("loop_lag_ms_max")) if rates_now(p, row) or not after_ramp(p) else "-"
+    cpu = f"{h.get('workers_cpu_pct') or 0:.0f}%" if interval_of_this_phase(p, row) or not after_ramp(p) else "-"
+    lag = _ms(h.get("loop_lag_ms_max")) if interval_of_this_phase(p, row) or not after_ramp(p) else "-"
     t.add_row("generator", f"fds {'-' if fds is None else f'{fds:.0f}%'} of limit (fullest worker)  "
               f"cpu {cpu}  loop lag {lag} ms")
     if p.server is not None:
@@ -259,6 +286,10 @@ class ProgressSink:
             self.exporter.stop()
 
 
+def _mb(bytes_per_s: float | None) -> str:
+    return "-" if bytes_per_s is None else f"{bytes_per_s / 1e6:,.2f}"
+
+
 def _handshakes(p: Progress) -> str:
     """Opening handshakes (TLS, WebSocket) under way: the messages (and the clock) start once they are done."""
     return (f"handshakes {max(0, p.client.open - p.handshakes_waiting):,}/{p.client.open:,} done, "
@@ -273,7 +304,7 @@ def describe(p: Progress) -> str:
         return f"traffic: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
     if p.phase == "traffic":
         lat = row.get("message_latency_ms") or {}
-        return (f"traffic: {p.client.open:,}/{p.target:,} open, {row.get('messages_per_s') or 0:,.0f} "
+        return (f"traffic: {p.client.open:,}/{p.target:,} open, {_per_s(row['now_per_s']['messages'])} "
                 f"{traffic_nouns(p.traffic_kind)[0]}/s, "
                 f"request p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
                 f"errors {_errors(row, top=3) or 'none'}, {failed or 'no connection failures'}, "
@@ -282,11 +313,11 @@ def describe(p: Progress) -> str:
     counts = (f"{close[0]:,} of {close[1]:,} closed" if close is not None
               else f"{p.client.open:,}/{p.target:,} open")
     if after_ramp(p):
-        # The connects are done: the last interval's closes and failures once it is the hold's own.
-        # (no failures per second said when none: the cumulative failures follow)
+        # The connects are done: the closes and failures as they are now, once the phase's first
+        # reports are in. (No failures per second said when none: the cumulative failures follow.)
         rates = [r for r in _rates(p, row) or [] if r != "0 failures/s"]
         said = "".join(r + ", " for r in rates)
         return f"{p.phase}: {counts}, {said}{failed or 'no failures'}, {p.elapsed_s:.1f}s{left}"
     lat_p99 = (row.get("latency_ms") or {}).get("p99")
-    return (f"{p.phase}: {counts}, {row.get('connects_per_s', p.rate_per_s):,.0f} "
+    return (f"{p.phase}: {counts}, {_per_s(row['now_per_s']['connects'])} "
             f"connects/s, p99 {_ms(lat_p99)} ms, {failed or 'no failures'}, {p.elapsed_s:.1f}s{left}")

@@ -15,9 +15,12 @@ notes that phase: O(1)) and keeps them to the end, since a series that vanished 
 ends would read as a counter reset. They are the figures the live view shows during traffic, from
 the same time series, named as Prometheus asks: base units (seconds, bytes), `_total` on counters,
 a `cause` label on errors, the last interval's latency percentiles as one gauge per `quantile`
-(max as quantile 1, as for the connect latency). Progress carries no traffic totals, so the
-traffic counters are summed from the series' per-interval rates, as the live view's error counts
-are (live.so_far): close, not exact; the report has the exact figures. A hold-only run exports no
+(max as quantile 1, as for the connect latency). The per-second gauges of connects, messages and
+bytes are the live view's rates as they are now (over the last second of the workers' reports,
+since the phase began: live.rates_now_per_s), 0 until the phase's first reports are in; the
+errors per second by cause are the last interval's (the live rates keep no causes). The traffic
+counters are summed from the series' per-interval rates, as the live view's error counts are
+(live.so_far): close, not exact; the report has the exact figures. A hold-only run exports no
 traffic family at all.
 """
 
@@ -126,8 +129,9 @@ class _Collector:
         for cause, n in sorted(p.client.failed.items()):
             failed.add_metric([cause], n)
         yield failed
-        yield GaugeMetricFamily("loopfan_connects_per_second", "Connects per second in the last interval",
-                                value=row.get("connects_per_s", p.rate_per_s))
+        now = row["now_per_s"]
+        yield GaugeMetricFamily("loopfan_connects_per_second", "Connects per second now (over the last second, "
+                                "since the phase began)", value=now["connects"] or 0)
         yield _quantiles("loopfan_connect_latency_seconds", "Connect latency of the last interval",
                          row.get("latency_ms") or {})
         health = row.get("health") or {}
@@ -167,14 +171,15 @@ def _traffic(s: SeriesSampler, row: dict[str, Any]) -> Iterator[Any]:
     t_s = s.cols["t_s"]
     yield CounterMetricFamily("loopfan_traffic_messages", "Messages completed so far (replies; sends where no "
                               "reply is awaited), warm-up included", value=so_far(s.cols["messages_per_s"], t_s))
-    yield GaugeMetricFamily("loopfan_traffic_messages_per_second", "Messages completed per second in the last "
-                            "interval", value=row.get("messages_per_s") or 0)
+    now = row["now_per_s"]
+    yield GaugeMetricFamily("loopfan_traffic_messages_per_second", "Messages completed per second now (over the "
+                            "last second, since the traffic began)", value=now["messages"] or 0)
     for way, verb in (("in", "received"), ("out", "sent")):
         yield CounterMetricFamily(f"loopfan_traffic_{verb}_bytes", f"Bytes the clients {verb} so far",
                                   value=so_far(s.cols[f"bytes_{way}_per_s"], t_s))
         yield GaugeMetricFamily(f"loopfan_traffic_{verb}_bytes_per_second",
-                                f"Bytes the clients {verb} per second in the last interval",
-                                value=row.get(f"bytes_{way}_per_s") or 0)
+                                f"Bytes the clients {verb} per second now (over the last second)",
+                                value=now[f"bytes_{way}"] or 0)
     yield _quantiles("loopfan_traffic_latency_seconds", "Request latency of the last interval (until the whole "
                      "reply)", row.get("message_latency_ms") or {})
     # Every cause seen so far, 0 where the last interval had none: a series per cause that stays.
