@@ -456,3 +456,15 @@ def test_trend_leaves_out_the_traffic_of_a_run_whose_traffic_never_ran(traffic_r
     assert table[1]["traffic.errors"] is None and table[1]["traffic.latency.p99"] is None
     assert table[0]["traffic.errors"] == 0
     assert trend_summary(table)["traffic.errors"]["last"] is None
+
+
+def test_the_badge_of_an_interrupted_run_names_the_later_signals_too(traffic_report: dict[str, Any]) -> None:
+    """Ctrl-C, then a SIGTERM while loopfan closed: the page said only "interrupted (SIGINT)"; the
+    text report's head says both, and so does the page now."""
+    rep = copy.deepcopy(traffic_report)
+    rep.update(interrupted="SIGINT", signals_after_interrupt=["SIGTERM"])
+    assert "interrupted (SIGINT; SIGTERM too, while closing): partial" in render(rep)
+    rep.update(signals_after_interrupt=[])
+    assert "interrupted (SIGINT): partial" in render(rep)
+    del rep["signals_after_interrupt"]  # a report from before the field
+    assert "interrupted (SIGINT): partial" in render(rep)

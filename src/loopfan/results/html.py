@@ -15,7 +15,7 @@ import html
 import json
 from typing import Any
 
-from loopfan.engine.report import kernel_line, not_held_by_server, not_planned
+from loopfan.engine.report import interrupted_by, kernel_line, not_held_by_server, not_planned
 from loopfan.results import charts
 from loopfan.results.checks import decode_histogram, described
 from loopfan.results.compare import NOISE_PCT, fmt, fmt_delta, rows
@@ -112,7 +112,8 @@ def _verdict(rep: dict[str, Any]) -> tuple[str, str]:
 def _connections_verdict(rep: dict[str, Any]) -> tuple[str, str]:
     checks = rep.get("checks") or []
     if rep.get("interrupted"):
-        return "b-warn", f"interrupted ({rep['interrupted']}): partial"
+        # (the signals that came while it closed too, as the text report's head says them)
+        return "b-warn", f"interrupted ({interrupted_by(rep)}): partial"
     failed_checks = [c for c in checks if not c["passed"]]
     if failed_checks:
         return "b-fail", f"{len(failed_checks)} of {len(checks)} checks failed"
