@@ -846,3 +846,5 @@ def test_the_live_rates_are_the_phases_own_and_current(loopback_block: Block) ->
     assert all(q.ramp_ended_s is not None and q.rates_since_s > q.ramp_ended_s for q in holding)
     assert all(rates_now_per_s(q)["connects"] in (None, 0) for q in holding)
     assert any(rates_now_per_s(q)["closes"] == 0 for q in holding)  # the hold's own, once its reports are in
+    # Once over, the ramp's mean rate as the report says it.
+    assert all(q.ramp_done == (3000, result.phases_s["connect"]) for q in holding)

@@ -155,6 +155,23 @@ def test_the_ramp_shows_its_rate_as_it_ramps() -> None:
                                                                       ramp_ended_s=None))
 
 
+def test_a_ramp_too_short_to_read_live_is_said_once_it_is_over() -> None:
+    """QA: a ramp under a second never showed its rate live. One shorter than a worker's report
+    interval (0.25 s) is over before any rate can be read: the panel says the report's figure."""
+    series, recent = ramp_series()
+    p = Progress("holding", 1.7, TARGET, Totals(attempted=TARGET, established=TARGET, open=TARGET,
+                                                peak_open=TARGET), None, 0.0, 3.3, series,
+                 ramp_ended_s=RAMP_ENDED_S, recent=recent, rates_since_s=HOLD_BEGAN_S, ramp_done=(TARGET, 0.43))
+    assert re.search(r"^ramp +30,000 in 0.43 s: 69,767 connects/s mean", rendered(p), re.M)
+    assert "ramp " not in rendered(progress("connecting", series_only_ramp(), elapsed_s=0.3, ramp_ended_s=None))
+
+
+def series_only_ramp() -> tuple[SeriesSampler, Recent]:
+    run = Run()
+    run.report(0.25, established=16_500, open_=16_500)
+    return run.snapshot()
+
+
 def test_closing_says_how_many_are_closed() -> None:
     fed = ramp_series()
     before = rendered(progress("closing", fed, elapsed_s=5.1, open_at_close=TARGET))

@@ -149,6 +149,9 @@ class Progress:
     # when every client was talking (WebSocket handshakes before that send no messages).
     recent: Recent | None = None
     rates_since_s: float = 0.0
+    # (established, seconds) of the ramp once it is over, the report's mean rate: a ramp shorter
+    # than a worker's report interval is over before the live rates can say its rate.
+    ramp_done: tuple[int, float] | None = None
 
 
 @dataclass(slots=True)
@@ -294,6 +297,7 @@ def run_plan(
     # handshakes, whose length nobody knows ahead): the live view's "left" for the traffic phase.
     traffic_until: float | None = None
     ramp_ended_s: float | None = None  # (for the live view: see Progress)
+    ramp_done: tuple[int, float] | None = None
     open_at_close: int | None = None
     last_sample = (t0, 0)
 
@@ -340,7 +344,8 @@ def run_plan(
             on_progress(Progress(phase, now - t0, plan.request.connections, c, s, rate, left, series,
                                  _handshakes_waiting(fleet) if phase == "traffic" else 0,
                                  config.traffic.kind if config.traffic is not None else None,
-                                 ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0))
+                                 ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0,
+                                 ramp_done))
 
     def take_sample(now: float) -> None:
         procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}
@@ -404,6 +409,7 @@ def run_plan(
             ramp_end_clock = time.perf_counter()
             ramp_ended_s = time.monotonic() - t0
             result.ramp_established = Totals.of(clients).established
+            ramp_done = (result.ramp_established, result.phases_s["connect"])
             ramp_complete = stagger.done
             _note_failures(fleet, result)
 
@@ -496,7 +502,8 @@ def run_plan(
                 on_progress(Progress(phase, result.phases_s["total"], plan.request.connections, result.client,
                                      result.server, 0.0, None, series, 0,
                                      config.traffic.kind if config.traffic is not None else None,
-                                     ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0))
+                                     ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0,
+                                     ramp_done))
     return result
 
 

@@ -174,6 +174,12 @@ def _rates(p: Progress, row: dict[str, Any]) -> list[str] | None:
                                                                 f"{failures:,.0f} failures/s"]
 
 
+def _ramp(established: int, seconds: float) -> str:
+    """'30,000 in 0.44 s: 68,182 connects/s mean' - the report's figure, once the ramp is over."""
+    mean = f": {established / seconds:,.0f} connects/s mean" if seconds > 0 and established else ""
+    return f"{established:,} in {seconds:,.2f} s{mean}"
+
+
 def panel(p: Progress) -> Group:
     row = last_row(p)
     head = Text.assemble((f"{p.phase:<12}", "bold"), f" {p.elapsed_s:6.1f}s")
@@ -207,6 +213,8 @@ def panel(p: Progress) -> Group:
         rates = _rates(p, row)
         if p.phase != "stopping":  # (the last frame, kept above the report: the run is over, no rate is)
             t.add_row("rates", "  ".join(rates) if rates is not None else Text(RATES_WAITING, style="dim"))
+        if after_ramp(p) and p.ramp_done is not None:
+            t.add_row("ramp", _ramp(*p.ramp_done))
         lat = row.get("latency_ms") or {}
         # After the ramp there is no connect to time: the row only when stragglers connected.
         # (Connects, not latency samples: a worker reports the ramp's last ones a moment late.)
