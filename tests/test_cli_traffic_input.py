@@ -21,6 +21,7 @@ import pytest
 import loopfan.commands.run as run_command
 from loopfan.cli import main
 from loopfan.commands.traffic_opts import TRAFFIC_PARAMS, flag, parse_url_targets, split_url_targets
+from loopfan.results import compare
 from loopfan.traffic.config import EXPECT_ECHO, EXPECT_END, EXPECT_NONE, TrafficConfig
 from loopfan.traffic.report import report_traffic, traffic_renderables
 from loopfan.traffic.results import TrafficTotals
@@ -270,6 +271,20 @@ def test_the_report_labels_echo_as_echo() -> None:
     assert section(TrafficConfig(kind="raw", message=b"x", expect=EXPECT_END, expect_marker=b"\n"))["kind"] == "raw"
     assert section(TrafficConfig(kind="raw", message=b"x", expect=EXPECT_NONE, rate_per_conn_s=1))["kind"] == "raw"
     assert section(TrafficConfig(kind="ws", message=b"x"))["kind"] == "ws"
+
+
+@pytest.mark.parametrize(("opcode", "said"), [("ping", "ws pings"), ("binary", "ws binary"), ("text", "ws")])
+def test_the_terminal_report_says_websocket_pings_and_binary(opcode: str, said: str) -> None:
+    """Audit: a --ws-ping run said "ws, closed loop ... messages/s", nothing of pings."""
+    tc = TrafficConfig(kind="ws", message=b"x", ws_opcode=opcode)
+    t = TrafficTotals(window_s=1.0, replies=10, window_replies=10, talking=1, talking_at_start=1)
+    tr = report_traffic(SimpleNamespace(config=SimpleNamespace(traffic=tc), traffic=t))
+    assert tr is not None and tr["kind"] == "ws"  # the JSON's kind is the schema's: the opcode is in identity
+    rep = {"traffic": tr, "established": 1, "series": {},
+           "identity": {"config": {"traffic": {"kind": "ws", "ws_opcode": opcode}}}}
+    assert f"traffic {said}, closed loop, 1.00 s measured" in _rendered(rep)
+    assert tc.mode == f"{said}, closed loop"  # the live view's words
+    assert compare.traffic_mode(rep) == f"{said}, closed loop"  # a ping run is not compared as a text run's
 
 
 @pytest.mark.usefixtures("no_leaks")

@@ -258,3 +258,12 @@ def test_prometheus_connects_per_second_is_the_phases_own() -> None:
     assert series.cols["connects_per_s"][-1] == 400
     _, values = samples(scrape(holding))
     assert values["loopfan_connects_per_second"] == 0
+
+
+def test_the_live_view_says_what_load_it_shows() -> None:
+    """Audit: a --ws-ping run's live view said "messages/s" and nothing of pings."""
+    series, recent = traffic_series()
+    p = Progress("traffic", 2.0, 100, Totals(attempted=100, established=100, open=100, peak_open=100, failed={}),
+                 None, 0.0, None, series, traffic_kind="ws", recent=recent, traffic_mode="ws pings, closed loop")
+    assert describe(p).startswith("traffic (ws pings, closed loop): 100/100 open, 50,000 messages/s")
+    assert re.search(r"^traffic +2\.0s  ws pings, closed loop", rendered(p), re.M)

@@ -196,6 +196,17 @@ def test_open_model_names_its_rate(traffic_report: dict[str, Any]) -> None:
     assert "(~780/s over 39 connections)" in section(render(rep), "traffic")
 
 
+@pytest.mark.parametrize(("opcode", "said"), [("ping", "ws pings"), ("binary", "ws binary"), ("text", "ws")])
+def test_websocket_pings_and_binary_frames_are_said(traffic_report: dict[str, Any], opcode: str, said: str) -> None:
+    """Audit: a --ws-ping run's page said "ws, closed loop"; only the JSON's identity had the opcode."""
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"]["kind"] = "ws"
+    rep["identity"]["config"]["traffic"]["ws_opcode"] = opcode
+    page = render(rep)
+    assert f"{said}, closed loop, " in page  # the heading's traffic line
+    assert f'protocol</td><td class="">{said}</td>' in section(page, "traffic")  # the protocol fact
+
+
 # --- traffic errors ------------------------------------------------------------------------------------
 
 

@@ -22,3 +22,18 @@ def traffic_nouns(kind: str | None, *, one: bool = False) -> tuple[str, str]:
     if kind == "http":
         return ("request", "response") if one else ("requests", "responses")
     return ("message", "reply") if one else ("messages", "replies")
+
+
+# WebSocket frames other than text, said after the protocol: a ping run measures the server's
+# control-frame path (no application handler), so its figures are not a text run's.
+_WS_OPCODE_WORDS = {"ping": "pings", "binary": "binary"}
+
+
+def protocol_words(kind: str | None, ws_opcode: str | None = None) -> str:
+    """The traffic's protocol as reports say it: 'http', 'echo', and for WebSocket the frames when
+    they are not text ('ws pings' for --ws-ping, 'ws binary' for --ws-binary). The JSON keeps the
+    kind and the opcode apart (traffic.kind, identity.config.traffic.ws_opcode)."""
+    words = kind or "-"
+    if kind == "ws" and ws_opcode in _WS_OPCODE_WORDS:
+        words += " " + _WS_OPCODE_WORDS[ws_opcode]
+    return words

@@ -152,6 +152,9 @@ class Progress:
     # (established, seconds) of the ramp once it is over, the report's mean rate: a ramp shorter
     # than a worker's report interval is over before the live rates can say its rate.
     ramp_done: tuple[int, float] | None = None
+    # The traffic's protocol and model in words ('ws pings, closed loop'; None: no traffic): the
+    # live view says what load it is showing, as the report's first traffic line does.
+    traffic_mode: str | None = None
 
 
 @dataclass(slots=True)
@@ -299,6 +302,7 @@ def run_plan(
     ramp_ended_s: float | None = None  # (for the live view: see Progress)
     ramp_done: tuple[int, float] | None = None
     open_at_close: int | None = None
+    traffic_mode = config.traffic.mode if config.traffic is not None else None
     last_sample = (t0, 0)
 
     def totals() -> tuple[Totals, Totals | None]:
@@ -345,7 +349,7 @@ def run_plan(
                                  _handshakes_waiting(fleet) if phase == "traffic" else 0,
                                  config.traffic.kind if config.traffic is not None else None,
                                  ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0,
-                                 ramp_done))
+                                 ramp_done, traffic_mode=traffic_mode))
 
     def take_sample(now: float) -> None:
         procs = {w.pid: read_proc(w.pid) for w in fleet.workers if not w.finished}
@@ -503,7 +507,7 @@ def run_plan(
                                      result.server, 0.0, None, series, 0,
                                      config.traffic.kind if config.traffic is not None else None,
                                      ramp_ended_s, open_at_close, recent.snapshot(), rates_since - t0,
-                                     ramp_done))
+                                     ramp_done, traffic_mode=traffic_mode))
     return result
 
 

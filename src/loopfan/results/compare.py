@@ -28,6 +28,7 @@ from loopfan.results.checks import (
     report_metrics,
     value_of,
 )
+from loopfan.traffic.report import protocol_of
 
 NOISE_PCT = 5.0
 
@@ -147,11 +148,12 @@ def unplanned(rep: dict[str, Any]) -> int:
 
 
 def traffic_mode(rep: dict[str, Any]) -> str:
-    """'hold' for a run without traffic, else the traffic's kind and model: 'http, closed loop'."""
+    """'hold' for a run without traffic, else the traffic's protocol and model: 'http, closed loop',
+    'ws pings, closed loop' (pings and text messages are different loads: a comparison says so)."""
     tr = rep.get("traffic")
     if not tr:
         return "hold"
-    return ", ".join(str(v) for v in (tr.get("kind"), tr.get("model")) if v)
+    return ", ".join(str(v) for v in (protocol_of(rep) if tr.get("kind") else None, tr.get("model")) if v)
 
 
 def _targets(rep: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from loopfan.traffic.report import (
     lost_before_traffic,
     nothing_to_talk_over,
     pipeline_of,
+    protocol_of,
     tls_line,
 )
 from loopfan.wording import counted, traffic_nouns
@@ -165,7 +166,7 @@ def _run_section(rep: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     elif rep.get("kernel_check_skipped"):
         facts.append(["kernel", _e(f"not asked: {rep['kernel_check_skipped']}")])
     if rep.get("traffic"):
-        facts.append(["traffic", _e(_traffic_summary(rep["traffic"]))])
+        facts.append(["traffic", _e(_traffic_summary(rep))])
     if baseline is not None:
         facts.append(["baseline", _e(" ".join(baseline.get("command") or [])) + " - started " + _e(
             dt.datetime.fromtimestamp(baseline.get("started_at") or 0, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))])
@@ -279,11 +280,12 @@ def _error_sources(rep: dict[str, Any], tr: dict[str, Any], top: int = 10) -> st
     return f"<p>{_e(text)}</p>" + _table(["source address", "traffic errors"], body, {1}) + hint
 
 
-def _traffic_summary(tr: dict[str, Any]) -> str:
+def _traffic_summary(rep: dict[str, Any]) -> str:
     """One line: protocol, model, window - as the terminal report's first traffic line."""
+    tr = rep["traffic"]
     window = tr.get("window_s") or 0.0
     warmup = tr.get("warmup_s") or 0.0
-    return (f"{tr.get('kind', '-')}, {tr.get('model', '-')}, {window:.2f} s measured"
+    return (f"{protocol_of(rep)}, {tr.get('model', '-')}, {window:.2f} s measured"
             + (f" after {warmup:g} s warm-up" if warmup else ""))
 
 
@@ -324,7 +326,7 @@ def _traffic_facts(rep: dict[str, Any]) -> str:
     window = tr.get("window_s") or 0.0
     warmup = tr.get("warmup_s") or 0.0
     facts = [
-        ["protocol", _e(tr.get("kind", "-"))],
+        ["protocol", _e(protocol_of(rep))],
         ["model", _e(_traffic_model(rep))],
         ["measured", _e("nothing: the traffic did not run, no connection was open when it was to begin"
                         if nothing_to_talk_over(tr) else

@@ -183,6 +183,8 @@ def _ramp(established: int, seconds: float) -> str:
 def panel(p: Progress) -> Group:
     row = last_row(p)
     head = Text.assemble((f"{p.phase:<12}", "bold"), f" {p.elapsed_s:6.1f}s")
+    if p.phase == "traffic" and p.traffic_mode:
+        head.append(f"  {p.traffic_mode}", style="bold")  # which load: 'ws pings' are not text messages
     if p.hold_left_s is not None:
         head.append(f"  ({_left(p.hold_left_s)})", style="dim")
     elif p.phase == "holding":
@@ -308,11 +310,12 @@ def describe(p: Progress) -> str:
     row = last_row(p)
     failed = ", ".join(f"{k} {v:,}" for k, v in sorted(p.client.failed.items(), key=lambda kv: -kv[1])[:3])
     left = "" if p.hold_left_s is None else f", {_left(p.hold_left_s)}"
+    phase = f"traffic ({p.traffic_mode})" if p.phase == "traffic" and p.traffic_mode else p.phase
     if p.phase == "traffic" and p.handshakes_waiting:
-        return f"traffic: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
+        return f"{phase}: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
     if p.phase == "traffic":
         lat = row.get("message_latency_ms") or {}
-        return (f"traffic: {p.client.open:,}/{p.target:,} open, {_per_s(row['now_per_s']['messages'])} "
+        return (f"{phase}: {p.client.open:,}/{p.target:,} open, {_per_s(row['now_per_s']['messages'])} "
                 f"{traffic_nouns(p.traffic_kind)[0]}/s, "
                 f"request p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
                 f"errors {_errors(row, top=3) or 'none'}, {failed or 'no connection failures'}, "

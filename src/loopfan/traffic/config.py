@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loopfan.engine.protocol import ServerConfig
+from loopfan.wording import protocol_words
 
 # Reply framing for raw TCP: what ends one reply.
 EXPECT_NONE = "none"  # send only; no reply is awaited (needs a rate)
@@ -77,6 +78,11 @@ class TrafficConfig:
     def label(self) -> str:
         """The kind as the user chose it (--traffic echo is raw TCP expecting the echo): for reports."""
         return "echo" if self.kind == "raw" and self.expect == EXPECT_ECHO else self.kind
+
+    @property
+    def mode(self) -> str:
+        """The protocol and the model in words, for live views: 'ws pings, closed loop'."""
+        return f"{protocol_words(self.label, self.ws_opcode)}, {'open model' if self.open_model else 'closed loop'}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from loopfan.traffic.causes import SERVER_LIMIT, explain
 from loopfan.traffic.results import TrafficTotals, percentiles_ms
-from loopfan.wording import traffic_nouns
+from loopfan.wording import protocol_words, traffic_nouns
 
 
 def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: str) -> dict[str, Any]:
@@ -139,6 +139,13 @@ def closed_loop_reading(tr: dict[str, Any], pipeline: int = 1) -> str | None:
             "load you choose")
 
 
+def protocol_of(rep: dict[str, Any]) -> str:
+    """The report's traffic protocol in words ('ws pings' for a --ws-ping run): the traffic block
+    has the kind, the run's identity the WebSocket opcode."""
+    cfg = (((rep.get("identity") or {}).get("config") or {}).get("traffic")) or {}
+    return protocol_words((rep.get("traffic") or {}).get("kind"), cfg.get("ws_opcode"))
+
+
 def pipeline_of(rep: dict[str, Any]) -> int:
     """The run's --pipeline (messages in flight per connection), from its identity; 1 if not said."""
     cfg = (((rep.get("identity") or {}).get("config") or {}).get("traffic")) or {}
@@ -200,24 +207,25 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     cut = bool(tr.get("interrupted"))
     never = not traffic_began(tr, rep)
     cut = cut or never
+    protocol = protocol_of(rep)
     if not never and nothing_to_talk_over(tr):
         why = ("every connect failed: the failures above say why" if not rep.get("established") else
                f"the server closed all {rep['established']:,} before it began: {SERVER_LIMIT}")
-        t.add_row("traffic", f"{tr['kind']}, {tr['model']}: not run - no connection was open when the traffic "
+        t.add_row("traffic", f"{protocol}, {tr['model']}: not run - no connection was open when the traffic "
                   f"phase began ({why})")
         return [Text.assemble(("Traffic: ", "bold"), ("not run, no connection was open", "bold red")), t]
     if never:
-        t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted before the traffic began (e.g. during the "
+        t.add_row("traffic", f"{protocol}, {tr['model']}: interrupted before the traffic began (e.g. during the "
                   "WebSocket handshakes), nothing measured")
     elif cut and not tr["window_s"]:
         # Nothing measured: say why, and what the warm-up saw (its statuses are not in the window's).
         warm_statuses = tr.get("warmup_statuses") or {}
-        t.add_row("traffic", f"{tr['kind']}, {tr['model']}: interrupted during the {tr['warmup_s']:g} s warm-up, "
+        t.add_row("traffic", f"{protocol}, {tr['model']}: interrupted during the {tr['warmup_s']:g} s warm-up, "
                   f"nothing measured; the warm-up had {tr.get('replies_in_warmup', 0):,} replies"
                   + ("" if not warm_statuses else " (" + "  ".join(f"{k} {v:,}" for k, v in warm_statuses.items())
                      + ")"))
     else:
-        t.add_row("traffic", f"{tr['kind']}, {tr['model']}, {tr['window_s']:.2f} s measured"
+        t.add_row("traffic", f"{protocol}, {tr['model']}, {tr['window_s']:.2f} s measured"
                   + (f" after {tr['warmup_s']:g} s warm-up" if tr["warmup_s"] else "")
                   + (" (interrupted, no drain)" if cut else ""))
     bps_in = tr["bytes_in_per_s"] or 0.0
