@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import loopfan
-from loopfan.traffic.causes import MEANINGS, explain, is_traffic_cause, known_traffic_causes
+from loopfan.traffic.causes import MEANINGS, explain, is_traffic_cause, known_traffic_causes, no_reply_ever
+from loopfan.traffic.report import traffic_section
+from loopfan.traffic.results import TrafficTotals
 
 SRC = Path(loopfan.__file__).parent
 # Where traffic errors get their names: the client loop and the protocol objects it asks.
@@ -110,3 +112,47 @@ def test_every_named_cause_is_explained_and_listed() -> None:
                   "errno name"):
         assert shape in listed
     assert "\n" not in listed
+
+
+# --- no-reply-ever: a slow server or one that never served the connection -----------------------------
+
+
+def test_no_reply_ever_says_both_readings_when_the_run_cannot_tell() -> None:
+    """Audit: a server answering in 2 s against --reply-timeout 0.5s was blamed on a stuck accept loop."""
+    meaning, fix = explain("no-reply-ever")
+    assert "takes longer than --reply-timeout to answer" in meaning and "never served it" in meaning
+    assert "if the server is slow, raise --reply-timeout" in fix and "accept loop is stuck" in fix
+    # No other reply at all: nothing tells a slow server from a stuck one.
+    assert no_reply_ever(0, None, 0.5, 0) == (meaning, fix)
+    # Other replies between a tenth and half of the timeout: not decisive either.
+    assert no_reply_ever(100, 200.0, 1.0, 0) == (meaning, fix)
+
+
+def test_no_reply_ever_names_a_slow_server_when_other_replies_came_near_the_timeout() -> None:
+    _, fix = no_reply_ever(500, 420.0, 0.5, 0)
+    assert fix.startswith("likelier the server is slower than --reply-timeout (other replies took up to 0.42 s "
+                          "of the 0.5 s --reply-timeout allows): raise it, e.g. --reply-timeout 2s"), fix
+    # Connections that had answered timing out later: the server is slow, whatever the latency says.
+    _, fix = no_reply_ever(500, 3.0, 10.0, 7)
+    assert "likelier the server is slower" in fix and "7 replies on connections that had answered" in fix
+    assert "--reply-timeout 40s" in fix
+
+
+def test_no_reply_ever_names_connections_never_served_when_other_replies_were_quick() -> None:
+    _, fix = no_reply_ever(12_000, 4.5, 10.0, 0)
+    assert fix.startswith("likelier never served: 12,000 replies on other connections took at most 4.5 ms, far "
+                          "under the 10 s --reply-timeout allows - the server's accept loop is stuck"), fix
+    assert "raise" not in fix
+
+
+def test_the_report_gives_no_reply_ever_the_likelier_reading() -> None:
+    """traffic_section hands the window's replies and the run's --reply-timeout to no_reply_ever."""
+    t = TrafficTotals(window_s=1.0, replies=3, window_replies=3, errors={"no-reply-ever": 5})
+    for us in (400_000, 410_000, 450_000):  # replies near the 0.5 s timeout: a slow server
+        t.latency.record_value(us)
+    tr = traffic_section(t, "echo", False, 0.0, None, reply_timeout_s=0.5)
+    assert tr is not None
+    (cause,) = tr["error_causes"]
+    assert cause["cause"] == "no-reply-ever" and cause["fix"].startswith("likelier the server is slower"), cause
+    tr = traffic_section(t, "echo", False, 0.0, None)  # the timeout not known (older callers): both readings
+    assert tr is not None and tr["error_causes"][0]["fix"] == explain("no-reply-ever")[1]

@@ -24,9 +24,14 @@ MEANINGS: dict[str, tuple[str, str]] = {
                               "look at the server's error log and whether it is still running; " + SERVER_LIMIT),
     "closed-mid-reply": ("the server closed the connection in the middle of a reply",
                          "the server crashed or cut the reply short: look at its logs"),
-    "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one (the "
-                      "kernel accepted it, the server never served it)",
-                      "the server's accept loop is stuck - often at its open-file limit; " + SERVER_LIMIT),
+    # Two servers look alike here: one that never serves the connection, and one that serves it
+    # slower than --reply-timeout (audit: 2 s per reply against 0.5 s read as a stuck accept loop).
+    # no_reply_ever() says the likelier when the run's other replies tell them apart.
+    "no-reply-ever": ("no reply at all within --reply-timeout on a connection that never had one: the "
+                      "server never served it (the kernel accepted it), or it takes longer than "
+                      "--reply-timeout to answer",
+                      "if the server is slow, raise --reply-timeout; if it never answers, its accept loop is "
+                      "stuck - often at its open-file limit; " + SERVER_LIMIT),
     "unexpected-reply": ("more replies arrived than messages were sent",
                          "raw: --expect-length / --expect-end split one reply into several - make them "
                          "match the whole reply; ws: the server sends messages of its own"),
@@ -72,6 +77,38 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "ECONNRESET": ("the server reset the connection", SERVER_LIMIT),
     "EPIPE": ("the connection was closed while sending", SERVER_LIMIT),
 }
+
+
+# Other replies' slowest beside --reply-timeout: at half of it or more the server is slow for some
+# replies, so a first reply past the timeout is the likelier reading; at a tenth or less every reply
+# came quickly, so a connection with none was not served at all. In between the figures cannot tell.
+_SLOW_SHARE = 0.5
+_FAST_SHARE = 0.1
+
+
+def no_reply_ever(replies: int, slowest_reply_ms: float | None, reply_timeout_s: float | None,
+                  reply_timeouts: int) -> tuple[str, str]:
+    """no-reply-ever's meaning and fix, with the likelier of its two readings first when the run's
+    other figures tell them apart: replies that came near the timeout, or timed out on connections
+    that had answered before (reply-timeout), point to a slow server; other replies all quick point
+    to connections the server never served."""
+    meaning, fix = MEANINGS["no-reply-ever"]
+    if not reply_timeout_s:
+        return meaning, fix
+    allowed = f"the {reply_timeout_s:g} s --reply-timeout allows"
+    slowest_ms = slowest_reply_ms if replies and slowest_reply_ms is not None else None
+    slow = slowest_ms is not None and slowest_ms >= _SLOW_SHARE * reply_timeout_s * 1000
+    if reply_timeouts or slow:
+        seen = (f"{reply_timeouts:,} replies on connections that had answered before also timed out"
+                if reply_timeouts else f"other replies took up to {(slowest_ms or 0) / 1000:,.3g} s of {allowed}")
+        return meaning, (f"likelier the server is slower than --reply-timeout ({seen}): raise it, e.g. "
+                         f"--reply-timeout {max(1.0, reply_timeout_s * 4):g}s, or lower the load; if it then "
+                         "still never answers, its accept loop is stuck - " + SERVER_LIMIT)
+    if slowest_ms is not None and slowest_ms <= _FAST_SHARE * reply_timeout_s * 1000:
+        return meaning, (f"likelier never served: {replies:,} replies on other connections took at most "
+                         f"{slowest_ms:,.3g} ms, far under {allowed} - the server's accept loop is stuck "
+                         "or it serves only some connections, often at its open-file limit; " + SERVER_LIMIT)
+    return meaning, fix
 
 
 def explain(cause: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from loopfan.traffic.causes import SERVER_LIMIT, explain
+from loopfan.traffic.causes import SERVER_LIMIT, explain, no_reply_ever
 from loopfan.traffic.results import TrafficTotals, percentiles_ms
 from loopfan.wording import protocol_words, traffic_nouns
 
@@ -42,14 +42,23 @@ def tls_line(tls: dict[str, Any]) -> str:
 
 def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
                     hdr_log: str | None, awaits_reply: bool = True,
-                    rate_per_conn_s: float = 0.0, tls: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                    rate_per_conn_s: float = 0.0, tls: dict[str, Any] | None = None,
+                    reply_timeout_s: float | None = None) -> dict[str, Any] | None:
     if t is None:
         return None
     window = t.window_s
     # Send only (raw with nothing to expect): a message is done when it is written.
     done_in_window = t.window_replies if awaits_reply else t.sent_in_window
+    latency_ms = percentiles_ms(t.latency)
+
+    def explained(cause: str) -> tuple[str, str]:
+        if cause == "no-reply-ever":  # a slow server or one that never served: the other replies tell
+            return no_reply_ever(t.latency.get_total_count(), latency_ms["max"], reply_timeout_s,
+                                 t.errors.get("reply-timeout", 0))
+        return explain(cause)
+
     errors = [
-        {"cause": c, "count": n, "meaning": explain(c)[0], "fix": explain(c)[1]}
+        {"cause": c, "count": n, "meaning": explained(c)[0], "fix": explained(c)[1]}
         for c, n in sorted(t.errors.items(), key=lambda kv: -kv[1])
     ]
     sources = sorted(t.errors_by_source.items(), key=lambda kv: -kv[1])
@@ -70,7 +79,7 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "requested_per_s": round(rate_per_conn_s * t.talking_at_start, 1) if open_model else None,
         "bytes_in_per_s": round(t.window_bytes_in / window, 1) if window > 0 else None,
         "bytes_out_per_s": round(t.window_bytes_out / window, 1) if window > 0 else None,
-        "latency_ms": percentiles_ms(t.latency),
+        "latency_ms": latency_ms,
         "ttfb_ms": percentiles_ms(t.ttfb),
         "samples": t.latency.get_total_count(),
         "statuses": dict(sorted(t.statuses.items())),
@@ -332,7 +341,7 @@ def report_traffic(result: Any) -> dict[str, Any] | None:
     if tc.tls and result.traffic is not None:
         tls = tls_block(result.traffic, tc.tls_verify, tc.tls_cafile, tc.tls_server_name)
     return traffic_section(result.traffic, tc.label, tc.open_model, tc.warmup_s, tc.hdr_log, tc.awaits_reply,
-                           tc.rate_per_conn_s, tls)
+                           tc.rate_per_conn_s, tls, tc.reply_timeout_s)
 
 
 def end_reason(tr: dict[str, Any]) -> str:
