@@ -257,6 +257,27 @@ def test_error_text_shows_what_was_typed(refused: Callable[..., str]) -> None:
     assert "'a\\nb\\q'" in err
 
 
+@pytest.mark.parametrize(("kind", "header", "needle"), [
+    ("http", "X-Trace: a\x01b", "--header X-Trace: its value holds a control character (\\x01)"),
+    ("http", "X-Trace: ab\x1f", "--header X-Trace: its value holds a control character (\\x1f)"),  # not stripped
+    ("http", "Authorization: Bearer s3cret\x7f", "--header Authorization: its value holds a control character"),
+    ("http", "X-A: b\r\nX-Injected: 1", "--header X-A: its value holds a control character (\\x0d)"),
+    ("ws", "X\x02Y: z", "--header 'X\\x02Y': its name holds a control character (\\x02)"),
+    ("ws", "Origin: http://a\x0b", "--header Origin: its value holds a control character (\\x0b)"),
+])
+def test_a_control_character_in_a_header_is_refused(refused: Callable[..., str], kind: str, header: str,
+                                                    needle: str) -> None:
+    """Audit: h11 refuses CR/LF but sends \\x01 - a header is checked at the CLI edge, by name."""
+    err = refused("--traffic", kind, "--header", header)
+    assert needle in err and "printable characters only (and tabs in its value) - remove it" in err, err
+    assert "s3cret" not in err  # the value is not echoed: it may be a token
+
+
+def test_a_tab_in_a_header_value_is_taken(reached: Callable[..., run_command.RunOptions]) -> None:
+    tc = reached("--traffic", "http", "--header", "X-List: a\tb ").config.traffic
+    assert tc is not None and tc.headers == (("X-List", "a\tb"),)
+
+
 # --- 7. echo is reported as echo ------------------------------------------------------------------
 
 

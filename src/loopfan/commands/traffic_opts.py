@@ -269,13 +269,29 @@ def _message(message: str | None, message_file: str | None) -> bytes | None:
     return None
 
 
+def _control_character(text: str) -> str | None:
+    r"""The first control character in a header's name or value, escaped; None if there is none. RFC
+    9110 5.5 allows visible characters, spaces and horizontal tabs in a field; h11 refuses CR, LF and
+    NUL but sends the others (audit: \x01 went out; so does DEL), which a server may reject or read otherwise."""
+    bad = next((c for c in text if (c < " " and c != "\t") or c == "\x7f"), None)
+    return None if bad is None else f"\\x{ord(bad):02x}"
+
+
 def _headers(texts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     out = []
     for text in texts:
         name, colon, value = text.partition(":")
-        if not colon or not name.strip():
+        if not colon or not name.strip(" \t"):
             raise UsageError(f"--header {shown(text)} is not 'Name: value'; write e.g. --header 'Accept: */*'")
-        out.append((name.strip(), value.strip()))
+        # Spaces and tabs only: str.strip() would also drop \v, \f and \x1c-\x1f unseen.
+        name, value = name.strip(" \t"), value.strip(" \t")
+        for part, where in ((name, "name"), (value, "value")):
+            bad = _control_character(part)
+            if bad is not None:
+                # (The value is not echoed: it may be a token - the header's name says which one.)
+                raise UsageError(f"--header {shown(name)}: its {where} holds a control character ({bad}); a header "
+                                 "takes printable characters only (and tabs in its value) - remove it")
+        out.append((name, value))
     return tuple(out)
 
 
