@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from loopfan.cli import main
 from loopfan.results.schema import validation_errors
@@ -46,12 +46,38 @@ http {{
 """
 
 
+# The runs hold for --seconds minus the 20 s their ramps take (--connect-rate is a twentieth of the
+# connections), and the nginx run opens half the connections at a fortieth: below these the holds
+# and rates would be 0 or negative, which loopfan refuses (exit 2) after minutes of other work.
+RAMP_S = 20
+MIN_SECONDS = RAMP_S + 1
+MIN_CONNECTIONS = 40
+
+
+class DemoFailed(Exception):
+    """A step whose output the next steps need did not produce it: said in one line, exit 1."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors in one line (not the usage block), exit 2, as loopfan's own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"report_demo: error: {message}; see --help\n")
+
+
 def loopfan(*argv: str) -> int:
     print("$ loopfan", " ".join(argv), flush=True)
     sys.argv = ["loopfan", *argv]  # run records sys.argv as the report's command line
     status = main(list(argv))
     print(f"-> exit {status}", flush=True)
     return status
+
+
+def ran(status: int, path: Path) -> None:
+    """The run that should have written `path` did: else stop here, in one line."""
+    if not path.exists():
+        raise DemoFailed(f"the run that writes {path} failed (exit {status}) and wrote no report: "
+                         "its output above says why")
 
 
 def check_report(path: Path) -> dict[str, Any]:
@@ -73,12 +99,22 @@ def nginx_run(out: Path, seconds: int, connections: int) -> None:
     proc = subprocess.Popen([nginx, "-c", str(d / "nginx.conf"), "-g", "daemon off;"])
     try:
         time.sleep(0.5)
-        loopfan("run", "-c", str(connections), f"127.0.0.1:{port}", "--connect-rate", str(connections // 20),
-                "--hold", f"{seconds - 20}s", "--progress", "plain", "--json", str(out / "nginx.json"),
-                "--html", str(out / "nginx.html"), "--check", "failed==0", "--check", "connect_latency.p99<50ms")
+        if proc.poll() is not None:
+            print(f"nginx exited at once (status {proc.returncode}; port {port} taken?): skipped")
+            return
+        status = loopfan("run", "-c", str(connections), f"127.0.0.1:{port}", "--connect-rate",
+                         str(connections // RAMP_S), "--hold", f"{seconds - RAMP_S}s", "--progress", "plain",
+                         "--json", str(out / "nginx.json"), "--html", str(out / "nginx.html"),
+                         "--check", "failed==0", "--check", "connect_latency.p99<50ms")
+        if not (out / "nginx.json").exists():
+            print(f"the nginx run failed (exit {status}) and wrote no report: skipped")
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -93,6 +129,9 @@ def screenshot(page: Path, png: Path) -> None:
                         "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
                         f"--screenshot={png}", "--window-size=1000,2200", "--hide-scrollbars", page.as_uri()],
                        capture_output=True, timeout=60, check=False)
+    if not png.exists():
+        print(f"chromium wrote no screenshot of {page}: none")
+        return
     print(f"screenshot {png} ({png.stat().st_size / 1024:,.0f} KB)")
 
 
@@ -142,32 +181,55 @@ def panel_cost(out: Path, seconds: int) -> None:
             live.Console = lambda _to=devnull, **_: Console(file=_to, force_terminal=True, width=100)  # type: ignore[assignment,misc]
         try:
             path = out / f"overhead-{mode}.json"
-            loopfan("run", "-c", "20000", "--connect-rate", "4000", "--hold", f"{seconds}s", "--progress", mode,
-                    "--json", str(path))
+            status = loopfan("run", "-c", "20000", "--connect-rate", "4000", "--hold", f"{seconds}s", "--progress",
+                             mode, "--json", str(path))
         finally:
             live.Console = original  # type: ignore[misc]
+            if mode == "panel":
+                devnull.close()
+        ran(status, path)
         rep = json.loads(path.read_text())
         cpu = [v for v, ph in zip(rep["series"]["health"]["parent_cpu_pct"], rep["series"]["phase"], strict=True)
                if v is not None and ph in ("connecting", "holding")]
+        if not cpu:
+            raise DemoFailed(f"{path} has no parent CPU figure in its connecting or holding intervals")
         results[mode] = statistics.mean(cpu)
     print(f"parent CPU, mean over the run: no live view {results['none']:.2f}% of a core, panel "
           f"{results['panel']:.2f}% -> the panel costs {results['panel'] - results['none']:.2f}% of one core")
 
 
-def run(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser()
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments, checked before anything runs: one line and exit 2 when they cannot work."""
+    ap = OneLineParser(description="Results end to end, and what reporting costs (see the module docstring).")
     ap.add_argument("out", nargs="?", default="/tmp/loopfan-report-demo")
-    ap.add_argument("--seconds", type=int, default=60)
-    ap.add_argument("--connections", type=int, default=20_000)
+    ap.add_argument("--seconds", type=int, default=60,
+                    help=f"each run's length, its {RAMP_S} s ramp included (at least {MIN_SECONDS})")
+    ap.add_argument("--connections", type=int, default=20_000,
+                    help=f"the built-in run's connections; nginx gets half (at least {MIN_CONNECTIONS})")
     args = ap.parse_args(argv)
+    if args.seconds < MIN_SECONDS:
+        ap.error(f"--seconds {args.seconds} leaves no hold after the {RAMP_S} s ramp; give --seconds "
+                 f"{MIN_SECONDS} or more (default 60)")
+    if args.connections < MIN_CONNECTIONS:
+        ap.error(f"--connections {args.connections} is too few for the ramps (a connect rate of a fortieth "
+                 f"for nginx); give --connections {MIN_CONNECTIONS} or more (default 20000)")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"cannot create the output directory {args.out}: {exc.strerror}; give a writable OUT_DIR")
+    return args
+
+
+def run(argv: list[str]) -> None:
+    args = parse(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     n, secs = args.connections, args.seconds
 
     sampler_cost()
-    loopfan("run", "-c", str(n), "--connect-rate", str(n // 20), "--hold", f"{secs - 20}s", "--progress", "plain",
-            "--json", str(out / "builtin.json"), "--html", str(out / "builtin.html"),
-            "--check", "failed==0", "--check", "connect_latency.p99<50ms", "--check", f"established>={n}")
+    status = loopfan("run", "-c", str(n), "--connect-rate", str(n // RAMP_S), "--hold", f"{secs - RAMP_S}s",
+                     "--progress", "plain", "--json", str(out / "builtin.json"), "--html", str(out / "builtin.html"),
+                     "--check", "failed==0", "--check", "connect_latency.p99<50ms", "--check", f"established>={n}")
+    ran(status, out / "builtin.json")
     check_report(out / "builtin.json")
     print(f"builtin.html: {(out / 'builtin.html').stat().st_size / 1024:,.0f} KB")
     nginx_run(out, secs, n // 2)
@@ -179,14 +241,20 @@ def run(argv: list[str]) -> None:
                 "-o", str(out / "compare.md"))
         status = loopfan("compare", str(out / "builtin.json"), str(out / "nginx.json"),
                          "--gate", "established:-10%")  # nginx ran half as many: must fail
-        assert status == 1, "the gate that should fail did not"
+        if status != 1:
+            raise DemoFailed(f"the gate that should fail (established:-10%, nginx ran half as many) gave exit "
+                             f"{status}, not 1")
         loopfan("report", str(out / "nginx.json"), "-o", str(out / "nginx-vs-builtin.html"),
                 "--baseline", str(out / "builtin.json"))
     screenshot(out / "builtin.html", out / "report-screenshot.png")
     panel_cost(out, 20)
-    if "--keep-screenshot" in sys.argv or os.environ.get("LOOPFAN_DOCS_SCREENSHOT"):
+    keep = "--keep-screenshot" in sys.argv or os.environ.get("LOOPFAN_DOCS_SCREENSHOT")
+    if keep and (out / "report-screenshot.png").exists():
         shutil.copy(out / "report-screenshot.png", ROOT / "docs" / "report-screenshot.png")
 
 
 if __name__ == "__main__":
-    run([a for a in sys.argv[1:] if a != "--keep-screenshot"])
+    try:
+        run([a for a in sys.argv[1:] if a != "--keep-screenshot"])
+    except DemoFailed as failed:
+        sys.exit(f"report_demo: error: {failed}")
