@@ -447,3 +447,22 @@ def test_tls_options_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None
     text = " ".join(capsys.readouterr().out.split())
     assert "--cacert FILE" in text and "--insecure" in text and "https://127.0.0.1:8443/" in text
 
+
+
+def test_the_reopened_row_names_why_the_server_closed_them() -> None:
+    """The reopened row's why, from the statuses and errors (the headline's words only when each
+    connection was reopened at least once on average)."""
+    from loopfan.traffic.report import heavy_reopens, reopened_line, why_reopened
+
+    closes = {"connections_talking_at_start": 10, "connections_reopened": 40, "statuses": {},
+              "errors": {"closed-awaiting-reply": 30, "ECONNRESET": 10, "http-5xx": 3}}
+    assert why_reopened(closes) == "the server closed or reset them: closed-awaiting-reply 30, ECONNRESET 10"
+    assert heavy_reopens(closes) == "connections reopened 40 times (the server closed them)"
+    line = reopened_line(closes)
+    assert line is not None and line.startswith("40 times, ~4 per connection: ") and "keep-alive it is not" in line
+    ws = {"connections_talking_at_start": 10, "connections_reopened": 3, "errors": {"ws-close-1011": 3}}
+    assert why_reopened(ws) == "the server closed or reset them: ws-close-1011 3" and heavy_reopens(ws) is None
+    assert why_reopened({"connections_reopened": 1}) == "why it closed them: the statuses and errors"
+    assert reopened_line({"connections_reopened": 0}) is None
+    refused = reopened_line({"connections_reopened": 0, "reopen_failures": {"ECONNREFUSED": 4}})
+    assert refused is not None and "retried with backoff: ECONNREFUSED 4" in refused

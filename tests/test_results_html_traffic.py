@@ -207,6 +207,28 @@ def test_websocket_pings_and_binary_frames_are_said(traffic_report: dict[str, An
     assert f'protocol</td><td class="">{said}</td>' in section(page, "traffic")  # the protocol fact
 
 
+def test_connections_reopened_after_every_response_turn_the_verdict_amber(traffic_report: dict[str, Any]) -> None:
+    """Audit: 20 connections reopened 1,526 times in 0.5 s read as an ordinary run. Nothing failed
+    (2xx with Connection: close), so not red - but the load was new connections as much as requests."""
+    rep = copy.deepcopy(traffic_report)
+    tr = rep["traffic"]
+    talking = tr["connections_talking_at_start"]
+    tr["connections_reopened"] = 30 * talking
+    tr["statuses"] = {"http-2xx": 31 * talking, "http-connection-close": 31 * talking}
+    page = render(rep)
+    run = section(page, "run")
+    assert '<span class="badge b-warn">' in run, run
+    assert f"no errors; connections reopened {30 * talking:,} times (Connection: close)" in run
+    body = section(page, "traffic")
+    assert (f"{30 * talking:,} times, ~30 per connection: connections the server closed during the traffic were "
+            "opened again") in body
+    assert f"the server ended keep-alive with Connection: close on {31 * talking:,} responses;" in body
+    tr["connections_reopened"] = talking // 2  # fewer than one each (a keep-alive limit): said, not headlined
+    page = render(rep)
+    assert '<span class="badge b-pass">' in section(page, "run") and "connections reopened" not in section(page, "run")
+    assert f"{talking // 2:,} times: connections the server closed" in section(page, "traffic")
+
+
 # --- traffic errors ------------------------------------------------------------------------------------
 
 

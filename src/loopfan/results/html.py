@@ -23,10 +23,12 @@ from loopfan.traffic.report import (
     behind_schedule,
     closed_loop_reading,
     end_reason,
+    heavy_reopens,
     lost_before_traffic,
     nothing_to_talk_over,
     pipeline_of,
     protocol_of,
+    reopened_line,
     tls_line,
 )
 from loopfan.wording import counted, traffic_nouns
@@ -105,6 +107,13 @@ def _verdict(rep: dict[str, Any]) -> tuple[str, str]:
     if share is not None:
         # Amber, not red: exit 0 as wrk2 and k6 (the latency holds the verdict; --check traffic.unsent==0 gates it).
         text += f", but {share:.1%} of the rate requested"
+        if cls == "b-pass":
+            cls = "b-warn"
+    heavy = heavy_reopens(tr)
+    if heavy:
+        # Amber too: nothing failed, but the load was new connections as much as requests
+        # (--check traffic.reopened==0 gates it).
+        text += f"; {heavy}"
         if cls == "b-pass":
             cls = "b-warn"
     return cls, text
@@ -389,12 +398,9 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
         facts.append(["lost", _e(f"{tr['lost_in_flight']:,} {traffic_nouns(tr.get('kind'))[0]} in flight on "
                                  "connections that ended, "
                                  "never answered")])
-    reopened, refused = tr.get("connections_reopened", 0), tr.get("reopen_failures") or {}
-    if reopened or refused:
-        text = f"{reopened:,} connections the server closed during the traffic were opened again"
-        if refused:
-            text += f"; failed connect attempts (retried with backoff): {_counts(refused)}"
-        facts.append(["reopened", _e(text)])
+    reopened = reopened_line(tr)
+    if reopened:
+        facts.append(["reopened", _e(reopened)])
     established = rep.get("established", 0)
     start, end = tr.get("connections_talking_at_start", 0), tr.get("connections_talking_at_end", 0)
     talking = f"{start:,} at the start, {end:,} at the end (of {established:,} established)"

@@ -205,6 +205,74 @@ def behind_schedule(tr: dict[str, Any]) -> float | None:
     return share if share < _BEHIND_SHARE else None
 
 
+# Causes under which the server ended a connection that loopfan then reopened (traffic_client's
+# _REOPEN_CAUSES and the WebSocket close codes): what the reopened line names as the why.
+_CLOSED_BY_SERVER = ("closed-by-peer", "closed-awaiting-reply", "closed-mid-reply", "ECONNRESET", "EPIPE")
+
+
+def why_reopened(tr: dict[str, Any]) -> str:
+    """Why the server ended the connections that were reopened, from the statuses and errors: a
+    response with Connection: close (and the error statuses that came with them), else the close
+    and reset causes. Audit: an HTTP server answering 403 with Connection: close had its 20
+    connections reopened 1,526 times in 0.5 s, and the line only said "see statuses and errors"."""
+    statuses = tr.get("statuses") or {}
+    closes = statuses.get("http-connection-close", 0)
+    if closes:
+        failing = {k: v for k, v in statuses.items() if _http_class(k) and _http_class(k) >= "4"}
+        return (f"the server ended keep-alive with Connection: close on {closes:,} responses"
+                + (" (of them " + ", ".join(f"{k} {v:,}" for k, v in failing.items()) + ")" if failing else ""))
+    errors = tr.get("errors") or {}
+    ended = {k: v for k, v in errors.items() if k in _CLOSED_BY_SERVER or k.startswith("ws-close-")}
+    if ended:
+        return "the server closed or reset them: " + ", ".join(f"{k} {v:,}" for k, v in ended.items())
+    return "why it closed them: the statuses and errors"
+
+
+def all_error_statuses(tr: dict[str, Any]) -> bool:
+    """Every HTTP response an error (4xx and up): the requests/s are answers, not successes."""
+    classes = [c for c in map(_http_class, tr.get("statuses") or {}) if c]
+    return bool(classes) and all(c >= "4" for c in classes)
+
+
+def _http_class(status: str) -> str:
+    """'4' for the status 'http-4xx' (1-9, as h11 takes 100-999), '' for any other status name."""
+    return status[5] if len(status) == 8 and status.startswith("http-") and status.endswith("xx") else ""
+
+
+def heavy_reopens(tr: dict[str, Any]) -> str | None:
+    """The headline's words when connections were reopened at least once each on average: then the
+    run measured new connections as much as requests (wrk reopens as loopfan does, without a
+    backoff, so the figures look healthy). None when the reopens were few."""
+    reopened = tr.get("connections_reopened") or 0
+    talking = tr.get("connections_talking_at_start") or 0
+    if not reopened or reopened < max(1, talking):
+        return None
+    short = ("Connection: close" if (tr.get("statuses") or {}).get("http-connection-close")
+             else "the server closed them")
+    return f"connections reopened {reopened:,} times ({short})"
+
+
+def reopened_line(tr: dict[str, Any]) -> str | None:
+    """The "reopened" row: how many times, how often per connection, why, and the connects that
+    failed (retried with a backoff). None when nothing was reopened nor tried."""
+    reopened = tr.get("connections_reopened", 0)
+    refused = tr.get("reopen_failures") or {}
+    if not reopened and not refused:
+        return None
+    talking = tr.get("connections_talking_at_start") or 0
+    each = f", ~{reopened / talking:,.0f} per connection" if talking and reopened >= talking else ""
+    line = (f"{reopened:,} times{each}: connections the server closed during the traffic were opened again (same "
+            f"source, same endpoint; at once after a response, as wrk does - no backoff) - {why_reopened(tr)}")
+    if heavy_reopens(tr):
+        line += ("; each reopen is a new TCP connect, so these figures measure connects as much as "
+                 "requests - keep-alive it is not")
+    if refused:
+        line += ("; connect attempts that failed and were retried with backoff: "
+                 + ", ".join(f"{k} {v:,}" for k, v in refused.items())
+                 + " (the server stopped or restarted, or refuses new connections)")
+    return line
+
+
 def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     tr = rep.get("traffic")
     if not tr:
@@ -244,7 +312,7 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
     t.add_row("throughput", f"{rate or 0:,.0f} {sent}/s" + (f" of {asked:,.0f} requested" if asked else "")
               + f", in {bps_in / 1e6:,.2f} MB/s, out {bps_out / 1e6:,.2f} MB/s "
               f"({tr['replies_in_window']:,} {answers} and {tr.get('sent_in_window', tr['sent']):,} {sent} sent "
-              "in the window)")
+              "in the window)" + ("; every response an error status (see statuses)" if all_error_statuses(tr) else ""))
     if tr.get("tls"):
         t.add_row("tls", tls_line(tr["tls"]))
     t.add_row("latency", _pct_line(tr["latency_ms"]))
@@ -254,16 +322,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("reading", note)
     if tr["statuses"]:
         t.add_row("statuses", "  ".join(f"{k} {v:,}" for k, v in tr["statuses"].items()))
-    reopened = tr.get("connections_reopened", 0)
-    refused = tr.get("reopen_failures") or {}
-    if reopened or refused:
-        line = (f"{reopened:,} connections the server closed during the traffic were opened again (same source, "
-                "same endpoint; as wrk does) - see statuses and errors for why it closed them")
-        if refused:
-            line += ("; connect attempts that failed and were retried with backoff: "
-                     + ", ".join(f"{k} {v:,}" for k, v in refused.items())
-                     + " (the server stopped or restarted, or refuses new connections)")
-        t.add_row("reopened", line)
+    reopened = reopened_line(tr)
+    if reopened:
+        t.add_row("reopened", reopened)
     in_flight = tr.get("lost_in_flight", 0)
     if in_flight:
         t.add_row("lost", f"{in_flight:,} {sent} were in flight on connections that ended: never answered "
@@ -318,6 +379,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
                     f"requested ({share:.1%}; the latency says how far behind)", style="bold yellow")
     else:
         head.append("no errors", style="bold green")
+    heavy = heavy_reopens(tr)
+    if heavy:  # (beside the errors too: 4xx with Connection: close reads as errors, not as reconnects)
+        head.append(f"; {heavy}", style="bold yellow")
     parts: list[Any] = [head, t]
     if tr["error_causes"]:
         et = Table(title="traffic errors by cause", title_justify="left")
