@@ -457,7 +457,8 @@ def test_the_reopened_row_names_why_the_server_closed_them() -> None:
     closes = {"connections_talking_at_start": 10, "connections_reopened": 40, "statuses": {},
               "errors": {"closed-awaiting-reply": 30, "ECONNRESET": 10, "http-5xx": 3}}
     assert why_reopened(closes) == "the server closed or reset them: closed-awaiting-reply 30, ECONNRESET 10"
-    assert heavy_reopens(closes) == "connections reopened 40 times (the server closed them)"
+    assert heavy_reopens(closes) == "connections reopened 40 times for 0 replies (the server closed them)"
+    assert heavy_reopens({**closes, "replies": 401}) is None  # under one reopen per ten replies
     line = reopened_line(closes)
     assert line is not None and line.startswith("40 times, ~4 per connection: ") and "keep-alive it is not" in line
     ws = {"connections_talking_at_start": 10, "connections_reopened": 3, "errors": {"ws-close-1011": 3}}

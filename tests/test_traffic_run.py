@@ -585,7 +585,8 @@ def test_reopens_after_errors_with_connection_close_are_said_with_their_cause(
     tr = rep["traffic"]
     assert status == 1 and set(tr["errors"]) == {"http-4xx"} and tr["connections_reopened"] > 20 * 2, tr
     flat = " ".join(text.split())
-    assert re.search(r"Traffic: [\d,]+ errors; connections reopened [\d,]+ times \(Connection: close\)", flat), flat
+    assert re.search(r"Traffic: [\d,]+ errors; connections reopened [\d,]+ times for [\d,]+ responses "
+                     r"\(Connection: close\)", flat), flat
     assert re.search(r"reopened [\d,]+ times, ~[\d,]+ per connection: connections the server closed", flat), flat
     assert "at once after a response, as wrk does - no backoff" in flat
     assert re.search(r"the server ended keep-alive with Connection: close on [\d,]+ responses \(of them "
