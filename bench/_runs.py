@@ -58,6 +58,10 @@ def run_env(src: str | None, environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
+class NoReport(RuntimeError):
+    """A `loopfan run` that wrote no report (it refused its arguments, or died): its last line."""
+
+
 def loopfan_run(args: list[str], src: str | None = None) -> tuple[dict[str, Any], Timed]:
     """`python -m loopfan run ARGS -q --json ...` from this checkout (or the PYTHONPATH the caller
     set), or from the source tree `src` (another checkout's src/ folder, for side-by-side runs of
@@ -71,6 +75,8 @@ def loopfan_run(args: list[str], src: str | None = None) -> tuple[dict[str, Any]
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r.json")
         t = timed([sys.executable, "-m", "loopfan", "run", *args, "-q", "--json", out], env=env)
+        if not os.path.exists(out):
+            raise NoReport((t.stdout.strip().splitlines() or ["no output"])[-1])
         with open(out) as fh:
             return json.load(fh), t
 
@@ -82,6 +88,11 @@ def us_per(t: Timed, count: int) -> str:
     return f"{(t.user_s + t.sys_s) / count * 1e6:.1f} us ({t.user_s / count * 1e6:.1f} user)"
 
 
+def cpu_us(t: Timed, count: int) -> float | None:
+    """us_per's figure as a number (user + system), for medians and ratios; None with no messages."""
+    return (t.user_s + t.sys_s) / count * 1e6 if count else None
+
+
 def summary(values: list[float]) -> str:
     if not values:
         return "-"
@@ -90,11 +101,16 @@ def summary(values: list[float]) -> str:
 
 
 @contextmanager
-def private_nginx(conf: str, address: str, port: int) -> Iterator[str]:
+def private_nginx(conf: str, address: str, port: int, files: dict[str, bytes] | None = None) -> Iterator[str]:
     """nginx on a config of its own (`conf` with {d} for its directory, a temporary one), once it
-    answers on address:port; stopped by pid after. Yields the directory."""
+    answers on address:port; stopped by pid after. Yields the directory. `files` (name -> bytes)
+    are written into the directory before nginx starts, e.g. a certificate the config names as
+    {d}/server.pem: they go when nginx does."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     with tempfile.TemporaryDirectory() as d:
+        for name, data in (files or {}).items():
+            with open(os.path.join(d, name), "wb") as fh:
+                fh.write(data)
         with open(os.path.join(d, "nginx.conf"), "w") as fh:
             fh.write(conf.format(d=d))
         proc = subprocess.Popen([nginx, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "e.log")])
