@@ -126,27 +126,33 @@ class TlsClient:
             if not self.secure or self.dead is not None:
                 self.out += self._out.read()
                 return 0
-        chunks: list[bytes] = []
+        # Read while ciphertext or decrypted bytes are left, not until SSLWantReadError: the usual
+        # read is one whole record, and an exception per reply cost more than the decryption.
+        obj = self.obj
+        incoming = self._in
+        plain = b""
         try:
-            while True:
-                chunk = self.obj.read(_READ)
-                if not chunk:
+            plain = obj.read(_READ)
+            while incoming.pending or obj.pending():
+                more = obj.read(_READ)
+                if not more:
                     break
-                chunks.append(chunk)
+                plain += more
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-            pass  # all that is here is read; close_notify: the TCP close that follows ends the connection
+            pass  # the rest of a record is still on its way; close_notify: the TCP close follows
         except ssl.SSLError:
             self.dead = TLS_ERROR
         n = 0
         inner = self.inner
-        if chunks:
-            n = inner.feed(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if plain:
+            n = inner.feed(plain)
             if inner.out:
                 sealed, inner.out = inner.out, b""
                 self.out += self._seal(sealed)
             if inner.dead is not None and self.dead is None:
                 self.dead = inner.dead
-        self.out += self._out.read()  # (post-handshake messages: key updates, alerts)
+        if self._out.pending:  # (post-handshake messages: session tickets, key updates, alerts)
+            self.out += self._out.read()
         return n
 
     def _shake(self) -> None:
