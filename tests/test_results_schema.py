@@ -34,6 +34,11 @@ def _ttfb_not_zlib(rep: dict[str, Any]) -> None:
     rep["histograms"]["ttfb"] = dict(rep["histograms"]["connect_latency"], data=NOT_ZLIB)
 
 
+def _latency_not_zlib(rep: dict[str, Any]) -> None:
+    """A traffic run's message latency histogram (optional like ttfb's), damaged."""
+    rep["histograms"]["latency"] = dict(rep["histograms"]["connect_latency"], data=NOT_ZLIB)
+
+
 def _traffic_without_window(rep: dict[str, Any]) -> None:
     rep["traffic"] = traffic_report()["traffic"]
     del rep["traffic"]["window_s"]  # QA's, by hand: 'internal error: KeyError' in `loopfan report`
@@ -49,6 +54,9 @@ DAMAGES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("histogram a list", lambda r: r["histograms"].update(connect_latency=[1, 2]), "histograms/connect_latency"),
     ("ttfb not zlib", _ttfb_not_zlib, "histograms/ttfb/data"),
     ("ttfb without its unit", lambda r: r["histograms"].update(ttfb={"count": 3}), "histograms/ttfb"),
+    ("latency not zlib", _latency_not_zlib, "histograms/latency/data"),
+    ("latency without its unit", lambda r: r["histograms"].update(latency={"count": 3}), "histograms/latency"),
+    ("latency a number", lambda r: r["histograms"].update(latency=12.5), "histograms/latency"),
     ("check without a verdict", lambda r: r.update(checks=[{"expression": "failed==0", "kind": "check",
                                                              "metric": "failed", "actual": 0, "passed": "yes"}]),
      "checks/0/passed"),
@@ -93,11 +101,14 @@ def test_a_whole_report_has_no_problem_and_a_partial_one_neither() -> None:
     assert report_problems(rep) == []
 
 
-def test_a_traffic_report_carries_its_ttfb_histogram_optionally() -> None:
-    """histograms.ttfb (a traffic run's time to first byte) is a histogram like connect_latency's,
-    and optional: reports without traffic, and those of earlier versions, have none."""
+@pytest.mark.parametrize("names", [("ttfb",), ("latency",), ("latency", "ttfb")])
+def test_a_traffic_report_carries_its_latency_and_ttfb_histograms_optionally(names: tuple[str, ...]) -> None:
+    """histograms.latency (a traffic run's message latency) and histograms.ttfb (its time to first
+    byte) are histograms like connect_latency's, and optional: reports without traffic, and those
+    of earlier versions, have none (earlier still: ttfb's without latency's)."""
     rep = traffic_report()
-    rep["histograms"]["ttfb"] = dict(rep["histograms"]["connect_latency"])
+    for name in names:
+        rep["histograms"][name] = dict(rep["histograms"]["connect_latency"])
     assert report_problems(rep) == []
     assert schema()["properties"]["histograms"]["required"] == ["connect_latency"]
     if importlib.util.find_spec("jsonschema") is not None:
@@ -119,7 +130,8 @@ def test_report_problems_name_the_damaged_value(name: str, at: str) -> None:
     assert problems and problems[0].startswith(f"{at}: "), problems
 
 
-@pytest.mark.parametrize("name", [n for n, _, _ in DAMAGES if n not in ("bad base64", "not zlib", "ttfb not zlib")])
+@pytest.mark.parametrize("name", [n for n, _, _ in DAMAGES if n not in ("bad base64", "not zlib", "ttfb not zlib",
+                                                                            "latency not zlib")])
 def test_report_problems_agree_with_jsonschema(name: str) -> None:
     """Where jsonschema can tell (it does not decode base64), it finds the same values wrong; its
     'required' complaints at the top level aside (the fake report is a partial one there; ours

@@ -293,10 +293,13 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
 
 
 def histograms(result: RunResult) -> dict[str, Any]:
-    """The full-run histograms: connect latency always, time to first byte when the run talked
-    (its percentiles are traffic.ttfb_ms; its intervals the --hdr-log's Tag=ttfb lines)."""
+    """The full-run histograms: connect latency always; when the run talked, the message latency
+    and the time to first byte too (their percentiles are traffic.latency_ms and traffic.ttfb_ms;
+    their intervals the --hdr-log's untagged and Tag=ttfb lines). The compressed encoding keeps
+    only the buckets that hold samples, so a long run's histogram stays a few KB."""
     out = {"connect_latency": histogram_dict(result.connect_latency)}
     if result.traffic is not None:
+        out["latency"] = histogram_dict(result.traffic.latency)
         out["ttfb"] = histogram_dict(result.traffic.ttfb)
     return out
 

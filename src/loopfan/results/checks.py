@@ -6,7 +6,8 @@ evaluated later into a plain dict that the report, the HTML page and the exit st
 Connect latency percentiles come from the full-run HDR histogram when the report has one (exact),
 and from the rounded summary only for older reports. Traffic metrics (`traffic.*`) are read from
 the report's "traffic" block, whose percentiles the run computed from its merged full-run HDR
-histograms (report.json keeps no traffic histogram).
+histograms (report.json stores them too, as histograms.latency and histograms.ttfb, but reports
+of earlier versions lack them, and the block's figures are the same numbers).
 
   check:  METRIC OP VALUE[UNIT]     connect_latency.p99<50ms   failed==0   traffic.latency.p99<10ms
   gate:   METRIC:[+|-]AMOUNT[%|UNIT] latency.p99:+10%  connect_rate.mean:-5%  failed:0  traffic.errors:0
