@@ -9,6 +9,7 @@ RecentCounts, both fed by fake workers (the cumulative STATS a client worker sen
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -87,7 +88,7 @@ def test_the_last_row_carries_the_interval_traffic() -> None:
 def test_panel_shows_traffic_during_the_traffic_phase() -> None:
     text = rendered(progress("traffic", traffic_series(), failed={"ECONNRESET": 2}))
     assert "50,000 messages/s" in text and "in 10.00 MB/s  out 4.00 MB/s" in text
-    assert "request, last interval p50 1.000 ms  p99 20.0" in text
+    assert "message, last interval p50 1.000 ms  p99 20.0" in text and "request" not in text
     assert "25/s, 35 so far (http-5xx 30, reply-timeout 5)" in text
     assert "ECONNRESET 2" in text  # connection failures still shown
     assert "connects/s" not in text and "connect, last interval" not in text
@@ -117,7 +118,7 @@ def test_panel_says_none_when_the_traffic_has_no_errors() -> None:
 def test_plain_line_during_traffic_names_the_errors() -> None:
     """QA saw 'traffic: 0/2,000 open, 0 connects/s, p99 - ms, no failures' while errors happened."""
     line = describe(progress("traffic", traffic_series()))
-    assert line.startswith("traffic: 100/100 open, 50,000 messages/s, request p50 1.000 ms p99 20.0 ms, ")
+    assert line.startswith("traffic: 100/100 open, 50,000 messages/s, message p50 1.000 ms p99 20.0 ms, ")
     assert "errors 25/s, 35 so far (http-5xx 30, reply-timeout 5)" in line
     assert "no connection failures" in line and "connects/s" not in line
     http = describe(progress("traffic", traffic_series(), kind="http"))
@@ -125,6 +126,22 @@ def test_plain_line_during_traffic_names_the_errors() -> None:
     assert "50,000 requests/s" in rendered(progress("traffic", traffic_series(), kind="http"))
     before = describe(progress("connecting", traffic_series()))
     assert before.startswith("connecting: 100/100 open, 0 connects/s, p99 - ms, no failures")
+
+
+@pytest.mark.parametrize(("kind", "sent", "one"), [("http", "requests", "request"), ("raw", "messages", "message"),
+                                                   ("ws", "messages", "message"), (None, "messages", "message")])
+def test_the_live_view_names_the_traffic_as_the_report_does(kind: str | None, sent: str, one: str) -> None:
+    """QA: the latency row read 'request, last interval' and the plain line 'request p50' for echo
+    and WebSocket too, where the final report says messages: each kind's words (wording.traffic_nouns)
+    in the panel, the plain line and the handshakes line; 'request' for HTTP alone."""
+    p = progress("traffic", traffic_series(), kind=kind)
+    text, line = rendered(p), describe(p)
+    assert f"50,000 {sent}/s" in text and f"{one}, last interval p50 1.000 ms" in text
+    assert f"50,000 {sent}/s, {one} p50 1.000 ms p99 20.0 ms, " in line
+    waiting = dataclasses.replace(p, handshakes_waiting=40)
+    assert f"handshakes 60/100 done, {sent} start after them" in describe(waiting)
+    if kind != "http":
+        assert "request" not in text and "request" not in line and "request" not in describe(waiting)
 
 
 def test_sinks_write_traffic_in_plain_and_ndjson() -> None:

@@ -8,8 +8,9 @@ stderr, so stdout keeps the report (and `--json -`). The panel's cost is measure
 bench/report_overhead.py (docs/benchmarks.md "Reporting overhead").
 
 What is shown follows the phase: connects, connect latency and failures while connecting;
-messages/s, request latency and traffic errors while the phase is "traffic", when the connect
-figures are all zero. Once the ramp is over (measuring, holding, closing) the connects are done;
+messages/s, message latency and traffic errors while the phase is "traffic", when the connect
+figures are all zero (requests/s and request latency for HTTP, as the final report says them:
+wording.traffic_nouns). Once the ramp is over (measuring, holding, closing) the connects are done;
 while closing, the open count becomes how many of the connections open at the close are closed.
 Connection failures are shown in every phase.
 
@@ -84,7 +85,7 @@ def last_row(p: Progress) -> dict[str, Any]:
         row[key] = s.cols[key][i]
     row["failures_by_cause_per_s"] = {c: col[i] for c, col in dict(s.by_cause).items() if col[i]}
     row["latency_ms"] = {k: col[i] for k, col in s.latency.items()}
-    # Traffic: the interval's request latency, and errors (the warm-up's included) per second and
+    # Traffic: the interval's message latency, and errors (the warm-up's included) per second and
     # so far. Hold-only runs carry them too, empty, as report.json's series does.
     row["message_latency_ms"] = {k: col[i] for k, col in s.message_latency.items()}
     row["errors_per_s"] = s.errors_per_s[i]
@@ -209,7 +210,8 @@ def panel(p: Progress) -> Group:
         now = row["now_per_s"]
         t.add_row("traffic", f"{_per_s(now['messages'])} {traffic_nouns(p.traffic_kind)[0]}/s  "
                   f"in {_mb(now['bytes_in'])} MB/s  out {_mb(now['bytes_out'])} MB/s")
-        t.add_row("latency", "request, last interval " + _pcts(row.get("message_latency_ms") or {}))
+        one_sent = traffic_nouns(p.traffic_kind, one=True)[0]
+        t.add_row("latency", f"{one_sent}, last interval " + _pcts(row.get("message_latency_ms") or {}))
         t.add_row("errors", _errors(row) or Text("none", style="green"))
     else:
         rates = _rates(p, row)
@@ -303,7 +305,7 @@ def _mb(bytes_per_s: float | None) -> str:
 def _handshakes(p: Progress) -> str:
     """Opening handshakes (TLS, WebSocket) under way: the messages (and the clock) start once they are done."""
     return (f"handshakes {max(0, p.client.open - p.handshakes_waiting):,}/{p.client.open:,} done, "
-            "messages start after them")
+            f"{traffic_nouns(p.traffic_kind)[0]} start after them")
 
 
 def describe(p: Progress) -> str:
@@ -315,9 +317,10 @@ def describe(p: Progress) -> str:
         return f"{phase}: {_handshakes(p)}, {failed or 'no connection failures'}, {p.elapsed_s:.1f}s{left}"
     if p.phase == "traffic":
         lat = row.get("message_latency_ms") or {}
+        sent, one_sent = traffic_nouns(p.traffic_kind)[0], traffic_nouns(p.traffic_kind, one=True)[0]
         return (f"{phase}: {p.client.open:,}/{p.target:,} open, {_per_s(row['now_per_s']['messages'])} "
-                f"{traffic_nouns(p.traffic_kind)[0]}/s, "
-                f"request p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
+                f"{sent}/s, "
+                f"{one_sent} p50 {_ms(lat.get('p50'))} ms p99 {_ms(lat.get('p99'))} ms, "
                 f"errors {_errors(row, top=3) or 'none'}, {failed or 'no connection failures'}, "
                 f"{p.elapsed_s:.1f}s{left}")
     close = closing(p)

@@ -163,7 +163,7 @@ def _quantiles(name: str, text: str, latency_ms: dict[str, Any]) -> Any:
 
 def _traffic(s: SeriesSampler, row: dict[str, Any]) -> Iterator[Any]:
     """The loopfan_traffic_* families: counters summed from the per-interval rates, and the last
-    interval's rates and request latency (row: live.last_row of the same Progress)."""
+    interval's rates and message latency (row: live.last_row of the same Progress)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     from loopfan.results.live import so_far
@@ -180,8 +180,10 @@ def _traffic(s: SeriesSampler, row: dict[str, Any]) -> Iterator[Any]:
         yield GaugeMetricFamily(f"loopfan_traffic_{verb}_bytes_per_second",
                                 f"Bytes the clients {verb} per second now (over the last second)",
                                 value=now[f"bytes_{way}"] or 0)
-    yield _quantiles("loopfan_traffic_latency_seconds", "Request latency of the last interval (until the whole "
-                     "reply)", row.get("message_latency_ms") or {})
+    # (Its help is one text for every kind, as the family names are: "messages", not HTTP's requests.)
+    yield _quantiles("loopfan_traffic_latency_seconds", "Message latency of the last interval (until the whole "
+                     "reply: an HTTP request's response, an echo's round trip, a WebSocket message's reply)",
+                     row.get("message_latency_ms") or {})
     # Every cause seen so far, 0 where the last interval had none: a series per cause that stays.
     errors = CounterMetricFamily("loopfan_traffic_errors", "Traffic errors so far by cause, warm-up included",
                                  labels=["cause"])
