@@ -177,6 +177,22 @@ def test_latency_alias_is_the_request_latency_on_a_traffic_run_and_says_so() -> 
     assert c["passed"] and c["actual"] == pytest.approx(0.4, rel=1e-2)
 
 
+@pytest.mark.parametrize("kind", ["echo", "raw", "ws"])
+def test_latency_alias_is_said_in_the_words_of_the_runs_traffic(kind: str) -> None:
+    """An echo, raw or WebSocket run sends messages, not requests (the report says so): the alias's
+    label says "message latency" there, in a check and in a gate alike; HTTP's stays "request latency"."""
+    talked = traffic_report()
+    talked["traffic"]["kind"] = kind
+    [c] = run_checks([parse_check("latency.p99<5ms")], talked)
+    assert c["metric"] == "traffic.latency.p99" and described(c) == "latency.p99 (message latency)<5ms"
+    [g] = run_gates([parse_gate("latency.p99:+10%")], hold_report(), talked)
+    assert g["metric"] == "traffic.latency.p99" and described(g) == "latency.p99 (message latency):+10%"
+    [g] = run_gates([parse_gate("latency.max<=15.4ms")], talked, hold_report())  # only the baseline talked
+    assert described(g) == "latency.max (message latency)<=15.4ms"
+    [g] = run_gates([parse_gate("latency.p99:+10%")], talked, traffic_report())  # the new run's words
+    assert described(g) == "latency.p99 (request latency):+10%"
+
+
 def test_latency_alias_on_a_hold_only_run_is_the_connect_latency_as_before() -> None:
     [c] = run_checks([parse_check("latency.p99<5ms")], hold_report())
     assert c["passed"] and c["metric"] == "connect_latency.p99" and c["expression"] == "latency.p99<5ms"

@@ -41,8 +41,8 @@ _STYLE = {"better": "green", "worse": "bold red", "same": "dim", "": ""}
 @click.option("--gate", "gates", type=ParsedType("EXPR", parse_gate, Gate), multiple=True,
               help="Fail (exit 1) when NEW is worse than allowed: 'latency.p99:+10%', 'connect_rate.mean:-5%', "
               "'failed:0', 'traffic.messages_per_s:-5%', 'traffic.errors:0', or a check like 'failed==0'. "
-              "latency.X is request latency (traffic.latency.X) when either run has traffic, connect latency "
-              "otherwise. Repeatable.")
+              "latency.X is message latency (traffic.latency.X; a request's for HTTP) when either run has "
+              "traffic, connect latency otherwise. Repeatable.")
 @click.option("--format", "fmt_name", type=click.Choice(["text", "markdown", "html"]), default="text",
               show_default=True, help="markdown: a PR comment; html: NEW's full report with BASE overlaid.")
 @click.option("-o", "--output", metavar="FILE", default=None,

@@ -17,11 +17,13 @@ A gate without a sign allows that much change in the metric's *bad* direction (u
 failures, down for rates and counts of successes): `failed:0` means "no more failures than the
 baseline", `latency.p99:10%` "p99 at most 10 % worse".
 
-`latency.X` is the latency the run is about: request latency (`traffic.latency.X`) when the report
-has traffic (for a gate: when either report has), connect latency (`connect_latency.X`) otherwise.
-It is resolved when judged, against the report; a result keeps the expression exactly as typed and,
-on a run with traffic, says what it meant in "label" ("request latency"; `described` puts the two
-together for people: "latency.p99 (request latency)<5ms"). Before traffic existed it always meant connect
+`latency.X` is the latency the run is about: message latency (`traffic.latency.X`; a request's for
+HTTP) when the report has traffic (for a gate: when either report has), connect latency
+(`connect_latency.X`) otherwise. It is resolved when judged, against the report; a result keeps the
+expression exactly as typed and, on a run with traffic, says what it meant in "label" in the words
+the report uses for its kind ("request latency" for HTTP, "message latency" for echo, raw and
+WebSocket: wording.traffic_nouns; `described` puts the two together for people:
+"latency.p99 (request latency)<5ms"). Before traffic existed it always meant connect
 latency, which on a traffic run judged the 0.4 ms connects and passed over 12 ms requests. (Refusing
 the alias instead would come too late for `run`: a check is parsed before the run, while whether
 the report has traffic is known after it, and an error then would lose the run's report.)
@@ -45,6 +47,7 @@ from loopfan.engine.causes import CAUSES, ERRNO_CAUSES, is_errno_cause
 from loopfan.errors import UsageError
 from loopfan.traffic.causes import FAMILIES, MEANINGS, is_traffic_cause, known_traffic_causes
 from loopfan.traffic.report import nothing_to_talk_over
+from loopfan.wording import traffic_nouns
 
 # unit -> (dimension, factor to the metric's base unit for that dimension)
 _TIME_TO_MS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -100,7 +103,7 @@ METRICS: dict[str, Metric] = {
         Metric("traffic.messages_per_s", "/s", False, "messages completed per second in the measured window"),
         Metric("traffic.bytes_in_per_s", "B/s", False, "bytes received per second in the window"),
         Metric("traffic.bytes_out_per_s", "B/s", False, "bytes sent per second in the window"),
-        *[Metric(f"traffic.latency.{k}", "ms", True, f"request latency {k}") for k in _TRAFFIC_LATENCY_KEYS],
+        *[Metric(f"traffic.latency.{k}", "ms", True, f"message latency {k}") for k in _TRAFFIC_LATENCY_KEYS],
         *[Metric(f"traffic.ttfb.{k}", "ms", True, f"time to first byte {k}") for k in _TRAFFIC_LATENCY_KEYS],
         Metric("traffic.errors", "", True, "traffic errors in the window, every cause"),
         Metric("traffic.replies", "", False, "replies completed in the window"),
@@ -207,7 +210,7 @@ def _lookup(key: str) -> Metric | None:
         chosen = status.startswith("ws-subprotocol-") and status != "ws-subprotocol-none"  # (one asked for)
         return Metric(key, "", status not in _GOOD_STATUSES and not chosen, f"replies with status {status}")
     if key.startswith("latency.") and key[8:] in _ALIAS_KEYS:
-        return Metric(key, "ms", True, f"request latency {key[8:]} on a run with traffic, connect latency otherwise")
+        return Metric(key, "ms", True, f"message latency {key[8:]} on a run with traffic, connect latency otherwise")
     return METRICS.get(key)
 
 
@@ -246,7 +249,8 @@ def known_metrics() -> str:
     names.insert(names.index("failed") + 1, "failed.CAUSE")
     names.insert(names.index("traffic.errors") + 1, "traffic.errors.CAUSE")
     names.insert(names.index("traffic.errors") + 2, "traffic.statuses.NAME")
-    names.append("latency.{pNN,max,mean} (request latency with traffic, connect latency without)")
+    names.append("latency.{pNN,max,mean} (message latency with traffic - a request's for HTTP -, connect latency "
+                 "without)")
     return ", ".join(names)
 
 
@@ -258,16 +262,16 @@ def canonical(name: str) -> str:
     return name
 
 
-def resolve(metric: Metric, traffic: bool) -> tuple[Metric, str]:
+def resolve(metric: Metric, traffic: bool, kind: str | None = None) -> tuple[Metric, str]:
     """The metric `metric` stands for in a report with (or without) traffic, and the label a result
-    carries: latency.X -> (traffic.latency.X, "request latency") with traffic, (connect_latency.X, "")
-    without - what it has always meant there, so those results read as before; any other metric ->
-    (itself, "")."""
+    carries: latency.X -> (traffic.latency.X, "request latency") with HTTP traffic ("message latency"
+    with `kind` another protocol's), (connect_latency.X, "") without - what it has always meant
+    there, so those results read as before; any other metric -> (itself, "")."""
     if not metric.name.startswith("latency."):
         return metric, ""
     key = metric.name[8:]
     if traffic:
-        return METRICS[f"traffic.latency.{key}"], "request latency"
+        return METRICS[f"traffic.latency.{key}"], f"{traffic_nouns(kind, one=True)[0]} latency"
     return METRICS[f"connect_latency.{key}"], ""
 
 
@@ -293,6 +297,12 @@ def value_of(metrics: dict[str, float | None], name: str) -> float | None:
 
 def has_traffic(rep: dict[str, Any] | None) -> bool:
     return bool((rep or {}).get("traffic"))
+
+
+def traffic_kind(rep: dict[str, Any] | None) -> str | None:
+    """The protocol a report's traffic spoke ('http', 'echo', 'ws', 'raw'); None without traffic."""
+    kind = ((rep or {}).get("traffic") or {}).get("kind")
+    return str(kind) if kind else None
 
 
 # -- reading metrics from a report ---------------------------------------------------------------
@@ -483,9 +493,11 @@ class Check:
     op: str
     limit: float
 
-    def evaluate(self, metrics: dict[str, float | None], *, traffic: bool = False) -> dict[str, Any]:
-        """Judge the run whose metrics these are; `traffic`: it talked (latency.X is request latency)."""
-        metric, label = resolve(self.metric, traffic)
+    def evaluate(self, metrics: dict[str, float | None], *, traffic: bool = False,
+                 kind: str | None = None) -> dict[str, Any]:
+        """Judge the run whose metrics these are; `traffic`: it talked (latency.X is its message
+        latency), `kind` its protocol (the label's words: "request latency" for HTTP)."""
+        metric, label = resolve(self.metric, traffic, kind)
         actual = value_of(metrics, metric.name)
         passed = actual is not None and _OPS[self.op](float(actual), self.limit)
         return {
@@ -526,7 +538,7 @@ def run_checks(checks: list[Check], rep: dict[str, Any]) -> list[dict[str, Any]]
     opened by then, a p99 without the ramp's end - and `"passed": true` in its JSON read as a green
     run to whatever reads the checks (the exit status, 130/143, is the signal's)."""
     metrics = report_metrics(rep)
-    results = [c.evaluate(metrics, traffic=has_traffic(rep)) for c in checks]
+    results = [c.evaluate(metrics, traffic=has_traffic(rep), kind=traffic_kind(rep)) for c in checks]
     if interrupted(rep):
         judged_partial(results, [partial_reason("the run", rep, "a partial run passes no check")])
     return results
@@ -546,14 +558,15 @@ class Gate:
     check: Check | None = None  # a check expression given as a gate: judged on the new run
 
     def evaluate(self, base: dict[str, float | None], new: dict[str, float | None], *,
-                 traffic: bool = False) -> dict[str, Any]:
-        """Judge NEW against BASE; `traffic`: either run talked, so latency.X is request latency in
-        both (one meaning for the pair: a gate never compares connects with requests)."""
+                 traffic: bool = False, kind: str | None = None) -> dict[str, Any]:
+        """Judge NEW against BASE; `traffic`: either run talked, so latency.X is message latency in
+        both (one meaning for the pair: a gate never compares connects with requests); `kind`: the
+        protocol the label is worded for."""
         if self.check is not None:
-            judged = self.check.evaluate(new, traffic=traffic)
+            judged = self.check.evaluate(new, traffic=traffic, kind=kind)
             judged["kind"] = "gate"
             return judged
-        metric, label = resolve(self.metric, traffic)
+        metric, label = resolve(self.metric, traffic, kind)
         b, n = value_of(base, metric.name), value_of(new, metric.name)
         out: dict[str, Any] = {
             "expression": self.expression, **({"label": label} if label else {}), "kind": "gate",
@@ -618,7 +631,9 @@ def run_gates(gates: list[Gate], base: dict[str, Any], new: dict[str, Any]) -> l
     as or better than the baseline, and a CI job killed half-way must not go green."""
     bm, nm = report_metrics(base), report_metrics(new)
     traffic = has_traffic(base) or has_traffic(new)
-    results = [g.evaluate(bm, nm, traffic=traffic) for g in gates]
+    # The label in the new run's words (the baseline's when only it talked).
+    kind = traffic_kind(new) or traffic_kind(base)
+    results = [g.evaluate(bm, nm, traffic=traffic, kind=kind) for g in gates]
     judged_partial(results, [partial_reason(f"the {which} run", rep, "partial, not comparable")
                              for which, rep in (("new", new), ("baseline", base)) if interrupted(rep)])
     return results
