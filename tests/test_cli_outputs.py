@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from test_results_traffic_checks import traffic_report
 import loopfan.commands.demo as demo_command
 import loopfan.commands.run as run_command
 from loopfan.cli import main
+from loopfan.commands.common import check_writable
 from loopfan.errors import UsageError
 from loopfan.results.compare import heading
 
@@ -52,6 +56,73 @@ def test_output_paths_are_refused_before_the_work(argv: list[str], fragment: str
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert fragment in one_line_error(capsys)
+
+
+# /proc takes no new file, for root too, whose os.access() says yes to any directory: QA's
+# `run --json /proc/x.json` ran its ~20 s of load as root, then exited 2 with "cannot write".
+@pytest.mark.usefixtures("no_work")
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "-c", "10", "--json", "/proc/x.json"], "cannot write the report to /proc/x.json: /proc is not a writable"),
+    (["run", "-c", "10", "--html", "/proc/x.html"], "cannot write the HTML report to /proc/x.html: /proc is not a"),
+    (["run", "-c", "10", "--traffic", "echo", "--hdr-log", "/proc/x.hlog"], "cannot write the --hdr-log file to /proc"),
+    (["demo", "--json", "/proc/x.json"], "cannot write the report to /proc/x.json"),
+    (["serve", "--listen", "127.43.0.1:7070", "--duration", "1s", "--json", "/proc/x.json"], "cannot write the counts"),
+    (["run", "-c", "10", "--json", "/proc/version"], "cannot write the report to /proc/version"),  # (one that exists)
+])
+def test_a_directory_that_takes_no_file_is_refused_before_the_work(argv: list[str], fragment: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert fragment in err and "give a path in one that is" in err, err
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """mount(8) a small tmpfs with the options given under tmp_path, unmounted after the test
+    (root alone may mount: skipped elsewhere; chmod stops no write of root's)."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        at = tmp_path / f"mnt{len(mounted)}"
+        at.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(at)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(at)
+        return at
+
+    try:
+        yield mount
+    finally:
+        for at in mounted:
+            subprocess.run(["umount", str(at)], check=True)
+
+
+@pytest.mark.usefixtures("no_work")
+def test_a_read_only_mount_and_a_full_disk_are_refused_before_the_work(
+        tmpfs: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """The check creates a file where the output will go (one byte, then removed): a read-only
+    mount says EROFS, a full disk ENOSPC - neither a permission bit shows."""
+    ro = tmpfs("ro,size=64k")
+    assert main(["run", "-c", "10", "--json", str(ro / "r.json")]) == 2
+    assert f"{ro} is not a writable directory (Read-only file system)" in one_line_error(capsys)
+    full = tmpfs("size=8k")
+    (full / "fill").write_bytes(b"x" * 8192)
+    assert main(["run", "-c", "10", "--traffic", "echo", "--hdr-log", str(full / "lat.hlog")]) == 2
+    assert f"{full} takes no file now (No space left on device); free some space" in one_line_error(capsys)
+    assert sorted(p.name for p in full.iterdir()) == ["fill"]  # the probe is gone
+
+
+def test_the_write_check_leaves_no_trace(tmp_path: Path) -> None:
+    """A writable place passes and keeps what it had: no probe left, an existing file unchanged
+    (opened for writing, not truncated); a device (/dev/null) is taken as it is."""
+    check_writable(str(tmp_path / "new.json"), "the report")
+    kept = tmp_path / "old.json"
+    kept.write_text("the last run's report")
+    check_writable(str(kept), "the report")
+    assert sorted(os.listdir(tmp_path)) == ["old.json"] and kept.read_text() == "the last run's report"
+    check_writable(os.devnull, "the report")
 
 
 @pytest.mark.usefixtures("no_work")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -219,7 +221,12 @@ def check_writable(path: str, what: str, *, stdout: bool = False) -> None:
     """Refuse, before the work starts, an output file that could not be written at the end (every
     command's output path goes through here, so a typo costs seconds, not a 100k run). '-' is stdout
     where the option supports it (`stdout`), and refused where it does not, rather than written to
-    a file named '-'."""
+    a file named '-'.
+
+    The directory is asked by doing what the end will do: create a file in it (write_problem).
+    os.access() is not enough: it answers by permission bits, so for root it says yes to /proc
+    (where creating a file fails with ENOENT) and ignores quotas and a full disk; QA's
+    `run --json /proc/x.json` ran its whole load and then exited 2 with "cannot write"."""
     if path == "-":
         if stdout:
             return
@@ -227,9 +234,47 @@ def check_writable(path: str, what: str, *, stdout: bool = False) -> None:
     if os.path.isdir(path):
         raise UsageError(f"cannot write {what} to {path}: it is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise UsageError(f"cannot write {what} to {path}: {directory} is not a writable directory; "
-                         "give a path in one that is")
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {what} to {path}: {directory} is not a writable directory "
+                         "(no such directory); give a path in one that is")
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device or a pipe (/dev/null, /dev/stdout): opened as it is at the end, nothing to create.
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write {what} to {path}: not writable; give a writable path")
+        return
+    problem = write_problem(path, directory)
+    if problem is not None:
+        raise UsageError(f"cannot write {what} to {path}: {problem}")
+
+
+def write_problem(path: str, directory: str) -> str | None:
+    """Why `path` (a regular file or none yet, in `directory`) could not be written, and what to do
+    instead; None when it can be.
+    An existing file is opened for writing without truncating it (its content stays); then a
+    hidden file beside it is created exclusively, one byte written, and removed - what tells the
+    truth on /proc, a read-only mount (EROFS) and a full disk (ENOSPC at the write: a file's first
+    block is allocated then), whoever runs it."""
+    if os.path.exists(path):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            return f"it cannot be opened for writing ({exc.strerror}); give a writable path"
+    probe = os.path.join(directory, f".loopfan-write-check-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return f"{directory} is not a writable directory ({exc.strerror}); give a path in one that is"
+    try:
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)  # (a full NFS or FUSE disk may say ENOSPC only here)
+    except OSError as exc:
+        return f"{directory} takes no file now ({exc.strerror}); free some space or give a path elsewhere"
+    finally:
+        with contextlib.suppress(OSError):  # (a probe left behind is a hidden empty file, no failure)
+            os.unlink(probe)
+    return None
 
 
 def check_distinct(outputs: dict[str, str | None], inputs: dict[str, str | None] | None = None) -> None:
