@@ -446,6 +446,7 @@ def test_tls_options_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["run", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--cacert FILE" in text and "--insecure" in text and "https://127.0.0.1:8443/" in text
+    assert "--cert FILE" in text and "--key FILE" in text
 
 
 
@@ -467,3 +468,43 @@ def test_the_reopened_row_names_why_the_server_closed_them() -> None:
     assert reopened_line({"connections_reopened": 0}) is None
     refused = reopened_line({"connections_reopened": 0, "reopen_failures": {"ECONNREFUSED": 4}})
     assert refused is not None and "retried with backoff: ECONNREFUSED 4" in refused
+
+
+def test_a_client_certificate_reaches_the_config_as_absolute_paths(
+        reached: Callable[..., run_command.RunOptions], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    issued = pytest.importorskip("trustme").CA().issue_cert("client@example.test")
+    issued.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "both.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    monkeypatch.chdir(tmp_path)  # (relative names: the workers get absolute ones)
+    tc = reached("https://127.0.0.1:18443/", "--insecure", "--cert", "both.pem").config.traffic
+    assert tc is not None and (tc.tls_certfile, tc.tls_keyfile) == (str(tmp_path / "both.pem"), None)
+    tc = reached("wss://127.0.0.1:18443/", "--cert", "cert.pem", "--key", "key.pem").config.traffic
+    assert tc is not None and (tc.tls_certfile, tc.tls_keyfile) == (str(tmp_path / "cert.pem"),
+                                                                    str(tmp_path / "key.pem"))
+
+
+def test_a_client_certificate_that_cannot_be_used_is_refused_in_one_line(
+        refused: Callable[..., str], tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    issued = trustme.CA().issue_cert("client@example.test")
+    cert, key, other = (str(tmp_path / n) for n in ("cert.pem", "key.pem", "other.pem"))
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    trustme.CA().issue_cert("x").private_key_pem.write_to_path(other)
+    url = "https://127.0.0.1:18443/"
+    assert f"--cert {cert} holds no private key; give the certificate's key with --key FILE" in refused(
+        url, "--cert", cert)
+    assert "the key is not the certificate's" in refused(url, "--cert", cert, "--key", other)
+    assert "--key needs --cert FILE" in refused(url, "--key", key)
+    assert "cannot read --key /nonexistent/k.pem: No such file or directory" in refused(
+        url, "--cert", cert, "--key", "/nonexistent/k.pem")
+    assert "--cert applies to TLS (an https:// or wss:// TARGET); drop --cert" in refused(
+        "http://127.0.0.1:18080/", "--cert", cert)
+    encrypted = str(tmp_path / "enc.pem")
+    from cryptography.hazmat.primitives import serialization
+    pkey = serialization.load_pem_private_key(issued.private_key_pem.bytes(), password=None)
+    with open(encrypted, "wb") as f:
+        f.write(pkey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.BestAvailableEncryption(b"secret")))
+    assert "the private key is encrypted (it asks for a passphrase)" in refused(url, "--cert", cert, "--key", encrypted)

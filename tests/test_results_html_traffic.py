@@ -25,7 +25,9 @@ from loopfan.pools import parse_pool
 from loopfan.results import charts
 from loopfan.results.compare import fmt, rows
 from loopfan.results.html import SECTIONS, TRAFFIC_SECTION, render
-from loopfan.traffic.report import explain
+from loopfan.results.schema import report_problems
+from loopfan.traffic.report import explain, tls_block
+from loopfan.traffic.results import TrafficTotals
 
 # Axis labels of the three traffic charts: text in the SVG (svg.fonttype none), so a page shows
 # whether a chart was drawn.
@@ -138,6 +140,17 @@ def test_tls_is_said_on_the_page(traffic_report: dict[str, Any], traffic_page: s
                              "trusted": "nothing checked (--insecure)", "server_name": "localhost"}
     assert "TLSv1.3 TLS_AES_256_GCM_SHA384; certificate NOT verified (--insecure)" in section(
         render(rep), TRAFFIC_SECTION[0])
+
+
+def test_the_client_certificate_is_said_in_the_tls_block_and_on_the_page(traffic_report: dict[str, Any]) -> None:
+    totals = TrafficTotals(tls={"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"})
+    block = tls_block(totals, True, "/ca.pem", "localhost", "/client.pem")
+    assert block["client_cert"] == "/client.pem" and "client_cert" not in tls_block(totals, True, None, "")
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"]["tls"] = block
+    assert report_problems(rep) == []
+    assert ("TLSv1.3 TLS_AES_256_GCM_SHA384; certificate checked against --cacert /ca.pem; client certificate "
+            "/client.pem") in section(render(rep), TRAFFIC_SECTION[0])
 
 
 def test_traffic_section_comes_after_connect_latency(traffic_page: str) -> None:

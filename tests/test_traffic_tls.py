@@ -200,3 +200,25 @@ def test_websocket_opening_follows_the_tls_handshake(ca: CA) -> None:
     goodbye = client.goodbye()
     server.feed(goodbye)
     assert server.read().startswith(b"\x88")  # the close frame, then close_notify
+
+
+def mtls_server(ca: CA) -> Server:
+    """A server that requires a client certificate signed by the test CA (nginx ssl_verify_client on)."""
+    ctx = ca.server_context()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.ca.configure_trust(ctx)
+    return Server(ctx)
+
+
+def test_a_client_certificate_is_offered_to_a_server_that_asks(ca: CA, tmp_path: Any) -> None:
+    both, cert, key = (str(tmp_path / n) for n in ("both.pem", "cert.pem", "key.pem"))
+    issued = ca.ca.issue_cert("client@example.test")
+    issued.private_key_and_cert_chain_pem.write_to_path(both)
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    for certfile, keyfile in ((both, None), (cert, key)):
+        client = TlsClient(http_codec(Tally()), client_context(ca.pem, True, certfile, keyfile), "127.0.0.1", Tally())
+        server = mtls_server(ca)
+        shake(client, server)
+        server.feed(client.message())
+        assert client.ready and client.dead is None and server.obj.getpeercert()

@@ -252,7 +252,8 @@ def command(
     TARGET is ADDRESS:PORT with ranges allowed, e.g. 127.0.0.1:8080 or 127.0.0.1-127.0.0.4:9000-9003,
     or a URL for traffic: http://127.0.0.1:8080-8083/path, ws://127.0.0.1:9000/, and in TLS
     https://127.0.0.1:8443/ or wss://... (the certificate verified against the system's CAs,
-    --cacert FILE's, or not at all with --insecure).
+    --cacert FILE's, or not at all with --insecure; --cert FILE [--key FILE] for a server that asks for
+    a client certificate).
     """
     if json_path:
         check_writable(json_path, "the report", stdout=True)

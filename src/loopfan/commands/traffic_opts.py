@@ -39,7 +39,7 @@ from loopfan.traffic.config import (
     unescape,
 )
 from loopfan.traffic.http import request_template
-from loopfan.traffic.tls import client_context
+from loopfan.traffic.tls import EncryptedKey, client_context
 from loopfan.traffic.ws import HANDSHAKE_OWN, opening_request
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,6 +126,11 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--insecure", "insecure", is_flag=True,
                  help="https:// and wss://: do not verify the server's certificate (the traffic is still "
                  "encrypted; nothing says who the server is)."),
+    click.option("--cert", "cert", metavar="FILE", default=None,
+                 help="https:// and wss://: offer this client certificate (PEM) to a server that asks for one "
+                 "(mTLS); its private key too, unless --key gives it."),
+    click.option("--key", "key", metavar="FILE", default=None,
+                 help="https:// and wss://: the private key (PEM, unencrypted) of --cert's certificate."),
     click.option("--response-size", type=click.IntRange(min=0), default=None, metavar="BYTES",
                  help="The built-in server's response body size in mode http (with no TARGET; default "
                  f"{DEFAULT_RESPONSE_BYTES})."),
@@ -134,7 +139,7 @@ _OPTIONS: list[Callable[[Any], Any]] = [
 TRAFFIC_PARAMS = ("traffic", "message", "message_file", "expect_length", "expect_end", "expect_contains",
                   "method", "headers", "body", "pipeline", "ws_binary", "ws_ping", "subprotocols", "message_rate",
                   "total_rate", "duration", "warmup", "reply_timeout", "hdr_log", "cacert", "insecure",
-                  "response_size")
+                  "cert", "key", "response_size")
 # The option each parameter comes from, where click's name for it is not the option's.
 _FLAGS = {"total_rate": "--rate", "headers": "--header", "subprotocols": "--ws-subprotocol"}
 # What applies where. Every traffic option but --response-size (the built-in server's) needs traffic.
@@ -415,11 +420,11 @@ def traffic_config(*, targets: tuple[str, ...] = (), connections: int = 1, **kw:
 
 def _tls_options(tls_name: str | None, kw: dict[str, Any]) -> dict[str, Any]:
     """TrafficConfig's TLS fields, from an https:// / wss:// TARGET (tls_name not None) and
-    --cacert / --insecure, which apply to nothing else. The CA file is read here, once, so a missing
-    or unreadable one is a usage error rather than a failure in every worker."""
+    --cacert / --insecure / --cert / --key, which apply to nothing else. The files are read here,
+    once, so a missing or unreadable one is a usage error rather than a failure in every worker."""
     cafile, insecure = kw.get("cacert"), bool(kw.get("insecure"))
     if tls_name is None:
-        for name in ("cacert", "insecure"):
+        for name in ("cacert", "insecure", "cert", "key"):
             if _given(kw, name):
                 raise UsageError(f"{flag(name)} applies to TLS (an https:// or wss:// TARGET); drop {flag(name)}")
         return {}
@@ -435,7 +440,46 @@ def _tls_options(tls_name: str | None, kw: dict[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             raise UsageError(f"cannot read --cacert {kw['cacert']}: {exc.strerror or exc}; give the PEM file of "
                              "the CA that signed the server's certificate") from None
-    return {"tls": True, "tls_server_name": tls_name, "tls_cafile": cafile, "tls_verify": not insecure}
+    certfile, keyfile = _client_certificate(kw.get("cert"), kw.get("key"))
+    return {"tls": True, "tls_server_name": tls_name, "tls_cafile": cafile, "tls_verify": not insecure,
+            "tls_certfile": certfile, "tls_keyfile": keyfile}
+
+
+def _client_certificate(cert: str | None, key: str | None) -> tuple[str | None, str | None]:
+    """--cert / --key as absolute paths (the workers read them), loaded once here: a missing file,
+    a certificate and key that do not match, or a key that wants a passphrase is one line."""
+    if cert is None:
+        if key is not None:
+            raise UsageError("--key needs --cert FILE (the client certificate the key belongs to); add --cert")
+        return None, None
+    pem: dict[str, bytes] = {}
+    for option, name in (("--cert", cert), ("--key", key)):
+        if name is None:
+            continue
+        try:
+            with open(name, "rb") as f:
+                pem[option] = f.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {option} {name}: {exc.strerror or exc}; give the client "
+                             f"{'certificate' if option == '--cert' else 'private key'} in PEM") from None
+    if key is None and b"PRIVATE KEY-----" not in pem["--cert"]:
+        # (OpenSSL would say only "PEM lib")
+        raise UsageError(f"--cert {cert} holds no private key; give the certificate's key with --key FILE")
+    certfile, keyfile = os.path.abspath(cert), os.path.abspath(key) if key is not None else None
+    given = f"--cert {cert}" + (f" --key {key}" if key is not None else "")
+    try:
+        client_context(None, False, certfile, keyfile)
+    except EncryptedKey:
+        raise UsageError(f"{given}: the private key is encrypted (it asks for a passphrase); give an unencrypted "
+                         "copy, e.g. openssl pkey -in KEY -out plain-key.pem, with --key") from None
+    except ssl.SSLError as exc:
+        why = exc.reason or exc
+        fix = ("the key is not the certificate's: give the key of --cert's certificate with --key"
+               if "MISMATCH" in str(why) else
+               "give the client certificate in PEM with --cert and its private key with --key (or both in "
+               "the --cert file)")
+        raise UsageError(f"{given}: not a PEM certificate and its private key ({why}); {fix}") from None
+    return certfile, keyfile
 
 
 def _check_ws_handshake(path: str, headers: tuple[tuple[str, str], ...], subprotocols: tuple[str, ...]) -> None:

@@ -301,7 +301,7 @@ class TrafficClientWorker(ClientWorker):
         if not tc.tls:
             return inner
         if self._tls_context is None:
-            self._tls_context = client_context(tc.tls_cafile, tc.tls_verify)
+            self._tls_context = client_context(tc.tls_cafile, tc.tls_verify, tc.tls_certfile, tc.tls_keyfile)
         return TlsClient(inner, self._tls_context, tc.tls_server_name or peer[0], self.tally, self.tls_facts)
 
     def _plain_codec(self, peer: tuple[str, int]) -> Any:

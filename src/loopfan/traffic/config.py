@@ -52,10 +52,14 @@ class TrafficConfig:
     # TLS (https://, wss://): each connection's TLS handshake comes first. The name sent as SNI and
     # verified is the URL's host name; "" (the URL gave an address): each connection's peer address,
     # checked against the certificate's IP SANs. cafile: trust only this PEM's CAs (None: the system's).
+    # certfile/keyfile: the client certificate and its key, for a server that asks for one (mTLS;
+    # keyfile None: the key is in certfile).
     tls: bool = False
     tls_server_name: str = ""
     tls_cafile: str | None = None
     tls_verify: bool = True
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
     # Pacing: 0 = closed loop (next message when the reply arrives); > 0 = open model, latency from
     # the scheduled send time.
     rate_per_conn_s: float = 0.0

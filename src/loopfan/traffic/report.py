@@ -17,8 +17,10 @@ from loopfan.traffic.results import TrafficTotals, percentiles_ms
 from loopfan.wording import protocol_words, traffic_nouns
 
 
-def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: str) -> dict[str, Any]:
-    """The traffic block's "tls": what the first handshake agreed, and what was trusted."""
+def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: str,
+              certfile: str | None = None) -> dict[str, Any]:
+    """The traffic block's "tls": what the first handshake agreed, what was trusted, and the client
+    certificate offered (mTLS), if any."""
     out: dict[str, Any] = {
         "version": t.tls.get("version"),  # (None: no handshake completed)
         "cipher": t.tls.get("cipher"),
@@ -27,6 +29,8 @@ def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: s
                     else "the system's CAs"),
         "server_name": server_name or "each connection's address (checked against the certificate's IP SANs)",
     }
+    if certfile:
+        out["client_cert"] = certfile
     if t.tls.get("verify_error"):
         out["first_verify_error"] = t.tls["verify_error"]
     return out
@@ -37,7 +41,8 @@ def tls_line(tls: dict[str, Any]) -> str:
     agreed = f"{tls['version']} {tls['cipher']}" if tls.get("version") else "no handshake completed"
     trust = f"checked against {tls.get('trusted')}" if tls.get("verified") else "NOT verified (--insecure)"
     failed = f"; first failure: {tls['first_verify_error']}" if tls.get("first_verify_error") else ""
-    return f"{agreed}; certificate {trust}{failed}"
+    mine = f"; client certificate {tls['client_cert']}" if tls.get("client_cert") else ""
+    return f"{agreed}; certificate {trust}{failed}{mine}"
 
 
 def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup_s: float,
@@ -410,7 +415,7 @@ def report_traffic(result: Any) -> dict[str, Any] | None:
         return None
     tls = None
     if tc.tls and result.traffic is not None:
-        tls = tls_block(result.traffic, tc.tls_verify, tc.tls_cafile, tc.tls_server_name)
+        tls = tls_block(result.traffic, tc.tls_verify, tc.tls_cafile, tc.tls_server_name, tc.tls_certfile)
     return traffic_section(result.traffic, tc.label, tc.open_model, tc.warmup_s, tc.hdr_log, tc.awaits_reply,
                            tc.rate_per_conn_s, tls, tc.reply_timeout_s)
 

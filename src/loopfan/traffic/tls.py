@@ -29,14 +29,28 @@ HANDSHAKE_TIMEOUT = "tls-handshake-timeout"
 TLS_ERROR = "tls-error"  # a TLS record the session refused after the handshake (garbage, a bad MAC)
 
 
-def client_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
+class EncryptedKey(Exception):
+    """The client key asks for a passphrase: a worker cannot type one (the CLI says how to decrypt it)."""
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal, in every worker process.
+    raise EncryptedKey
+
+
+def client_context(cafile: str | None, verify: bool, certfile: str | None = None,
+                   keyfile: str | None = None) -> ssl.SSLContext:
     """The client side's context, one per worker: the system CAs (or only `cafile`'s, as curl's
-    --cacert) and the name checked; with verify False nothing is (--insecure). Raises OSError or
-    ssl.SSLError for a file that is not readable PEM (the CLI checks it first, with a fix)."""
+    --cacert) and the name checked; with verify False nothing is (--insecure). `certfile` (with
+    `keyfile`, or its key in the same PEM) is the client certificate offered to a server that asks
+    for one (mTLS, curl's --cert/--key). Raises OSError, ssl.SSLError or EncryptedKey for a file that
+    is not readable, unencrypted PEM (the CLI checks them first, with a fix)."""
     ctx = ssl.create_default_context(cafile=cafile)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    if certfile is not None:
+        ctx.load_cert_chain(certfile, keyfile, password=_no_passphrase)
     return ctx
 
 
