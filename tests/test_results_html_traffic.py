@@ -26,7 +26,7 @@ from loopfan.results import charts
 from loopfan.results.compare import fmt, rows
 from loopfan.results.html import SECTIONS, TRAFFIC_SECTION, render
 from loopfan.results.schema import report_problems
-from loopfan.traffic.report import explain, tls_block
+from loopfan.traffic.report import explain, tls_block, tls_line
 from loopfan.traffic.results import TrafficTotals
 
 # Axis labels of the three traffic charts: text in the SVG (svg.fonttype none), so a page shows
@@ -151,6 +151,16 @@ def test_the_client_certificate_is_said_in_the_tls_block_and_on_the_page(traffic
     assert report_problems(rep) == []
     assert ("TLSv1.3 TLS_AES_256_GCM_SHA384; certificate checked against --cacert /ca.pem; client certificate "
             "/client.pem") in section(render(rep), TRAFFIC_SECTION[0])
+
+
+def test_the_first_tls_error_is_said_in_the_tls_line() -> None:
+    totals = TrafficTotals(tls={"error": "TLSV13_ALERT_CERTIFICATE_REQUIRED (the server requires a client "
+                                         "certificate: give it with --cert FILE)"})
+    block = tls_block(totals, True, None, "localhost")
+    assert block["first_error"].startswith("TLSV13_ALERT_CERTIFICATE_REQUIRED")
+    assert tls_line(block) == ("no handshake completed; certificate checked against the system's CAs; first TLS "
+                               "error: TLSV13_ALERT_CERTIFICATE_REQUIRED (the server requires a client certificate: "
+                               "give it with --cert FILE)")
 
 
 def test_traffic_section_comes_after_connect_latency(traffic_page: str) -> None:

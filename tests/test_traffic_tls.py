@@ -170,6 +170,7 @@ def test_a_server_that_does_not_speak_tls(ca: CA) -> None:
     client.opening()
     assert client.feed(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") == 0
     assert client.dead == "tls-handshake-failed" and client.closed_in_handshake == "tls-handshake-failed"
+    assert client.facts.error.startswith("WRONG_VERSION_NUMBER (the server's answer is not TLS: a plain-text port, ")
 
 
 def test_websocket_opening_follows_the_tls_handshake(ca: CA) -> None:
@@ -202,9 +203,10 @@ def test_websocket_opening_follows_the_tls_handshake(ca: CA) -> None:
     assert server.read().startswith(b"\x88")  # the close frame, then close_notify
 
 
-def mtls_server(ca: CA) -> Server:
+def mtls_server(ca: CA, version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> Server:
     """A server that requires a client certificate signed by the test CA (nginx ssl_verify_client on)."""
     ctx = ca.server_context()
+    ctx.maximum_version = version
     ctx.verify_mode = ssl.CERT_REQUIRED
     ca.ca.configure_trust(ctx)
     return Server(ctx)
@@ -222,3 +224,20 @@ def test_a_client_certificate_is_offered_to_a_server_that_asks(ca: CA, tmp_path:
         shake(client, server)
         server.feed(client.message())
         assert client.ready and client.dead is None and server.obj.getpeercert()
+
+
+@pytest.mark.parametrize(("version", "cause", "reason"), [
+    # TLS 1.3: the client's side of the handshake is done before the server checks; the alert follows.
+    (ssl.TLSVersion.TLSv1_3, "tls-error", "TLSV13_ALERT_CERTIFICATE_REQUIRED (the server requires a client "
+                                          "certificate: give it with --cert FILE)"),
+    (ssl.TLSVersion.TLSv1_2, "tls-handshake-failed", "SSLV3_ALERT_HANDSHAKE_FAILURE (the server refused the "
+                                                     "handshake: no cipher or group both accept, or it requires"),
+])
+def test_a_server_that_wants_a_client_certificate_says_so_in_the_facts(
+        ca: CA, version: ssl.TLSVersion, cause: str, reason: str) -> None:
+    server = mtls_server(ca, version)
+    facts = TlsFacts()
+    client = TlsClient(http_codec(Tally()), client_context(ca.pem, True), "127.0.0.1", Tally(), facts)
+    shake(client, server)
+    assert client.dead == cause and facts.error.startswith(reason)
+    assert facts.as_dict()["error"] == facts.error and not facts.verify_error

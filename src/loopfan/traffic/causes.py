@@ -65,15 +65,19 @@ MEANINGS: dict[str, tuple[str, str]] = {
                                "trust the CA that signed it with --cacert FILE (PEM), or skip the check "
                                "with --insecure (then nothing is verified)"),
     "tls-handshake-failed": ("the TLS handshake failed: the server sent an alert or closed, or does not "
-                             "speak TLS on this port",
+                             "speak TLS on this port (the tls line's first TLS error says which)",
                              "check the port serves TLS (an http:// server answers https:// with garbage) "
-                             "and the server's error log (protocol versions, ciphers, SNI)"),
+                             "and the server's error log (protocol versions, ciphers, SNI); a server that "
+                             "requires a client certificate needs --cert FILE"),
     "tls-handshake-timeout": ("the TLS handshake got no answer within --reply-timeout (every connection's "
                               "starts at once, before the clock)",
                               "give the handshakes longer, e.g. --reply-timeout 60s (each costs CPU at both "
                               "ends); else the server is overloaded or not listening for TLS"),
-    "tls-error": ("the server's bytes are not valid TLS records after the handshake",
-                  "look at the server's error log; a proxy in between may corrupt the stream"),
+    "tls-error": ("after the handshake the server sent a TLS alert or bytes that are not valid TLS records "
+                  "(the tls line's first TLS error says which; a TLS 1.3 server refuses a missing client "
+                  "certificate this way)",
+                  "for TLSV13_ALERT_CERTIFICATE_REQUIRED give --cert FILE; else look at the server's error "
+                  "log (a proxy in between may corrupt the stream)"),
     "ECONNRESET": ("the server reset the connection", SERVER_LIMIT),
     "EPIPE": ("the connection was closed while sending", SERVER_LIMIT),
 }

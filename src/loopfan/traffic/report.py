@@ -33,6 +33,8 @@ def tls_block(t: TrafficTotals, verify: bool, cafile: str | None, server_name: s
         out["client_cert"] = certfile
     if t.tls.get("verify_error"):
         out["first_verify_error"] = t.tls["verify_error"]
+    if t.tls.get("error"):
+        out["first_error"] = t.tls["error"]
     return out
 
 
@@ -41,6 +43,7 @@ def tls_line(tls: dict[str, Any]) -> str:
     agreed = f"{tls['version']} {tls['cipher']}" if tls.get("version") else "no handshake completed"
     trust = f"checked against {tls.get('trusted')}" if tls.get("verified") else "NOT verified (--insecure)"
     failed = f"; first failure: {tls['first_verify_error']}" if tls.get("first_verify_error") else ""
+    failed += f"; first TLS error: {tls['first_error']}" if tls.get("first_error") else ""
     mine = f"; client certificate {tls['client_cert']}" if tls.get("client_cert") else ""
     return f"{agreed}; certificate {trust}{failed}{mine}"
 

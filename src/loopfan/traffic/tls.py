@@ -11,7 +11,8 @@ with the last reply and resend the same request bytes, and ciphertext never repe
 connections never reach them and the plain-text paths pay nothing for TLS.
 
 Failures are data, as for the other codecs: `dead` names the cause (tls-cert-verify-failed,
-tls-handshake-failed, tls-error) and the report gives each its meaning and fix.
+tls-handshake-failed, tls-error) and the report gives each its meaning and fix; the first failure's
+OpenSSL reason (which alert) goes to TlsFacts, since one cause covers many reasons.
 """
 
 from __future__ import annotations
@@ -54,20 +55,49 @@ def client_context(cafile: str | None, verify: bool, certfile: str | None = None
     return ctx
 
 
-class TlsFacts:
-    """What the first completed handshake of a worker agreed (the report's "tls" block), and the
-    first verification failure's words (which name or issuer did not match)."""
+_PLAIN = "the server's answer is not TLS: a plain-text port, for an http:// or ws:// URL?"
+# OpenSSL's reason codes that say more than the cause does, with what they mean here. The code is
+# what a server's error log and a search engine know; the words say what to do.
+_REASONS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate: give it with --cert FILE",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake: no cipher or group both accept, or it "
+                                     "requires a client certificate (--cert FILE)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version both accept (this client offers TLS 1.2 and 1.3)",
+    "UNSUPPORTED_PROTOCOL": "no TLS version both accept (this client offers TLS 1.2 and 1.3)",
+    "WRONG_VERSION_NUMBER": _PLAIN,
+    "RECORD_LAYER_FAILURE": _PLAIN,
+    "PACKET_LENGTH_TOO_LONG": _PLAIN,
+    "TLSV1_ALERT_UNRECOGNIZED_NAME": "the server has no certificate for the name sent as SNI (the URL's host)",
+}
 
-    __slots__ = ("cipher", "verify_error", "version")
+
+def error_words(exc: ssl.SSLError) -> str:
+    """An SSLError as the report says it: OpenSSL's reason code, and what it means when we know."""
+    reason = str(exc.reason or exc)
+    meaning = _REASONS.get(reason)
+    return f"{reason} ({meaning})" if meaning else reason
+
+
+class TlsFacts:
+    """What the first completed handshake of a worker agreed (the report's "tls" block), the first
+    verification failure's words (which name or issuer did not match), and the first other TLS
+    failure's (an alert's reason: why tls-handshake-failed or tls-error)."""
+
+    __slots__ = ("cipher", "error", "verify_error", "version")
 
     def __init__(self) -> None:
         self.version = ""
         self.cipher = ""
         self.verify_error = ""
+        self.error = ""
+
+    def failed(self, exc: ssl.SSLError) -> None:
+        if not self.error:
+            self.error = error_words(exc)
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in (("version", self.version), ("cipher", self.cipher),
-                                  ("verify_error", self.verify_error)) if v}
+                                  ("verify_error", self.verify_error), ("error", self.error)) if v}
 
 
 class TlsClient:
@@ -154,8 +184,9 @@ class TlsClient:
                 plain += more
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
             pass  # the rest of a record is still on its way; close_notify: the TCP close follows
-        except ssl.SSLError:
+        except ssl.SSLError as exc:  # (an alert: TLS 1.3 refuses a missing client certificate here)
             self.dead = TLS_ERROR
+            self.facts.failed(exc)
         n = 0
         inner = self.inner
         if plain:
@@ -179,8 +210,9 @@ class TlsClient:
             if not self.facts.verify_error:
                 self.facts.verify_error = str(exc.verify_message or exc.reason or exc)
             return
-        except ssl.SSLError:
+        except ssl.SSLError as exc:
             self.dead = HANDSHAKE_FAILED
+            self.facts.failed(exc)
             return
         self.secure = True
         self.tally.status("tls-handshake-ok")
