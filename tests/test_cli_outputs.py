@@ -338,6 +338,27 @@ def test_an_interrupted_run_fails_every_gate_and_says_why(tmp_path: Path, capsys
     assert "> **warning:** " in capsys.readouterr().out
 
 
+def test_compare_and_trend_warn_when_the_runs_differ_in_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: an https:// run compared with an http:// one said only 'different targets' (the ports) -
+    nothing of the encryption that halved its requests/s."""
+    plain, tls12, tls13 = traffic_report(), traffic_report(), traffic_report()
+    tls12["traffic"]["tls"] = {"version": "TLSv1.2", "cipher": "ECDHE-ECDSA-AES256-GCM-SHA384", "verified": True}
+    tls13["traffic"]["tls"] = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "verified": True}
+    paths = []
+    for name, rep in (("plain.json", plain), ("tls12.json", tls12), ("tls13.json", tls13)):
+        (tmp_path / name).write_text(json.dumps(rep))
+        paths.append(str(tmp_path / name))
+    assert main(["compare", paths[0], paths[1]]) == 0
+    assert (f"the runs differ in TLS: plain text in {paths[0]}, TLS: TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384 in "
+            f"{paths[1]}") in " ".join(capsys.readouterr().err.split())
+    assert main(["compare", paths[1], paths[2]]) == 0
+    assert "TLS: TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384 in" in " ".join(capsys.readouterr().err.split())
+    assert main(["compare", paths[2], paths[2]]) == 0
+    assert "TLS" not in capsys.readouterr().err
+    assert main(["trend", *paths]) == 0
+    assert f"differ in TLS: plain text in {paths[0]}; TLS: TLSv1.2" in " ".join(capsys.readouterr().err.split())
+
+
 def test_compare_warns_when_the_runs_differ_in_what_they_asked(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     small, big = fake_report([100] * 10), fake_report([100] * 10)

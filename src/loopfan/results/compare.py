@@ -156,6 +156,19 @@ def traffic_mode(rep: dict[str, Any]) -> str:
     return ", ".join(str(v) for v in (protocol_of(rep) if tr.get("kind") else None, tr.get("model")) if v)
 
 
+def tls_of(rep: dict[str, Any]) -> str | None:
+    """The traffic's TLS as a comparison says it: 'plain text', 'TLS: TLSv1.3 TLS_AES_256_GCM_SHA384',
+    or None without traffic. A TLS run against a plain one (or TLS 1.2 against 1.3) measures the
+    encryption too: the numbers differ for that, not the server."""
+    tr = rep.get("traffic")
+    if not tr:
+        return None
+    tls = tr.get("tls")
+    if not tls:
+        return "plain text"
+    return f"TLS: {tls['version']} {tls.get('cipher') or ''}".rstrip() if tls.get("version") else "TLS: no handshake"
+
+
 def _targets(rep: dict[str, Any]) -> list[str]:
     return sorted((rep.get("plan") or {}).get("targets") or [])
 
@@ -167,8 +180,8 @@ def _some(targets: list[str]) -> str:
 def caveats(base: dict[str, Any], new: dict[str, Any], base_name: str = "baseline",
             new_name: str = "new") -> list[str]:
     """Why the two runs may not compare like for like, one line each: an interrupted (partial) run,
-    a --force run short of its connections, and a different connection count, target set or traffic
-    mode. Said, not refused: comparing a 20k run with a 100k one can be the point, but it must never
+    a --force run short of its connections, and a different connection count, target set, traffic
+    mode or TLS. Said, not refused: comparing a 20k run with a 100k one can be the point, but it must never
     happen silently."""
     out = [partial_note(name, rep) for name, rep in ((base_name, base), (new_name, new)) if interrupted(rep)]
     out += [f"{name} ran past its plan with --force: {unplanned(rep):,} of {rep.get('target_connections') or 0:,} "
@@ -185,6 +198,9 @@ def caveats(base: dict[str, Any], new: dict[str, Any], base_name: str = "baselin
     bm, nm = traffic_mode(base), traffic_mode(new)
     if bm != nm:
         out.append(f"the runs differ in traffic: {bm} in {base_name}, {nm} in {new_name}")
+    bs, ns = tls_of(base), tls_of(new)
+    if bs is not None and ns is not None and bs != ns:
+        out.append(f"the runs differ in TLS: {bs} in {base_name}, {ns} in {new_name}")
     return out
 
 
@@ -273,11 +289,12 @@ def trend_last(table: list[dict[str, Any]]) -> str | None:
 
 def trend_caveats(reports: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """As caveats() for two runs, over many: one line per way the runs differ (connection count,
-    targets, traffic mode), naming every run under each value - not only the first two files."""
+    targets, traffic mode, TLS), naming every run under each value - not only the first two files."""
     out = []
     for what, key in (("asked for different numbers of connections", _count_of),
                       ("had different targets", _targets_asked),
-                      ("differ in traffic", traffic_mode)):
+                      ("differ in traffic", traffic_mode),
+                      ("differ in TLS", tls_of)):
         groups: dict[str, list[str]] = {}
         for name, rep in reports:
             value = key(rep)
