@@ -403,6 +403,23 @@ def test_interrupted_while_connecting_says_the_traffic_never_began() -> None:
     assert "no errors" not in text
 
 
+def test_interrupted_in_the_tls_handshakes_says_tls_not_websocket() -> None:
+    """QA: a SIGINT during 5,000 https:// handshakes said "interrupted before the traffic began (e.g.
+    during the WebSocket handshakes)" and "1,227 WebSocket opening handshakes were still under way"."""
+    said = {}
+    for kind in ("http", "ws"):
+        tc = TrafficConfig(kind=kind, message=b"x", tls=True, tls_server_name="localhost")
+        t = TrafficTotals(handshakes_unfinished=1227, talking_at_start=0, interrupted=True,
+                          tls={"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"})
+        tr = report_traffic(SimpleNamespace(config=SimpleNamespace(traffic=tc), traffic=t))
+        said[kind] = " ".join(_rendered({"traffic": tr, "established": 5000, "interrupted": "SIGINT",
+                                         "series": {}}).split())
+    assert "interrupted before the traffic began (e.g. during the TLS handshakes), nothing measured" in said["http"]
+    assert "1,227 TLS handshakes were still under way at the interrupt" in said["http"]
+    assert "1,227 TLS and WebSocket handshakes were still under way" in said["ws"]
+    assert "WebSocket" not in said["http"]
+
+
 # --- 6. TLS: https:// and wss:// ----------------------------------------------------------------
 
 

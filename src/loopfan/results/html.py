@@ -23,6 +23,7 @@ from loopfan.traffic.report import (
     behind_schedule,
     closed_loop_reading,
     end_reason,
+    handshakes_of,
     heavy_reopens,
     lost_before_traffic,
     nothing_to_talk_over,
@@ -408,8 +409,8 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
     if lost_before:
         talking += f"; {lost_before:,} were closed by the server before the traffic began"
     if tr.get("ws_handshakes_interrupted"):
-        talking += (f"; {tr['ws_handshakes_interrupted']:,} were still in their WebSocket handshake at the "
-                    "interrupt")
+        talking += (f"; {tr['ws_handshakes_interrupted']:,} were still in their {handshakes_of(tr) or 'opening'} "
+                    "handshakes at the interrupt")
     facts.append(["connections talking", _e(talking)])
     if tr.get("tls"):
         facts.append(["tls", _e(tls_line(tr["tls"]))])

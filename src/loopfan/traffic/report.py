@@ -307,8 +307,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
                   f"phase began ({why})")
         return [Text.assemble(("Traffic: ", "bold"), ("not run, no connection was open", "bold red")), t]
     if never:
-        t.add_row("traffic", f"{protocol}, {tr['model']}: interrupted before the traffic began (e.g. during the "
-                  "WebSocket handshakes), nothing measured")
+        during = f" (e.g. during the {handshakes_of(tr)} handshakes)" if handshakes_of(tr) else ""
+        t.add_row("traffic", f"{protocol}, {tr['model']}: interrupted before the traffic began{during}, nothing "
+                  "measured")
     elif cut and not tr["window_s"]:
         # Nothing measured: say why, and what the warm-up saw (its statuses are not in the window's).
         warm_statuses = tr.get("warmup_statuses") or {}
@@ -352,8 +353,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
                   "'reopened') - the load fell as they went")
     unfinished = tr.get("ws_handshakes_interrupted", 0)
     if unfinished:
-        t.add_row("handshakes", f"{unfinished:,} WebSocket opening handshakes were still under way at the "
-                  "interrupt: those connections never talked (not counted as talking, nor as errors)")
+        t.add_row("handshakes", f"{unfinished:,} {handshakes_of(tr) or 'opening'} handshakes were still under way "
+                  "at the interrupt: those connections never talked (not counted as talking, nor as errors)")
     # Interrupted before the traffic began: loopfan closed them, not the server.
     lost_before = lost_before_traffic(tr, rep)
     if lost_before > 0:
@@ -439,6 +440,14 @@ def traffic_began(tr: dict[str, Any], rep: dict[str, Any]) -> bool:
     WebSocket handshakes): not one message went out (a run stopped in its warm-up sent the
     warm-up's). The terminal and the page ask this one question."""
     return bool(tr["window_s"] or not rep.get("interrupted") or tr.get("sent"))
+
+
+def handshakes_of(tr: dict[str, Any]) -> str:
+    """The opening handshakes a connection makes before it talks, as the report names them ("" for
+    none): an https:// run's are TLS ones, not WebSocket ones (QA: an interrupted https:// run said
+    "1,227 WebSocket opening handshakes were still under way")."""
+    tls, ws = bool(tr.get("tls")), tr.get("kind") == "ws"
+    return "TLS and WebSocket" if tls and ws else "TLS" if tls else "WebSocket" if ws else ""
 
 
 def lost_before_traffic(tr: dict[str, Any], rep: dict[str, Any]) -> int:
