@@ -376,6 +376,9 @@ def test_nginx_over_tls(nginx: Callable[..., str], test_ca: tuple[Any, str], tmp
     assert report_problems(rep) == []
     # The terminal says it too (the page: test_results_html_traffic).
     assert f"{tls['version']} {tls['cipher']}; certificate checked against --cacert" in " ".join(text.split())
+    # The handshakes' own times, in the terminal too (QA: 5,000 took ~3 s, said nowhere).
+    assert tr["handshakes"] == 300 and 0 < tr["handshake_ms"]["p50"] <= tr["handshake_ms"]["max"]
+    assert "(300 TLS handshakes, each from its first flight to ready" in " ".join(text.split())
 
 
 @needs_nginx
@@ -414,6 +417,8 @@ def test_tls_connections_the_server_closes_handshake_again(nginx: Callable[..., 
     # may not have finished it).
     handshakes = tr["statuses"]["tls-handshake-ok"]
     assert 50 + tr["connections_reopened"] - 50 <= handshakes <= 50 + tr["connections_reopened"]
+    # The reopens' handshakes are timed too (those finishing in the drain are not: a few at most).
+    assert handshakes - 50 <= tr["handshakes"] <= handshakes
     assert tr["connections_talking_at_end"] == 50
 
 

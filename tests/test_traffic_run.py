@@ -82,6 +82,11 @@ def test_builtin_server_every_mode(builtin_listen: tuple[str, int], tmp_path: Pa
         assert tr["statuses"]["http-2xx"] == pytest.approx(tr["replies_in_window"], rel=0.05)
     if kind == "ws":
         assert tr["statuses"]["ws-handshake-ok"] == 300
+        # Each opening handshake is timed (before the clock: not in the latency).
+        hs = tr["handshake_ms"]
+        assert tr["handshakes"] == 300 and 0 < hs["p50"] <= hs["max"] and "handshake " in text
+    else:
+        assert "handshake_ms" not in tr and "handshakes" not in tr  # (no handshakes: no figures of them)
     assert "Traffic: no errors" in text and ("requests/s" if kind == "http" else "messages/s") in text
     from loopfan.results.schema import validation_errors
     assert validation_errors(rep) == []

@@ -147,6 +147,9 @@ class TrafficClientWorker(ClientWorker):
         # Replies whose first and last byte came in one read (the quick path's): both latency and
         # time to first byte, kept once and merged into both when published.
         self.hist_whole: dict[int, int] = {}
+        # Opening handshakes (TLS, then WebSocket), each from its first flight to ready, in us: the
+        # phase's (all at once, before the clock: their queueing is the point) and reopens' alike.
+        self.hist_handshake: dict[int, int] = {}
         self.by_source: dict[str, int] = {}
         self.conns: dict[int, Conn] = {}
         self.sent = 0
@@ -258,6 +261,7 @@ class TrafficClientWorker(ClientWorker):
             "awaits": self.traffic.awaits_reply,
             "latency_us": _merged(self.hist_latency, self.hist_whole),
             "ttfb_us": _merged(self.hist_ttfb, self.hist_whole),
+            "handshake_us": dict(self.hist_handshake),
         }
 
     def report(self) -> None:
@@ -827,6 +831,8 @@ class TrafficClientWorker(ClientWorker):
                     # The opening handshake (WebSocket, TLS) just completed: start this connection's messages.
                     # (Not a reply: a slot is kept for replies to messages, not for handshakes.)
                     c.started = True
+                    if c.opened:
+                        self._handshake_took(t - c.opened)
                     if t >= end:
                         pass
                     elif schedule is None:
@@ -908,7 +914,9 @@ class TrafficClientWorker(ClientWorker):
         and closed."""
         perf = time.perf_counter
         conns = self.conns
+        began: dict[int, float] = {}
         for c in list(conns.values()):
+            began[c.fd] = perf()
             self._write(c, c.codec.opening())
             self.maybe_report()
         waiting = {fd for fd, c in conns.items() if not c.codec.ready}
@@ -946,6 +954,7 @@ class TrafficClientWorker(ClientWorker):
                     waiting.discard(fd)
                 elif c.codec.ready:
                     waiting.discard(fd)
+                    self._handshake_took(perf() - began[fd])
             self.handshakes_waiting = len(waiting)
             self.maybe_report()
         if self.closing:
@@ -957,6 +966,10 @@ class TrafficClientWorker(ClientWorker):
             late = conns.get(fd)
             if late is not None:
                 self._drop(late, late.codec.handshake_timeout)
+
+    def _handshake_took(self, seconds: float) -> None:
+        us = hdr_round(int(seconds * 1e6))
+        self.hist_handshake[us] = self.hist_handshake.get(us, 0) + 1
 
     def close_all(self) -> None:
         # WebSocket: say goodbye (close code 1000) before the TCP close, so the server sees a normal

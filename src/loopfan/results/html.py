@@ -23,6 +23,7 @@ from loopfan.traffic.report import (
     behind_schedule,
     closed_loop_reading,
     end_reason,
+    handshake_line,
     handshakes_of,
     heavy_reopens,
     lost_before_traffic,
@@ -414,6 +415,8 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
     facts.append(["connections talking", _e(talking)])
     if tr.get("tls"):
         facts.append(["tls", _e(tls_line(tr["tls"]))])
+    if tr.get("handshake_ms"):
+        facts.append(["handshake", _e(handshake_line(tr))])
     return facts
 
 

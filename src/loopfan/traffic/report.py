@@ -89,6 +89,10 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "bytes_out_per_s": round(t.window_bytes_out / window, 1) if window > 0 else None,
         "latency_ms": latency_ms,
         "ttfb_ms": percentiles_ms(t.ttfb),
+        # Opening handshakes (TLS, WebSocket) that completed, each from its first flight to ready;
+        # absent when there were none (plain-text http, raw).
+        **({"handshake_ms": percentiles_ms(t.handshake), "handshakes": t.handshake.get_total_count()}
+           if t.handshake.get_total_count() else {}),
         "samples": t.latency.get_total_count(),
         "statuses": dict(sorted(t.statuses.items())),
         "errors": dict(t.errors),
@@ -333,6 +337,8 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("tls", tls_line(tr["tls"]))
     t.add_row("latency", _pct_line(tr["latency_ms"]))
     t.add_row("first byte", _pct_line(tr["ttfb_ms"]))
+    if tr.get("handshake_ms"):
+        t.add_row("handshake", handshake_line(tr))
     note = closed_loop_reading(tr, pipeline_of(rep))
     if note:
         t.add_row("reading", note)
@@ -440,6 +446,14 @@ def traffic_began(tr: dict[str, Any], rep: dict[str, Any]) -> bool:
     WebSocket handshakes): not one message went out (a run stopped in its warm-up sent the
     warm-up's). The terminal and the page ask this one question."""
     return bool(tr["window_s"] or not rep.get("interrupted") or tr.get("sent"))
+
+
+def handshake_line(tr: dict[str, Any]) -> str:
+    """The opening handshakes' percentiles, and what they are: not in the latency (they come before
+    the clock), each one's time from its first flight, so the phase's, all started at once, queue."""
+    return (f"{_pct_line(tr['handshake_ms'])} ({tr['handshakes']:,} {handshakes_of(tr)} handshakes, each from its "
+            "first flight to ready, the reopens' too; the phase's start all at once before the clock, so they "
+            "queue: not in the latency)")
 
 
 def handshakes_of(tr: dict[str, Any]) -> str:

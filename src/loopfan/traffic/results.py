@@ -76,6 +76,8 @@ class TrafficTotals:
     warmup_statuses: dict[str, int] = field(default_factory=dict)
     latency: HdrHistogram = field(default_factory=new_histogram)
     ttfb: HdrHistogram = field(default_factory=new_histogram)
+    # Opening handshakes (TLS, WebSocket), each from its first flight to ready: the phase's and reopens'.
+    handshake: HdrHistogram = field(default_factory=new_histogram)
 
     @property
     def errors_total(self) -> int:
@@ -112,6 +114,7 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
         _add(t.reopen_failures, s.get("reopen_failures", {}))
         record(t.latency, s.get("latency_us", {}))
         record(t.ttfb, s.get("ttfb_us", {}))
+        record(t.handshake, s.get("handshake_us", {}))
     return t
 
 
