@@ -241,6 +241,8 @@ def test_the_live_line_says_handshakes_are_under_way() -> None:
     assert line.startswith("traffic: handshakes 60/100 done, messages start after them") and "messages/s" not in line
     assert "handshakes 60/100 done" in rendered(waiting)
     assert "handshakes" not in describe(p)  # once they are done: the messages
+    # NDJSON too (QA: --progress ndjson said nothing of 5,000 TLS handshakes under way for 6 s).
+    assert last_row(waiting)["handshakes_waiting"] == 40 and "handshakes_waiting" not in last_row(p)
 
 
 def test_the_first_traffic_moments_show_the_traffic_rate_not_a_share_of_the_measuring() -> None:

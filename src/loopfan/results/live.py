@@ -68,6 +68,8 @@ def last_row(p: Progress) -> dict[str, Any]:
                            "failed": dict(p.client.failed)}
     if p.hold_left_s is not None:  # the hold's time left, or the traffic's (warm-up and window)
         row["left_s"] = round(p.hold_left_s, 3)
+    if p.phase == "traffic" and p.handshakes_waiting:  # (the panel's "handshakes N/M done")
+        row["handshakes_waiting"] = p.handshakes_waiting
     close = closing(p)
     if close is not None:
         row["closing"] = {"closed": close[0], "of": close[1]}
