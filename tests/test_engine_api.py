@@ -784,6 +784,12 @@ def test_the_terminal_report_says_a_shrinking_slab_and_leaves_out_empty_phases(l
     assert rep["duration_s"]["hold"] == 0.0 and rep["memory_bytes"]["kernel"] == -58_000_000
     assert kernel_memory(12_400_000) == "12 MB (slab growth)" and kernel_memory(None) == "- (slab growth)"
     assert kernel_memory(-100_000) == "0 MB (slab growth)"
+    # With traffic the client workers are read again after it (QA: a TLS run's memory line said
+    # 2,227 B per connection, read before the handshakes; its sessions took ~55 KB each).
+    assert "user_client_traffic" not in rep["memory_bytes"] and "after the traffic" not in text
+    rep["memory_bytes"]["user_client_traffic"] = 2_500_000 * rep["peak_concurrent"]
+    assert "; client workers after the traffic " in render_text(rep)
+    assert "(2,500,000 B per connection)" in render_text(rep)
 
 
 def test_an_interrupt_while_counting_leaves_the_kernel_check_out() -> None:

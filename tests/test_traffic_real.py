@@ -379,6 +379,7 @@ def test_nginx_over_tls(nginx: Callable[..., str], test_ca: tuple[Any, str], tmp
     # The handshakes' own times, in the terminal too (QA: 5,000 took ~3 s, said nowhere).
     assert tr["handshakes"] == 300 and 0 < tr["handshake_ms"]["p50"] <= tr["handshake_ms"]["max"]
     assert "(300 TLS handshakes, each from its first flight to ready" in " ".join(text.split())
+    assert rep["memory_bytes"]["user_client_traffic"] > rep["memory_bytes"]["user_client"]
 
 
 @needs_nginx

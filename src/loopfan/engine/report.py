@@ -251,6 +251,7 @@ def report_dict(result: RunResult, *, argv: list[str] | None = None, facts: Host
             "user_server": mem.get("user_server"),
             "kernel": mem.get("kernel"),
             "user_parent": mem.get("user_parent"),
+            **({"user_client_traffic": mem["user_client_traffic"]} if "user_client_traffic" in mem else {}),
         },
         "cpu_s": round(result.cpu_s, 3),
         "sources_used": len(plan.sources),
@@ -378,8 +379,12 @@ def report_renderable(rep: dict[str, Any]) -> RichGroup:
     client_side = (m["user_client"] or 0) + (m.get("user_parent") or 0)
     per_conn = f" ({client_side / peak:,.0f} B per connection)" if client_side and peak else ""
     server_per = f" ({m['user_server'] / peak:,.0f} B per connection)" if m["user_server"] and peak else ""
+    talked = m.get("user_client_traffic")
+    # (Read after the ramp, before any traffic: a TLS run's sessions came later, and cost far more.)
+    after = (f"; client workers after the traffic {mb(talked)} ({talked / peak:,.0f} B per connection)"
+             if talked and peak else "")
     t.add_row("memory", f"client {mb(client_side)}{per_conn} incl. the parent, server {mb(m['user_server'])}"
-              f"{server_per}, kernel {kernel_memory(m['kernel'])}")
+              f"{server_per}, kernel {kernel_memory(m['kernel'])}{after}")
     t.add_row("cpu", f"{rep['cpu_s']:.1f} s")
     reach = rep.get("time_to_target_s") or {}
     if reach.get("100%") is not None or reach.get("50%") is not None:

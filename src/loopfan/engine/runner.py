@@ -445,6 +445,9 @@ def run_plan(
                 result.traffic = await_traffic(fleet, clients, config.traffic, tick,
                                                lambda: interrupt.signal is not None, ramp)
                 result.phases_s["traffic"] = time.monotonic() - t_traffic
+                # Again once the traffic is over, its connections still open: what talking costs on
+                # top of holding (a TLS session and its buffers: ~50 KB a connection against ~2 KB held).
+                result.memory["user_client_traffic"] = measure.sum_uss(w.pid for w in clients if not w.finished)
 
             # 3. Hold.
             if interrupt.signal is None:
