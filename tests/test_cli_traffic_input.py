@@ -485,6 +485,10 @@ def test_the_reopened_row_names_why_the_server_closed_them() -> None:
     assert reopened_line({"connections_reopened": 0}) is None
     refused = reopened_line({"connections_reopened": 0, "reopen_failures": {"ECONNREFUSED": 4}})
     assert refused is not None and "retried with backoff: ECONNREFUSED 4" in refused
+    # Over TLS each reopen is a full handshake too (QA: keepalive_requests 10 over https://).
+    tls = reopened_line({**closes, "tls": {"version": "TLSv1.2"}}) or ""
+    assert "same source, same endpoint and a full TLS handshake (no session resumption);" in tls
+    assert "each reopen is a new TCP connect and TLS handshake, so" in tls and "TLS" not in (line or "")
 
 
 def test_a_client_certificate_reaches_the_config_as_absolute_paths(

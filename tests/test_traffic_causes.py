@@ -156,3 +156,10 @@ def test_the_report_gives_no_reply_ever_the_likelier_reading() -> None:
     assert cause["cause"] == "no-reply-ever" and cause["fix"].startswith("likelier the server is slower"), cause
     tr = traffic_section(t, "echo", False, 0.0, None)  # the timeout not known (older callers): both readings
     assert tr is not None and tr["error_causes"][0]["fix"] == explain("no-reply-ever")[1]
+
+
+def test_tls_fixes_name_the_options_that_fix_them() -> None:
+    """QA: an https://127.0.0.1 URL against a certificate for localhost only was told to trust the CA
+    (it was trusted) or use --insecure; and a server wanting a client certificate had no fix at all."""
+    assert "use a URL host the certificate names, e.g. https://localhost:PORT/" in explain("tls-cert-verify-failed")[1]
+    assert "--cert FILE" in explain("tls-handshake-failed")[1] and "--cert FILE" in explain("tls-error")[1]

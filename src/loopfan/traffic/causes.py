@@ -62,8 +62,10 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "tls-cert-verify-failed": ("the server's TLS certificate was not trusted: not signed by a trusted CA, "
                                "or not for the URL's host (an address URL is checked against the "
                                "certificate's IP addresses)",
-                               "trust the CA that signed it with --cacert FILE (PEM), or skip the check "
-                               "with --insecure (then nothing is verified)"),
+                               "trust the CA that signed it with --cacert FILE (PEM); for a name or IP "
+                               "address mismatch (the tls line's first failure) use a URL host the certificate "
+                               "names, e.g. https://localhost:PORT/; or skip the check with --insecure (then "
+                               "nothing is verified)"),
     "tls-handshake-failed": ("the TLS handshake failed: the server sent an alert or closed, or does not "
                              "speak TLS on this port (the tls line's first TLS error says which)",
                              "check the port serves TLS (an http:// server answers https:// with garbage) "
