@@ -127,8 +127,8 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                  help="https:// and wss://: do not verify the server's certificate (the traffic is still "
                  "encrypted; nothing says who the server is)."),
     click.option("--cert", "cert", metavar="FILE", default=None,
-                 help="https:// and wss://: offer this client certificate (PEM) to a server that asks for one "
-                 "(mTLS); its private key too, unless --key gives it."),
+                 help="https:// and wss://: offer this client certificate (PEM, with its private key in the same "
+                 "file unless --key gives it) to a server that asks for one (mTLS)."),
     click.option("--key", "key", metavar="FILE", default=None,
                  help="https:// and wss://: the private key (PEM, unencrypted) of --cert's certificate."),
     click.option("--response-size", type=click.IntRange(min=0), default=None, metavar="BYTES",
