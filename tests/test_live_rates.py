@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeWorker
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from loopfan.engine.live_rates import (
@@ -52,18 +52,21 @@ def test_a_steady_rate_reads_as_itself_however_the_reports_fall(first: float, st
         assert got == pytest.approx(rate, rel=1e-6, abs=1e-6)
 
 
-@given(st.floats(0, 5), gaps, st.lists(rates, min_size=30, max_size=30), st.floats(0, 12), st.floats(0, 12))
+@given(st.floats(0, 5), gaps, st.lists(rates, min_size=30, max_size=30), st.floats(0, 0.5), st.floats(0, 1))
 def test_the_rate_lies_between_the_slowest_and_fastest_stretch_of_the_window(
-        first: float, steps: list[float], slopes: list[float], now_s: float, since_s: float) -> None:
+        first: float, steps: list[float], slopes: list[float], now_after: float, since_frac: float) -> None:
     """Counts that only grow: the rate is an average of the window's stretches, never below the
-    slowest nor above the fastest, and never negative."""
+    slowest nor above the fastest, and never negative. (`now` and the phase start are drawn within
+    the samples' reach: drawn anywhere, most examples had no rate and Hypothesis gave up on them.)"""
     ts = times(first, steps)
     samples = [(ts[0], 0.0)]
     for t, slope in zip(ts[1:], slopes, strict=False):
         samples.append((t, samples[-1][1] + slope * (t - samples[-1][0])))
+    now_s = ts[-1] + now_after
+    since_s = ts[0] + since_frac * (ts[-1] - ts[0])
     got = window_rate(samples, now_s=now_s, since_s=since_s)
-    assume(got is not None)
-    assert got is not None
+    if got is None:  # (too little of the phase reported yet: the other tests hold that rule)
+        return
     start = max(now_s - WINDOW_S, since_s, samples[0][0])
     inside = [slopes[i] for i in range(len(samples) - 1) if samples[i + 1][0] > start]
     assert min(inside) * (1 - 1e-9) - 1e-6 <= got <= max(inside) * (1 + 1e-9) + 1e-6
