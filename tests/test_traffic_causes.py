@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 
 import loopfan
-from loopfan.traffic.causes import MEANINGS, explain, is_traffic_cause, known_traffic_causes, no_reply_ever
-from loopfan.traffic.report import traffic_section
-from loopfan.traffic.results import TrafficTotals
+from loopfan.traffic.causes import (
+    MEANINGS,
+    explain,
+    in_context,
+    is_traffic_cause,
+    known_traffic_causes,
+    no_reply_ever,
+)
+from loopfan.traffic.report import first_error_line, traffic_section
+from loopfan.traffic.results import TrafficTotals, merge
 
 SRC = Path(loopfan.__file__).parent
 # Where traffic errors get their names: the client loop and the protocol objects it asks.
@@ -163,3 +170,65 @@ def test_tls_fixes_name_the_options_that_fix_them() -> None:
     (it was trusted) or use --insecure; and a server wanting a client certificate had no fix at all."""
     assert "use a URL host the certificate names, e.g. https://localhost:PORT/" in explain("tls-cert-verify-failed")[1]
     assert "--cert FILE" in explain("tls-handshake-failed")[1] and "--cert FILE" in explain("tls-error")[1]
+
+
+NGINX_PLAIN_TO_TLS = {"status": 400, "body": "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS "
+                                            "port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1>"}
+NGINX_NO_CLIENT_CERT = {"status": 400, "body": "<html>\r\n<head><title>400 No required SSL certificate was "
+                                              "sent</title></head>"}
+
+
+def _fix(cause: str, **seen: object) -> tuple[str, str]:
+    context: dict[str, object] = {"kind": "http", "answered": False, "tls": False, "client_cert": False, **seen}
+    return in_context(cause, *explain(cause), **context)  # type: ignore[arg-type]
+
+
+def test_the_servers_own_words_name_the_fix() -> None:
+    """QA: http:// against nginx's TLS port, and https:// without the client certificate nginx requires,
+    were both counted http-4xx with "check the method, path and headers"."""
+    meaning, fix = _fix("http-4xx", answered=True, first_error=NGINX_PLAIN_TO_TLS)
+    assert meaning.startswith("the server answered 4xx") and "the port speaks TLS" in meaning
+    assert fix.startswith("use an https:// URL")
+    meaning, fix = _fix("http-4xx", answered=True, tls=True, first_error=NGINX_NO_CLIENT_CERT)
+    assert "requires a client certificate" in meaning and "--cert FILE --key FILE" in fix
+    # Other words, or the words under another class (a 5xx sample beside 4xx errors): the generic text.
+    assert _fix("http-4xx", answered=True, first_error={"status": 404, "body": "Not Found"}) == explain("http-4xx")
+    assert _fix("http-5xx", answered=True, first_error=NGINX_PLAIN_TO_TLS) == explain("http-5xx")
+
+
+def test_closes_before_any_answer_hint_at_tls_or_a_client_certificate() -> None:
+    """A hint, first in the fix, the generic fix kept after it: plain text closed on every connection
+    may be a TLS port (openssl s_server); over TLS without --cert, a server wanting a client certificate
+    (TLS 1.3: the websockets library closes without an alert, before answering the upgrade)."""
+    generic = explain("closed-awaiting-reply")[1]
+    fix = _fix("closed-awaiting-reply")[1]
+    assert fix.startswith("no connection had any answer: if the port serves TLS") and "use https://" in fix
+    assert fix.endswith(generic)
+    assert "use wss://" in _fix("ws-closed-in-handshake", kind="ws")[1]
+    ws_generic = explain("ws-closed-in-handshake")[1]
+    fix = _fix("ws-closed-in-handshake", kind="ws", tls=True)[1]
+    assert fix.startswith("likely a server that requires a client certificate") and "--cert FILE --key FILE" in fix
+    assert fix.endswith(ws_generic)
+    # Answered connections, or a client certificate given: the generic fix alone.
+    assert _fix("closed-awaiting-reply", answered=True) == explain("closed-awaiting-reply")
+    assert _fix("ws-closed-in-handshake", kind="ws", tls=True, client_cert=True)[1] == ws_generic
+    assert _fix("ws-closed-in-handshake", kind="ws", tls=True, answered=True)[1] == ws_generic
+
+
+def test_the_report_carries_the_first_error_response_and_reads_it() -> None:
+    t = TrafficTotals(window_s=1.0, replies=5, window_replies=5, errors={"http-4xx": 5},
+                      statuses={"http-4xx": 5}, first_error_response=dict(NGINX_PLAIN_TO_TLS))
+    tr = traffic_section(t, "http", False, 0.0, None)
+    assert tr is not None and tr["first_error_response"] == NGINX_PLAIN_TO_TLS
+    assert tr["error_causes"][0]["fix"].startswith("use an https:// URL")
+    assert first_error_line(tr) == ("HTTP 400: 400 The plain HTTP request was sent to HTTPS port 400 Bad Request")
+    t = TrafficTotals(window_s=1.0, errors={"closed-awaiting-reply": 3})
+    tr = traffic_section(t, "http", False, 0.0, None)
+    assert tr is not None and "first_error_response" not in tr and first_error_line(tr) is None
+    assert tr["error_causes"][0]["fix"].startswith("no connection had any answer")
+
+
+def test_the_first_error_response_of_the_first_worker_that_had_one_is_kept() -> None:
+    other = {"status": 503, "body": ""}
+    assert merge([{"sent": 1, "first_error_response": {}}, {"first_error_response": NGINX_PLAIN_TO_TLS},
+                  {"first_error_response": other}]).first_error_response == NGINX_PLAIN_TO_TLS

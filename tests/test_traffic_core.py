@@ -133,6 +133,33 @@ def test_http_client_counts_statuses_and_pipelines() -> None:
     assert tally.statuses == {"http-2xx": 2, "http-4xx": 1} and tally.errors == {"http-4xx": 1}
 
 
+def test_http_client_keeps_the_first_error_response() -> None:
+    """The worker's first 4xx/5xx is kept (status, the body's first 200 bytes) on either path - the
+    fast one (a keep-alive head) and h11's (Connection: close, a chunked body) - and later ones are not:
+    the report reads the server's words there (nginx: "The plain HTTP request was sent to HTTPS port")."""
+    t = request_template("GET", "/", "h", (), b"")
+    tally = Tally()
+    c = HttpClient(t, tally)
+    c.message()
+    c.message()
+    forbidden = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 300\r\n\r\n" + b"no " * 100
+    assert c.fast and c.feed(fixed_response(4) + forbidden) == 2
+    assert tally.sample() == {"status": 403, "body": ("no " * 100)[:200]}
+    c.message()
+    assert c.feed(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno") == 1
+    assert tally.sample()["status"] == 403  # (the first one only)
+    tally = Tally()
+    c = HttpClient(t, tally)
+    c.message()
+    page = (b"<html><center><h1>400 Bad Request</h1></center><center>The plain HTTP request was sent to HTTPS "
+            b"port</center></html>")
+    close = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (page[:30], page[30:])) + b"0\r\n\r\n"
+    assert c.feed(close + chunks) == 1 and not c.fast
+    assert tally.sample() == {"status": 400, "body": page.decode()}
+    assert Tally().sample() == {}
+
+
 def test_http_client_garbage_and_close() -> None:
     t = request_template("POST", "/", "h", (), b"body")
     assert b"Content-Length: 4" in t.wire and t.wire.endswith(b"body")

@@ -9,14 +9,17 @@ absent: CI installs nginx-light (.ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,7 +57,7 @@ http {{
     keepalive_timeout 300s;
     server {{
         listen {address}:{port}{ssl} reuseport backlog=65535;
-        {certificate}
+        {certificate} {server_extra}
         location / {{ {deny} return 200 "hello from nginx\\n"; }}
     }}
 }}
@@ -90,8 +93,9 @@ def nginx(tmp_path: Path, loopback_block: Block) -> Iterator[Callable[..., str]]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(workers: int = 4, nofile: int = 20_000, conns: int = 19_000, deny: str = "",
-              keepalive: int = 10_000_000, tls: Any = None) -> str:
-        """nginx's URL; with `tls` (a trustme.CA) it serves https with a certificate for its address."""
+              keepalive: int = 10_000_000, tls: Any = None, server_extra: str = "") -> str:
+        """nginx's URL; with `tls` (a trustme.CA) it serves https with a certificate for its address;
+        `server_extra` goes in its server block as it is."""
         assert NGINX is not None
         d = tmp_path / f"nginx{len(procs)}"
         d.mkdir()
@@ -106,7 +110,8 @@ def nginx(tmp_path: Path, loopback_block: Block) -> Iterator[Callable[..., str]]
             certificate = f"ssl_certificate {pem}; ssl_certificate_key {pem};"
         conf.write_text(NGINX_CONF.format(workers=workers, nofile=nofile, conns=conns, dir=d, address=address,
                                           port=port, deny=refuse, keepalive=keepalive,
-                                          ssl=" ssl" if tls is not None else "", certificate=certificate))
+                                          ssl=" ssl" if tls is not None else "", certificate=certificate,
+                                          server_extra=server_extra))
         proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(proc)
@@ -476,3 +481,148 @@ def test_a_tls_handshake_with_no_answer_times_out(loopback_block: Block, tmp_pat
     tr = rep["traffic"]
     assert tr["errors"] == {"tls-handshake-timeout": 20}, tr["errors"]
     assert "--reply-timeout" in tr["error_causes"][0]["fix"] and tr["tls"]["version"] is None
+
+
+# QA: three TLS mistakes were counted under causes whose fix pointed elsewhere (the method and path; a
+# server limit; "check the target is a WebSocket server"). The report reads the server's own words in
+# its first error response, and the pattern of the closes, to name the option that fixes each.
+
+
+@needs_nginx
+def test_plain_http_to_a_tls_port_is_told_to_use_https(nginx: Callable[..., str], test_ca: tuple[Any, str],
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca, _ = test_ca
+    url = nginx(workers=1, tls=ca).replace("https://", "http://")
+    # nginx answers 400 "The plain HTTP request was sent to HTTPS port" (and closes: reopened at once).
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", url, "--duration", "0.3s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert set(tr["errors"]) == {"http-4xx"}, tr["errors"]
+    assert tr["first_error_response"]["status"] == 400
+    assert "The plain HTTP request was sent to HTTPS port" in tr["first_error_response"]["body"]
+    (cause,) = tr["error_causes"]
+    assert "the port speaks TLS" in cause["meaning"] and cause["fix"].startswith("use an https:// URL"), cause
+    flat = " ".join(text.split())
+    assert "first error HTTP 400: 400 The plain HTTP request was sent to HTTPS port" in flat, flat
+    assert report_problems(rep) == []
+
+
+@needs_nginx
+def test_nginx_wanting_a_client_certificate_is_told_to_get_cert(nginx: Callable[..., str],
+                                                                test_ca: tuple[Any, str], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    ca, pem = test_ca
+    # ssl_verify_client on: nginx completes the handshake without a certificate and answers 400.
+    url = nginx(workers=1, tls=ca, server_extra=f"ssl_verify_client on; ssl_client_certificate {pem};")
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", url, "--cacert", pem, "--duration", "0.3s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert set(tr["errors"]) == {"http-4xx"}, tr["errors"]
+    assert "No required SSL certificate was sent" in tr["first_error_response"]["body"]
+    (cause,) = tr["error_causes"]
+    assert "requires a client certificate" in cause["meaning"] and "--cert FILE --key FILE" in cause["fix"], cause
+    assert report_problems(rep) == []
+    # With the certificate the same server answers 200: no error, no sample.
+    client = tmp_path / "client.pem"
+    ca.issue_cert("loopfan-client@example.org").private_key_and_cert_chain_pem.write_to_path(str(client))
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", url, "--cacert", pem, "--cert", str(client),
+                                 "--duration", "0.3s")
+    assert status == 0, text
+    assert rep["traffic"]["errors_total"] == 0 and "first_error_response" not in rep["traffic"]
+
+
+@contextlib.contextmanager
+def _tls_server_closing_on_plain_text(address: str, server_pem: str) -> Iterator[int]:
+    """A TLS server that, like openssl s_server, closes a connection whose first bytes are not a
+    ClientHello (no answer at all). Its port; the thread ends with the block (bounded: 30 s)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(server_pem)
+    listener = socket.socket()
+    listener.bind((address, 0))
+    listener.listen(128)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            # The server's TLS stack reads the request as a ClientHello and fails; like s_server it
+            # sends nothing and closes, having read it all (a FIN: unread bytes would make a reset).
+            with conn:
+                conn.settimeout(2)
+                incoming = ssl.MemoryBIO()
+                tls = ctx.wrap_bio(incoming, ssl.MemoryBIO(), server_side=True)
+                with contextlib.suppress(OSError):
+                    incoming.write(conn.recv(65536))
+                with contextlib.suppress(ssl.SSLError):
+                    tls.do_handshake()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_tls_server_closing_plain_text_hints_at_https(loopback_block: Block, test_ca: tuple[Any, str],
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca, _ = test_ca
+    address = f"{loopback_block()}1"
+    server_pem = tmp_path / "server.pem"
+    ca.issue_cert(address).private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    with _tls_server_closing_on_plain_text(address, str(server_pem)) as port:
+        status, rep, text = run_json(tmp_path, capsys, "-c", "10", f"http://{address}:{port}/", "--duration", "0.3s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {"closed-awaiting-reply": 10}, tr["errors"]
+    fix = tr["error_causes"][0]["fix"]
+    # A hint, not a claim: a server at its connection limit closes the same way.
+    assert fix.startswith("no connection had any answer: if the port serves TLS") and "use https://" in fix, fix
+    assert "worker_connections" in fix
+
+
+WSS_CLIENT_CERT_SERVER = r"""
+import asyncio, ssl, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3])
+    ctx.load_verify_locations(sys.argv[4])
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    async with serve(echo, sys.argv[1], int(sys.argv[2]), ssl=ctx, compression=None):
+        print("ready", flush=True)
+        await asyncio.sleep(120)  # bounded even if the test forgets it
+asyncio.run(main())
+"""
+
+
+def test_wss_server_wanting_a_client_certificate_is_named(loopback_block: Block, test_ca: tuple[Any, str],
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca, pem = test_ca
+    address = f"{loopback_block()}1"
+    server_pem = tmp_path / "wss-server.pem"
+    ca.issue_cert(address).private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    server = _ws_server(lambda: address[:-1], str(server_pem), pem, script=WSS_CLIENT_CERT_SERVER, quiet=True)
+    url = next(server).replace("ws://", "wss://")
+    try:
+        status, rep, text = run_json(tmp_path, capsys, "-c", "10", url, "--cacert", pem, "--duration", "0.3s",
+                                     "--reply-timeout", "5s")
+    finally:
+        server.close()
+    assert status == 1, text
+    tr = rep["traffic"]
+    # TLS 1.3: the client's side of the handshake completes, then the server closes without an alert.
+    assert tr["statuses"].get("tls-handshake-ok") == 10, tr["statuses"]
+    assert set(tr["errors"]) <= {"ws-closed-in-handshake", "tls-error"}, tr["errors"]
+    for cause in tr["error_causes"]:
+        assert "--cert FILE" in cause["fix"], cause

@@ -251,6 +251,7 @@ class TrafficClientWorker(ClientWorker):
             "handshakes_waiting": self.handshakes_waiting,
             "handshakes_unfinished": self.handshakes_unfinished,
             "tls": self.tls_facts.as_dict(),
+            "first_error_response": self.tally.sample(),
             "interrupted": self.interrupted,
             "warmup_replies": self.warmup_replies,
             "errors": _minus(self.tally.errors, self.warmup_errors),

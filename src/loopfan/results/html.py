@@ -23,6 +23,7 @@ from loopfan.traffic.report import (
     behind_schedule,
     closed_loop_reading,
     end_reason,
+    first_error_line,
     handshake_line,
     handshakes_of,
     heavy_reopens,
@@ -417,6 +418,9 @@ def _traffic_health_facts(rep: dict[str, Any]) -> list[list[str]]:
         facts.append(["tls", _e(tls_line(tr["tls"]))])
     if tr.get("handshake_ms"):
         facts.append(["handshake", _e(handshake_line(tr))])
+    first_error = first_error_line(tr)
+    if first_error:
+        facts.append(["first error", _e(first_error)])
     return facts
 
 

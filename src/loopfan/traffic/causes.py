@@ -117,6 +117,59 @@ def no_reply_ever(replies: int, slowest_reply_ms: float | None, reply_timeout_s:
     return meaning, fix
 
 
+# A server's own words in an error response's body that name the fix better than its status class
+# can: (the words, lower case; what they mean; the fix). nginx's texts, from its 400 pages
+# (src/http/ngx_http_special_response.c): a plain-text request on an ssl port, and the client
+# certificate that ssl_verify_client on requires (missing, or not verified).
+_SERVER_SAYS = (
+    ("the plain http request was sent to https port",
+     "the port speaks TLS: the server says \"The plain HTTP request was sent to HTTPS port\"",
+     "use an https:// URL (wss:// for WebSocket), with --cacert FILE for a test CA or --insecure"),
+    ("no required ssl certificate was sent",
+     "the server requires a client certificate and none was sent: it says \"No required SSL certificate "
+     "was sent\" (nginx ssl_verify_client on)",
+     "give the client certificate and its key: --cert FILE --key FILE (PEM, signed by a CA the server "
+     "trusts - nginx's ssl_client_certificate)"),
+    ("the ssl certificate error",
+     "the server did not accept the client certificate: it says \"The SSL certificate error\"",
+     "give a --cert FILE signed by a CA the server trusts (nginx's ssl_client_certificate), not expired"),
+)
+
+# Over plain text, a server that closes every connection without a word may be a TLS one: a TLS
+# server reads the request as a broken ClientHello and closes (openssl s_server does; nginx answers
+# 400 instead, which _SERVER_SAYS reads). A hint, not a claim: a server at its limit looks the same.
+_MAYBE_TLS = ("no connection had any answer: if the port serves TLS (a TLS server closes on plain text), "
+              "use {scheme}; else ")
+# Over TLS 1.3 the client's side of the handshake is done before the server has checked the client
+# certificate, so a server that requires one and gets none closes after the handshake - with an alert
+# (TLSV13_ALERT_CERTIFICATE_REQUIRED, counted tls-error) or without one (the websockets library on
+# Python's ssl: the connection just closes, before the WebSocket upgrade is answered).
+_MAYBE_CLIENT_CERT = ("likely a server that requires a client certificate (over TLS 1.3 it checks it after "
+                      "the client's side of the handshake is done, and may close without an alert): give "
+                      "--cert FILE --key FILE; else ")
+
+
+def in_context(cause: str, meaning: str, fix: str, *, kind: str, answered: bool, tls: bool,
+               client_cert: bool, first_error: dict[str, object] | None = None) -> tuple[str, str]:
+    """A cause's meaning and fix, told what the run saw besides: the first error response's body
+    (`first_error`: {"status", "body"}), whether any connection was answered (a reply, a completed
+    WebSocket handshake), whether the run spoke TLS and offered a client certificate. The server's
+    own words replace the generic text; a pattern that only suggests a reason goes first in the fix,
+    as "likely" or "if", the generic fix after it."""
+    if first_error and cause == f"http-{int(str(first_error.get('status') or 0)) // 100}xx":
+        body = str(first_error.get("body") or "").lower()
+        for words, said, said_fix in _SERVER_SAYS:
+            if words in body:
+                return f"{meaning}; {said}", said_fix
+    if answered:
+        return meaning, fix
+    if not tls and (cause, kind) in (("closed-awaiting-reply", "http"), ("ws-closed-in-handshake", "ws")):
+        return meaning, _MAYBE_TLS.format(scheme="wss://" if kind == "ws" else "https://") + fix
+    if tls and not client_cert and cause in ("closed-awaiting-reply", "ws-closed-in-handshake"):
+        return meaning, _MAYBE_CLIENT_CERT + fix
+    return meaning, fix
+
+
 def explain(cause: str) -> tuple[str, str]:
     if cause in MEANINGS:
         return MEANINGS[cause]

@@ -25,7 +25,7 @@ from http import HTTPStatus
 
 import h11
 
-from loopfan.traffic.tally import Tally
+from loopfan.traffic.tally import SAMPLE_BYTES, Tally
 
 _MAX_HEAD = 64 * 1024
 _FAST_MAX_BODY = 1024 * 1024
@@ -136,8 +136,8 @@ def h11_reading(head: bytes, template: RequestTemplate) -> Known | None:
 class HttpClient:
     """One keep-alive connection's HTTP state: requests out, responses counted by status class."""
 
-    __slots__ = ("buf", "conn", "dead", "fast", "in_flight", "known", "partial", "repeat", "tally", "template",
-                 "unannounced")
+    __slots__ = ("buf", "conn", "dead", "fast", "in_flight", "known", "partial", "repeat", "sampling", "tally",
+                 "template", "unannounced")
 
     ready = True  # no opening handshake
     out = b""  # nothing to answer on our own (WebSocket answers pings; HTTP never does)
@@ -157,6 +157,7 @@ class HttpClient:
         self.known = known if known is not None else KnownHeads()
         self.in_flight = 0  # fast path: requests sent, responses not yet complete
         self.buf = b""  # fast path: the start of a response not all here yet
+        self.sampling = False  # h11 path: this response is the worker's first error one, its body is kept
 
     def opening(self) -> bytes:
         return b""
@@ -207,6 +208,8 @@ class HttpClient:
             tally.status(info[0])
             if info[1]:
                 tally.error(info[0])
+                if not tally.first_error_status:  # (h11 accepted the head: "HTTP/1.1 NNN ...")
+                    tally.sample_error(int(buf[pos + 9 : pos + 12]), buf[end + 4 : total])
             pos = total
             done += 1
             self.in_flight -= 1
@@ -241,9 +244,19 @@ class HttpClient:
                     self.tally.status(cls)
                     if code >= 400:
                         self.tally.error(cls)
+                        if not self.tally.first_error_status:
+                            self.tally.sample_error(code, b"")
+                            self.sampling = True
+                elif t is h11.Data:
+                    if self.sampling:
+                        tally = self.tally
+                        room = SAMPLE_BYTES - len(tally.first_error_body)
+                        if room > 0:
+                            tally.first_error_body += bytes(ev.data[:room])  # type: ignore[union-attr]
                 elif t is h11.EndOfMessage:
                     done += 1
                     self.partial = False
+                    self.sampling = False
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         self.dead = "http-connection-close"
                         return done

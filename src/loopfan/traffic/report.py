@@ -7,12 +7,13 @@ addresses, the report says so: that is how a server that refuses some clients sh
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-from loopfan.traffic.causes import SERVER_LIMIT, explain, no_reply_ever
+from loopfan.traffic.causes import SERVER_LIMIT, explain, in_context, no_reply_ever
 from loopfan.traffic.results import TrafficTotals, percentiles_ms
 from loopfan.wording import protocol_words, traffic_nouns
 
@@ -59,11 +60,15 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
     done_in_window = t.window_replies if awaits_reply else t.sent_in_window
     latency_ms = percentiles_ms(t.latency)
 
+    # Any connection answered: a reply, an HTTP status, a completed WebSocket handshake (not a TLS one).
+    answered = bool(t.replies or any(k.startswith("http-") or k == "ws-handshake-ok" for k in t.statuses))
+
     def explained(cause: str) -> tuple[str, str]:
         if cause == "no-reply-ever":  # a slow server or one that never served: the other replies tell
             return no_reply_ever(t.latency.get_total_count(), latency_ms["max"], reply_timeout_s,
                                  t.errors.get("reply-timeout", 0))
-        return explain(cause)
+        return in_context(cause, *explain(cause), kind=kind, answered=answered, tls=tls is not None,
+                          client_cert=bool(tls and tls.get("client_cert")), first_error=t.first_error_response)
 
     errors = [
         {"cause": c, "count": n, "meaning": explained(c)[0], "fix": explained(c)[1]}
@@ -115,6 +120,8 @@ def traffic_section(t: TrafficTotals | None, kind: str, open_model: bool, warmup
         "ws_handshakes_interrupted": t.handshakes_unfinished,
         "hdr_log": hdr_log,
         **({"tls": tls} if tls is not None else {}),
+        # The first HTTP error response's status and the start of its body: the server's own words.
+        **({"first_error_response": t.first_error_response} if t.first_error_response else {}),
     }
 
 
@@ -347,6 +354,9 @@ def traffic_renderables(rep: dict[str, Any]) -> list[Any]:
         t.add_row("reading", note)
     if tr["statuses"]:
         t.add_row("statuses", "  ".join(f"{k} {v:,}" for k, v in tr["statuses"].items()))
+    first_error = first_error_line(tr)
+    if first_error:
+        t.add_row("first error", first_error)
     reopened = reopened_line(tr)
     if reopened:
         t.add_row("reopened", reopened)
@@ -431,6 +441,16 @@ def report_traffic(result: Any) -> dict[str, Any] | None:
         tls = tls_block(result.traffic, tc.tls_verify, tc.tls_cafile, tc.tls_server_name, tc.tls_certfile)
     return traffic_section(result.traffic, tc.label, tc.open_model, tc.warmup_s, tc.hdr_log, tc.awaits_reply,
                            tc.rate_per_conn_s, tls, tc.reply_timeout_s)
+
+
+def first_error_line(tr: dict[str, Any]) -> str | None:
+    """The first HTTP error response in one line: its status and the start of its body, with
+    the markup and the spaces squeezed out (nginx's 400 page is HTML; its <h1> says what it is)."""
+    sample = tr.get("first_error_response")
+    if not sample:
+        return None
+    text = " ".join(re.sub(r"<[^>]*>", " ", str(sample.get("body") or "")).split())
+    return f"HTTP {sample.get('status')}" + (f": {text[:160]}" if text else " (no body)")
 
 
 def end_reason(tr: dict[str, Any]) -> str:

@@ -69,6 +69,9 @@ class TrafficTotals:
     # TLS: what the first worker to complete a handshake agreed (version, cipher), and the first
     # certificate verification failure's words; empty without TLS.
     tls: dict[str, str] = field(default_factory=dict)
+    # The first HTTP error response a worker kept ({"status": 400, "body": "<html>..."}): the server's
+    # own words, which say more than the status class (nginx: "The plain HTTP request was sent to HTTPS port").
+    first_error_response: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     errors_by_source: dict[str, int] = field(default_factory=dict)
@@ -106,6 +109,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> TrafficTotals:
         t.interrupted = t.interrupted or bool(s.get("interrupted"))
         for k, v in (s.get("tls") or {}).items():
             t.tls.setdefault(k, str(v))
+        if not t.first_error_response and s.get("first_error_response"):
+            t.first_error_response = dict(s["first_error_response"])
         _add(t.errors, s.get("errors", {}))
         _add(t.statuses, s.get("statuses", {}))
         _add(t.errors_by_source, s.get("errors_by_source", {}))
