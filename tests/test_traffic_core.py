@@ -240,6 +240,31 @@ def test_websocket_rejected_by_plain_http() -> None:
     assert out.startswith(b"HTTP/1.1 400") and s.closing
 
 
+def test_a_refused_websocket_handshake_keeps_the_first_error_response() -> None:
+    """ws:// against nginx's TLS port: its 400 page says why, and the report reads it (a 200 from a
+    plain HTTP server is no error response: not kept)."""
+    tally = Tally()
+    c = WsClient("h", "/", b"x", "text", tally)
+    c.opening()
+    c.feed(fixed_response(5))
+    assert c.dead == "ws-rejected-http-200" and tally.sample() == {}
+    page = b"<html><head><title>400 The plain HTTP request was sent to HTTPS port</title></head></html>"
+    refusal = b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(page)
+    c = WsClient("h", "/", b"x", "text", tally)
+    c.opening()
+    c.feed(refusal + page)
+    assert c.dead == "ws-rejected-http-400" and tally.sample() == {"status": 400, "body": page.decode()}
+    c = WsClient("h", "/", b"x", "text", tally)
+    c.opening()
+    c.feed(refusal.replace(b"400", b"403") + page)
+    assert c.dead == "ws-rejected-http-403" and tally.sample()["status"] == 400  # (the first one only)
+    from loopfan.traffic.causes import explain, in_context
+
+    meaning, fix = in_context("ws-rejected-http-400", *explain("ws-rejected-http-400"), kind="ws", answered=False,
+                              tls=False, client_cert=False, first_error=tally.sample())
+    assert "the port speaks TLS" in meaning and fix.startswith("use an https:// URL (wss:// for WebSocket)")
+
+
 def test_a_refused_websocket_handshake_is_explained_by_its_status() -> None:
     """QA: a 401 from a server wanting a token read "it does not speak WebSocket at this URL; check
     the ws:// URL's port and path" - the fix is the handshake's --header / --ws-subprotocol."""

@@ -505,6 +505,13 @@ def test_plain_http_to_a_tls_port_is_told_to_use_https(nginx: Callable[..., str]
     flat = " ".join(text.split())
     assert "first error HTTP 400: 400 The plain HTTP request was sent to HTTPS port" in flat, flat
     assert report_problems(rep) == []
+    # ws:// likewise: the refused handshake's page is read the same way.
+    status, rep, text = run_json(tmp_path, capsys, "-c", "10", url.replace("http://", "ws://"), "--duration", "0.3s")
+    assert status == 1, text
+    tr = rep["traffic"]
+    assert tr["errors"] == {"ws-rejected-http-400": 10}, tr["errors"]
+    assert "use an https:// URL (wss:// for WebSocket)" in tr["error_causes"][0]["fix"]
+    assert report_problems(rep) == []
 
 
 @needs_nginx

@@ -156,7 +156,8 @@ def in_context(cause: str, meaning: str, fix: str, *, kind: str, answered: bool,
     WebSocket handshake), whether the run spoke TLS and offered a client certificate. The server's
     own words replace the generic text; a pattern that only suggests a reason goes first in the fix,
     as "likely" or "if", the generic fix after it."""
-    if first_error and cause == f"http-{int(str(first_error.get('status') or 0)) // 100}xx":
+    status = int(str(first_error.get("status") or 0)) if first_error else 0
+    if first_error and cause in (f"http-{status // 100}xx", f"ws-rejected-http-{status}"):
         body = str(first_error.get("body") or "").lower()
         for words, said, said_fix in _SERVER_SAYS:
             if words in body:

@@ -30,12 +30,13 @@ from wsproto.events import (
     Ping,
     Pong,
     RejectConnection,
+    RejectData,
     Request,
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from loopfan.traffic.tally import Tally
+from loopfan.traffic.tally import SAMPLE_BYTES, Tally
 
 # -- the fast path: whole unfragmented frames (RFC 6455 section 5.2) ----------------------------
 # First bytes: FIN set, no RSV bits (no extension is ever negotiated: we offer none and accept
@@ -283,7 +284,19 @@ class WsClient:
                 elif isinstance(ev, RejectConnection):
                     status = ev.status_code
                     self.dead = f"ws-rejected-http-{status}"
-                    return done
+                    if not ev.has_body or status < 400 or self.tally.first_error_status:
+                        return done
+                    # The worker's first refusal with a body: the server's words go to the report
+                    # (nginx's 400 to ws:// on its TLS port says "plain HTTP request ... HTTPS port");
+                    # what came in this read, the rest is not waited for.
+                    self.tally.sample_error(status, b"")
+                elif isinstance(ev, RejectData):
+                    tally = self.tally
+                    room = SAMPLE_BYTES - len(tally.first_error_body)
+                    if room > 0:
+                        tally.first_error_body += bytes(ev.data[:room])
+                    if ev.body_finished:
+                        return done
                 elif isinstance(ev, CloseConnection):
                     code = ev.code
                     # wsproto reports two things as CloseConnection: the server's close frame (its
@@ -299,8 +312,8 @@ class WsClient:
                         self.out += ws.send(ev.response())  # (our close with wsproto's code: RFC 6455 7.1.7)
                     self.dead = f"ws-close-{int(code)}" if closed_by_server else "bad-reply"
                     return done
-        except RemoteProtocolError:
-            self.dead = "bad-reply" if self.ready else "ws-bad-handshake"
+        except RemoteProtocolError:  # (after a refusal, its body's garbage changes nothing)
+            self.dead = self.dead or ("bad-reply" if self.ready else "ws-bad-handshake")
         return done
 
 
