@@ -153,6 +153,14 @@ def test_the_client_certificate_is_said_in_the_tls_block_and_on_the_page(traffic
             "/client.pem") in section(render(rep), TRAFFIC_SECTION[0])
 
 
+def test_the_first_error_response_is_on_the_page(traffic_report: dict[str, Any]) -> None:
+    rep = copy.deepcopy(traffic_report)
+    rep["traffic"]["first_error_response"] = {"status": 400, "body": "<html><head><title>400 No required SSL "
+                                                                     "certificate was sent</title></head>"}
+    assert report_problems(rep) == []
+    assert "HTTP 400: 400 No required SSL certificate was sent" in section(render(rep), TRAFFIC_SECTION[0])
+
+
 def test_the_first_tls_error_is_said_in_the_tls_line() -> None:
     totals = TrafficTotals(tls={"error": "TLSV13_ALERT_CERTIFICATE_REQUIRED (the server requires a client "
                                          "certificate: give it with --cert FILE)"})
