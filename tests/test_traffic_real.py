@@ -428,6 +428,8 @@ def test_tls_connections_the_server_closes_handshake_again(nginx: Callable[..., 
     assert tr["connections_talking_at_end"] == 50
 
 
+# argv: address, port, the server's PEM (key + chain); a CA's PEM after them: client certificates
+# signed by it are required (mTLS).
 WSS_SERVER = r"""
 import asyncio, ssl, sys
 from websockets.asyncio.server import serve
@@ -437,6 +439,9 @@ async def echo(ws):
 async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(sys.argv[3])
+    if len(sys.argv) > 4:
+        ctx.load_verify_locations(sys.argv[4])
+        ctx.verify_mode = ssl.CERT_REQUIRED
     async with serve(echo, sys.argv[1], int(sys.argv[2]), ssl=ctx, max_queue=None, compression=None,
                      backlog=4096):
         print("ready", flush=True)
@@ -595,31 +600,13 @@ def test_a_tls_server_closing_plain_text_hints_at_https(loopback_block: Block, t
     assert "worker_connections" in fix
 
 
-WSS_CLIENT_CERT_SERVER = r"""
-import asyncio, ssl, sys
-from websockets.asyncio.server import serve
-async def echo(ws):
-    async for message in ws:
-        await ws.send(message)
-async def main():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[3])
-    ctx.load_verify_locations(sys.argv[4])
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    async with serve(echo, sys.argv[1], int(sys.argv[2]), ssl=ctx, compression=None):
-        print("ready", flush=True)
-        await asyncio.sleep(120)  # bounded even if the test forgets it
-asyncio.run(main())
-"""
-
-
 def test_wss_server_wanting_a_client_certificate_is_named(loopback_block: Block, test_ca: tuple[Any, str],
                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca, pem = test_ca
     address = f"{loopback_block()}1"
     server_pem = tmp_path / "wss-server.pem"
     ca.issue_cert(address).private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    server = _ws_server(lambda: address[:-1], str(server_pem), pem, script=WSS_CLIENT_CERT_SERVER, quiet=True)
+    server = _ws_server(lambda: address[:-1], str(server_pem), pem, script=WSS_SERVER, quiet=True)
     url = next(server).replace("ws://", "wss://")
     try:
         status, rep, text = run_json(tmp_path, capsys, "-c", "10", url, "--cacert", pem, "--duration", "0.3s",
